@@ -1,0 +1,130 @@
+"""The flat, validated trial config that flows from the search to the worker loop.
+
+Config flows one way: CLI -> study spec -> Optuna suggestions -> `TrialConfig` -> loop. A key
+that is unknown or missing fails loudly here, so a typo cannot silently become a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from trainables.optim import OPTIMIZERS, SCALING_RULES, SCHEDULES, scaled_lr
+
+BN_MODES = ("per_worker", "sync", "ghost")
+
+
+class ConfigError(ValueError):
+    """A trial or study config that cannot run; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one global batch is split: workers x accumulation steps x micro-batch."""
+
+    global_batch: int
+    workers: int
+    per_worker: int
+    accumulation_steps: int
+    micro_batch: int
+
+
+def batch_layout(global_batch: int, workers: int, max_device_batch: int) -> BatchLayout:
+    """Split `global_batch` across `workers`, accumulating when a share exceeds the cap.
+
+    The accumulation count is the smallest one that divides the worker's share evenly into
+    micro-batches of at most `max_device_batch`, so every micro-batch has the same size and
+    the accumulated gradient equals the full-batch gradient.
+    """
+    if global_batch < 1 or workers < 1 or max_device_batch < 1:
+        raise ConfigError(
+            f"batch {global_batch}, workers {workers}, device cap {max_device_batch}: "
+            "all must be positive"
+        )
+    if global_batch % workers:
+        raise ConfigError(
+            f"global batch {global_batch} cannot be split evenly across {workers} workers; "
+            f"use batch sizes divisible by {workers}"
+        )
+    per_worker = global_batch // workers
+    steps = next(a for a in range(1, per_worker + 1) if per_worker % a == 0
+                 and per_worker // a <= max_device_batch)
+    return BatchLayout(global_batch, workers, per_worker, steps, per_worker // steps)
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs; built only through `from_dict`, which validates it."""
+
+    workload: str
+    model: str
+    dataset: str
+    data_dir: str | None
+    batch_size: int
+    scaling_rule: str
+    optimizer: str
+    base_lr: float
+    reference_batch: int
+    momentum: float
+    warmup_epochs: float
+    weight_decay: float
+    epochs: int
+    schedule: str
+    final_lr_factor: float
+    label_smoothing: float
+    num_workers: int
+    max_device_batch: int
+    bn_mode: str
+    ghost_batch: int
+    divergence_factor: float
+    max_train_examples: int  # 0: the whole training split; else a seeded subset (smoke runs)
+    seed: int
+    use_gpu: bool
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        """Build and validate; unknown or missing keys raise `ConfigError`."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        missing = sorted(names - set(values))
+        if unknown:
+            raise ConfigError(f"unknown trial config keys: {', '.join(unknown)}")
+        if missing:
+            raise ConfigError(f"missing trial config keys: {', '.join(missing)}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        checks = [
+            (self.scaling_rule in SCALING_RULES, f"scaling_rule must be one of {SCALING_RULES}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.bn_mode in BN_MODES, f"bn_mode must be one of {BN_MODES}"),
+            (self.base_lr > 0, "base_lr must be positive"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.reference_batch >= 1, "reference_batch must be >= 1"),
+            (0 <= self.final_lr_factor <= 1, "final_lr_factor must be in [0, 1]"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (self.divergence_factor > 1, "divergence_factor must be > 1"),
+            (self.ghost_batch >= 1, "ghost_batch must be >= 1"),
+            (self.max_train_examples >= 0, "max_train_examples must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        self.layout()  # raises on an impossible split
+
+    def layout(self) -> BatchLayout:
+        return batch_layout(self.batch_size, self.num_workers, self.max_device_batch)
+
+    @property
+    def peak_lr(self) -> float:
+        """The actual lr after the scaling rule (before warmup and decay)."""
+        return scaled_lr(self.base_lr, self.scaling_rule, self.batch_size, self.reference_batch)

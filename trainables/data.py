@@ -1,0 +1,362 @@
+"""Data sets: loading, the held-out validation split, and batch order shared by all workers.
+
+Small data sets (digits, MNIST-1D, MNIST, Fashion-MNIST, CIFAR-10, synthetic) are held as
+tensors in memory: on a GPU they move to the device once, and no DataLoader workers are
+involved. ImageNet is an ImageFolder streamed through a DataLoader.
+
+Batch order is one seeded permutation per epoch, cut into global batches; each worker takes its
+slice of every global batch. So the global batch is the same whatever the number of workers (a
+W-worker step equals a 1-worker step), and resuming at epoch e replays exactly epoch e's order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+DEFAULT_DATA_DIR = os.environ.get("STUDY_DATA_DIR", str(Path.home() / ".cache" / "batch-scaling-data"))
+
+
+class DataUnavailable(RuntimeError):
+    """A data set's files are missing and could not be fetched; the message is one line."""
+
+
+@dataclass
+class TensorSplit:
+    """Inputs and labels held in memory."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Splits:
+    """A data set ready to train on: train and held-out validation split."""
+
+    name: str
+    train: TensorSplit | Dataset
+    val: TensorSplit | Dataset
+    input_shape: tuple[int, ...]
+    num_classes: int
+    augment: str | None = None  # "crop_flip" for small natural images
+
+
+# ---------------------------------------------------------------- batch order
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the `n` training examples in `epoch`; the same on every worker."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def steps_per_epoch(n: int, global_batch: int) -> int:
+    """Full global batches per epoch (the last partial batch is dropped)."""
+    return n // global_batch
+
+
+def worker_batches(
+    n: int, global_batch: int, seed: int, epoch: int, rank: int, world: int
+) -> Iterator[torch.Tensor]:
+    """Yield this worker's example indices for every global batch of `epoch`."""
+    order = epoch_permutation(n, seed, epoch)
+    share = global_batch // world
+    for step in range(steps_per_epoch(n, global_batch)):
+        start = step * global_batch + rank * share
+        yield order[start : start + share]
+
+
+def shard(n: int, rank: int, world: int) -> range:
+    """Contiguous, near-equal shard of `n` evaluation examples for one worker."""
+    per = -(-n // world)
+    return range(rank * per, min(n, (rank + 1) * per))
+
+
+# ---------------------------------------------------------------- augmentation
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding and random horizontal flip, per example, on x's device."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = oy[:, None] + torch.arange(h, device=x.device)
+    cols = ox[:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# ---------------------------------------------------------------- loaders
+
+def _split_holdout(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
+    """Hold out `val_size` examples, chosen by the seed, from the training files."""
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    val, train = order[:val_size], order[val_size:]
+    return TensorSplit(x[train], y[train]), TensorSplit(x[val], y[val])
+
+
+def _standardise(train: TensorSplit, val: TensorSplit) -> None:
+    """Per-channel standardisation with training statistics only."""
+    dims = [0] + list(range(2, train.x.ndim))
+    mean = train.x.mean(dim=dims, keepdim=True)
+    std = train.x.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    train.x = (train.x - mean) / std
+    val.x = (val.x - mean) / std
+
+
+def load_digits(data_dir: str, seed: int) -> Splits:
+    """scikit-learn's bundled 8x8 digits (1797 images), 20% held out for validation."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    train, val = _split_holdout(x, y, len(y) // 5, seed)
+    _standardise(train, val)
+    return Splits("digits", train, val, (1, 8, 8), 10)
+
+
+def load_mnist1d(data_dir: str, seed: int) -> Splits:
+    """MNIST-1D generated locally by the `mnist1d` package (4000 train, 1000 test as val).
+
+    The package's generator fixes its own seed (42), so the data and its split are the same
+    everywhere; the generated arrays are cached under `data_dir` since generation takes ~1.5 s.
+    """
+    cache = Path(data_dir) / "mnist1d" / "mnist1d_seed42.npz"
+    if cache.exists():
+        arrays = dict(np.load(cache))
+    else:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        made = make_dataset(get_dataset_args())
+        arrays = {k: made[k] for k in ("x", "y", "x_test", "y_test")}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(cache)  # atomic: concurrent workers never read a half-written file
+
+    def split(x, y):
+        return TensorSplit(torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y).long())
+
+    return Splits("mnist1d", split(arrays["x"], arrays["y"]),
+                  split(arrays["x_test"], arrays["y_test"]), (1, 40), 10)
+
+
+def _torchvision_or_explain(name: str, build: Callable, root: Path, expected: str):
+    """Open a torchvision data set from `root`, downloading if the network allows."""
+    try:
+        return build(download=False)
+    except (RuntimeError, FileNotFoundError):
+        pass
+    try:
+        return build(download=True)
+    except Exception as error:  # no network, a proxy, a partial file: all end the same way
+        raise DataUnavailable(
+            f"{name}: no data at {root / expected} and download failed "
+            f"({type(error).__name__}); put the files there or pass --data-dir DIR that holds "
+            f"them, or use --dataset digits / mnist1d / synthetic, which need no files"
+        ) from None
+
+
+def load_mnist_like(name: str, data_dir: str, seed: int) -> Splits:
+    """MNIST or Fashion-MNIST through torchvision; 5000 training images held out as val."""
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    root = Path(data_dir)
+    dataset = _torchvision_or_explain(
+        name, lambda download: cls(str(root), train=True, download=download), root,
+        f"{cls.__name__}/raw/train-images-idx3-ubyte",
+    )
+    x = dataset.data.float().unsqueeze(1) / 255.0
+    y = dataset.targets.long()
+    train, val = _split_holdout(x, y, min(5000, len(y) // 10), seed)
+    _standardise(train, val)
+    return Splits(name, train, val, (1, 28, 28), 10)
+
+
+def load_cifar10(data_dir: str, seed: int) -> Splits:
+    """CIFAR-10 python batches through torchvision; 5000 training images held out as val."""
+    import torchvision
+
+    class CIFAR10Files(torchvision.datasets.CIFAR10):
+        # torchvision checks each batch file against the md5 of the official archive; a
+        # regenerated or subsetted copy in the same format is legitimate input, so only the
+        # files' presence is required here (the archive itself is still md5-checked on download).
+        def _check_integrity(self) -> bool:
+            base = Path(self.root) / self.base_folder
+            return all((base / f).exists() for f, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            self.classes = [str(i) for i in range(10)]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    root = Path(data_dir)
+    dataset = _torchvision_or_explain(
+        "cifar10", lambda download: CIFAR10Files(str(root), train=True, download=download),
+        root, "cifar-10-batches-py/data_batch_1",
+    )
+    x = torch.tensor(dataset.data).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.tensor(dataset.targets).long()
+    train, val = _split_holdout(x, y, min(5000, len(y) // 10), seed)
+    _standardise(train, val)
+    return Splits("cifar10", train, val, (3, 32, 32), 10, augment="crop_flip")
+
+
+def load_imagenet(data_dir: str, seed: int, image_size: int = 224) -> Splits:
+    """ImageNet in ImageFolder layout: DIR/train/<class>/* for training, DIR/val/<class>/*."""
+    import torchvision
+    from torchvision import transforms as T
+
+    root = Path(data_dir)
+    for part in ("train", "val"):
+        if not (root / part).is_dir():
+            raise DataUnavailable(
+                f"imagenet: expected ImageFolder layout at {root / part}/<class>/<image>; pass "
+                f"--data-dir DIR with train/ and val/ (no download exists), or try --dataset "
+                f"synthetic (any model) or cifar10"
+            )
+    normalise = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    train = torchvision.datasets.ImageFolder(str(root / "train"), T.Compose([
+        T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalise]))
+    val = torchvision.datasets.ImageFolder(str(root / "val"), T.Compose([
+        T.Resize(image_size * 8 // 7), T.CenterCrop(image_size), T.ToTensor(), normalise]))
+    return Splits("imagenet", train, val, (3, image_size, image_size), len(train.classes))
+
+
+def load_synthetic(
+    input_shape: tuple[int, ...], num_classes: int = 10, seed: int = 0,
+    n_train: int = 4096, n_val: int = 1024, signal: float = 0.5,
+) -> Splits:
+    """Images with a learnable signal: a fixed per-class pattern plus unit Gaussian noise."""
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn(num_classes, *input_shape, generator=generator)
+
+    def draw(n: int) -> TensorSplit:
+        y = torch.randint(0, num_classes, (n,), generator=generator)
+        x = signal * prototypes[y] + torch.randn(n, *input_shape, generator=generator)
+        return TensorSplit(x, y)
+
+    return Splits("synthetic", draw(n_train), draw(n_val), tuple(input_shape), num_classes)
+
+
+DATASETS: dict[str, Callable[[str, int], Splits]] = {
+    "digits": load_digits,
+    "mnist1d": load_mnist1d,
+    "mnist": lambda d, s: load_mnist_like("mnist", d, s),
+    "fashion_mnist": lambda d, s: load_mnist_like("fashion_mnist", d, s),
+    "cifar10": load_cifar10,
+    "imagenet": load_imagenet,
+}
+NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "imagenet"}
+
+
+DATASET_NAMES = (*DATASETS, "synthetic")
+
+
+def load_dataset(
+    name: str, data_dir: str | None, seed: int, synthetic_shape: tuple[int, ...] = (3, 32, 32),
+    max_train_examples: int = 0,
+) -> Splits:
+    """Load a registered data set (`synthetic` takes the model's input shape).
+
+    `max_train_examples` > 0 keeps a seeded subset of that many training examples and a
+    quarter as many validation examples (at least 64): for smoke runs on big data sets.
+    """
+    if name == "synthetic":
+        splits = load_synthetic(synthetic_shape, seed=seed)
+    elif name in DATASETS:
+        splits = DATASETS[name](data_dir or DEFAULT_DATA_DIR, seed)
+    else:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASET_NAMES))}")
+    if max_train_examples:
+        splits.train = _subset(splits.train, max_train_examples, seed)
+        splits.val = _subset(splits.val, max(max_train_examples // 4, 64), seed + 1)
+    return splits
+
+
+def _subset(split: TensorSplit | Dataset, size: int, seed: int) -> TensorSplit | Dataset:
+    if len(split) <= size:
+        return split
+    keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:size]
+    if isinstance(split, TensorSplit):
+        return TensorSplit(split.x[keep], split.y[keep])
+    return torch.utils.data.Subset(split, keep.tolist())
+
+
+# ---------------------------------------------------------------- batch sources
+
+class BatchSource:
+    """Yields one worker's batches for an epoch and its validation shard, on `device`."""
+
+    def __init__(self, splits: Splits, global_batch: int, rank: int, world: int,
+                 seed: int, device: torch.device, loader_workers: int = 4):
+        self.splits, self.global_batch, self.rank, self.world = splits, global_batch, rank, world
+        self.seed, self.device, self.loader_workers = seed, device, loader_workers
+        self.in_memory = isinstance(splits.train, TensorSplit)
+        if self.in_memory:  # move once: no per-step host-to-device copies for small data sets
+            splits.train = TensorSplit(splits.train.x.to(device), splits.train.y.to(device))
+            splits.val = TensorSplit(splits.val.x.to(device), splits.val.y.to(device))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(len(self.splits.train), self.global_batch)
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This worker's share of every global batch of `epoch`."""
+        n = len(self.splits.train)
+        indices = worker_batches(n, self.global_batch, self.seed, epoch, self.rank, self.world)
+        if self.in_memory:
+            generator = torch.Generator().manual_seed(hash((self.seed, epoch, self.rank)) % 2**62)
+            data = self.splits.train
+            for idx in indices:
+                idx = idx.to(self.device)
+                x = data.x[idx]
+                if self.splits.augment == "crop_flip":
+                    x = crop_flip(x, generator)
+                yield x, data.y[idx]
+        else:
+            loader = DataLoader(self.splits.train, batch_sampler=list(indices),
+                                num_workers=self.loader_workers, pin_memory=self.device.type == "cuda",
+                                persistent_workers=False)
+            for x, y in loader:
+                yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+
+    def val_batches(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This worker's shard of the validation split, in batches of at most `batch`."""
+        part = shard(len(self.splits.val), self.rank, self.world)
+        if self.in_memory:
+            data = self.splits.val
+            for start in range(part.start, part.stop, batch):
+                stop = min(start + batch, part.stop)
+                yield data.x[start:stop], data.y[start:stop]
+        else:
+            subset = torch.utils.data.Subset(self.splits.val, list(part))
+            loader = DataLoader(subset, batch_size=batch, num_workers=self.loader_workers,
+                                pin_memory=self.device.type == "cuda")
+            for x, y in loader:
+                yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+
+
+def check_data(name: str, data_dir: str | None) -> None:
+    """Raise `DataUnavailable` (one line) unless the data set can be loaded here.
+
+    ImageNet is checked by its folder layout only (scanning 1.28M files takes a while); the
+    other file-based sets are opened (and downloaded if the network allows).
+    """
+    if name == "imagenet":
+        root = Path(data_dir or DEFAULT_DATA_DIR)
+        if not all((root / part).is_dir() for part in ("train", "val")):
+            load_imagenet(str(root), 0)  # raises with the expected layout
+    elif name in NEEDS_FILES:
+        load_dataset(name, data_dir, 0)

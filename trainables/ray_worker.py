@@ -1,0 +1,58 @@
+"""The one adapter between the plain-PyTorch loop and Ray Train workers.
+
+`train_loop_per_worker` is what `TorchTrainer` runs on every worker: it resumes from Ray Train's
+latest checkpoint (after a worker-group restart), runs `trainables.loop.train`, and turns every
+epoch into a `ray.train.report` with a checkpoint written by rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from trainables.config import TrialConfig
+from trainables.loop import train
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Run one trial's training on this worker (Ray Train entry point)."""
+    trial = TrialConfig.from_dict(config)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device() if trial.use_gpu else torch.device("cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    resume_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            resume_state = torch.load(os.path.join(directory, CHECKPOINT_FILE),
+                                      map_location=device, weights_only=False)
+
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        metrics = {**metrics, "node_id": node_id}
+        # Every rank must call report (it is a barrier); only rank 0 writes the checkpoint.
+        if rank == 0 and state is not None:
+            with tempfile.TemporaryDirectory() as directory:
+                torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(metrics)
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        if world == 1:  # DDP over one process only adds overhead
+            return model
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+
+    train(trial, report=report, rank=rank, world=world, device=device, wrap_model=wrap,
+          resume_state=resume_state)

@@ -1,0 +1,131 @@
+"""Tune callbacks: per-trial TensorBoard files against epochs, and a concise progress display."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.logger import TBXLoggerCallback
+
+from tuner.outcomes import trial_outcome
+
+SCALARS = ("val_acc", "val_loss", "train_loss", "lr", "examples_seen", "optimizer_steps",
+           "samples_per_second", "epoch_time_s", "diverged")
+
+
+def _plain(value: Any) -> Any:
+    """Plain Python scalars only: numpy types break TensorBoard's hparams plugin."""
+    if isinstance(value, bool):
+        return float(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+class EpochTensorBoardCallback(TBXLoggerCallback):
+    """Every reported metric against `epoch` (Tune's default uses training_iteration, which
+    restarts on resume), and the trial's hyperparameters with its final metrics at its end.
+
+    Subclassing TBXLoggerCallback makes Tune skip its default one, so each trial directory
+    holds one event file, with tags `trial/<metric>`.
+    """
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        if trial not in self._trial_writer:
+            self.log_trial_start(trial)
+        writer = self._trial_writer[trial]
+        step = int(result.get("epoch", iteration))
+        logged = {}
+        for key in SCALARS:
+            value = _plain(result.get(key))
+            if isinstance(value, (int, float)) and value == value:  # NaN is dropped
+                writer.add_scalar(f"trial/{key}", value, global_step=step)
+                logged[key] = float(value)
+        logged["epoch"] = float(step)
+        self._trial_result[trial] = logged
+        writer.flush()
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        if trial not in self._trial_writer:
+            return
+        final = self._trial_result.get(trial) or {}
+        if trial.evaluated_params:
+            params = {k: _plain(v) for k, v in trial.evaluated_params.items()}
+            peak_lr = (trial.last_result or {}).get("peak_lr")
+            if peak_lr is not None:
+                params["peak_lr"] = float(peak_lr)  # the actual lr, after the scaling rule
+            metrics = {f"final/{k}": v for k, v in final.items()}
+            metrics["final/failed"] = float(failed)
+            self._write_hparams(trial, params, metrics)
+        self._trial_writer[trial].close()
+        del self._trial_writer[trial]
+        self._trial_result.pop(trial, None)
+
+    def _write_hparams(self, trial: Any, params: dict, metrics: dict) -> None:
+        from tensorboardX.summary import hparams
+
+        experiment, start, end = hparams(hparam_dict=params, metric_dict=metrics)
+        writer = self._trial_writer[trial]
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary)
+        for key, value in metrics.items():
+            writer.add_scalar(key, value)
+
+
+class ProgressCallback(Callback):
+    """One line whenever the study's state changes (at most every `every_s` seconds):
+    trials done / running / stopped / diverged / errored and the best accuracy per batch size."""
+
+    def __init__(self, max_epochs: int, batch_sizes: tuple[int, ...], every_s: float = 5.0):
+        self.max_epochs, self.batch_sizes, self.every_s = max_epochs, tuple(batch_sizes), every_s
+        self.best: dict[int, float] = {}
+        self.outcomes: dict[str, str] = {}
+        self.running: set[str] = set()
+        self._last_print = 0.0
+        self._last_line = ""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.add(trial.trial_id)
+        self._show()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
+        batch = int(trial.config.get("batch_size", 0))
+        accuracy = result.get("val_acc")
+        if accuracy is not None and not result.get("diverged"):
+            self.best[batch] = max(self.best.get(batch, 0.0), float(accuracy))
+        self._show()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, error=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._show(force=True)
+
+    def _finish(self, trial: Any, error: bool) -> None:
+        self.running.discard(trial.trial_id)
+        self.outcomes[trial.trial_id] = trial_outcome(
+            trial.last_result or None, error=error, max_epochs=self.max_epochs)
+        self._show(force=True)
+
+    def line(self) -> str:
+        counts = {k: 0 for k in ("completed", "stopped", "diverged", "errored")}
+        for outcome in self.outcomes.values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+        best = ", ".join(f"{b}: {self.best[b]:.3f}" if b in self.best else f"{b}: -"
+                         for b in self.batch_sizes)
+        return (f"trials done {len(self.outcomes)} (completed {counts['completed']}, stopped "
+                f"{counts['stopped']}, diverged {counts['diverged']}, errored "
+                f"{counts['errored']}), running {len(self.running)} | best val_acc by batch: "
+                f"{best}")
+
+    def _show(self, force: bool = False) -> None:
+        line = self.line()
+        now = time.monotonic()
+        if line != self._last_line and (force or now - self._last_print >= self.every_s):
+            print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+            self._last_print, self._last_line = now, line

@@ -1,0 +1,71 @@
+"""Connect to Ray, run (or resume) the study, then write the trial table and the report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import ray
+
+from tuner.results import write_trial_table
+from tuner.spec import StudySpec
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` / $RAY_ADDRESS, or start local Ray."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False,
+                 logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SystemExit(f"error: cannot connect to Ray at {address}: {message}") from None
+
+
+def check_fits(spec: StudySpec) -> None:
+    """Fail fast when one trial asks for more than the whole cluster has."""
+    total = ray.cluster_resources()
+    need_cpu = spec.workers_per_trial * spec.cpus_per_worker
+    need_gpu = spec.workers_per_trial * spec.gpus_per_worker
+    if need_cpu > total.get("CPU", 0) or need_gpu > total.get("GPU", 0):
+        raise SystemExit(
+            f"error: one trial needs {spec.workers_per_trial} workers x "
+            f"({spec.cpus_per_worker} CPU, {spec.gpus_per_worker} GPU) = {need_cpu:g} CPU, "
+            f"{need_gpu:g} GPU, but the cluster has {total.get('CPU', 0):g} CPU, "
+            f"{total.get('GPU', 0):g} GPU; lower --workers-per-trial or grow the cluster")
+
+
+def run_study(spec: StudySpec, args: argparse.Namespace, *, resume: bool,
+              save: Callable[[StudySpec], Path]) -> int:
+    from tuner import driver
+
+    connect(args.address)
+    if not resume and args.gpus_per_worker is None and ray.cluster_resources().get("GPU", 0) > 0:
+        spec = dataclasses.replace(spec, gpus_per_worker=1.0)
+    check_fits(spec)
+    if not resume:
+        save(spec)
+    print(f"study {spec.name}: {spec.workload} on {spec.dataset}, batch sizes "
+          f"{list(spec.batch_sizes)}, {spec.trials} trials x {spec.epochs} epochs, "
+          f"{spec.workers_per_trial} worker(s)/trial, results in {spec.study_dir}",
+          file=sys.stderr, flush=True)
+    tuner = driver.restore_tuner(spec) if resume else driver.make_tuner(spec)
+    results = tuner.fit()
+    table = write_trial_table(spec.study_dir)
+    print(f"trial table: {table}", file=sys.stderr)
+    if not args.no_report:
+        try:
+            from tuner.report import write_report
+        except ImportError:
+            write_report = None
+        if write_report is not None:
+            report = write_report(spec.study_dir)
+            print(f"report: {report}", file=sys.stderr)
+    errors = sum(1 for r in results if r.error)
+    print(f"done: {len(results)} trials ({errors} errored). "
+          f"tensorboard --logdir {spec.study_dir}", file=sys.stderr)
+    return 0
