@@ -29,7 +29,9 @@ from tuner.searcher import BalancedOptunaSearch
 from tuner.spec import StudySpec
 
 METRIC, MODE = "val_acc", "max"
-DRIVER_CPUS = 0.01  # the driver only waits on the Train controller
+# The driver only waits on the Train controller: it holds no CPU, so that W workers x 1 CPU
+# trials pack a node exactly. Tune rejects an empty request, hence a token of memory (bytes).
+DRIVER_RESOURCES = {"CPU": 0, "memory": 1024**2}
 OPTUNA_DB = "optuna.db"
 
 
@@ -89,7 +91,7 @@ def concurrency(spec: StudySpec) -> int:
     if spec.max_concurrent > 0:
         return spec.max_concurrent
     total = ray.cluster_resources()
-    per_trial_cpus = spec.workers_per_trial * spec.cpus_per_worker + DRIVER_CPUS
+    per_trial_cpus = spec.workers_per_trial * spec.cpus_per_worker
     fits = int(total.get("CPU", 0) // per_trial_cpus)
     if spec.use_gpu:
         fits = min(fits, int(total.get("GPU", 0) // (spec.workers_per_trial * spec.gpus_per_worker)))
@@ -98,7 +100,7 @@ def concurrency(spec: StudySpec) -> int:
 
 def trainable(spec: StudySpec):
     return tune.with_resources(tune.with_parameters(trial_driver, spec=spec.to_dict()),
-                               {"CPU": DRIVER_CPUS})
+                               DRIVER_RESOURCES)
 
 
 def callbacks(spec: StudySpec) -> list[tune.Callback]:

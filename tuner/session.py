@@ -15,8 +15,18 @@ from tuner.results import write_trial_table
 from tuner.spec import StudySpec
 
 
+def quiet() -> None:
+    """Our progress line replaces Tune's tables and banners; Optuna logs warnings only."""
+    import optuna
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at `address` / $RAY_ADDRESS, or start local Ray."""
+    quiet()
     address = address or os.environ.get("RAY_ADDRESS")
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False,
