@@ -348,15 +348,15 @@ class BatchSource:
                 yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
 
 
-def check_data(name: str, data_dir: str | None) -> None:
-    """Raise `DataUnavailable` (one line) unless the data set can be loaded here.
+def check_data(name: str, data_dir: str | None, max_train_examples: int = 0) -> int | None:
+    """Number of training examples, or `DataUnavailable` (one line) if it cannot be loaded.
 
-    ImageNet is checked by its folder layout only (scanning 1.28M files takes a while); the
-    other file-based sets are opened (and downloaded if the network allows).
+    ImageNet is checked by its folder layout only (scanning 1.28M files takes a while, so its
+    size is None here); the other sets are opened (file ones downloaded if the network allows).
     """
     if name == "imagenet":
         root = Path(data_dir or DEFAULT_DATA_DIR)
         if not all((root / part).is_dir() for part in ("train", "val")):
             load_imagenet(str(root), 0)  # raises with the expected layout
-    elif name in NEEDS_FILES:
-        load_dataset(name, data_dir, 0)
+        return None
+    return len(load_dataset(name, data_dir, 0, max_train_examples=max_train_examples).train)

@@ -158,9 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             fail(str(error).strip("'\""))
         if not args.skip_data_check:
             try:
-                check_data(spec.dataset, spec.data_dir)
+                n_train = check_data(spec.dataset, spec.data_dir, spec.max_train_examples)
             except DataUnavailable as error:
                 fail(str(error))
+            too_big = [b for b in spec.batch_sizes if n_train is not None and b > n_train]
+            if too_big:
+                fail(f"batch sizes {too_big} exceed the {n_train} training examples of "
+                     f"{spec.dataset}; not one step per epoch would run")
         if spec.study_dir.exists() and (spec.study_dir / "study.json").exists():
             fail(f"study {spec.name} already exists in {spec.storage}; use --resume to continue "
                  f"it or another --name")

@@ -1,0 +1,78 @@
+"""The balanced Optuna searcher and per-batch-size ASHA, driven directly (no Ray cluster)."""
+
+from collections import Counter
+from functools import partial
+from types import SimpleNamespace
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.schedulers import TrialScheduler
+
+from search_spaces import define_by_run, get_space
+from tuner.scheduler import PerBatchSizeASHA
+from tuner.searcher import BalancedOptunaSearch
+
+GRID = [8, 32, 128, 512]
+
+
+def make_searcher(storage=None):
+    return BalancedOptunaSearch(
+        space=partial(define_by_run, space=get_space("simple_cnn"), batch_sizes=GRID),
+        metric="val_acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0),
+        storage=storage, study_name="t", batch_sizes=GRID, max_epochs=4)
+
+
+def test_every_batch_size_gets_its_share_even_when_tpe_prefers_one():
+    searcher = make_searcher()
+    for i in range(20):
+        params = searcher.suggest(f"t{i}")
+        # Reward only batch 8, as a sampler that learned freely would then crowd it.
+        score = 0.99 if params["batch_size"] == 8 else 0.1
+        searcher.on_trial_result(f"t{i}", {"val_acc": score, "epoch": 4})
+        searcher.on_trial_complete(f"t{i}", {"val_acc": score, "epoch": 4})
+    counts = Counter(t.params["batch_size"] for t in searcher._ot_study.trials)
+    assert counts == {8: 5, 32: 5, 128: 5, 512: 5}
+
+
+def test_outcomes_reach_optuna_honestly(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
+    searcher = make_searcher(storage)
+    for i in range(4):
+        searcher.suggest(f"t{i}")
+    searcher.on_trial_result("t0", {"val_acc": 0.9, "epoch": 1})
+    searcher.on_trial_result("t0", {"val_acc": 0.95, "epoch": 4})
+    searcher.on_trial_complete("t0", {"val_acc": 0.95, "epoch": 4})  # full budget
+    searcher.on_trial_result("t1", {"val_acc": 0.5, "epoch": 1})
+    searcher.on_trial_complete("t1", {"val_acc": 0.5, "epoch": 1})  # stopped by ASHA at 1
+    searcher.on_trial_result("t2", {"val_acc": 0.1, "epoch": 1, "diverged": True})
+    searcher.on_trial_complete("t2", {"val_acc": 0.1, "epoch": 1, "diverged": True})
+    searcher.on_trial_complete("t3", None, error=True)
+    trials = optuna.load_study(study_name="t", storage=storage).trials
+    states = [(t.state, t.user_attrs["outcome"]) for t in trials]
+    assert states == [(TrialState.COMPLETE, "completed"), (TrialState.PRUNED, "stopped"),
+                      (TrialState.PRUNED, "diverged"), (TrialState.FAIL, "errored")]
+    assert trials[0].value == 0.95 and trials[1].intermediate_values == {1: 0.5}
+    assert [t.user_attrs["tune_trial_id"] for t in trials] == ["t0", "t1", "t2", "t3"]
+
+
+def trial(tid, batch):
+    return SimpleNamespace(trial_id=tid, config={"batch_size": batch})
+
+
+def test_asha_compares_a_trial_only_with_its_own_batch_size():
+    scheduler = PerBatchSizeASHA(metric="val_acc", mode="max", max_t=9, grace_period=1,
+                                 reduction_factor=2)
+    small = [trial(f"s{i}", 8) for i in range(2)]
+    large = trial("l0", 512)
+    for t in (*small, large):
+        scheduler.on_trial_add(None, t)
+    # Small batches reach 0.9 at epoch 1; the large batch only 0.3 (fewer steps so far).
+    for t in small:
+        scheduler.on_trial_result(None, t, {"epoch": 1, "val_acc": 0.9})
+    action = scheduler.on_trial_result(None, large, {"epoch": 1, "val_acc": 0.3})
+    assert action == TrialScheduler.CONTINUE  # first of its batch size: no peers to lose to
+    weaker_large = trial("l1", 512)
+    scheduler.on_trial_add(None, weaker_large)
+    action = scheduler.on_trial_result(None, weaker_large, {"epoch": 1, "val_acc": 0.2})
+    assert action == TrialScheduler.STOP  # worse than its peer at the same batch size
+    assert scheduler.stopped == {8: 0, 512: 1}

@@ -1,0 +1,244 @@
+"""Figures of the degradation map: each function takes analysis outputs and returns a Figure.
+
+Figures are built with `matplotlib.figure.Figure` directly (the Agg canvas, no pyplot state),
+so they draw the same on a headless node, inside tests, or next to a running study. Every
+function draws a readable "no data" panel instead of failing when its inputs are empty.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never try to open a window
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from tuner.analysis import CriticalFit, DegradationMap  # noqa: E402
+
+FIGSIZE = (7.0, 4.5)
+RULE_COLORS = {"none": "tab:red", "linear": "tab:blue", "sqrt": "tab:green"}
+
+
+def _figure(size: tuple[float, float] = FIGSIZE) -> tuple[Figure, object]:
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _no_data(ax, message: str) -> None:
+    """Say in the panel what is missing, rather than leaving it blank."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True,
+            color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _batch_axis(ax, batch_sizes: list[int]) -> None:
+    """Log2 batch-size axis labelled with the grid's batch sizes."""
+    ax.set_xscale("log", base=2)
+    if batch_sizes:
+        ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+        ax.minorticks_off()
+    ax.set_xlabel("batch size")
+
+
+def _rule_color(rule: str) -> str | None:
+    return RULE_COLORS.get(rule)
+
+
+def accuracy_vs_batch(m: DegradationMap, epochs: int | None = None) -> Figure:
+    """Best final accuracy vs batch size: best over rules with its CI, one line per rule, and
+    the baseline's tolerance band."""
+    fig, ax = _figure()
+    best = m.frontier[m.frontier["best_val_acc"].notna()]
+    if best.empty:
+        _no_data(ax, "no finished trial yet: no accuracy to show")
+        return fig
+    for rule, group in m.by_rule[m.by_rule["best_val_acc"].notna()].groupby("scaling_rule"):
+        ax.plot(group["batch_size"], group["best_val_acc"], "o--", lw=1.2, ms=4, alpha=0.8,
+                color=_rule_color(rule), label=f"rule: {rule}")
+    errors = np.vstack([best["best_val_acc"] - best["ci_low"], best["ci_high"] - best["best_val_acc"]])
+    ax.errorbar(best["batch_size"], best["best_val_acc"], yerr=np.clip(errors, 0, None), fmt="s-",
+                color="black", lw=2, ms=6, capsize=3, label="best over rules (95% CI, best of k)")
+    if m.baseline is not None:
+        batch, accuracy = m.baseline
+        ax.axhspan(accuracy - m.tolerance, accuracy, color="tab:orange", alpha=0.15,
+                   label=f"within {m.tolerance * 100:g} pt of batch-{batch} baseline")
+        ax.axhline(accuracy, color="tab:orange", lw=1)
+    _batch_axis(ax, m.batch_sizes)
+    ax.set_ylabel("best final validation accuracy")
+    budget = f", {epochs} epochs per trial" if epochs else ""
+    ax.set_title(f"Best accuracy vs batch size (epoch budget{budget})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def steps_to_target(m: DegradationMap) -> Figure:
+    """Steps to target vs batch size on log-log axes, with perfect scaling and the fit."""
+    fig, ax = _figure()
+    measured = m.frontier[m.frontier["steps"].notna()]
+    if measured.empty:
+        _no_data(ax, f"no trial reached the target accuracy {m.target:.3g}:\n"
+                     "no steps-to-target (lower it with --target)")
+        return fig
+    ax.plot(measured["batch_size"], measured["steps"], "o", color="black", ms=7,
+            label="measured (first crossing, pooled over trials)", zorder=3)
+    grid = np.geomspace(min(m.batch_sizes), max(m.batch_sizes), 200)
+    anchor = measured.iloc[0]
+    ax.plot(grid, anchor["steps"] * anchor["batch_size"] / grid, ":", color="0.4",
+            label="perfect scaling (steps x batch = const)")
+    _draw_fit(ax, m.fit, grid, m.b_crit_ci)
+    _batch_axis(ax, m.batch_sizes)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"optimizer steps to val acc >= {m.target:.3g}")
+    ax.set_title("Steps to target vs batch size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def _draw_fit(ax, fit: CriticalFit | None, grid: np.ndarray, ci: tuple[float, float]) -> None:
+    """The fitted S(B) curve and B_crit with its interval, when they fall in view."""
+    if fit is None:
+        return
+    label = "fit S_min (1 + B_crit / B)"
+    ax.plot(grid, fit.steps(grid), "-", color="tab:purple", label=label)
+    if math.isfinite(fit.b_crit) and fit.b_crit > 0:
+        ax.axvline(fit.b_crit, color="tab:purple", ls="--", lw=1,
+                   label=f"B_crit ~ {fit.b_crit:.3g}")
+        low, high = ci
+        if math.isfinite(low) and math.isfinite(high) and high > low:
+            ax.axvspan(max(low, grid[0] / 2), min(high, grid[-1] * 2), color="tab:purple",
+                       alpha=0.08, label="B_crit 95% CI")
+    ax.set_xlim(grid[0] / 1.5, grid[-1] * 1.5)
+
+
+def lr_vs_batch(m: DegradationMap) -> Figure:
+    """Best actual lr per batch size, every scored trial faintly, and the scaling predictions."""
+    fig, ax = _figure()
+    best = m.best_hparams
+    if best.empty:
+        _no_data(ax, "no finished trial yet: no best learning rate")
+        return fig
+    scored = m.trials[m.trials["scored"]]
+    ax.scatter(scored["batch_size"], scored["actual_lr"], s=12, color="0.7",
+               label="all finished trials")
+    for rule, group in best.groupby("scaling_rule"):
+        ax.plot(group["batch_size"], group["actual_lr"], "o", ms=8, color=_rule_color(rule),
+                label=f"best trial (rule: {rule})", zorder=3)
+    ax.plot(best["batch_size"], best["actual_lr"], "-", color="black", lw=1)
+    anchor = best.iloc[0]
+    ax.plot(best["batch_size"], best["lr_linear"], "--", color="tab:blue",
+            label=f"linear rule from batch {int(anchor['batch_size'])}")
+    ax.plot(best["batch_size"], best["lr_sqrt"], "--", color="tab:green",
+            label=f"square-root rule from batch {int(anchor['batch_size'])}")
+    _batch_axis(ax, m.batch_sizes)
+    ax.set_yscale("log")
+    ax.set_ylabel("peak learning rate (after the scaling rule)")
+    ax.set_title("Best learning rate vs batch size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def accuracy_heatmap(m: DegradationMap) -> Figure:
+    """Best accuracy per batch size x scaling rule; cells say the trial count, blanks are gaps."""
+    fig, ax = _figure()
+    table = m.by_rule
+    if table.empty or table["best_val_acc"].notna().sum() == 0:
+        _no_data(ax, "no finished trial yet: no batch size x rule map")
+        return fig
+    grid = table.pivot(index="scaling_rule", columns="batch_size", values="best_val_acc")
+    counts = table.pivot(index="scaling_rule", columns="batch_size", values="trials")
+    grid = grid.reindex(columns=m.batch_sizes)
+    counts = counts.reindex(index=grid.index, columns=m.batch_sizes).fillna(0)
+    image = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap="viridis",
+                      aspect="auto")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            value, n = grid.iat[i, j], int(counts.iat[i, j])
+            text = f"{value:.3f}\n(n={n})" if pd.notna(value) else f"-\n(n={n})"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if pd.notna(value) else "0.3")
+    ax.set_xticks(range(grid.shape[1]), [str(b) for b in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), list(grid.index))
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("lr scaling rule")
+    ax.set_title("Best final validation accuracy (n = trials)")
+    fig.colorbar(image, ax=ax, label="best final validation accuracy")
+    return fig
+
+
+def throughput(m: DegradationMap) -> Figure:
+    """Training samples per second vs batch size, one line per worker count."""
+    fig, ax = _figure()
+    if m.throughput.empty:
+        _no_data(ax, "no epoch reported yet: no throughput")
+        return fig
+    for workers, group in m.throughput.groupby("workers"):
+        ax.plot(group["batch_size"], group["samples_per_second"], "o-",
+                label=f"{int(workers)} worker(s)")
+    _batch_axis(ax, m.batch_sizes)
+    ax.set_yscale("log")
+    ax.set_ylabel("training samples / s (median over epochs)")
+    ax.set_title("Throughput vs batch size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def validation_curves(m: DegradationMap, table: pd.DataFrame) -> Figure:
+    """Validation accuracy of each batch size's best trial, against epochs and against steps."""
+    fig = Figure(figsize=(11.0, 4.5), layout="constrained")
+    by_epoch, by_step = fig.subplots(1, 2)
+    best = m.best_hparams
+    if best.empty or table.empty:
+        _no_data(by_epoch, "no finished trial yet")
+        _no_data(by_step, "no finished trial yet")
+        return fig
+    colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(best)))
+    for color, row in zip(colors, best.itertuples(index=False), strict=True):
+        curve = table[table["trial_id"] == row.trial_id].sort_values("epoch")
+        label = f"batch {int(row.batch_size)} ({row.scaling_rule})"
+        by_epoch.plot(curve["epoch"], curve["val_acc"], "o-", ms=3, color=color, label=label)
+        by_step.plot(curve["optimizer_steps"], curve["val_acc"], "o-", ms=3, color=color,
+                     label=label)
+    for ax in (by_epoch, by_step):
+        ax.axhline(m.target, color="0.4", ls=":", label=f"target {m.target:.3g}")
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+    by_epoch.set_xlabel("epoch (equal epoch budget)")
+    by_step.set_xlabel("optimizer steps")
+    by_step.set_xscale("log")
+    by_epoch.set_title("Best trial per batch size: vs epochs")
+    by_step.set_title("... and vs optimizer steps")
+    by_epoch.legend(fontsize=8)
+    return fig
+
+
+def all_figures(m: DegradationMap, table: pd.DataFrame,
+                epochs: int | None = None) -> dict[str, Figure]:
+    """The report's six figures by file stem, in the order the report shows them."""
+    return {
+        "accuracy_vs_batch": accuracy_vs_batch(m, epochs),
+        "steps_to_target": steps_to_target(m),
+        "lr_vs_batch": lr_vs_batch(m),
+        "accuracy_heatmap": accuracy_heatmap(m),
+        "throughput": throughput(m),
+        "validation_curves": validation_curves(m, table),
+    }
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write `fig` as a PNG (atomically: a reader never sees half a file) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,175 @@
+"""The study-level TensorBoard run, written by `tuner.report` into STUDY_DIR/summary/.
+
+So that someone who only opens TensorBoard (`tensorboard --logdir STUDY_DIR`) sees the whole map:
+- Images tab: the report's figures (`map/<figure>`);
+- Scalars tab: the frontier, one step per batch size (`frontier/<metric>`, x axis = batch size),
+  per scaling rule (`frontier_by_rule/<rule>/<metric>`) and the critical batch size;
+- Text tab: the report itself (`report`);
+- HParams tab: one session per trial (`summary/hparams/<trial_id>`) with its hyperparameters and
+  final metrics as plain floats, so trials can be sorted and filtered. Metric tags match the
+  per-trial files Tune writes (`final/val_acc`, ...), so both sets of sessions share columns.
+
+The run is rebuilt from scratch each time (written aside, then swapped in), so rerunning the
+report never duplicates points.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams
+
+from tuner.analysis import DegradationMap
+
+SUMMARY_DIR = "summary"
+HPARAMS_DIR = "hparams"
+# frontier column -> scalar name under frontier/ (x axis: batch size)
+FRONTIER_SCALARS = {
+    "best_val_acc": "best_val_acc", "ci_low": "best_val_acc_ci_low",
+    "ci_high": "best_val_acc_ci_high", "drop": "drop_below_baseline",
+    "steps": "steps_to_target", "examples": "examples_to_target", "steps_fit": "steps_fit",
+    "steps_perfect": "steps_perfect_scaling", "best_actual_lr": "best_lr",
+    "lr_linear": "lr_linear_prediction", "lr_sqrt": "lr_sqrt_prediction",
+    "samples_per_second": "samples_per_second", "trials": "trials", "diverged": "diverged",
+    "degraded": "degraded",
+}
+RULE_SCALARS = {"best_val_acc": "best_val_acc", "steps": "steps_to_target", "trials": "trials"}
+HPARAMS = {"batch_size": float, "scaling_rule": str, "optimizer": str, "base_lr": float,
+           "weight_decay": float, "warmup_epochs": float, "peak_lr": float, "workers": float,
+           "outcome": str}
+METRICS = ("final/val_acc", "final/val_loss", "final/train_loss", "final/epoch",
+           "final/optimizer_steps", "final/examples_seen", "final/samples_per_second",
+           "final/diverged", "best/val_acc", "target/steps", "target/examples")
+
+
+def _float(value: Any) -> float | None:
+    """A plain finite float, or None (TensorBoard's hparams plugin rejects numpy and NaN)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _write_map(writer: SummaryWriter, m: DegradationMap, figures: dict[str, Path],
+               report_text: str | None) -> None:
+    """Figures as images, the frontier as scalars against batch size, the report as text."""
+    for stem, path in figures.items():
+        image = np.asarray(Image.open(path).convert("RGB"))
+        writer.add_image(f"map/{stem}", image, global_step=0, dataformats="HWC")
+    for row in m.frontier.to_dict(orient="records"):
+        for column, name in FRONTIER_SCALARS.items():
+            value = _float(row.get(column))
+            if value is not None:
+                writer.add_scalar(f"frontier/{name}", value, global_step=int(row["batch_size"]))
+    for row in m.by_rule.to_dict(orient="records"):
+        for column, name in RULE_SCALARS.items():
+            value = _float(row.get(column))
+            if value is not None:
+                writer.add_scalar(f"frontier_by_rule/{row['scaling_rule']}/{name}", value,
+                                  global_step=int(row["batch_size"]))
+    if m.fit is not None:
+        for name, value in (("b_crit", m.fit.b_crit), ("b_crit_ci_low", m.b_crit_ci[0]),
+                            ("b_crit_ci_high", m.b_crit_ci[1]), ("s_min", m.fit.s_min),
+                            ("e_min", m.fit.e_min)):
+            if _float(value) is not None:
+                writer.add_scalar(f"critical_batch/{name}", float(value), global_step=0)
+    if m.baseline is not None:
+        writer.add_scalar("frontier/baseline_val_acc", m.baseline[1], global_step=m.baseline[0])
+    if report_text:
+        writer.add_text("report", report_text, global_step=0)
+
+
+def trial_hparams(trial: dict[str, Any]) -> dict[str, Any]:
+    """A trial's hyperparameters as plain str / float (missing ones left out)."""
+    values = {**trial, "peak_lr": trial.get("actual_lr")}
+    params = {}
+    for name, kind in HPARAMS.items():
+        value = values.get(name)
+        if kind is str:
+            if isinstance(value, str):
+                params[name] = value
+        elif _float(value) is not None:
+            params[name] = _float(value)
+    return params
+
+
+def trial_metrics(trial: dict[str, Any], curve: pd.DataFrame,
+                  crossing: dict[str, Any] | None) -> dict[str, float]:
+    """A trial's final metrics as plain floats (missing ones left out)."""
+    last = curve.iloc[-1].to_dict() if len(curve) else {}
+    values = {
+        "final/val_acc": trial.get("final_val_acc"), "final/val_loss": trial.get("final_val_loss"),
+        "final/train_loss": trial.get("final_train_loss"), "final/epoch": last.get("epoch"),
+        "final/optimizer_steps": last.get("optimizer_steps"),
+        "final/examples_seen": last.get("examples_seen"),
+        "final/samples_per_second": last.get("samples_per_second"),
+        "final/diverged": float(bool(trial.get("diverged"))),
+        "best/val_acc": trial.get("best_val_acc"),
+        "target/steps": crossing.get("steps") if crossing else None,
+        "target/examples": crossing.get("examples") if crossing else None,
+    }
+    return {k: v for k, v in ((k, _float(v)) for k, v in values.items()) if v is not None}
+
+
+def _write_hparams(root: Path, m: DegradationMap, table: pd.DataFrame) -> int:
+    """One HParams session per trial; returns how many were written."""
+    # One experiment description for every session: all hyperparameters and all metrics, so
+    # whichever session TensorBoard reads it from, the table has every column.
+    template = {name: ("" if kind is str else 0.0) for name, kind in HPARAMS.items()}
+    experiment, _, _ = hparams(hparam_dict=template, metric_dict=dict.fromkeys(METRICS, 0.0))
+    crossings = {r["trial_id"]: r for r in m.crossings.to_dict(orient="records")}
+    written = 0
+    for trial in m.trials.to_dict(orient="records"):
+        curve = table[table["trial_id"] == trial["trial_id"]].sort_values("epoch")
+        curve = curve[curve["epoch"].notna()]
+        _, start, end = hparams(hparam_dict=trial_hparams(trial), metric_dict={})
+        writer = SummaryWriter(logdir=str(root / str(trial["trial_id"])))
+        for summary in (experiment, start, end):
+            writer.file_writer.add_summary(summary)
+        for name, value in trial_metrics(trial, curve, crossings.get(trial["trial_id"])).items():
+            writer.add_scalar(name, value, global_step=0)
+        writer.close()
+        written += 1
+    return written
+
+
+def _swap(staging: Path, final: Path) -> None:
+    """Replace `final` by `staging`: a copy beside it, then two renames.
+
+    The run is written outside the study directory first, so that a TensorBoard watching the
+    study never loads a half-written copy as a run of its own.
+    """
+    new = final.with_name(f".{final.name}.new-{os.getpid()}")
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    shutil.rmtree(new, ignore_errors=True)
+    shutil.copytree(staging, new)
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_summary(study_dir: str | Path, m: DegradationMap, table: pd.DataFrame,
+                  figures: dict[str, Path], report_text: str | None = None) -> Path:
+    """(Re)write STUDY_DIR/summary (see module docstring) and return its path."""
+    final = Path(study_dir) / SUMMARY_DIR
+    with tempfile.TemporaryDirectory(prefix="study-summary-") as tmp:
+        staging = Path(tmp) / SUMMARY_DIR
+        writer = SummaryWriter(logdir=str(staging))
+        try:
+            _write_map(writer, m, figures, report_text)
+        finally:
+            writer.close()
+        _write_hparams(staging / HPARAMS_DIR, m, table)
+        _swap(staging, final)
+    return final
