@@ -24,24 +24,42 @@ class SearchSpace:
 
     def ranges(self) -> dict[str, Any]:
         """Every searched parameter with its range or choices (saved with the study)."""
-        return {"base_lr": list(self.base_lr), "weight_decay": list(self.weight_decay),
-                "warmup_epochs": list(self.warmup_epochs),
-                "scaling_rule": list(self.scaling_rules), "optimizer": list(self.optimizers)}
+        return {
+            "base_lr": list(self.base_lr),
+            "weight_decay": list(self.weight_decay),
+            "warmup_epochs": list(self.warmup_epochs),
+            "scaling_rule": list(self.scaling_rules),
+            "optimizer": list(self.optimizers),
+        }
 
 
 SPACES: dict[str, SearchSpace] = {
     # Small CPU workloads: short runs, so warmup is at most a few epochs.
-    "simple_cnn": SearchSpace(base_lr=(1e-3, 0.3), weight_decay=(1e-6, 1e-2),
-                              warmup_epochs=(0.0, 2.0)),
-    "mnist1d": SearchSpace(base_lr=(1e-3, 0.3), weight_decay=(1e-6, 1e-2),
-                           warmup_epochs=(0.0, 2.0)),
-    "resnet8": SearchSpace(base_lr=(1e-3, 1.0), weight_decay=(1e-5, 1e-2),
-                           warmup_epochs=(0.0, 5.0), optimizers=("sgd", "lars")),
+    "simple_cnn": SearchSpace(
+        base_lr=(1e-3, 0.3), weight_decay=(1e-6, 1e-2), warmup_epochs=(0.0, 2.0)
+    ),
+    "mnist1d": SearchSpace(
+        base_lr=(1e-3, 0.3), weight_decay=(1e-6, 1e-2), warmup_epochs=(0.0, 2.0)
+    ),
+    "resnet8": SearchSpace(
+        base_lr=(1e-3, 1.0),
+        weight_decay=(1e-5, 1e-2),
+        warmup_epochs=(0.0, 5.0),
+        optimizers=("sgd", "lars"),
+    ),
     # Goyal et al.: lr 0.1 at batch 256, 5 warmup epochs, weight decay 1e-4; LARS for 32k.
-    "resnet50": SearchSpace(base_lr=(1e-2, 1.0), weight_decay=(1e-5, 1e-3),
-                            warmup_epochs=(0.0, 5.0), optimizers=("sgd", "lars")),
-    "vgg11": SearchSpace(base_lr=(1e-3, 0.3), weight_decay=(1e-5, 1e-3),
-                         warmup_epochs=(0.0, 5.0), optimizers=("sgd", "lars")),
+    "resnet50": SearchSpace(
+        base_lr=(1e-2, 1.0),
+        weight_decay=(1e-5, 1e-3),
+        warmup_epochs=(0.0, 5.0),
+        optimizers=("sgd", "lars"),
+    ),
+    "vgg11": SearchSpace(
+        base_lr=(1e-3, 0.3),
+        weight_decay=(1e-5, 1e-3),
+        warmup_epochs=(0.0, 5.0),
+        optimizers=("sgd", "lars"),
+    ),
 }
 
 

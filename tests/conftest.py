@@ -13,19 +13,41 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # The one real study the end-to-end tests share: 2 batch sizes x 4 trials, 3 epochs on digits.
 SMALL_STUDY_ARGS = [
-    "simple_cnn", "--dataset", "digits", "--batch-sizes", "8,64", "--trials", "8",
-    "--epochs", "3", "--reduction-factor", "2", "--seed", "0", "--name", "e2e",
+    "simple_cnn",
+    "--dataset",
+    "digits",
+    "--batch-sizes",
+    "8,64",
+    "--trials",
+    "8",
+    "--epochs",
+    "3",
+    "--reduction-factor",
+    "2",
+    "--seed",
+    "0",
+    "--name",
+    "e2e",
 ]
 
 
-def run_cli(module: str, *args: str, timeout: float = 900, env: dict | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *args: str, timeout: float = 900, env: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run `python -m module args` from the repo root, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{module} {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{module} {' '.join(args)} exited {proc.returncode}:\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

@@ -5,17 +5,24 @@ import pytest
 from tests.conftest import run_cli
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["resnet51"], "unknown workload 'resnet51'; known: mnist1d, resnet50"),
-    (["simple_cnn", "--workers-per-trial", "3"], "cannot be split evenly across 3 workers"),
-    (["resnet50", "--data-dir", "/nonexistent/imagenet"],
-     "expected ImageFolder layout at /nonexistent/imagenet/train"),
-    (["simple_cnn", "--trials", "2"], "2 trials cannot cover 4 batch sizes"),
-    (["simple_cnn", "--dataset", "cifar10"], "does not run on 'cifar10'"),
-    (["simple_cnn", "--batch-sizes", "8,4096"], "exceed the 1438 training examples of digits"),
-    (["simple_cnn", "--resume", "--name", "missing", "--storage", "/nonexistent"],
-     "no study to resume at /nonexistent/missing"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["resnet51"], "unknown workload 'resnet51'; known: mnist1d, resnet50"),
+        (["simple_cnn", "--workers-per-trial", "3"], "cannot be split evenly across 3 workers"),
+        (
+            ["resnet50", "--data-dir", "/nonexistent/imagenet"],
+            "expected ImageFolder layout at /nonexistent/imagenet/train",
+        ),
+        (["simple_cnn", "--trials", "2"], "2 trials cannot cover 4 batch sizes"),
+        (["simple_cnn", "--dataset", "cifar10"], "does not run on 'cifar10'"),
+        (["simple_cnn", "--batch-sizes", "8,4096"], "exceed the 1438 training examples of digits"),
+        (
+            ["simple_cnn", "--resume", "--name", "missing", "--storage", "/nonexistent"],
+            "no study to resume at /nonexistent/missing",
+        ),
+    ],
+)
 def test_bad_input_is_one_clear_line(args, expected):
     proc = run_cli("tuner.search", *args, timeout=120, check=False)
     assert proc.returncode == 2

@@ -7,11 +7,31 @@ from trainables.config import ConfigError, TrialConfig, batch_layout
 
 def base_config(**overrides):
     values = dict(
-        workload="simple_cnn", model="simple_cnn", dataset="digits", data_dir=None, batch_size=64,
-        scaling_rule="linear", optimizer="sgd", base_lr=0.1, reference_batch=32, momentum=0.9,
-        warmup_epochs=1.0, weight_decay=1e-4, epochs=2, schedule="cosine", final_lr_factor=0.0,
-        label_smoothing=0.0, num_workers=1, max_device_batch=512, bn_mode="per_worker",
-        ghost_batch=128, divergence_factor=5.0, max_train_examples=0, seed=0, use_gpu=False)
+        workload="simple_cnn",
+        model="simple_cnn",
+        dataset="digits",
+        data_dir=None,
+        batch_size=64,
+        scaling_rule="linear",
+        optimizer="sgd",
+        base_lr=0.1,
+        reference_batch=32,
+        momentum=0.9,
+        warmup_epochs=1.0,
+        weight_decay=1e-4,
+        epochs=2,
+        schedule="cosine",
+        final_lr_factor=0.0,
+        label_smoothing=0.0,
+        num_workers=1,
+        max_device_batch=512,
+        bn_mode="per_worker",
+        ghost_batch=128,
+        divergence_factor=5.0,
+        max_train_examples=0,
+        seed=0,
+        use_gpu=False,
+    )
     values.update(overrides)
     return values
 
@@ -34,8 +54,16 @@ def test_missing_key_fails_loudly():
         TrialConfig.from_dict(values)
 
 
-@pytest.mark.parametrize("key, value", [("scaling_rule", "cubic"), ("optimizer", "rmsprop"),
-                                        ("base_lr", -1.0), ("bn_mode", "none"), ("epochs", 0)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("scaling_rule", "cubic"),
+        ("optimizer", "rmsprop"),
+        ("base_lr", -1.0),
+        ("bn_mode", "none"),
+        ("epochs", 0),
+    ],
+)
 def test_bad_values_rejected(key, value):
     with pytest.raises(ConfigError):
         TrialConfig.from_dict(base_config(**{key: value}))

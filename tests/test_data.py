@@ -43,8 +43,10 @@ def test_cifar10_python_batches_load(tmp_path):
     rng = np.random.default_rng(0)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
-        batch = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, 20).tolist()}
+        batch = {
+            "data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, 20).tolist(),
+        }
         (base / name).write_bytes(pickle.dumps(batch))
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
     splits = load_dataset("cifar10", str(tmp_path), seed=0)

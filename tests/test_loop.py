@@ -31,9 +31,20 @@ def test_learns_digits_and_reports_every_metric():
     assert [r["epoch"] for r in reports] == [1, 2, 3]
     assert reports[-1]["val_acc"] > 0.9
     assert reports[-1]["train_loss"] < reports[0]["train_loss"]
-    required = {"epoch", "examples_seen", "optimizer_steps", "train_loss", "val_loss", "val_acc",
-                "lr", "samples_per_second", "diverged", "global_batch", "per_worker_batch",
-                "accumulation_steps"}
+    required = {
+        "epoch",
+        "examples_seen",
+        "optimizer_steps",
+        "train_loss",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "samples_per_second",
+        "diverged",
+        "global_batch",
+        "per_worker_batch",
+        "accumulation_steps",
+    }
     assert required <= set(reports[0])
     steps = reports[0]["optimizer_steps"]
     assert reports[0]["examples_seen"] == steps * 32 and steps == 1437 // 32
@@ -44,9 +55,18 @@ def test_overfits_one_batch():
     x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
     splits = load_synthetic((1, 8, 8))
     splits.train, splits.val = TensorSplit(x, y), TensorSplit(x, y)
-    reports, _ = run({"batch_size": 16, "epochs": 60, "base_lr": 0.05, "warmup_epochs": 0,
-                      "schedule": "constant", "weight_decay": 0.0, "reference_batch": 16},
-                     splits=splits)
+    reports, _ = run(
+        {
+            "batch_size": 16,
+            "epochs": 60,
+            "base_lr": 0.05,
+            "warmup_epochs": 0,
+            "schedule": "constant",
+            "weight_decay": 0.0,
+            "reference_batch": 16,
+        },
+        splits=splits,
+    )
     assert reports[-1]["val_acc"] == 1.0
     assert reports[-1]["train_loss"] < 0.05
 
@@ -101,3 +121,9 @@ def test_worker_slices_compose_the_global_batch():
         assert torch.equal(torch.cat([two[0][step], two[1][step]]), batch)
     other_epoch = list(worker_batches(100, 32, seed=3, epoch=3, rank=0, world=1))
     assert not torch.equal(other_epoch[0], one[0])
+
+
+def test_resuming_a_finished_run_reports_its_last_epoch_without_training():
+    full, states = run({"epochs": 2})
+    again, _ = run({"epochs": 2}, resume_state=states[-1])
+    assert again == [full[-1]]

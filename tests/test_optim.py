@@ -7,11 +7,17 @@ import torch
 from torch import nn
 
 from trainables.optim import (
-    build_optimizer, lr_at_step, param_groups, scaled_lr, scaling_factor,
+    build_optimizer,
+    lr_at_step,
+    param_groups,
+    scaled_lr,
+    scaling_factor,
 )
 
 
-@pytest.mark.parametrize("rule, expected", [("none", 0.1), ("linear", 0.8), ("sqrt", 0.1 * math.sqrt(8))])
+@pytest.mark.parametrize(
+    "rule, expected", [("none", 0.1), ("linear", 0.8), ("sqrt", 0.1 * math.sqrt(8))]
+)
 def test_scaled_lr_goyal_reference(rule, expected):
     # Goyal et al.: lr 0.1 at batch 256; batch 2048 is k = 8.
     assert scaled_lr(0.1, rule, 2048, 256) == pytest.approx(expected)
@@ -58,8 +64,9 @@ def test_no_weight_decay_on_biases_and_batchnorm():
     assert len(no_decay["params"]) == 4  # conv bias, bn weight, bn bias, linear bias
 
 
-@pytest.mark.parametrize("name, cls_name", [("sgd", "SGD"), ("adamw", "AdamW"),
-                                            ("lars", "Lars"), ("lamb", "Lamb")])
+@pytest.mark.parametrize(
+    "name, cls_name", [("sgd", "SGD"), ("adamw", "AdamW"), ("lars", "Lars"), ("lamb", "Lamb")]
+)
 def test_optimizers_build_and_step(name, cls_name):
     model = nn.Linear(3, 2)
     opt = build_optimizer(name, param_groups(model, 1e-4), lr=0.1)

@@ -18,8 +18,14 @@ GRID = [8, 32, 128, 512]
 def make_searcher(storage=None):
     return BalancedOptunaSearch(
         space=partial(define_by_run, space=get_space("simple_cnn"), batch_sizes=GRID),
-        metric="val_acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0),
-        storage=storage, study_name="t", batch_sizes=GRID, max_epochs=4)
+        metric="val_acc",
+        mode="max",
+        sampler=optuna.samplers.TPESampler(seed=0),
+        storage=storage,
+        study_name="t",
+        batch_sizes=GRID,
+        max_epochs=4,
+    )
 
 
 def test_every_batch_size_gets_its_share_even_when_tpe_prefers_one():
@@ -49,8 +55,12 @@ def test_outcomes_reach_optuna_honestly(tmp_path):
     searcher.on_trial_complete("t3", None, error=True)
     trials = optuna.load_study(study_name="t", storage=storage).trials
     states = [(t.state, t.user_attrs["outcome"]) for t in trials]
-    assert states == [(TrialState.COMPLETE, "completed"), (TrialState.PRUNED, "stopped"),
-                      (TrialState.PRUNED, "diverged"), (TrialState.FAIL, "errored")]
+    assert states == [
+        (TrialState.COMPLETE, "completed"),
+        (TrialState.PRUNED, "stopped"),
+        (TrialState.PRUNED, "diverged"),
+        (TrialState.FAIL, "errored"),
+    ]
     assert trials[0].value == 0.95 and trials[1].intermediate_values == {1: 0.5}
     assert [t.user_attrs["tune_trial_id"] for t in trials] == ["t0", "t1", "t2", "t3"]
 
@@ -60,8 +70,9 @@ def trial(tid, batch):
 
 
 def test_asha_compares_a_trial_only_with_its_own_batch_size():
-    scheduler = PerBatchSizeASHA(metric="val_acc", mode="max", max_t=9, grace_period=1,
-                                 reduction_factor=2)
+    scheduler = PerBatchSizeASHA(
+        metric="val_acc", mode="max", max_t=9, grace_period=1, reduction_factor=2
+    )
     small = [trial(f"s{i}", 8) for i in range(2)]
     large = trial("l0", 512)
     for t in (*small, large):

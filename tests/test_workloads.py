@@ -10,8 +10,14 @@ from trainables.models import build_model
 from trainables.workloads import WORKLOADS, get_workload
 
 PAIRS = [(w.name, d) for w in WORKLOADS.values() for d in w.datasets]
-SHAPES = {"digits": (1, 8, 8), "mnist1d": (1, 40), "mnist": (1, 28, 28),
-          "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "imagenet": (3, 224, 224)}
+SHAPES = {
+    "digits": (1, 8, 8),
+    "mnist1d": (1, 40),
+    "mnist": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "imagenet": (3, 224, 224),
+}
 
 
 @pytest.mark.parametrize("workload, dataset", PAIRS, ids=[f"{w}-{d}" for w, d in PAIRS])

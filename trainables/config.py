@@ -48,8 +48,11 @@ def batch_layout(global_batch: int, workers: int, max_device_batch: int) -> Batc
             f"use batch sizes divisible by {workers}"
         )
     per_worker = global_batch // workers
-    steps = next(a for a in range(1, per_worker + 1) if per_worker % a == 0
-                 and per_worker // a <= max_device_batch)
+    steps = next(
+        a
+        for a in range(1, per_worker + 1)
+        if per_worker % a == 0 and per_worker // a <= max_device_batch
+    )
     return BatchLayout(global_batch, workers, per_worker, steps, per_worker // steps)
 
 

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-DEFAULT_DATA_DIR = os.environ.get("STUDY_DATA_DIR", str(Path.home() / ".cache" / "batch-scaling-data"))
+DEFAULT_DATA_DIR = os.environ.get(
+    "STUDY_DATA_DIR", str(Path.home() / ".cache" / "batch-scaling-data")
+)
 
 
 class DataUnavailable(RuntimeError):
@@ -52,6 +54,7 @@ class Splits:
 
 # ---------------------------------------------------------------- batch order
 
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of the `n` training examples in `epoch`; the same on every worker."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -82,6 +85,7 @@ def shard(n: int, rank: int, world: int) -> range:
 
 # ---------------------------------------------------------------- augmentation
 
+
 def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop after zero padding and random horizontal flip, per example, on x's device."""
     n, _, h, w = x.shape
@@ -92,11 +96,14 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
     rows = oy[:, None] + torch.arange(h, device=x.device)
     cols = ox[:, None] + torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    out = padded[
+        torch.arange(n, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]
+    ]
     return out.permute(0, 3, 1, 2).contiguous()
 
 
 # ---------------------------------------------------------------- loaders
+
 
 def _split_holdout(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
     """Hold out `val_size` examples, chosen by the seed, from the training files."""
@@ -146,10 +153,17 @@ def load_mnist1d(data_dir: str, seed: int) -> Splits:
         tmp.replace(cache)  # atomic: concurrent workers never read a half-written file
 
     def split(x, y):
-        return TensorSplit(torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y).long())
+        return TensorSplit(
+            torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y).long()
+        )
 
-    return Splits("mnist1d", split(arrays["x"], arrays["y"]),
-                  split(arrays["x_test"], arrays["y_test"]), (1, 40), 10)
+    return Splits(
+        "mnist1d",
+        split(arrays["x"], arrays["y"]),
+        split(arrays["x_test"], arrays["y_test"]),
+        (1, 40),
+        10,
+    )
 
 
 def _torchvision_or_explain(name: str, build: Callable, root: Path, expected: str):
@@ -172,10 +186,14 @@ def load_mnist_like(name: str, data_dir: str, seed: int) -> Splits:
     """MNIST or Fashion-MNIST through torchvision; 5000 training images held out as val."""
     import torchvision
 
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[name]
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[
+        name
+    ]
     root = Path(data_dir)
     dataset = _torchvision_or_explain(
-        name, lambda download: cls(str(root), train=True, download=download), root,
+        name,
+        lambda download: cls(str(root), train=True, download=download),
+        root,
         f"{cls.__name__}/raw/train-images-idx3-ubyte",
     )
     x = dataset.data.float().unsqueeze(1) / 255.0
@@ -203,8 +221,10 @@ def load_cifar10(data_dir: str, seed: int) -> Splits:
 
     root = Path(data_dir)
     dataset = _torchvision_or_explain(
-        "cifar10", lambda download: CIFAR10Files(str(root), train=True, download=download),
-        root, "cifar-10-batches-py/data_batch_1",
+        "cifar10",
+        lambda download: CIFAR10Files(str(root), train=True, download=download),
+        root,
+        "cifar-10-batches-py/data_batch_1",
     )
     x = torch.tensor(dataset.data).permute(0, 3, 1, 2).float() / 255.0
     y = torch.tensor(dataset.targets).long()
@@ -227,16 +247,28 @@ def load_imagenet(data_dir: str, seed: int, image_size: int = 224) -> Splits:
                 f"synthetic (any model) or cifar10"
             )
     normalise = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    train = torchvision.datasets.ImageFolder(str(root / "train"), T.Compose([
-        T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalise]))
-    val = torchvision.datasets.ImageFolder(str(root / "val"), T.Compose([
-        T.Resize(image_size * 8 // 7), T.CenterCrop(image_size), T.ToTensor(), normalise]))
+    train = torchvision.datasets.ImageFolder(
+        str(root / "train"),
+        T.Compose(
+            [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalise]
+        ),
+    )
+    val = torchvision.datasets.ImageFolder(
+        str(root / "val"),
+        T.Compose(
+            [T.Resize(image_size * 8 // 7), T.CenterCrop(image_size), T.ToTensor(), normalise]
+        ),
+    )
     return Splits("imagenet", train, val, (3, image_size, image_size), len(train.classes))
 
 
 def load_synthetic(
-    input_shape: tuple[int, ...], num_classes: int = 10, seed: int = 0,
-    n_train: int = 4096, n_val: int = 1024, signal: float = 0.5,
+    input_shape: tuple[int, ...],
+    num_classes: int = 10,
+    seed: int = 0,
+    n_train: int = 4096,
+    n_val: int = 1024,
+    signal: float = 0.5,
 ) -> Splits:
     """Images with a learnable signal: a fixed per-class pattern plus unit Gaussian noise."""
     generator = torch.Generator().manual_seed(seed)
@@ -265,7 +297,10 @@ DATASET_NAMES = (*DATASETS, "synthetic")
 
 
 def load_dataset(
-    name: str, data_dir: str | None, seed: int, synthetic_shape: tuple[int, ...] = (3, 32, 32),
+    name: str,
+    data_dir: str | None,
+    seed: int,
+    synthetic_shape: tuple[int, ...] = (3, 32, 32),
     max_train_examples: int = 0,
 ) -> Splits:
     """Load a registered data set (`synthetic` takes the model's input shape).
@@ -296,11 +331,20 @@ def _subset(split: TensorSplit | Dataset, size: int, seed: int) -> TensorSplit |
 
 # ---------------------------------------------------------------- batch sources
 
+
 class BatchSource:
     """Yields one worker's batches for an epoch and its validation shard, on `device`."""
 
-    def __init__(self, splits: Splits, global_batch: int, rank: int, world: int,
-                 seed: int, device: torch.device, loader_workers: int = 4):
+    def __init__(
+        self,
+        splits: Splits,
+        global_batch: int,
+        rank: int,
+        world: int,
+        seed: int,
+        device: torch.device,
+        loader_workers: int = 4,
+    ):
         self.splits, self.global_batch, self.rank, self.world = splits, global_batch, rank, world
         self.seed, self.device, self.loader_workers = seed, device, loader_workers
         self.in_memory = isinstance(splits.train, TensorSplit)
@@ -326,9 +370,13 @@ class BatchSource:
                     x = crop_flip(x, generator)
                 yield x, data.y[idx]
         else:
-            loader = DataLoader(self.splits.train, batch_sampler=list(indices),
-                                num_workers=self.loader_workers, pin_memory=self.device.type == "cuda",
-                                persistent_workers=False)
+            loader = DataLoader(
+                self.splits.train,
+                batch_sampler=list(indices),
+                num_workers=self.loader_workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=False,
+            )
             for x, y in loader:
                 yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
 
@@ -342,8 +390,12 @@ class BatchSource:
                 yield data.x[start:stop], data.y[start:stop]
         else:
             subset = torch.utils.data.Subset(self.splits.val, list(part))
-            loader = DataLoader(subset, batch_size=batch, num_workers=self.loader_workers,
-                                pin_memory=self.device.type == "cuda")
+            loader = DataLoader(
+                subset,
+                batch_size=batch,
+                num_workers=self.loader_workers,
+                pin_memory=self.device.type == "cuda",
+            )
             for x, y in loader:
                 yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
 

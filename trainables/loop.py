@@ -39,7 +39,9 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or x.shape[0] <= self.ghost_batch:
             return super().forward(x)
-        return torch.cat([super(GhostBatchNorm2d, self).forward(c) for c in x.split(self.ghost_batch)])
+        return torch.cat(
+            [super(GhostBatchNorm2d, self).forward(c) for c in x.split(self.ghost_batch)]
+        )
 
 
 def apply_bn_mode(model: nn.Module, mode: str, ghost_batch: int, world: int) -> nn.Module:
@@ -67,7 +69,9 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def evaluate(model: nn.Module, source: BatchSource, batch: int, device: torch.device) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, source: BatchSource, batch: int, device: torch.device
+) -> tuple[float, float]:
     """Validation loss and accuracy over the whole held-out split, summed across workers."""
     model.eval()
     totals = torch.zeros(3, device=device, dtype=torch.float64)
@@ -104,34 +108,58 @@ def train(
         raise ValueError(f"config asks for {layout.workers} workers but {world} are running")
     torch.manual_seed(config.seed)  # same initial weights on every worker and every retry
     if splits is None:
-        splits = load_dataset(config.dataset, config.data_dir, config.seed,
-                              synthetic_shape(config.model), config.max_train_examples)
+        splits = load_dataset(
+            config.dataset,
+            config.data_dir,
+            config.seed,
+            synthetic_shape(config.model),
+            config.max_train_examples,
+        )
     source = BatchSource(splits, config.batch_size, rank, world, config.seed, device)
     steps_per_epoch = source.steps_per_epoch
     if steps_per_epoch < 1:
-        raise ValueError(f"batch {config.batch_size} exceeds the {len(splits.train)} training examples")
+        raise ValueError(
+            f"batch {config.batch_size} exceeds the {len(splits.train)} training examples"
+        )
 
     model = build_model(config.model, splits.input_shape, splits.num_classes)
     model = apply_bn_mode(model, config.bn_mode, config.ghost_batch, world).to(device)
-    optimizer = build_optimizer(config.optimizer, param_groups(model, config.weight_decay),
-                                lr=config.peak_lr, momentum=config.momentum)
+    optimizer = build_optimizer(
+        config.optimizer,
+        param_groups(model, config.weight_decay),
+        lr=config.peak_lr,
+        momentum=config.momentum,
+    )
     start_epoch, step = 0, 0
     if resume_state:
+        if resume_state.get("finished"):
+            # The run had ended (full budget or diverged) before its driver was restarted:
+            # report the final epoch again instead of training anything twice.
+            report(resume_state["metrics"], None)
+            return
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         start_epoch, step = resume_state["epoch"], resume_state["step"]
     ddp_model = wrap_model(model)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    schedule = dict(peak_lr=config.peak_lr, base_lr=config.base_lr,
-                    warmup_steps=round(config.warmup_epochs * steps_per_epoch),
-                    total_steps=config.epochs * steps_per_epoch, schedule=config.schedule,
-                    final_factor=config.final_lr_factor)
+    schedule = dict(
+        peak_lr=config.peak_lr,
+        base_lr=config.base_lr,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        total_steps=config.epochs * steps_per_epoch,
+        schedule=config.schedule,
+        final_factor=config.final_lr_factor,
+    )
     loss_limit = config.divergence_factor * math.log(splits.num_classes)
     eval_batch = min(max(layout.micro_batch, 256), config.max_device_batch)
-    layout_metrics = {"global_batch": layout.global_batch, "per_worker_batch": layout.per_worker,
-                      "accumulation_steps": layout.accumulation_steps,
-                      "micro_batch": layout.micro_batch, "workers": layout.workers}
+    layout_metrics = {
+        "global_batch": layout.global_batch,
+        "per_worker_batch": layout.per_worker,
+        "accumulation_steps": layout.accumulation_steps,
+        "micro_batch": layout.micro_batch,
+        "workers": layout.workers,
+    }
 
     for epoch in range(start_epoch, config.epochs):
         ddp_model.train()
@@ -150,8 +178,11 @@ def train(
             for i, (xm, ym) in enumerate(zip(micro_x, micro_y, strict=True)):
                 last = i == len(micro_x) - 1
                 # Skip DDP's gradient all-reduce on all but the last micro-batch.
-                sync = contextlib.nullcontext() if last or not hasattr(ddp_model, "no_sync") \
+                sync = (
+                    contextlib.nullcontext()
+                    if last or not hasattr(ddp_model, "no_sync")
                     else ddp_model.no_sync()
+                )
                 with sync, _autocast(device):
                     loss = criterion(ddp_model(xm).float(), ym) / len(micro_x)
                 loss.backward()
@@ -160,8 +191,13 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             step += 1
             finite = torch.isfinite(step_loss)
-            window += torch.stack([torch.where(finite, step_loss, 0.0), torch.ones_like(step_loss),
-                                   (~finite).double()])
+            window += torch.stack(
+                [
+                    torch.where(finite, step_loss, 0.0),
+                    torch.ones_like(step_loss),
+                    (~finite).double(),
+                ]
+            )
             if step % DIVERGENCE_CHECK_EVERY == 0:
                 diverged = _check_divergence(window, epoch_sums, loss_limit)
                 if diverged:
@@ -187,8 +223,14 @@ def train(
             "diverged": diverged,
             **layout_metrics,
         }
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "epoch": epoch + 1, "step": step}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch + 1,
+            "step": step,
+            "metrics": metrics,
+            "finished": diverged or epoch + 1 == config.epochs,
+        }
         report(metrics, state)
         if diverged:
             return

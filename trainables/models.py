@@ -30,7 +30,10 @@ class SimpleCNN(nn.Module):
         )
         flat = 2 * width * (-(-height // 4)) * (-(-width_px // 4))
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(flat, dense), nn.ReLU(inplace=True), nn.Linear(dense, num_classes)
+            nn.Flatten(),
+            nn.Linear(flat, dense),
+            nn.ReLU(inplace=True),
+            nn.Linear(dense, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,9 +91,7 @@ class ResNet8(nn.Module):
         self.stages = nn.Sequential(
             _BasicBlock(16, 16, 1), _BasicBlock(16, 32, 2), _BasicBlock(32, 64, 2)
         )
-        self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)
-        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))

@@ -34,8 +34,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            resume_state = torch.load(os.path.join(directory, CHECKPOINT_FILE),
-                                      map_location=device, weights_only=False)
+            resume_state = torch.load(
+                os.path.join(directory, CHECKPOINT_FILE), map_location=device, weights_only=False
+            )
 
     node_id = ray.get_runtime_context().get_node_id()
 
@@ -54,5 +55,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             return model
         return ray.train.torch.prepare_model(model, move_to_device=False)
 
-    train(trial, report=report, rank=rank, world=world, device=device, wrap_model=wrap,
-          resume_state=resume_state)
+    train(
+        trial,
+        report=report,
+        rank=rank,
+        world=world,
+        device=device,
+        wrap_model=wrap,
+        resume_state=resume_state,
+    )

@@ -44,62 +44,105 @@ class Workload:
 
     def settings(self, dataset: str) -> DataSettings:
         if dataset not in self.datasets:
-            raise KeyError(f"workload {self.name!r} does not run on {dataset!r}; "
-                           f"its data sets: {', '.join(self.datasets)}")
+            raise KeyError(
+                f"workload {self.name!r} does not run on {dataset!r}; "
+                f"its data sets: {', '.join(self.datasets)}"
+            )
         return self.datasets[dataset]
 
 
 _SYNTHETIC = DataSettings(epochs=4, batch_sizes=(16, 32, 64, 128, 256), target_accuracy=0.9)
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in [
-    Workload(
-        name="simple_cnn", model="simple_cnn", reference_batch=32,
-        description="Shallue et al.'s Simple CNN (2 conv + dense) on small grey images",
-        datasets={
-            "digits": DataSettings(epochs=6, batch_sizes=(8, 32, 128, 512), target_accuracy=0.95),
-            "mnist": DataSettings(epochs=10, batch_sizes=tuple(2**k for k in range(4, 14)),
-                                  target_accuracy=0.99),
-            "fashion_mnist": DataSettings(epochs=10, batch_sizes=tuple(2**k for k in range(4, 14)),
-                                          target_accuracy=0.90),
-            "synthetic": _SYNTHETIC,
-        }),
-    Workload(
-        name="mnist1d", model="conv1d", reference_batch=32,
-        description="a small 1-D CNN on MNIST-1D, generated locally by the mnist1d package",
-        datasets={
-            "mnist1d": DataSettings(epochs=10, batch_sizes=(16, 32, 64, 128, 256, 512, 1024),
-                                    target_accuracy=0.85),
-            "synthetic": _SYNTHETIC,
-        }),
-    Workload(
-        name="resnet8", model="resnet8", reference_batch=128,
-        description="Shallue et al.'s ResNet-8 on CIFAR-10 (target error 0.30)",
-        datasets={
-            "cifar10": DataSettings(epochs=20, batch_sizes=tuple(2**k for k in range(5, 14)),
-                                    target_accuracy=0.70),
-            "synthetic": _SYNTHETIC,
-        }),
-    Workload(
-        name="resnet50", model="resnet50", reference_batch=256, label_smoothing=0.1,
-        description="torchvision ResNet-50 (Goyal et al.: lr 0.1 at batch 256, 5 warmup epochs)",
-        datasets={
-            "imagenet": DataSettings(epochs=16, batch_sizes=tuple(2**k for k in range(8, 17)),
-                                     target_accuracy=0.75, max_device_batch=256),
-            "cifar10": DataSettings(epochs=30, batch_sizes=tuple(2**k for k in range(7, 14)),
-                                    target_accuracy=0.85, max_device_batch=512),
-            "synthetic": _SYNTHETIC,
-        }),
-    Workload(
-        name="vgg11", model="vgg11", reference_batch=256,
-        description="torchvision VGG-11 (Shallue et al.'s ImageNet target error 0.35)",
-        datasets={
-            "imagenet": DataSettings(epochs=16, batch_sizes=tuple(2**k for k in range(8, 16)),
-                                     target_accuracy=0.65, max_device_batch=256),
-            "cifar10": DataSettings(epochs=30, batch_sizes=tuple(2**k for k in range(7, 14)),
-                                    target_accuracy=0.80, max_device_batch=512),
-            "synthetic": _SYNTHETIC,
-        }),
-]}
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in [
+        Workload(
+            name="simple_cnn",
+            model="simple_cnn",
+            reference_batch=32,
+            description="Shallue et al.'s Simple CNN (2 conv + dense) on small grey images",
+            datasets={
+                "digits": DataSettings(
+                    epochs=6, batch_sizes=(8, 32, 128, 512), target_accuracy=0.95
+                ),
+                "mnist": DataSettings(
+                    epochs=10, batch_sizes=tuple(2**k for k in range(4, 14)), target_accuracy=0.99
+                ),
+                "fashion_mnist": DataSettings(
+                    epochs=10, batch_sizes=tuple(2**k for k in range(4, 14)), target_accuracy=0.90
+                ),
+                "synthetic": _SYNTHETIC,
+            },
+        ),
+        Workload(
+            name="mnist1d",
+            model="conv1d",
+            reference_batch=32,
+            description="a small 1-D CNN on MNIST-1D, generated locally by the mnist1d package",
+            datasets={
+                "mnist1d": DataSettings(
+                    epochs=10, batch_sizes=(16, 32, 64, 128, 256, 512, 1024), target_accuracy=0.85
+                ),
+                "synthetic": _SYNTHETIC,
+            },
+        ),
+        Workload(
+            name="resnet8",
+            model="resnet8",
+            reference_batch=128,
+            description="Shallue et al.'s ResNet-8 on CIFAR-10 (target error 0.30)",
+            datasets={
+                "cifar10": DataSettings(
+                    epochs=20, batch_sizes=tuple(2**k for k in range(5, 14)), target_accuracy=0.70
+                ),
+                "synthetic": _SYNTHETIC,
+            },
+        ),
+        Workload(
+            name="resnet50",
+            model="resnet50",
+            reference_batch=256,
+            label_smoothing=0.1,
+            description="torchvision ResNet-50 (Goyal et al.: lr 0.1 at batch 256, 5 warmup)",
+            datasets={
+                "imagenet": DataSettings(
+                    epochs=16,
+                    batch_sizes=tuple(2**k for k in range(8, 17)),
+                    target_accuracy=0.75,
+                    max_device_batch=256,
+                ),
+                "cifar10": DataSettings(
+                    epochs=30,
+                    batch_sizes=tuple(2**k for k in range(7, 14)),
+                    target_accuracy=0.85,
+                    max_device_batch=512,
+                ),
+                "synthetic": _SYNTHETIC,
+            },
+        ),
+        Workload(
+            name="vgg11",
+            model="vgg11",
+            reference_batch=256,
+            description="torchvision VGG-11 (Shallue et al.'s ImageNet target error 0.35)",
+            datasets={
+                "imagenet": DataSettings(
+                    epochs=16,
+                    batch_sizes=tuple(2**k for k in range(8, 16)),
+                    target_accuracy=0.65,
+                    max_device_batch=256,
+                ),
+                "cifar10": DataSettings(
+                    epochs=30,
+                    batch_sizes=tuple(2**k for k in range(7, 14)),
+                    target_accuracy=0.80,
+                    max_device_batch=512,
+                ),
+                "synthetic": _SYNTHETIC,
+            },
+        ),
+    ]
+}
 
 
 def get_workload(name: str) -> Workload:

@@ -11,8 +11,17 @@ from ray.tune.logger import TBXLoggerCallback
 
 from tuner.outcomes import trial_outcome
 
-SCALARS = ("val_acc", "val_loss", "train_loss", "lr", "examples_seen", "optimizer_steps",
-           "samples_per_second", "epoch_time_s", "diverged")
+SCALARS = (
+    "val_acc",
+    "val_loss",
+    "train_loss",
+    "lr",
+    "examples_seen",
+    "optimizer_steps",
+    "samples_per_second",
+    "epoch_time_s",
+    "diverged",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -109,19 +118,23 @@ class ProgressCallback(Callback):
     def _finish(self, trial: Any, error: bool) -> None:
         self.running.discard(trial.trial_id)
         self.outcomes[trial.trial_id] = trial_outcome(
-            trial.last_result or None, error=error, max_epochs=self.max_epochs)
+            trial.last_result or None, error=error, max_epochs=self.max_epochs
+        )
         self._show(force=True)
 
     def line(self) -> str:
         counts = {k: 0 for k in ("completed", "stopped", "diverged", "errored")}
         for outcome in self.outcomes.values():
             counts[outcome] = counts.get(outcome, 0) + 1
-        best = ", ".join(f"{b}: {self.best[b]:.3f}" if b in self.best else f"{b}: -"
-                         for b in self.batch_sizes)
-        return (f"trials done {len(self.outcomes)} (completed {counts['completed']}, stopped "
-                f"{counts['stopped']}, diverged {counts['diverged']}, errored "
-                f"{counts['errored']}), running {len(self.running)} | best val_acc by batch: "
-                f"{best}")
+        best = ", ".join(
+            f"{b}: {self.best[b]:.3f}" if b in self.best else f"{b}: -" for b in self.batch_sizes
+        )
+        return (
+            f"trials done {len(self.outcomes)} (completed {counts['completed']}, stopped "
+            f"{counts['stopped']}, diverged {counts['diverged']}, errored "
+            f"{counts['errored']}), running {len(self.running)} | best val_acc by batch: "
+            f"{best}"
+        )
 
     def _show(self, force: bool = False) -> None:
         line = self.line()

@@ -47,16 +47,19 @@ def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=study.workers_per_trial, use_gpu=study.use_gpu,
-            resources_per_worker=resources),
+            num_workers=study.workers_per_trial,
+            use_gpu=study.use_gpu,
+            resources_per_worker=resources,
+        ),
         run_config=ray.train.RunConfig(
             # A stable name per Tune trial: a restarted driver resumes its own checkpoints,
             # and concurrent trials never share a run directory.
             name=f"trial-{context.get_trial_id()}",
             storage_path=str(study.study_dir / "train_runs"),
             callbacks=[TuneReportCallback()],
-            failure_config=ray.train.FailureConfig(max_failures=study.worker_retries,
-                                                   controller_failure_limit=0),
+            failure_config=ray.train.FailureConfig(
+                max_failures=study.worker_retries, controller_failure_limit=0
+            ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
@@ -73,17 +76,28 @@ def make_searcher(spec: StudySpec, space: SearchSpace) -> BalancedOptunaSearch:
     # constant_liar keeps concurrent TPE suggestions apart; n_startup_trials of random search
     # first, a third of the budget at most.
     sampler = optuna.samplers.TPESampler(
-        seed=spec.seed, constant_liar=True, n_startup_trials=max(2, min(10, spec.trials // 3)))
+        seed=spec.seed, constant_liar=True, n_startup_trials=max(2, min(10, spec.trials // 3))
+    )
     return BalancedOptunaSearch(
         space=partial(define_by_run, space=space, batch_sizes=list(spec.batch_sizes)),
-        metric=METRIC, mode=MODE, sampler=sampler, storage=optuna_storage(spec),
-        study_name=spec.name, batch_sizes=list(spec.batch_sizes), max_epochs=spec.epochs)
+        metric=METRIC,
+        mode=MODE,
+        sampler=sampler,
+        storage=optuna_storage(spec),
+        study_name=spec.name,
+        batch_sizes=list(spec.batch_sizes),
+        max_epochs=spec.epochs,
+    )
 
 
 def make_scheduler(spec: StudySpec) -> PerBatchSizeASHA:
-    return PerBatchSizeASHA(metric=METRIC, mode=MODE, max_t=spec.epochs,
-                            grace_period=spec.grace_epochs,
-                            reduction_factor=spec.reduction_factor)
+    return PerBatchSizeASHA(
+        metric=METRIC,
+        mode=MODE,
+        max_t=spec.epochs,
+        grace_period=spec.grace_epochs,
+        reduction_factor=spec.reduction_factor,
+    )
 
 
 def concurrency(spec: StudySpec) -> int:
@@ -94,13 +108,16 @@ def concurrency(spec: StudySpec) -> int:
     per_trial_cpus = spec.workers_per_trial * spec.cpus_per_worker
     fits = int(total.get("CPU", 0) // per_trial_cpus)
     if spec.use_gpu:
-        fits = min(fits, int(total.get("GPU", 0) // (spec.workers_per_trial * spec.gpus_per_worker)))
+        fits = min(
+            fits, int(total.get("GPU", 0) // (spec.workers_per_trial * spec.gpus_per_worker))
+        )
     return max(1, fits)
 
 
 def trainable(spec: StudySpec):
-    return tune.with_resources(tune.with_parameters(trial_driver, spec=spec.to_dict()),
-                               DRIVER_RESOURCES)
+    return tune.with_resources(
+        tune.with_parameters(trial_driver, spec=spec.to_dict()), DRIVER_RESOURCES
+    )
 
 
 def callbacks(spec: StudySpec) -> list[tune.Callback]:
@@ -109,8 +126,10 @@ def callbacks(spec: StudySpec) -> list[tune.Callback]:
 
 def run_config(spec: StudySpec) -> tune.RunConfig:
     return tune.RunConfig(
-        name=spec.name, storage_path=str(os.path.abspath(spec.storage)),
-        callbacks=callbacks(spec), verbose=0,
+        name=spec.name,
+        storage_path=str(os.path.abspath(spec.storage)),
+        callbacks=callbacks(spec),
+        verbose=0,
         # A failed trial is recorded and the study goes on (no retries of the driver; the
         # Train run inside retries its workers from the last epoch checkpoint).
         failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
@@ -122,8 +141,11 @@ def make_tuner(spec: StudySpec) -> tune.Tuner:
     return tune.Tuner(
         trainable(spec),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec, workload.space), scheduler=make_scheduler(spec),
-            num_samples=spec.trials, max_concurrent_trials=concurrency(spec)),
+            search_alg=make_searcher(spec, workload.space),
+            scheduler=make_scheduler(spec),
+            num_samples=spec.trials,
+            max_concurrent_trials=concurrency(spec),
+        ),
         run_config=run_config(spec),
     )
 
@@ -131,5 +153,9 @@ def make_tuner(spec: StudySpec) -> tune.Tuner:
 def restore_tuner(spec: StudySpec) -> tune.Tuner:
     """Continue an interrupted study: finished trials are kept, unfinished ones resumed."""
     return tune.Tuner.restore(
-        str(spec.study_dir), trainable=trainable(spec), resume_unfinished=True,
-        resume_errored=False, restart_errored=False)
+        str(spec.study_dir),
+        trainable=trainable(spec),
+        resume_unfinished=True,
+        resume_errored=False,
+        restart_errored=False,
+    )

@@ -8,8 +8,9 @@ from typing import Any
 OUTCOMES = ("completed", "stopped", "diverged", "errored", "running")
 
 
-def trial_outcome(last: Mapping[str, Any] | None, *, error: bool, max_epochs: int,
-                  finished: bool = True) -> str:
+def trial_outcome(
+    last: Mapping[str, Any] | None, *, error: bool, max_epochs: int, finished: bool = True
+) -> str:
     """`completed` (full budget), `stopped` (early, by ASHA), `diverged`, `errored`, `running`."""
     if error:
         return "errored"

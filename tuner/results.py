@@ -21,9 +21,25 @@ from trainables.workloads import get_workload
 from tuner.spec import load_spec
 
 TABLE_FILE = "trials.csv"
-METRICS = ("epoch", "examples_seen", "optimizer_steps", "train_loss", "val_loss", "val_acc", "lr",
-           "peak_lr", "samples_per_second", "epoch_time_s", "diverged", "global_batch",
-           "per_worker_batch", "accumulation_steps", "micro_batch", "workers", "node_id")
+METRICS = (
+    "epoch",
+    "examples_seen",
+    "optimizer_steps",
+    "train_loss",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "peak_lr",
+    "samples_per_second",
+    "epoch_time_s",
+    "diverged",
+    "global_batch",
+    "per_worker_batch",
+    "accumulation_steps",
+    "micro_batch",
+    "workers",
+    "node_id",
+)
 PARAMS = ("batch_size", "scaling_rule", "optimizer", "base_lr", "weight_decay", "warmup_epochs")
 COLUMNS = ("trial_id", "optuna_number", "outcome", *PARAMS, "actual_lr", *METRICS)
 
@@ -66,9 +82,15 @@ def collect_trials(study_dir: str | Path) -> pd.DataFrame:
             continue  # enqueued but never handed to Tune
         outcome = trial.user_attrs.get("outcome", "running")
         params = {k: trial.params.get(k) for k in PARAMS}
-        base = {"trial_id": trial_id, "optuna_number": trial.number, "outcome": outcome, **params,
-                "actual_lr": scaled_lr(params["base_lr"], params["scaling_rule"],
-                                       int(params["batch_size"]), reference)}
+        base = {
+            "trial_id": trial_id,
+            "optuna_number": trial.number,
+            "outcome": outcome,
+            **params,
+            "actual_lr": scaled_lr(
+                params["base_lr"], params["scaling_rule"], int(params["batch_size"]), reference
+            ),
+        }
         # A resumed trial re-reports epochs it had already reported: keep the latest of each.
         by_epoch = {int(r["epoch"]): r for r in results.get(trial_id, []) if "epoch" in r}
         if not by_epoch:

@@ -17,12 +17,25 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 class PerBatchSizeASHA(FIFOScheduler):
     """Route every trial to the ASHA instance of its `config['batch_size']`."""
 
-    def __init__(self, *, metric: str, mode: str, max_t: int, grace_period: int = 1,
-                 reduction_factor: float = 3, time_attr: str = "epoch"):
+    def __init__(
+        self,
+        *,
+        metric: str,
+        mode: str,
+        max_t: int,
+        grace_period: int = 1,
+        reduction_factor: float = 3,
+        time_attr: str = "epoch",
+    ):
         super().__init__()
-        self._asha_kwargs = dict(time_attr=time_attr, metric=metric, mode=mode, max_t=max_t,
-                                 grace_period=min(grace_period, max_t),
-                                 reduction_factor=reduction_factor)
+        self._asha_kwargs = dict(
+            time_attr=time_attr,
+            metric=metric,
+            mode=mode,
+            max_t=max_t,
+            grace_period=min(grace_period, max_t),
+            reduction_factor=reduction_factor,
+        )
         self._metric, self._mode = metric, mode
         self._groups: dict[Any, AsyncHyperBandScheduler] = {}
         self.stopped: dict[Any, int] = {}

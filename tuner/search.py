@@ -39,12 +39,17 @@ def parse_grid(text: str) -> tuple[int, ...]:
             return tuple(sizes)
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bad batch sizes {text!r}: use 8,32,128 or 8:512") from None
+        raise argparse.ArgumentTypeError(
+            f"bad batch sizes {text!r}: use 8,32,128 or 8:512"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuner.search", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tuner.search",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("workload", nargs="?", help="registered workload (see --list)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument("--dataset", help="data set (default: the workload's first)")
@@ -54,32 +59,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the workload's)")
     p.add_argument("--workers-per-trial", type=int, default=1, help="data-parallel workers")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--gpus-per-worker", type=float, default=None,
-                   help="default: 1 if the cluster has GPUs, else 0")
-    p.add_argument("--max-concurrent", type=int, default=0,
-                   help="trials at once (default: as many as the cluster's resources hold)")
-    p.add_argument("--max-device-batch", type=int,
-                   help="largest micro-batch per worker; larger shares accumulate gradients")
-    p.add_argument("--max-train-examples", type=int, default=0,
-                   help="train on a seeded subset of this size (0: all)")
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="default: 1 if the cluster has GPUs, else 0",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=0,
+        help="trials at once (default: as many as the cluster's resources hold)",
+    )
+    p.add_argument(
+        "--max-device-batch",
+        type=int,
+        help="largest micro-batch per worker; larger shares accumulate gradients",
+    )
+    p.add_argument(
+        "--max-train-examples",
+        type=int,
+        default=0,
+        help="train on a seeded subset of this size (0: all)",
+    )
     p.add_argument("--bn-mode", choices=BN_MODES, default="per_worker")
     p.add_argument("--ghost-batch", type=int, default=128, help="group size for --bn-mode ghost")
     p.add_argument("--grace-epochs", type=int, default=1, help="ASHA's first rung, in epochs")
     p.add_argument("--reduction-factor", type=int, default=3, help="ASHA's reduction factor")
-    p.add_argument("--divergence-factor", type=float, default=5.0,
-                   help="a train loss above this x ln(classes) counts as diverged")
-    p.add_argument("--worker-retries", type=int, default=2,
-                   help="restarts of a trial's worker group from its last epoch checkpoint")
+    p.add_argument(
+        "--divergence-factor",
+        type=float,
+        default=5.0,
+        help="a train loss above this x ln(classes) counts as diverged",
+    )
+    p.add_argument(
+        "--worker-retries",
+        type=int,
+        default=2,
+        help="restarts of a trial's worker group from its last epoch checkpoint",
+    )
     p.add_argument("--target", type=float, help="target accuracy for steps-to-target")
     p.add_argument("--storage", default="studies", help="directory (or URI) holding studies")
     p.add_argument("--name", help="study name (default: WORKLOAD-DATASET-TIMESTAMP)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
     p.add_argument("--resume", action="store_true", help="continue the study named by --name")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny study: 2 epochs, 2 batch sizes, 4 trials, small data")
-    p.add_argument("--skip-data-check", action="store_true",
-                   help="do not check the data on this machine (it lives on the workers)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny study: 2 epochs, 2 batch sizes, 4 trials, small data",
+    )
+    p.add_argument(
+        "--skip-data-check",
+        action="store_true",
+        help="do not check the data on this machine (it lives on the workers)",
+    )
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     return p
 
@@ -91,8 +125,10 @@ def list_workloads() -> str:
         for name, s in w.datasets.items():
             files = " (needs files)" if name in NEEDS_FILES else ""
             grid = ",".join(str(b) for b in s.batch_sizes)
-            lines.append(f"    --dataset {name}{files}: {s.epochs} epochs, batch sizes {grid}, "
-                         f"target acc {s.target_accuracy}")
+            lines.append(
+                f"    --dataset {name}{files}: {s.epochs} epochs, batch sizes {grid}, "
+                f"target acc {s.target_accuracy}"
+            )
     return "\n".join(lines)
 
 
@@ -113,17 +149,27 @@ def build_spec(args: argparse.Namespace, has_gpus: bool) -> StudySpec:
     trials = args.trials or (SMOKE["trials_per_batch"] if args.smoke else 4) * len(grid)
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1.0 if has_gpus else 0.0)
     spec = StudySpec(
-        workload=workload.name, dataset=dataset,
+        workload=workload.name,
+        dataset=dataset,
         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
-        batch_sizes=grid, trials=trials, epochs=epochs,
-        workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=gpus, max_concurrent=args.max_concurrent,
+        batch_sizes=grid,
+        trials=trials,
+        epochs=epochs,
+        workers_per_trial=args.workers_per_trial,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=gpus,
+        max_concurrent=args.max_concurrent,
         storage=str(Path(args.storage).resolve()) if "://" not in args.storage else args.storage,
         name=args.name or f"{workload.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
-        seed=args.seed, max_device_batch=args.max_device_batch or settings.max_device_batch,
-        max_train_examples=max_train, bn_mode=args.bn_mode, ghost_batch=args.ghost_batch,
-        grace_epochs=args.grace_epochs, reduction_factor=args.reduction_factor,
-        divergence_factor=args.divergence_factor, worker_retries=args.worker_retries,
+        seed=args.seed,
+        max_device_batch=args.max_device_batch or settings.max_device_batch,
+        max_train_examples=max_train,
+        bn_mode=args.bn_mode,
+        ghost_batch=args.ghost_batch,
+        grace_epochs=args.grace_epochs,
+        reduction_factor=args.reduction_factor,
+        divergence_factor=args.divergence_factor,
+        worker_retries=args.worker_retries,
         target_accuracy=args.target if args.target is not None else settings.target_accuracy,
         search_ranges=workload.space.ranges(),
     )
@@ -163,11 +209,15 @@ def main(argv: list[str] | None = None) -> int:
                 fail(str(error))
             too_big = [b for b in spec.batch_sizes if n_train is not None and b > n_train]
             if too_big:
-                fail(f"batch sizes {too_big} exceed the {n_train} training examples of "
-                     f"{spec.dataset}; not one step per epoch would run")
+                fail(
+                    f"batch sizes {too_big} exceed the {n_train} training examples of "
+                    f"{spec.dataset}; not one step per epoch would run"
+                )
         if spec.study_dir.exists() and (spec.study_dir / "study.json").exists():
-            fail(f"study {spec.name} already exists in {spec.storage}; use --resume to continue "
-                 f"it or another --name")
+            fail(
+                f"study {spec.name} already exists in {spec.storage}; use --resume to continue "
+                f"it or another --name"
+            )
 
     from tuner.session import run_study  # imports Ray: only once the inputs are known good
 

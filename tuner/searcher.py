@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -50,22 +51,30 @@ class BalancedOptunaSearch(OptunaSearch):
         # Report against epochs, not Tune's training_iteration, which restarts on resume.
         if trial_id in self._completed_trials or self.metric not in result:
             return
-        self._ot_trials[trial_id].report(float(result[self.metric]), int(result["epoch"]))
+        try:
+            self._ot_trials[trial_id].report(float(result[self.metric]), int(result["epoch"]))
+        except UpdateFinishedTrialError:
+            return  # see on_trial_complete: told before an interruption
         self._reported.add(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        self._completed_trials.add(trial_id)
         outcome = trial_outcome(result, error=error, max_epochs=self._max_epochs)
-        ot_trial.set_user_attr("outcome", outcome)
+        try:
+            ot_trial.set_user_attr("outcome", outcome)
+        except UpdateFinishedTrialError:
+            # Told already, just before an interruption that came ahead of Tune's next
+            # checkpoint of this searcher: Optuna's record stands.
+            return
         if outcome == "completed":
             self._ot_study.tell(ot_trial, float(result[self.metric]), state=TrialState.COMPLETE)
         elif outcome in ("stopped", "diverged") and trial_id in self._reported:
             self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
         else:
             self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
-        self._completed_trials.add(trial_id)
 
     def trials_per_batch_size(self) -> dict[int, int]:
         return dict(self._assigned)

@@ -24,13 +24,26 @@ def quiet() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+# Seen here: on a loaded 2-core machine a worker process (Python + torch imports) took more
+# than Ray Train's default 60 s to start, and trials failed for it. Infeasible requests are
+# rejected up front (`check_fits`), so a long bound only waits for slow starts or autoscaling.
+WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at `address` / $RAY_ADDRESS, or start local Ray."""
     quiet()
     address = address or os.environ.get("RAY_ADDRESS")
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
     try:
-        ray.init(address=address, log_to_driver=False, configure_logging=False,
-                 logging_level="ERROR")
+        ray.init(
+            address=address,
+            log_to_driver=False,
+            configure_logging=False,
+            logging_level="ERROR",
+            runtime_env={"env_vars": {k: os.environ[k] for k in WORKER_ENV}},
+        )
     except (ConnectionError, RuntimeError, ValueError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SystemExit(f"error: cannot connect to Ray at {address}: {message}") from None
@@ -46,11 +59,34 @@ def check_fits(spec: StudySpec) -> None:
             f"error: one trial needs {spec.workers_per_trial} workers x "
             f"({spec.cpus_per_worker} CPU, {spec.gpus_per_worker} GPU) = {need_cpu:g} CPU, "
             f"{need_gpu:g} GPU, but the cluster has {total.get('CPU', 0):g} CPU, "
-            f"{total.get('GPU', 0):g} GPU; lower --workers-per-trial or grow the cluster")
+            f"{total.get('GPU', 0):g} GPU; lower --workers-per-trial or grow the cluster"
+        )
 
 
-def run_study(spec: StudySpec, args: argparse.Namespace, *, resume: bool,
-              save: Callable[[StudySpec], Path]) -> int:
+def close_lost_trials(spec: StudySpec) -> int:
+    """After Tune has finished, no Optuna trial can still be running: a RUNNING one was
+    suggested after Tune's last experiment checkpoint before a crash, and the resumed
+    study never heard of it. Record it as failed (outcome `errored`) so storage and Tune agree."""
+    import optuna
+
+    from tuner.driver import optuna_storage
+
+    study = optuna.load_study(study_name=spec.name, storage=optuna_storage(spec))
+    lost = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    ]
+    for trial in lost:
+        study._storage.set_trial_user_attr(trial._trial_id, "outcome", "errored")
+        study._storage.set_trial_user_attr(trial._trial_id, "lost_in_interruption", True)
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    return len(lost)
+
+
+def run_study(
+    spec: StudySpec, args: argparse.Namespace, *, resume: bool, save: Callable[[StudySpec], Path]
+) -> int:
     from tuner import driver
 
     connect(args.address)
@@ -59,12 +95,22 @@ def run_study(spec: StudySpec, args: argparse.Namespace, *, resume: bool,
     check_fits(spec)
     if not resume:
         save(spec)
-    print(f"study {spec.name}: {spec.workload} on {spec.dataset}, batch sizes "
-          f"{list(spec.batch_sizes)}, {spec.trials} trials x {spec.epochs} epochs, "
-          f"{spec.workers_per_trial} worker(s)/trial, results in {spec.study_dir}",
-          file=sys.stderr, flush=True)
+    print(
+        f"study {spec.name}: {spec.workload} on {spec.dataset}, batch sizes "
+        f"{list(spec.batch_sizes)}, {spec.trials} trials x {spec.epochs} epochs, "
+        f"{spec.workers_per_trial} worker(s)/trial, results in {spec.study_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
     tuner = driver.restore_tuner(spec) if resume else driver.make_tuner(spec)
     results = tuner.fit()
+    lost = close_lost_trials(spec)
+    if lost:
+        print(
+            f"{lost} trial(s) started just before an interruption were never recorded by Tune; "
+            f"marked errored in optuna.db",
+            file=sys.stderr,
+        )
     table = write_trial_table(spec.study_dir)
     print(f"trial table: {table}", file=sys.stderr)
     if not args.no_report:
@@ -76,6 +122,8 @@ def run_study(spec: StudySpec, args: argparse.Namespace, *, resume: bool,
             report = write_report(spec.study_dir)
             print(f"report: {report}", file=sys.stderr)
     errors = sum(1 for r in results if r.error)
-    print(f"done: {len(results)} trials ({errors} errored). "
-          f"tensorboard --logdir {spec.study_dir}", file=sys.stderr)
+    print(
+        f"done: {len(results)} trials ({errors} errored). tensorboard --logdir {spec.study_dir}",
+        file=sys.stderr,
+    )
     return 0

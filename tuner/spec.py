@@ -19,8 +19,18 @@ from trainables.config import BatchLayout, ConfigError, TrialConfig, batch_layou
 from trainables.workloads import get_workload
 
 SPEC_FILE = "study.json"
-PACKAGES = ("ray", "torch", "torchvision", "optuna", "tensorboard", "tensorboardX", "timm",
-            "numpy", "pandas", "scikit-learn")
+PACKAGES = (
+    "ray",
+    "torch",
+    "torchvision",
+    "optuna",
+    "tensorboard",
+    "tensorboardX",
+    "timm",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+)
 
 
 @dataclass(frozen=True)
@@ -61,41 +71,63 @@ class StudySpec:
 
     def layouts(self) -> dict[int, BatchLayout]:
         """The split of every batch size of the grid (raises on an impossible one)."""
-        return {b: batch_layout(b, self.workers_per_trial, self.max_device_batch)
-                for b in self.batch_sizes}
+        return {
+            b: batch_layout(b, self.workers_per_trial, self.max_device_batch)
+            for b in self.batch_sizes
+        }
 
     def validate(self) -> None:
         """Fail up front, in one line, on a spec that cannot run."""
         if self.trials < len(self.batch_sizes):
-            raise ConfigError(f"{self.trials} trials cannot cover {len(self.batch_sizes)} batch "
-                              f"sizes; use --trials >= {len(self.batch_sizes)}")
+            raise ConfigError(
+                f"{self.trials} trials cannot cover {len(self.batch_sizes)} batch "
+                f"sizes; use --trials >= {len(self.batch_sizes)}"
+            )
         if sorted(set(self.batch_sizes)) != list(self.batch_sizes):
             raise ConfigError("batch sizes must be distinct and increasing")
         self.layouts()
         # One full trial config per batch size proves that every trial is well-formed.
         for batch in self.batch_sizes:
-            TrialConfig.from_dict(self.trial_config({
-                "batch_size": batch, "scaling_rule": "linear",
-                "optimizer": self.search_ranges["optimizer"][0],
-                "base_lr": self.search_ranges["base_lr"][0],
-                "weight_decay": self.search_ranges["weight_decay"][0],
-                "warmup_epochs": self.search_ranges["warmup_epochs"][0]}))
+            TrialConfig.from_dict(
+                self.trial_config(
+                    {
+                        "batch_size": batch,
+                        "scaling_rule": "linear",
+                        "optimizer": self.search_ranges["optimizer"][0],
+                        "base_lr": self.search_ranges["base_lr"][0],
+                        "weight_decay": self.search_ranges["weight_decay"][0],
+                        "warmup_epochs": self.search_ranges["warmup_epochs"][0],
+                    }
+                )
+            )
 
     def trial_config(self, params: dict[str, Any]) -> dict[str, Any]:
         """The full trial config for one Optuna suggestion (`params`)."""
         workload = get_workload(self.workload)
         return {
-            "workload": self.workload, "model": workload.model, "dataset": self.dataset,
-            "data_dir": self.data_dir, "batch_size": int(params["batch_size"]),
-            "scaling_rule": params["scaling_rule"], "optimizer": params["optimizer"],
-            "base_lr": float(params["base_lr"]), "reference_batch": workload.reference_batch,
-            "momentum": workload.momentum, "warmup_epochs": float(params["warmup_epochs"]),
-            "weight_decay": float(params["weight_decay"]), "epochs": self.epochs,
-            "schedule": workload.schedule, "final_lr_factor": workload.final_lr_factor,
-            "label_smoothing": workload.label_smoothing, "num_workers": self.workers_per_trial,
-            "max_device_batch": self.max_device_batch, "bn_mode": self.bn_mode,
-            "ghost_batch": self.ghost_batch, "divergence_factor": self.divergence_factor,
-            "max_train_examples": self.max_train_examples, "seed": self.seed,
+            "workload": self.workload,
+            "model": workload.model,
+            "dataset": self.dataset,
+            "data_dir": self.data_dir,
+            "batch_size": int(params["batch_size"]),
+            "scaling_rule": params["scaling_rule"],
+            "optimizer": params["optimizer"],
+            "base_lr": float(params["base_lr"]),
+            "reference_batch": workload.reference_batch,
+            "momentum": workload.momentum,
+            "warmup_epochs": float(params["warmup_epochs"]),
+            "weight_decay": float(params["weight_decay"]),
+            "epochs": self.epochs,
+            "schedule": workload.schedule,
+            "final_lr_factor": workload.final_lr_factor,
+            "label_smoothing": workload.label_smoothing,
+            "num_workers": self.workers_per_trial,
+            "max_device_batch": self.max_device_batch,
+            "bn_mode": self.bn_mode,
+            "ghost_batch": self.ghost_batch,
+            "divergence_factor": self.divergence_factor,
+            "max_train_examples": self.max_train_examples,
+            "seed": self.seed,
             "use_gpu": self.use_gpu,
         }
 
@@ -121,14 +153,34 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     try:
-        revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                  cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True,
-                                    text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip())
+        revision = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         revision, dirty = None, None
-    return {"python": sys.version.split()[0], "packages": versions, "git_revision": revision,
-            "git_dirty": dirty, "argv": sys.argv}
+    return {
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "git_revision": revision,
+        "git_dirty": dirty,
+        "argv": sys.argv,
+    }
 
 
 def save_spec(spec: StudySpec) -> Path:
