@@ -157,7 +157,11 @@ def main() -> None:
     import ray
 
     ray.init(
-        num_cpus=os.cpu_count(), log_to_driver=False, configure_logging=False, logging_level="ERROR"
+        address="local",
+        num_cpus=os.cpu_count(),
+        log_to_driver=False,
+        configure_logging=False,
+        logging_level="ERROR",
     )
     for workers in (1, 2):
         result = ray_train(args, workers)

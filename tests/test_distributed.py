@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 

@@ -102,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="studies", help="directory (or URI) holding studies")
     p.add_argument("--name", help="study name (default: WORKLOAD-DATASET-TIMESTAMP)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster to join: host:port, or `auto` for the one "
+        "running on this machine (default: $RAY_ADDRESS, else a new local Ray)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the study named by --name")
     p.add_argument(
         "--smoke",

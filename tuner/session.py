@@ -31,9 +31,14 @@ WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at `address` / $RAY_ADDRESS, or start local Ray."""
+    """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray of our own.
+
+    Plain `ray.init()` joins any Ray instance already running on this machine (Ray scans for
+    one): two studies would then share a cluster and the first to exit would take the other's
+    trials down. "local" always starts a fresh instance; `--address auto` joins a running one.
+    """
     quiet()
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
     try:
