@@ -156,8 +156,10 @@ def main() -> None:
 
     import ray
 
+    from tuner.session import local_ray_kwargs
+
     ray.init(
-        address="local",
+        **local_ray_kwargs(),
         num_cpus=os.cpu_count(),
         log_to_driver=False,
         configure_logging=False,

@@ -75,9 +75,12 @@ class EpochTensorBoardCallback(TBXLoggerCallback):
     def _write_hparams(self, trial: Any, params: dict, metrics: dict) -> None:
         from tensorboardX.summary import hparams
 
-        experiment, start, end = hparams(hparam_dict=params, metric_dict=metrics)
+        _, session_start, session_end = hparams(hparam_dict=params, metric_dict=metrics)
         writer = self._trial_writer[trial]
-        for summary in (experiment, start, end):
+        # Session start/end only: the experiment description (which columns the HParams tab
+        # shows) comes from the study summary (tuner/tb_summary.py). Several descriptions under
+        # one logdir make TensorBoard pick whichever it reads first.
+        for summary in (session_start, session_end):
             writer.file_writer.add_summary(summary)
         for key, value in metrics.items():
             writer.add_scalar(key, value)

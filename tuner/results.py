@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import optuna
@@ -106,7 +107,7 @@ def write_trial_table(study_dir: str | Path) -> Path:
     """Write `trials.csv` into the study directory and return its path."""
     study_dir = Path(study_dir)
     path = study_dir / TABLE_FILE
-    tmp = path.with_suffix(".csv.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # concurrent writers never collide
     collect_trials(study_dir).to_csv(tmp, index=False)
     tmp.replace(path)
     return path

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -30,25 +32,44 @@ def quiet() -> None:
 WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_ray_kwargs(**kwargs: Any) -> dict[str, Any]:
+    """`ray.init` arguments for a fresh local Ray that cannot be confused with another one.
+
+    Ray Train's placement-group cleaner asks the State API for its controller without an
+    address; with two Ray instances on the machine that call fails ("Found multiple active Ray
+    instances"), a finished trial's CPUs are never released, and later trials time out waiting
+    for workers (seen here). Pinning the dashboard port and telling every worker process where
+    it is (RAY_API_SERVER_ADDRESS) removes the ambiguity.
+    """
+    port = free_port()
+    env = {**WORKER_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    return {"address": "local", "dashboard_port": port, "runtime_env": {"env_vars": env}, **kwargs}
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray of our own.
 
     Plain `ray.init()` joins any Ray instance already running on this machine (Ray scans for
     one): two studies would then share a cluster and the first to exit would take the other's
-    trials down. "local" always starts a fresh instance; `--address auto` joins a running one.
+    trials down. Without an address we always start a fresh instance; `--address auto` joins
+    a running one.
     """
     quiet()
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    address = address or os.environ.get("RAY_ADDRESS")
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
+    common = {"log_to_driver": False, "configure_logging": False, "logging_level": "ERROR"}
     try:
-        ray.init(
-            address=address,
-            log_to_driver=False,
-            configure_logging=False,
-            logging_level="ERROR",
-            runtime_env={"env_vars": {k: os.environ[k] for k in WORKER_ENV}},
-        )
+        if address in (None, "", "local"):
+            ray.init(**local_ray_kwargs(**common))
+        else:
+            ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)}, **common)
     except (ConnectionError, RuntimeError, ValueError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SystemExit(f"error: cannot connect to Ray at {address}: {message}") from None
@@ -124,8 +145,14 @@ def run_study(
         except ImportError:
             write_report = None
         if write_report is not None:
-            report = write_report(spec.study_dir)
-            print(f"report: {report}", file=sys.stderr)
+            try:
+                print(f"report: {write_report(spec.study_dir)}", file=sys.stderr)
+            except Exception as error:  # the study is done and saved; say why the report is not
+                print(
+                    f"report failed ({type(error).__name__}: {error}); rerun it with "
+                    f"python -m tuner.report {spec.study_dir}",
+                    file=sys.stderr,
+                )
     errors = sum(1 for r in results if r.error)
     print(
         f"done: {len(results)} trials ({errors} errored). tensorboard --logdir {spec.study_dir}",
