@@ -42,6 +42,7 @@ PERFECT_SCALING_MAX = 0.25  # B / B_crit at or below which scaling is (nearly) p
 MAXIMAL_PARALLELISM_MIN = 4.0  # B / B_crit at or above which more batch buys ~no fewer steps
 REGIMES = ("perfect scaling", "diminishing returns", "maximal data parallelism")
 N_BOOT = 2000
+MIN_POINTS_FOR_CI = 3  # batch sizes reaching the target before B_crit gets an interval
 CONFIDENCE = 0.95
 
 
@@ -55,9 +56,21 @@ def _flag(series: pd.Series) -> pd.Series:
 
 def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: config, outcome, last epoch's metrics, best accuracy, divergence."""
-    columns = ["trial_id", "optuna_number", "outcome", "batch_size", *PARAMS, "workers",
-               "epochs", "final_val_acc", "final_val_loss", "final_train_loss", "best_val_acc",
-               "diverged", "scored"]
+    columns = [
+        "trial_id",
+        "optuna_number",
+        "outcome",
+        "batch_size",
+        *PARAMS,
+        "workers",
+        "epochs",
+        "final_val_acc",
+        "final_val_loss",
+        "final_train_loss",
+        "best_val_acc",
+        "diverged",
+        "scored",
+    ]
     if table.empty:
         return pd.DataFrame(columns=columns)
     table = table.assign(_diverged=_flag(table["diverged"]))
@@ -69,19 +82,35 @@ def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
         # trial's outcome is only written when it ends).
         diverged = last["outcome"] == "diverged" or bool(group["_diverged"].any())
         accuracy = pd.to_numeric(group["val_acc"], errors="coerce")
-        row = {"trial_id": trial_id, "optuna_number": last["optuna_number"],
-               "outcome": last["outcome"], "batch_size": int(last["batch_size"]),
-               **{p: last[p] for p in PARAMS}, "workers": last["workers"],
-               "epochs": last["epoch"], "final_val_acc": float(accuracy.iloc[-1]),
-               "final_val_loss": last["val_loss"], "final_train_loss": last["train_loss"],
-               "best_val_acc": float(accuracy.max()) if accuracy.notna().any() else math.nan,
-               "diverged": diverged}
-        row["scored"] = (row["outcome"] in SCORED and not diverged
-                         and math.isfinite(row["final_val_acc"]))
+        row = {
+            "trial_id": trial_id,
+            "optuna_number": last["optuna_number"],
+            "outcome": last["outcome"],
+            "batch_size": int(last["batch_size"]),
+            **{p: last[p] for p in PARAMS},
+            "workers": last["workers"],
+            "epochs": last["epoch"],
+            "final_val_acc": float(accuracy.iloc[-1]),
+            "final_val_loss": last["val_loss"],
+            "final_train_loss": last["train_loss"],
+            "best_val_acc": float(accuracy.max()) if accuracy.notna().any() else math.nan,
+            "diverged": diverged,
+        }
+        row["scored"] = (
+            row["outcome"] in SCORED and not diverged and math.isfinite(row["final_val_acc"])
+        )
         rows.append(row)
     trials = pd.DataFrame(rows, columns=columns)
-    for name in ("base_lr", "actual_lr", "warmup_epochs", "weight_decay", "workers", "epochs",
-                 "final_val_loss", "final_train_loss"):
+    for name in (
+        "base_lr",
+        "actual_lr",
+        "warmup_epochs",
+        "weight_decay",
+        "workers",
+        "epochs",
+        "final_val_loss",
+        "final_train_loss",
+    ):
         trials[name] = pd.to_numeric(trials[name], errors="coerce")
     return trials.sort_values("optuna_number", kind="stable").reset_index(drop=True)
 
@@ -103,8 +132,13 @@ def outcome_counts(trials: pd.DataFrame, by: Sequence[str] = ("batch_size",)) ->
 # --- best accuracy and its bootstrap ------------------------------------------------------------
 
 
-def bootstrap_best_of_k(values: Sequence[float], k: int | None = None, n_boot: int = N_BOOT,
-                        confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:
+def bootstrap_best_of_k(
+    values: Sequence[float],
+    k: int | None = None,
+    n_boot: int = N_BOOT,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile interval of the best of `k` trials drawn with replacement (k: all of them)."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
@@ -118,8 +152,9 @@ def bootstrap_best_of_k(values: Sequence[float], k: int | None = None, n_boot: i
     return float(low), float(high)
 
 
-def best_accuracy(trials: pd.DataFrame, by: Sequence[str] = ("batch_size",),
-                  n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+def best_accuracy(
+    trials: pd.DataFrame, by: Sequence[str] = ("batch_size",), n_boot: int = N_BOOT, seed: int = 0
+) -> pd.DataFrame:
     """Best final accuracy per group, its trial, and a bootstrap CI of the best-of-k."""
     by = list(by)
     columns = [*by, "scored", "best_val_acc", "ci_low", "ci_high", "best_trial"]
@@ -128,18 +163,25 @@ def best_accuracy(trials: pd.DataFrame, by: Sequence[str] = ("batch_size",),
     for key, group in scored.groupby(by, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         best = _best_row(group)
-        low, high = bootstrap_best_of_k(group["final_val_acc"].to_numpy(), n_boot=n_boot,
-                                        seed=seed)
-        rows.append({**dict(zip(by, key, strict=True)), "scored": len(group),
-                     "best_val_acc": float(best["final_val_acc"]), "ci_low": low,
-                     "ci_high": high, "best_trial": best["trial_id"]})
+        low, high = bootstrap_best_of_k(group["final_val_acc"].to_numpy(), n_boot=n_boot, seed=seed)
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "scored": len(group),
+                "best_val_acc": float(best["final_val_acc"]),
+                "ci_low": low,
+                "ci_high": high,
+                "best_trial": best["trial_id"],
+            }
+        )
     return pd.DataFrame(rows, columns=columns)
 
 
 def _best_row(group: pd.DataFrame) -> pd.Series:
     """The best trial of a group: highest final accuracy; ties go to the earliest trial."""
-    ordered = group.sort_values(["final_val_acc", "optuna_number"], ascending=[False, True],
-                                kind="stable")
+    ordered = group.sort_values(
+        ["final_val_acc", "optuna_number"], ascending=[False, True], kind="stable"
+    )
     return ordered.iloc[0]
 
 
@@ -156,6 +198,7 @@ def first_crossings(table: pd.DataFrame, target: float) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=columns)
     diverged = table.groupby("trial_id")["diverged"].transform(lambda s: _flag(s).any())
+    diverged = diverged.astype(bool)
     told = table["outcome"] == "diverged"
     points = table[~diverged & ~told].copy()
     points["val_acc"] = pd.to_numeric(points["val_acc"], errors="coerce")
@@ -164,37 +207,63 @@ def first_crossings(table: pd.DataFrame, target: float) -> pd.DataFrame:
     for trial_id, group in points.groupby("trial_id", sort=False):
         reached = group[group["val_acc"] >= target].sort_values("optimizer_steps")
         first = reached.iloc[0] if len(reached) else None
-        rows.append({"trial_id": trial_id, "batch_size": int(group["batch_size"].iloc[0]),
-                     "scaling_rule": group["scaling_rule"].iloc[0],
-                     "epoch": first["epoch"] if first is not None else math.nan,
-                     "steps": float(first["optimizer_steps"]) if first is not None else math.inf,
-                     "examples": (float(first["examples_seen"]) if first is not None
-                                  else math.inf)})
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "batch_size": int(group["batch_size"].iloc[0]),
+                "scaling_rule": group["scaling_rule"].iloc[0],
+                "epoch": first["epoch"] if first is not None else math.nan,
+                "steps": float(first["optimizer_steps"]) if first is not None else math.inf,
+                "examples": (float(first["examples_seen"]) if first is not None else math.inf),
+            }
+        )
     return pd.DataFrame(rows, columns=columns)
 
 
-def steps_to_target(crossings: pd.DataFrame, trials: pd.DataFrame,
-                    by: Sequence[str] = ("batch_size",)) -> pd.DataFrame:
+def steps_to_target(
+    crossings: pd.DataFrame, trials: pd.DataFrame, by: Sequence[str] = ("batch_size",)
+) -> pd.DataFrame:
     """Pooled steps and examples to target per group, with trials reaching / left out."""
     by = list(by)
-    columns = [*by, "steps", "examples", "target_trial", "target_epoch", "candidates",
-               "reached", "diverged_excluded"]
+    columns = [
+        *by,
+        "steps",
+        "examples",
+        "target_trial",
+        "target_epoch",
+        "candidates",
+        "reached",
+        "diverged_excluded",
+    ]
     keys = trials[by].drop_duplicates() if not trials.empty else pd.DataFrame(columns=by)
     rows = []
     for key in keys.itertuples(index=False):
-        mask = np.logical_and.reduce([crossings[c] == v for c, v in zip(by, key, strict=True)]) \
-            if len(crossings) else np.zeros(0, dtype=bool)
+        mask = (
+            np.logical_and.reduce([crossings[c] == v for c, v in zip(by, key, strict=True)])
+            if len(crossings)
+            else np.zeros(0, dtype=bool)
+        )
         group = crossings[mask] if len(crossings) else crossings
         in_group = np.logical_and.reduce([trials[c] == v for c, v in zip(by, key, strict=True)])
-        row = {**dict(zip(by, key, strict=True)), "steps": math.nan, "examples": math.nan,
-               "target_trial": None, "target_epoch": math.nan, "candidates": len(group),
-               "reached": int(np.isfinite(group["steps"].astype(float)).sum()),
-               "diverged_excluded": int(trials[in_group]["diverged"].astype(bool).sum())}
+        row = {
+            **dict(zip(by, key, strict=True)),
+            "steps": math.nan,
+            "examples": math.nan,
+            "target_trial": None,
+            "target_epoch": math.nan,
+            "candidates": len(group),
+            "reached": int(np.isfinite(group["steps"].astype(float)).sum()),
+            "diverged_excluded": int(trials[in_group]["diverged"].astype(bool).sum()),
+        }
         if row["reached"]:
             # Fewest steps first; at equal steps the fewer examples (same batch: a no-op).
             first = group.sort_values(["steps", "examples"], kind="stable").iloc[0]
-            row.update(steps=float(first["steps"]), examples=float(first["examples"]),
-                       target_trial=first["trial_id"], target_epoch=first["epoch"])
+            row.update(
+                steps=float(first["steps"]),
+                examples=float(first["examples"]),
+                target_trial=first["trial_id"],
+                target_epoch=first["epoch"],
+            )
         rows.append(row)
     return pd.DataFrame(rows, columns=columns).sort_values(by).reset_index(drop=True)
 
@@ -267,21 +336,19 @@ def fit_critical_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> 
     (s_min, e_min), _ = nnls(design, np.ones_like(s))
     if s_min <= 0 and e_min <= 0:
         return None
-    if s_min <= 0:
-        b_crit = math.inf
-    else:
-        b_crit = e_min / s_min
+    b_crit = math.inf if s_min <= 0 else e_min / s_min  # S_min = 0: steps fall as 1/B throughout
     predicted = s_min + e_min / b
     log_s, log_p = np.log(s), np.log(np.maximum(predicted, 1e-300))
     total = float(((log_s - log_s.mean()) ** 2).sum())
     r2 = 1.0 - float(((log_s - log_p) ** 2).sum()) / total if total > 0 else 1.0
-    return CriticalFit(s_min=float(s_min), e_min=float(e_min), b_crit=float(b_crit),
-                       points=int(b.size), r2=r2)
+    return CriticalFit(
+        s_min=float(s_min), e_min=float(e_min), b_crit=float(b_crit), points=int(b.size), r2=r2
+    )
 
 
-def bootstrap_critical_batch(crossings: pd.DataFrame, n_boot: int = N_BOOT,
-                             confidence: float = CONFIDENCE,
-                             seed: int = 0) -> tuple[float, float, int]:
+def bootstrap_critical_batch(
+    crossings: pd.DataFrame, n_boot: int = N_BOOT, confidence: float = CONFIDENCE, seed: int = 0
+) -> tuple[float, float, int]:
     """Percentile CI of B_crit, resampling each batch size's trials with replacement.
 
     Each replicate redraws every batch size's non-diverged trials, pools their first crossings
@@ -313,7 +380,7 @@ def bootstrap_critical_batch(crossings: pd.DataFrame, n_boot: int = N_BOOT,
 
 def regime(batch: float, b_crit: float | None) -> str | None:
     """Perfect scaling, diminishing returns or maximal data parallelism; None without a fit."""
-    if b_crit is None or not (b_crit == b_crit):
+    if b_crit is None or math.isnan(b_crit):
         return None
     if math.isinf(b_crit):
         return REGIMES[0]
@@ -344,8 +411,14 @@ def best_hyperparameters(trials: pd.DataFrame, by: Sequence[str] = ("batch_size"
     for key, group in scored.groupby(by, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         best = _best_row(group)
-        rows.append({**dict(zip(by, key, strict=True)), "trial_id": best["trial_id"],
-                     "val_acc": float(best["final_val_acc"]), **{p: best[p] for p in params}})
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "trial_id": best["trial_id"],
+                "val_acc": float(best["final_val_acc"]),
+                **{p: best[p] for p in params},
+            }
+        )
     best = pd.DataFrame(rows, columns=columns)
     if best.empty:
         return best
@@ -367,8 +440,9 @@ def range_position(value: float, low: float, high: float, log: bool) -> float:
     return (value - low) / (high - low) if high > low else 0.5
 
 
-def boundary_warnings(best: pd.DataFrame, ranges: dict[str, Any],
-                      edge: float = EDGE_FRACTION) -> list[dict[str, Any]]:
+def boundary_warnings(
+    best: pd.DataFrame, ranges: dict[str, Any], edge: float = EDGE_FRACTION
+) -> list[dict[str, Any]]:
     """Best trials whose searched value sits within `edge` of a range bound (widen the range).
 
     Log-sampled parameters are compared in log space. A lower bound of exactly 0 on a linear
@@ -389,12 +463,20 @@ def boundary_warnings(best: pd.DataFrame, ranges: dict[str, Any],
             if side is None or (side == "lower" and not log and low == 0.0):
                 continue
             scale = "log scale" if log else "linear scale"
-            warnings.append({
-                "batch_size": int(row.batch_size), "trial_id": row.trial_id, "param": name,
-                "value": float(value), "low": low, "high": high, "side": side,
-                "message": f"batch {int(row.batch_size)}: best {name} {float(value):.3g} is at "
-                           f"the {side} edge of its search range [{low:g}, {high:g}] "
-                           f"({scale}); widen the range"})
+            warnings.append(
+                {
+                    "batch_size": int(row.batch_size),
+                    "trial_id": row.trial_id,
+                    "param": name,
+                    "value": float(value),
+                    "low": low,
+                    "high": high,
+                    "side": side,
+                    "message": f"batch {int(row.batch_size)}: best {name} {float(value):.3g} is at "
+                    f"the {side} edge of its search range [{low:g}, {high:g}] "
+                    f"({scale}); widen the range",
+                }
+            )
     return warnings
 
 
@@ -406,18 +488,25 @@ def throughput(table: pd.DataFrame) -> pd.DataFrame:
     columns = ["batch_size", "workers", "samples_per_second", "epoch_time_s", "epochs", "trials"]
     if table.empty:
         return pd.DataFrame(columns=columns)
-    rows = table.assign(samples_per_second=pd.to_numeric(table["samples_per_second"],
-                                                         errors="coerce"),
-                        epoch_time_s=pd.to_numeric(table["epoch_time_s"], errors="coerce"),
-                        workers=pd.to_numeric(table["workers"], errors="coerce"))
+    rows = table.assign(
+        samples_per_second=pd.to_numeric(table["samples_per_second"], errors="coerce"),
+        epoch_time_s=pd.to_numeric(table["epoch_time_s"], errors="coerce"),
+        workers=pd.to_numeric(table["workers"], errors="coerce"),
+    )
     rows = rows[rows["samples_per_second"].notna() & rows["workers"].notna()]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     # The median shrugs off the first epoch's start-up cost and a busy neighbour.
-    result = rows.groupby(["batch_size", "workers"]).agg(
-        samples_per_second=("samples_per_second", "median"),
-        epoch_time_s=("epoch_time_s", "median"), epochs=("epoch", "size"),
-        trials=("trial_id", "nunique")).reset_index()
+    result = (
+        rows.groupby(["batch_size", "workers"])
+        .agg(
+            samples_per_second=("samples_per_second", "median"),
+            epoch_time_s=("epoch_time_s", "median"),
+            epochs=("epoch", "size"),
+            trials=("trial_id", "nunique"),
+        )
+        .reset_index()
+    )
     result["workers"] = result["workers"].astype(int)
     return result[columns]
 
@@ -448,28 +537,45 @@ class DegradationMap:
     warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _rule_frontier(trials: pd.DataFrame, crossings: pd.DataFrame, baseline_acc: float | None,
-                   tolerance: float, n_boot: int, seed: int) -> pd.DataFrame:
+def _rule_frontier(
+    trials: pd.DataFrame,
+    crossings: pd.DataFrame,
+    baseline_acc: float | None,
+    tolerance: float,
+    n_boot: int,
+    seed: int,
+) -> pd.DataFrame:
     """The per batch size x scaling rule table: counts, best, CI, degradation, steps."""
     by = ["batch_size", "scaling_rule"]
     table = outcome_counts(trials, by)
     table = table.merge(best_accuracy(trials, by, n_boot, seed), on=by, how="left")
-    table = table.merge(steps_to_target(crossings, trials, by)[[*by, "steps", "examples"]],
-                        on=by, how="left")
+    table = table.merge(
+        steps_to_target(crossings, trials, by)[[*by, "steps", "examples"]], on=by, how="left"
+    )
     if baseline_acc is not None:
         table = mark_degraded(table, baseline_acc, tolerance)
-        table["degraded"] = table["degraded"] & table["best_val_acc"].notna()
     else:
-        table["drop"], table["degraded"] = math.nan, False
+        table["drop"], table["degraded"] = math.nan, None
+    table["degraded"] = _unknown_unless_measured(table)
     return table.sort_values(by).reset_index(drop=True)
 
 
-def degradation_map(table: pd.DataFrame, *, target: float, tolerance: float,
-                    batch_sizes: Sequence[int] = (), ranges: dict[str, Any] | None = None,
-                    n_boot: int = N_BOOT, seed: int = 0) -> DegradationMap:
-    """Run the whole analysis on a trial table (see the module docstring for definitions)."""
-    trials = trial_summary(table)
-    grid = sorted(set(int(b) for b in batch_sizes) | set(trials["batch_size"].astype(int)))
+def _unknown_unless_measured(table: pd.DataFrame) -> pd.Series:
+    """`degraded` as True / False where a best accuracy exists, None (unknown) elsewhere."""
+    return pd.Series(
+        [
+            bool(d) if pd.notna(a) else None
+            for d, a in zip(table["degraded"], table["best_val_acc"], strict=True)
+        ],
+        index=table.index,
+        dtype=object,
+    )
+
+
+def _accuracy_frontier(
+    trials: pd.DataFrame, grid: list[int], tolerance: float, n_boot: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, tuple[int, float] | None]:
+    """Per batch size: outcome counts, best accuracy + CI, degradation, best hyperparameters."""
     frontier = pd.DataFrame({"batch_size": grid})
     frontier = frontier.merge(outcome_counts(trials), on="batch_size", how="left")
     for name in ("trials", *OUTCOMES):
@@ -479,24 +585,51 @@ def degradation_map(table: pd.DataFrame, *, target: float, tolerance: float,
     if base is not None:
         best = mark_degraded(best, base[1], tolerance)
     frontier = frontier.merge(best, on="batch_size", how="left")
+    frontier["scored"] = frontier["scored"].fillna(0).astype(int)
     if base is None:
-        frontier["drop"], frontier["degraded"] = math.nan, False
-    frontier["degraded"] = frontier["degraded"].fillna(False).astype(bool)
+        frontier["drop"], frontier["degraded"] = math.nan, None
+    frontier["degraded"] = _unknown_unless_measured(frontier)
     hparams = best_hyperparameters(trials)
     frontier = frontier.merge(
-        hparams[["batch_size", "scaling_rule", "optimizer", "actual_lr", "warmup_epochs",
-                 "weight_decay", "lr_linear", "lr_sqrt"]].rename(
-            columns={"scaling_rule": "best_rule", "optimizer": "best_optimizer",
-                     "actual_lr": "best_actual_lr", "warmup_epochs": "best_warmup_epochs",
-                     "weight_decay": "best_weight_decay"}), on="batch_size", how="left")
+        hparams[
+            [
+                "batch_size",
+                "scaling_rule",
+                "optimizer",
+                "actual_lr",
+                "warmup_epochs",
+                "weight_decay",
+                "lr_linear",
+                "lr_sqrt",
+            ]
+        ].rename(
+            columns={
+                "scaling_rule": "best_rule",
+                "optimizer": "best_optimizer",
+                "actual_lr": "best_actual_lr",
+                "warmup_epochs": "best_warmup_epochs",
+                "weight_decay": "best_weight_decay",
+            }
+        ),
+        on="batch_size",
+        how="left",
+    )
+    return frontier, best, base
 
-    crossings = first_crossings(table, target)
-    steps = steps_to_target(crossings, trials)
-    frontier = frontier.merge(steps, on="batch_size", how="left")
+
+def _steps_frontier(
+    frontier: pd.DataFrame, crossings: pd.DataFrame, trials: pd.DataFrame, n_boot: int, seed: int
+) -> tuple[pd.DataFrame, CriticalFit | None, tuple[float, float, int]]:
+    """Add steps/examples to target, the perfect-scaling line, the fit and regimes."""
+    frontier = frontier.merge(steps_to_target(crossings, trials), on="batch_size", how="left")
     measured = frontier[frontier["steps"].notna()]
     fit = fit_critical_batch(measured["batch_size"], measured["steps"])
-    low, high, replicates = bootstrap_critical_batch(crossings, n_boot, seed=seed) \
-        if fit is not None else (math.nan, math.nan, 0)
+    # Two points fit the curve exactly; resampling them says nothing about the fit's error.
+    interval = (
+        bootstrap_critical_batch(crossings, n_boot, seed=seed)
+        if fit is not None and fit.points >= MIN_POINTS_FOR_CI
+        else (math.nan, math.nan, 0)
+    )
     if len(measured):
         # Perfect scaling from the smallest measured batch size: steps_0 * B_0 / B.
         anchor = measured.iloc[0]
@@ -505,27 +638,58 @@ def degradation_map(table: pd.DataFrame, *, target: float, tolerance: float,
         frontier["steps_perfect"] = math.nan
     frontier["steps_fit"] = fit.steps(frontier["batch_size"].to_numpy()) if fit else math.nan
     frontier["regime"] = [regime(b, fit.b_crit if fit else None) for b in frontier["batch_size"]]
+    return frontier, fit, interval
 
+
+def degradation_map(
+    table: pd.DataFrame,
+    *,
+    target: float,
+    tolerance: float,
+    batch_sizes: Sequence[int] = (),
+    ranges: dict[str, Any] | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> DegradationMap:
+    """Run the whole analysis on a trial table (see the module docstring for definitions)."""
+    trials = trial_summary(table)
+    grid = sorted(set(int(b) for b in batch_sizes) | set(trials["batch_size"].astype(int)))
+    frontier, best, base = _accuracy_frontier(trials, grid, tolerance, n_boot, seed)
+    crossings = first_crossings(table, target)
+    frontier, fit, (low, high, replicates) = _steps_frontier(
+        frontier, crossings, trials, n_boot, seed
+    )
     speed = throughput(table)
-    if len(speed):
-        per_batch = speed.groupby("batch_size")["samples_per_second"].max().rename(
-            "samples_per_second")
-        frontier = frontier.merge(per_batch, on="batch_size", how="left")
-    else:
-        frontier["samples_per_second"] = math.nan
+    # A study has one worker count, so the fastest row per batch size is that count's speed.
+    per_batch = (
+        speed.groupby("batch_size")["samples_per_second"].max()
+        if len(speed)
+        else pd.Series(dtype=float)
+    )
+    frontier["samples_per_second"] = frontier["batch_size"].map(per_batch).astype(float)
 
-    by_rule = _rule_frontier(trials, crossings, base[1] if base else None, tolerance, n_boot,
-                             seed)
+    by_rule = _rule_frontier(trials, crossings, base[1] if base else None, tolerance, n_boot, seed)
     by_rule_within = {}
     for rule, group in by_rule.groupby("scaling_rule", sort=True):
         scored_rows = group[group["best_val_acc"].notna()]
         by_rule_within[rule] = largest_within_tolerance(scored_rows) if len(scored_rows) else None
+    hparams = best_hyperparameters(trials)
     return DegradationMap(
-        target=target, tolerance=tolerance, batch_sizes=grid, trials=trials, frontier=frontier,
-        by_rule=by_rule, best_hparams=hparams,
+        target=target,
+        tolerance=tolerance,
+        batch_sizes=grid,
+        trials=trials,
+        frontier=frontier,
+        by_rule=by_rule,
+        best_hparams=hparams,
         best_by_rule=best_hyperparameters(trials, ("batch_size", "scaling_rule")),
-        throughput=speed, crossings=crossings, baseline=base,
+        throughput=speed,
+        crossings=crossings,
+        baseline=base,
         largest_within=largest_within_tolerance(best) if base is not None else None,
-        largest_within_by_rule=by_rule_within, fit=fit, b_crit_ci=(low, high),
+        largest_within_by_rule=by_rule_within,
+        fit=fit,
+        b_crit_ci=(low, high),
         b_crit_replicates=replicates,
-        warnings=boundary_warnings(hparams, ranges or {}))
+        warnings=boundary_warnings(hparams, ranges or {}),
+    )

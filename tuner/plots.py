@@ -8,6 +8,7 @@ function draws a readable "no data" panel instead of failing when its inputs are
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,7 @@ matplotlib.use("Agg")  # headless: never try to open a window
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tuner.analysis import CriticalFit, DegradationMap  # noqa: E402
 
@@ -31,8 +33,9 @@ def _figure(size: tuple[float, float] = FIGSIZE) -> tuple[Figure, object]:
 
 def _no_data(ax, message: str) -> None:
     """Say in the panel what is missing, rather than leaving it blank."""
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True,
-            color="0.35")
+    ax.text(
+        0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True, color="0.35"
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -43,6 +46,7 @@ def _batch_axis(ax, batch_sizes: list[int]) -> None:
     if batch_sizes:
         ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
         ax.minorticks_off()
+    ax.margins(x=0.06)
     ax.set_xlabel("batch size")
 
 
@@ -59,15 +63,39 @@ def accuracy_vs_batch(m: DegradationMap, epochs: int | None = None) -> Figure:
         _no_data(ax, "no finished trial yet: no accuracy to show")
         return fig
     for rule, group in m.by_rule[m.by_rule["best_val_acc"].notna()].groupby("scaling_rule"):
-        ax.plot(group["batch_size"], group["best_val_acc"], "o--", lw=1.2, ms=4, alpha=0.8,
-                color=_rule_color(rule), label=f"rule: {rule}")
-    errors = np.vstack([best["best_val_acc"] - best["ci_low"], best["ci_high"] - best["best_val_acc"]])
-    ax.errorbar(best["batch_size"], best["best_val_acc"], yerr=np.clip(errors, 0, None), fmt="s-",
-                color="black", lw=2, ms=6, capsize=3, label="best over rules (95% CI, best of k)")
+        ax.plot(
+            group["batch_size"],
+            group["best_val_acc"],
+            "o--",
+            lw=1.2,
+            ms=4,
+            alpha=0.8,
+            color=_rule_color(rule),
+            label=f"rule: {rule}",
+        )
+    errors = np.vstack(
+        [best["best_val_acc"] - best["ci_low"], best["ci_high"] - best["best_val_acc"]]
+    )
+    ax.errorbar(
+        best["batch_size"],
+        best["best_val_acc"],
+        yerr=np.clip(errors, 0, None),
+        fmt="s-",
+        color="black",
+        lw=2,
+        ms=6,
+        capsize=3,
+        label="best over rules (95% CI, best of k)",
+    )
     if m.baseline is not None:
         batch, accuracy = m.baseline
-        ax.axhspan(accuracy - m.tolerance, accuracy, color="tab:orange", alpha=0.15,
-                   label=f"within {m.tolerance * 100:g} pt of batch-{batch} baseline")
+        ax.axhspan(
+            accuracy - m.tolerance,
+            accuracy,
+            color="tab:orange",
+            alpha=0.15,
+            label=f"within {m.tolerance * 100:g} pt of batch-{batch} baseline",
+        )
         ax.axhline(accuracy, color="tab:orange", lw=1)
     _batch_axis(ax, m.batch_sizes)
     ax.set_ylabel("best final validation accuracy")
@@ -83,16 +111,43 @@ def steps_to_target(m: DegradationMap) -> Figure:
     fig, ax = _figure()
     measured = m.frontier[m.frontier["steps"].notna()]
     if measured.empty:
-        _no_data(ax, f"no trial reached the target accuracy {m.target:.3g}:\n"
-                     "no steps-to-target (lower it with --target)")
+        _no_data(
+            ax,
+            f"no trial reached the target accuracy {m.target:.3g}:\n"
+            "no steps-to-target (lower it with --target)",
+        )
         return fig
-    ax.plot(measured["batch_size"], measured["steps"], "o", color="black", ms=7,
-            label="measured (first crossing, pooled over trials)", zorder=3)
+    ax.plot(
+        measured["batch_size"],
+        measured["steps"],
+        "o",
+        color="black",
+        ms=7,
+        label="measured (first crossing, pooled over trials)",
+        zorder=3,
+    )
     grid = np.geomspace(min(m.batch_sizes), max(m.batch_sizes), 200)
     anchor = measured.iloc[0]
-    ax.plot(grid, anchor["steps"] * anchor["batch_size"] / grid, ":", color="0.4",
-            label="perfect scaling (steps x batch = const)")
+    ax.plot(
+        grid,
+        anchor["steps"] * anchor["batch_size"] / grid,
+        ":",
+        color="0.4",
+        label="perfect scaling (steps x batch = const)",
+    )
     _draw_fit(ax, m.fit, grid, m.b_crit_ci)
+    # Batch sizes with trials that never reached the target: marked on the axis, not dropped.
+    missed = m.frontier[m.frontier["steps"].isna() & (m.frontier["candidates"] > 0)]
+    if len(missed):
+        ax.plot(
+            missed["batch_size"],
+            [0.03] * len(missed),
+            "x",
+            color="tab:red",
+            ms=8,
+            transform=ax.get_xaxis_transform(),
+            label="trials ran, target not reached",
+        )
     _batch_axis(ax, m.batch_sizes)
     ax.set_yscale("log")
     ax.set_ylabel(f"optimizer steps to val acc >= {m.target:.3g}")
@@ -109,12 +164,18 @@ def _draw_fit(ax, fit: CriticalFit | None, grid: np.ndarray, ci: tuple[float, fl
     label = "fit S_min (1 + B_crit / B)"
     ax.plot(grid, fit.steps(grid), "-", color="tab:purple", label=label)
     if math.isfinite(fit.b_crit) and fit.b_crit > 0:
-        ax.axvline(fit.b_crit, color="tab:purple", ls="--", lw=1,
-                   label=f"B_crit ~ {fit.b_crit:.3g}")
+        ax.axvline(
+            fit.b_crit, color="tab:purple", ls="--", lw=1, label=f"B_crit ~ {fit.b_crit:.3g}"
+        )
         low, high = ci
         if math.isfinite(low) and math.isfinite(high) and high > low:
-            ax.axvspan(max(low, grid[0] / 2), min(high, grid[-1] * 2), color="tab:purple",
-                       alpha=0.08, label="B_crit 95% CI")
+            ax.axvspan(
+                max(low, grid[0] / 2),
+                min(high, grid[-1] * 2),
+                color="tab:purple",
+                alpha=0.08,
+                label="B_crit 95% CI",
+            )
     ax.set_xlim(grid[0] / 1.5, grid[-1] * 1.5)
 
 
@@ -126,17 +187,35 @@ def lr_vs_batch(m: DegradationMap) -> Figure:
         _no_data(ax, "no finished trial yet: no best learning rate")
         return fig
     scored = m.trials[m.trials["scored"]]
-    ax.scatter(scored["batch_size"], scored["actual_lr"], s=12, color="0.7",
-               label="all finished trials")
+    ax.scatter(
+        scored["batch_size"], scored["actual_lr"], s=12, color="0.7", label="all finished trials"
+    )
     for rule, group in best.groupby("scaling_rule"):
-        ax.plot(group["batch_size"], group["actual_lr"], "o", ms=8, color=_rule_color(rule),
-                label=f"best trial (rule: {rule})", zorder=3)
+        ax.plot(
+            group["batch_size"],
+            group["actual_lr"],
+            "o",
+            ms=8,
+            color=_rule_color(rule),
+            label=f"best trial (rule: {rule})",
+            zorder=3,
+        )
     ax.plot(best["batch_size"], best["actual_lr"], "-", color="black", lw=1)
     anchor = best.iloc[0]
-    ax.plot(best["batch_size"], best["lr_linear"], "--", color="tab:blue",
-            label=f"linear rule from batch {int(anchor['batch_size'])}")
-    ax.plot(best["batch_size"], best["lr_sqrt"], "--", color="tab:green",
-            label=f"square-root rule from batch {int(anchor['batch_size'])}")
+    ax.plot(
+        best["batch_size"],
+        best["lr_linear"],
+        "--",
+        color="tab:blue",
+        label=f"linear rule from batch {int(anchor['batch_size'])}",
+    )
+    ax.plot(
+        best["batch_size"],
+        best["lr_sqrt"],
+        "--",
+        color="tab:green",
+        label=f"square-root rule from batch {int(anchor['batch_size'])}",
+    )
     _batch_axis(ax, m.batch_sizes)
     ax.set_yscale("log")
     ax.set_ylabel("peak learning rate (after the scaling rule)")
@@ -157,14 +236,18 @@ def accuracy_heatmap(m: DegradationMap) -> Figure:
     counts = table.pivot(index="scaling_rule", columns="batch_size", values="trials")
     grid = grid.reindex(columns=m.batch_sizes)
     counts = counts.reindex(index=grid.index, columns=m.batch_sizes).fillna(0)
-    image = ax.imshow(np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap="viridis",
-                      aspect="auto")
+    image = ax.imshow(
+        np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap="viridis", aspect="auto"
+    )
+    low, high = image.get_clim()
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             value, n = grid.iat[i, j], int(counts.iat[i, j])
             text = f"{value:.3f}\n(n={n})" if pd.notna(value) else f"-\n(n={n})"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if pd.notna(value) else "0.3")
+            # Dark text on the bright (high) end of viridis, white on the dark end.
+            bright = pd.notna(value) and high > low and (value - low) / (high - low) > 0.6
+            color = "0.3" if pd.isna(value) else "black" if bright else "white"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(grid.shape[1]), [str(b) for b in grid.columns])
     ax.set_yticks(range(grid.shape[0]), list(grid.index))
     ax.set_xlabel("batch size")
@@ -181,8 +264,12 @@ def throughput(m: DegradationMap) -> Figure:
         _no_data(ax, "no epoch reported yet: no throughput")
         return fig
     for workers, group in m.throughput.groupby("workers"):
-        ax.plot(group["batch_size"], group["samples_per_second"], "o-",
-                label=f"{int(workers)} worker(s)")
+        ax.plot(
+            group["batch_size"],
+            group["samples_per_second"],
+            "o-",
+            label=f"{int(workers)} worker(s)",
+        )
     _batch_axis(ax, m.batch_sizes)
     ax.set_yscale("log")
     ax.set_ylabel("training samples / s (median over epochs)")
@@ -206,12 +293,14 @@ def validation_curves(m: DegradationMap, table: pd.DataFrame) -> Figure:
         curve = table[table["trial_id"] == row.trial_id].sort_values("epoch")
         label = f"batch {int(row.batch_size)} ({row.scaling_rule})"
         by_epoch.plot(curve["epoch"], curve["val_acc"], "o-", ms=3, color=color, label=label)
-        by_step.plot(curve["optimizer_steps"], curve["val_acc"], "o-", ms=3, color=color,
-                     label=label)
+        by_step.plot(
+            curve["optimizer_steps"], curve["val_acc"], "o-", ms=3, color=color, label=label
+        )
     for ax in (by_epoch, by_step):
         ax.axhline(m.target, color="0.4", ls=":", label=f"target {m.target:.3g}")
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_epoch.set_xlabel("epoch (equal epoch budget)")
     by_step.set_xlabel("optimizer steps")
     by_step.set_xscale("log")
@@ -221,8 +310,9 @@ def validation_curves(m: DegradationMap, table: pd.DataFrame) -> Figure:
     return fig
 
 
-def all_figures(m: DegradationMap, table: pd.DataFrame,
-                epochs: int | None = None) -> dict[str, Figure]:
+def all_figures(
+    m: DegradationMap, table: pd.DataFrame, epochs: int | None = None
+) -> dict[str, Figure]:
     """The report's six figures by file stem, in the order the report shows them."""
     return {
         "accuracy_vs_batch": accuracy_vs_batch(m, epochs),
@@ -238,7 +328,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write `fig` as a PNG (atomically: a reader never sees half a file) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fig.savefig(tmp, dpi=dpi, format="png")
     tmp.replace(path)
     return path

@@ -1,6 +1,7 @@
 """The study-level TensorBoard run, written by `tuner.report` into STUDY_DIR/summary/.
 
-So that someone who only opens TensorBoard (`tensorboard --logdir STUDY_DIR`) sees the whole map:
+So that someone who only opens TensorBoard (`tensorboard --logdir STUDY_DIR/summary`, or
+STUDY_DIR to add every trial's own curves) sees the whole map:
 - Images tab: the report's figures (`map/<figure>`);
 - Scalars tab: the frontier, one step per batch size (`frontier/<metric>`, x axis = batch size),
   per scaling rule (`frontier_by_rule/<rule>/<metric>`) and the critical batch size;
@@ -26,6 +27,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from tensorboardX import SummaryWriter
+from tensorboardX.proto.api_pb2 import Status
+from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndInfo
+from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.summary import hparams
 
 from tuner.analysis import DegradationMap
@@ -34,21 +38,47 @@ SUMMARY_DIR = "summary"
 HPARAMS_DIR = "hparams"
 # frontier column -> scalar name under frontier/ (x axis: batch size)
 FRONTIER_SCALARS = {
-    "best_val_acc": "best_val_acc", "ci_low": "best_val_acc_ci_low",
-    "ci_high": "best_val_acc_ci_high", "drop": "drop_below_baseline",
-    "steps": "steps_to_target", "examples": "examples_to_target", "steps_fit": "steps_fit",
-    "steps_perfect": "steps_perfect_scaling", "best_actual_lr": "best_lr",
-    "lr_linear": "lr_linear_prediction", "lr_sqrt": "lr_sqrt_prediction",
-    "samples_per_second": "samples_per_second", "trials": "trials", "diverged": "diverged",
+    "best_val_acc": "best_val_acc",
+    "ci_low": "best_val_acc_ci_low",
+    "ci_high": "best_val_acc_ci_high",
+    "drop": "drop_below_baseline",
+    "steps": "steps_to_target",
+    "examples": "examples_to_target",
+    "steps_fit": "steps_fit",
+    "steps_perfect": "steps_perfect_scaling",
+    "best_actual_lr": "best_lr",
+    "lr_linear": "lr_linear_prediction",
+    "lr_sqrt": "lr_sqrt_prediction",
+    "samples_per_second": "samples_per_second",
+    "trials": "trials",
+    "diverged": "diverged",
     "degraded": "degraded",
 }
 RULE_SCALARS = {"best_val_acc": "best_val_acc", "steps": "steps_to_target", "trials": "trials"}
-HPARAMS = {"batch_size": float, "scaling_rule": str, "optimizer": str, "base_lr": float,
-           "weight_decay": float, "warmup_epochs": float, "peak_lr": float, "workers": float,
-           "outcome": str}
-METRICS = ("final/val_acc", "final/val_loss", "final/train_loss", "final/epoch",
-           "final/optimizer_steps", "final/examples_seen", "final/samples_per_second",
-           "final/diverged", "best/val_acc", "target/steps", "target/examples")
+HPARAMS = {
+    "batch_size": float,
+    "scaling_rule": str,
+    "optimizer": str,
+    "base_lr": float,
+    "weight_decay": float,
+    "warmup_epochs": float,
+    "peak_lr": float,
+    "workers": float,
+    "outcome": str,
+}
+METRICS = (
+    "final/val_acc",
+    "final/val_loss",
+    "final/train_loss",
+    "final/epoch",
+    "final/optimizer_steps",
+    "final/examples_seen",
+    "final/samples_per_second",
+    "final/diverged",
+    "best/val_acc",
+    "target/steps",
+    "target/examples",
+)
 
 
 def _float(value: Any) -> float | None:
@@ -60,8 +90,9 @@ def _float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _write_map(writer: SummaryWriter, m: DegradationMap, figures: dict[str, Path],
-               report_text: str | None) -> None:
+def _write_map(
+    writer: SummaryWriter, m: DegradationMap, figures: dict[str, Path], report_text: str | None
+) -> None:
     """Figures as images, the frontier as scalars against batch size, the report as text."""
     for stem, path in figures.items():
         image = np.asarray(Image.open(path).convert("RGB"))
@@ -75,12 +106,19 @@ def _write_map(writer: SummaryWriter, m: DegradationMap, figures: dict[str, Path
         for column, name in RULE_SCALARS.items():
             value = _float(row.get(column))
             if value is not None:
-                writer.add_scalar(f"frontier_by_rule/{row['scaling_rule']}/{name}", value,
-                                  global_step=int(row["batch_size"]))
+                writer.add_scalar(
+                    f"frontier_by_rule/{row['scaling_rule']}/{name}",
+                    value,
+                    global_step=int(row["batch_size"]),
+                )
     if m.fit is not None:
-        for name, value in (("b_crit", m.fit.b_crit), ("b_crit_ci_low", m.b_crit_ci[0]),
-                            ("b_crit_ci_high", m.b_crit_ci[1]), ("s_min", m.fit.s_min),
-                            ("e_min", m.fit.e_min)):
+        for name, value in (
+            ("b_crit", m.fit.b_crit),
+            ("b_crit_ci_low", m.b_crit_ci[0]),
+            ("b_crit_ci_high", m.b_crit_ci[1]),
+            ("s_min", m.fit.s_min),
+            ("e_min", m.fit.e_min),
+        ):
             if _float(value) is not None:
                 writer.add_scalar(f"critical_batch/{name}", float(value), global_step=0)
     if m.baseline is not None:
@@ -103,13 +141,16 @@ def trial_hparams(trial: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def trial_metrics(trial: dict[str, Any], curve: pd.DataFrame,
-                  crossing: dict[str, Any] | None) -> dict[str, float]:
+def trial_metrics(
+    trial: dict[str, Any], curve: pd.DataFrame, crossing: dict[str, Any] | None
+) -> dict[str, float]:
     """A trial's final metrics as plain floats (missing ones left out)."""
     last = curve.iloc[-1].to_dict() if len(curve) else {}
     values = {
-        "final/val_acc": trial.get("final_val_acc"), "final/val_loss": trial.get("final_val_loss"),
-        "final/train_loss": trial.get("final_train_loss"), "final/epoch": last.get("epoch"),
+        "final/val_acc": trial.get("final_val_acc"),
+        "final/val_loss": trial.get("final_val_loss"),
+        "final/train_loss": trial.get("final_train_loss"),
+        "final/epoch": last.get("epoch"),
         "final/optimizer_steps": last.get("optimizer_steps"),
         "final/examples_seen": last.get("examples_seen"),
         "final/samples_per_second": last.get("samples_per_second"),
@@ -119,6 +160,25 @@ def trial_metrics(trial: dict[str, Any], curve: pd.DataFrame,
         "target/examples": crossing.get("examples") if crossing else None,
     }
     return {k: v for k, v in ((k, _float(v)) for k, v in values.items()) if v is not None}
+
+
+def session_end(outcome: str) -> Summary | None:
+    """The session's end marker with a status TensorBoard can filter on; None while running.
+
+    tensorboardX's `hparams` always says success; a diverged or errored trial is a failure.
+    """
+    if outcome == "running":
+        return None  # no end info: TensorBoard shows the session as running
+    status = "STATUS_FAILURE" if outcome in ("diverged", "errored") else "STATUS_SUCCESS"
+    content = HParamsPluginData(
+        session_end_info=SessionEndInfo(status=Status.Value(status)), version=0
+    )
+    metadata = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(
+            plugin_name="hparams", content=content.SerializeToString()
+        )
+    )
+    return Summary(value=[Summary.Value(tag="_hparams_/session_end_info", metadata=metadata)])
 
 
 def _write_hparams(root: Path, m: DegradationMap, table: pd.DataFrame) -> int:
@@ -132,10 +192,12 @@ def _write_hparams(root: Path, m: DegradationMap, table: pd.DataFrame) -> int:
     for trial in m.trials.to_dict(orient="records"):
         curve = table[table["trial_id"] == trial["trial_id"]].sort_values("epoch")
         curve = curve[curve["epoch"].notna()]
-        _, start, end = hparams(hparam_dict=trial_hparams(trial), metric_dict={})
+        _, start, _ = hparams(hparam_dict=trial_hparams(trial), metric_dict={})
+        outcome = "diverged" if trial["diverged"] else str(trial["outcome"])
         writer = SummaryWriter(logdir=str(root / str(trial["trial_id"])))
-        for summary in (experiment, start, end):
-            writer.file_writer.add_summary(summary)
+        for summary in (experiment, start, session_end(outcome)):
+            if summary is not None:
+                writer.file_writer.add_summary(summary)
         for name, value in trial_metrics(trial, curve, crossings.get(trial["trial_id"])).items():
             writer.add_scalar(name, value, global_step=0)
         writer.close()
@@ -153,14 +215,24 @@ def _swap(staging: Path, final: Path) -> None:
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     shutil.rmtree(new, ignore_errors=True)
     shutil.copytree(staging, new)
-    if final.exists():
-        final.rename(old)
-    new.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        if final.exists():
+            final.rename(old)
+        new.rename(final)
+    except OSError:
+        pass  # another report swapped its run in at the same moment: keep that one
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
-def write_summary(study_dir: str | Path, m: DegradationMap, table: pd.DataFrame,
-                  figures: dict[str, Path], report_text: str | None = None) -> Path:
+def write_summary(
+    study_dir: str | Path,
+    m: DegradationMap,
+    table: pd.DataFrame,
+    figures: dict[str, Path],
+    report_text: str | None = None,
+) -> Path:
     """(Re)write STUDY_DIR/summary (see module docstring) and return its path."""
     final = Path(study_dir) / SUMMARY_DIR
     with tempfile.TemporaryDirectory(prefix="study-summary-") as tmp:

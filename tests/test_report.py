@@ -1,0 +1,428 @@
+"""The report: hand-built studies (fast) and one real study read back through TensorBoard (ray)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import matplotlib.image
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+from tests.test_analysis import synthetic_scaling_table, table, tolerance_table, trial
+from tuner import report as report_module
+from tuner.report import FIGURE_TITLES, main, write_report
+from tuner.results import COLUMNS
+from tuner.search import build_parser, build_spec
+from tuner.spec import load_spec, save_spec
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_study(storage: Path, batch_sizes: str, name: str = "hand") -> Path:
+    """A study directory with a real study.json (no trials run)."""
+    args = build_parser().parse_args(
+        [
+            "simple_cnn",
+            "--dataset",
+            "digits",
+            "--batch-sizes",
+            batch_sizes,
+            "--storage",
+            str(storage),
+            "--name",
+            name,
+            "--target",
+            "0.9",
+        ]
+    )
+    spec = build_spec(args, has_gpus=False)
+    save_spec(spec)
+    return spec.study_dir
+
+
+def report_on(study_dir: Path, trials: pd.DataFrame, monkeypatch, **kwargs) -> str:
+    """Write the report of `study_dir` as if its files held `trials`; return report.md."""
+    monkeypatch.setattr(report_module, "collect_trials", lambda _: trials)
+    path = write_report(study_dir, n_boot=200, **kwargs)
+    assert path == study_dir / "report.md"
+    return path.read_text()
+
+
+def verdict_of(text: str) -> str:
+    return text.split("## Verdict", 1)[1].split("\n## ", 1)[0]
+
+
+def assert_valid_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    with Image.open(path) as image:
+        image.verify()
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+
+
+def assert_all_outputs(study_dir: Path) -> None:
+    for name in ("report.md", "frontier.csv", "frontier.json", "trials.csv"):
+        assert (study_dir / name).is_file(), name
+    for stem in FIGURE_TITLES:
+        assert_valid_png(study_dir / "figures" / f"{stem}.png")
+    assert list((study_dir / "summary").glob("events.out.tfevents.*"))
+
+
+# --- hand-built studies (no Ray) ------------------------------------------------------------
+
+
+def test_verdict_on_known_degradation(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,16,32,64,128")
+    text = report_on(study, tolerance_table(), monkeypatch)
+    verdict = verdict_of(text)
+    assert (
+        "within 1 pt of the batch-8 baseline (95.0%) up to batch 32 with linear scaling" in verdict
+    )
+    assert "degraded at batch 64 (batch 64: best 93.0%, 2.0 pt below)" in verdict
+    assert "linear up to batch 32, below from batch 64" in verdict
+    assert "none up to batch 8, below from batch 16" in verdict
+    assert "sqrt: no finished trial" in verdict
+    assert_all_outputs(study)
+    frontier = pd.read_csv(study / "frontier.csv")
+    assert frontier["batch_size"].tolist() == [8, 16, 32, 64, 128]
+    assert frontier["degraded"].tolist() == [False, False, False, True, False]
+    data = json.loads((study / "frontier.json").read_text())
+    assert data["largest_batch_within_tolerance"] == {
+        "overall": 32,
+        "by_rule": {"linear": 32, "none": 8},
+    }
+    assert data["verdict"][0].startswith("Accuracy holds within 1 pt")
+
+
+def test_tolerance_in_points_on_the_command_line(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,16,32,64,128")
+    monkeypatch.setattr(report_module, "collect_trials", lambda _: tolerance_table())
+    assert main([str(study), "--tolerance", "2", "--no-tensorboard"]) == 0
+    data = json.loads((study / "frontier.json").read_text())
+    assert data["tolerance"] == pytest.approx(0.02)
+    assert data["largest_batch_within_tolerance"]["overall"] == 128
+
+
+def test_critical_batch_in_report(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "16:4096")
+    text = report_on(study, synthetic_scaling_table(), monkeypatch)
+    critical = json.loads((study / "frontier.json").read_text())["critical_batch"]
+    assert critical["status"] == "fit" and critical["points"] == 9
+    assert critical["ci_low"] < 512 < critical["ci_high"]
+    assert f"Critical batch size about {critical['b_crit']:.3g}" in verdict_of(text)
+    frontier = pd.read_csv(study / "frontier.csv").set_index("batch_size")
+    assert frontier.loc[16, "regime"] == "perfect scaling"
+    assert frontier.loc[4096, "regime"] == "maximal data parallelism"
+    assert frontier.loc[512, "regime"] == "diminishing returns"
+
+
+def test_empty_study(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32")
+    text = report_on(study, pd.DataFrame(columns=list(COLUMNS)), monkeypatch)
+    assert "No trial has finished yet" in verdict_of(text)
+    assert "No trial has started yet" in text
+    assert_all_outputs(study)
+    assert pd.read_csv(study / "frontier.csv")["trials"].tolist() == [0, 0]
+
+
+def test_running_study_without_target_reached(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32,128")
+    trials = table(
+        trial("a", 8, [(64, 0.8), (128, 0.85)]),
+        trial("b", 32, [(16, 0.7)], outcome="running"),
+        trial("c", 128, [], outcome="errored"),
+    )
+    text = report_on(study, trials, monkeypatch)
+    assert "Only batch 8 has finished trials" in verdict_of(text)
+    assert "No trial reached the target validation accuracy 90.0%" in verdict_of(text)
+    assert "1 trial(s) have not finished" in text
+    assert "No finished, non-diverged trial at batch 32 (1 running); 128 (1 errored)" in text
+    assert "1 trial(s) errored" in text
+    assert "--target 0.70" in text  # every batch with data reaches 0.70
+    assert_all_outputs(study)
+
+
+def test_single_batch_size_study(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "32")
+    trials = table(trial("a", 32, [(10, 0.8), (20, 0.95)]), trial("b", 32, [(10, 0.9)]))
+    text = report_on(study, trials, monkeypatch)
+    assert "single batch size" in text
+    assert "the critical batch size needs at least 2 batch sizes" in verdict_of(text)
+    assert_all_outputs(study)
+
+
+def test_boundary_warning_reaches_the_report(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32")
+    trials = table(trial("a", 8, [(10, 0.9)], base_lr=0.29), trial("b", 32, [(10, 0.9)]))
+    text = report_on(study, trials, monkeypatch, tensorboard=False)
+    assert "1 best-trial value(s) sit on the edge of the search range (batch 8)" in text
+    assert "batch 8: best base_lr 0.29 is at the upper edge" in text
+
+
+def test_rerun_replaces_the_tensorboard_run(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    study = make_study(tmp_path, "8,16,32,64,128")
+    report_on(study, tolerance_table(), monkeypatch)
+    report_on(study, tolerance_table(), monkeypatch)
+    assert len(list((study / "summary").glob("events.out.tfevents.*"))) == 1
+    acc = ea.EventAccumulator(str(study / "summary"), size_guidance={ea.IMAGES: 0, ea.SCALARS: 0})
+    acc.Reload()
+    assert len(acc.Images("map/accuracy_vs_batch")) == 1
+    assert [e.step for e in acc.Scalars("frontier/best_val_acc")] == [8, 16, 32, 64, 128]
+    assert not list(study.glob(".summary*"))
+
+
+def test_hparams_sessions_carry_status_and_plain_metrics(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tensorboard.plugins.hparams import metadata
+
+    study = make_study(tmp_path, "8,32")
+    trials = table(
+        trial("ok", 8, [(10, 0.8), (20, 0.95)]),
+        trial("boom", 32, [(5, 0.2)], outcome="diverged", diverged_last=True),
+        trial("dead", 32, [], outcome="errored"),
+        trial("busy", 32, [(5, 0.5)], outcome="running"),
+    )
+    report_on(study, trials, monkeypatch)
+    mux = pem.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(study / "summary"))
+    mux.Reload()
+    content = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+    status = {}
+    for run, tags in content.items():
+        end = tags.get(metadata.SESSION_END_INFO_TAG)
+        status[run.split("/")[-1]] = (
+            metadata.parse_session_end_info_plugin_data(end).status if end else None
+        )
+    assert status == {"ok": 1, "boom": 2, "dead": 2, "busy": None}  # SUCCESS, FAILURE, running
+    acc = ea.EventAccumulator(str(study / "summary" / "hparams" / "ok"))
+    acc.Reload()
+    assert acc.Scalars("target/steps")[0].value == 20
+    assert acc.Scalars("final/val_acc")[0].value == pytest.approx(0.95)
+    assert acc.Scalars("final/diverged")[0].value == 0
+
+
+def test_not_a_study_is_a_one_line_error(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not a study directory" in err and "\n" not in err
+
+
+def test_target_given_in_percent_is_refused(tmp_path, capsys):
+    study = make_study(tmp_path, "8,32")
+    assert main([str(study), "--target", "95"]) == 2
+    assert "0.95, not 95" in capsys.readouterr().err
+
+
+def test_cli_exit_code_as_a_user_sees_it(tmp_path):
+    proc = run_cli("tuner.report", str(tmp_path / "nothing"), check=False, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "not a study directory" in proc.stderr
+    assert "PERCENTAGE POINTS" in run_cli("tuner.report", "--help", timeout=120).stdout
+
+
+# --- a real study -----------------------------------------------------------------------------
+
+
+def final_rows(trials_csv: pd.DataFrame) -> pd.DataFrame:
+    """Last reported epoch of every trial, computed independently of tuner.analysis."""
+    reported = trials_csv[trials_csv["epoch"].notna()]
+    return reported.sort_values("epoch").groupby("trial_id").tail(1)
+
+
+def evaluated_batches(study: Path) -> list[int]:
+    """Batch sizes with at least one evaluation of a non-diverged trial."""
+    live = live_rows(pd.read_csv(study / "trials.csv"))
+    return sorted(int(b) for b in live[live["val_acc"].notna()]["batch_size"].unique())
+
+
+def frontier_batches(study: Path) -> list[int]:
+    """Batch sizes with a best accuracy in frontier.csv."""
+    frontier = pd.read_csv(study / "frontier.csv")
+    return frontier[frontier["best_val_acc"].notna()]["batch_size"].tolist()
+
+
+def live_rows(trials_csv: pd.DataFrame) -> pd.DataFrame:
+    """Rows of trials that never diverged (Shallue et al. leave diverged trials out)."""
+    diverged = trials_csv["diverged"].astype(str).eq("True") | trials_csv["outcome"].eq("diverged")
+    return trials_csv[~trials_csv["trial_id"].isin(trials_csv[diverged]["trial_id"])]
+
+
+@pytest.fixture(scope="module")
+def real_report(small_study, tmp_path_factory) -> tuple[Path, float]:
+    """A copy of the shared real study, re-reported with a target every batch size reaches."""
+    study = tmp_path_factory.mktemp("real") / "e2e"
+    shutil.copytree(small_study, study)
+    best = live_rows(pd.read_csv(study / "trials.csv")).groupby("batch_size")["val_acc"].max()
+    target = math.floor(best.min() * 100) / 100
+    proc = run_cli("tuner.report", str(study), "--target", f"{target:.2f}", timeout=300)
+    assert "report:" in proc.stdout and "Accuracy" in proc.stdout
+    return study, target
+
+
+@pytest.mark.ray
+def test_search_writes_the_report_itself(small_study):
+    assert_all_outputs(small_study)
+    assert "## Verdict" in (small_study / "report.md").read_text()
+
+
+@pytest.mark.ray
+def test_real_frontier_matches_the_trial_table(real_report):
+    study, target = real_report
+    trials = pd.read_csv(study / "trials.csv")
+    frontier = pd.read_csv(study / "frontier.csv").set_index("batch_size")
+    spec = load_spec(study)
+    assert frontier.index.tolist() == list(spec.batch_sizes)
+    assert frontier["trials"].sum() == trials["trial_id"].nunique() == spec.trials
+    finals = final_rows(live_rows(trials))
+    scored = finals[finals["outcome"].isin(["completed", "stopped"])]
+    for batch, best in scored.groupby("batch_size")["val_acc"].max().items():
+        assert frontier.loc[batch, "best_val_acc"] == pytest.approx(best)
+    live = live_rows(trials)
+    for batch, group in live[live["val_acc"].notna()].groupby("batch_size"):
+        reached = group[group["val_acc"] >= target]
+        assert frontier.loc[batch, "steps"] == reached["optimizer_steps"].min()
+        assert frontier.loc[batch, "examples"] == reached["optimizer_steps"].min() * batch
+    data = json.loads((study / "frontier.json").read_text())
+    assert data["target"] == pytest.approx(target)
+    assert data["critical_batch"]["status"] in ("fit", "unbounded")
+    assert_all_outputs(study)
+
+
+@pytest.mark.ray
+def test_real_tensorboard_run_through_tensorboards_reader(real_report):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tensorboard.plugins.hparams import metadata
+
+    study, _ = real_report
+    acc = ea.EventAccumulator(
+        str(study / "summary"), size_guidance={ea.IMAGES: 0, ea.SCALARS: 0, ea.TENSORS: 0}
+    )
+    acc.Reload()
+    assert sorted(acc.Tags()["images"]) == sorted(f"map/{stem}" for stem in FIGURE_TITLES)
+    for tag in acc.Tags()["images"]:
+        image = acc.Images(tag)[0]
+        assert image.encoded_image_string[:8] == PNG_SIGNATURE and image.width > 100
+    frontier = pd.read_csv(study / "frontier.csv").dropna(subset=["best_val_acc"])
+    scalars = acc.Scalars("frontier/best_val_acc")
+    assert [e.step for e in scalars] == frontier["batch_size"].tolist() == frontier_batches(study)
+    assert [e.value for e in scalars] == pytest.approx(frontier["best_val_acc"].tolist())
+    # The target is one that every batch size with a live (non-diverged) evaluation reaches.
+    assert [e.step for e in acc.Scalars("frontier/steps_to_target")] == evaluated_batches(study)
+
+    mux = pem.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(study / "summary"))
+    mux.Reload()
+    content = mux.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+    sessions = {
+        run.split("/")[-1]: tags
+        for run, tags in content.items()
+        if metadata.SESSION_START_INFO_TAG in tags
+    }
+    trials = pd.read_csv(study / "trials.csv")
+    assert set(sessions) == set(trials["trial_id"])
+    first = trials.groupby("trial_id").first()
+    for trial_id, tags in sessions.items():
+        start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
+        assert start.hparams["batch_size"].number_value == first.loc[trial_id, "batch_size"]
+        assert start.hparams["scaling_rule"].string_value == first.loc[trial_id, "scaling_rule"]
+        assert start.hparams["outcome"].string_value == first.loc[trial_id, "outcome"]
+
+
+def _post(url: str, body: dict | None = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        raw = response.read()
+    return json.loads(raw) if raw[:1] in (b"{", b"[") else raw
+
+
+@pytest.mark.ray
+def test_real_tensorboard_server_serves_the_map(real_report):
+    """A TensorBoard server on STUDY_DIR/summary serves the map through its HTTP API.
+
+    (On STUDY_DIR itself TensorBoard also finds Tune's per-trial hparams sessions and takes the
+    experiment description of whichever run it reads first, so that view is not deterministic.)
+    """
+    from tensorboard import program
+
+    study, _ = real_report
+    server = program.TensorBoard()
+    server.configure(
+        argv=[
+            None,
+            "--logdir",
+            str(study / "summary"),
+            "--port",
+            "0",
+            "--load_fast",
+            "false",
+            "--reload_interval",
+            "1",
+        ]
+    )
+    url = server.launch().rstrip("/")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "." not in _post(f"{url}/data/runs"):
+        time.sleep(0.5)
+    images = _post(f"{url}/data/plugin/images/tags")["."]
+    assert set(images) == {f"map/{stem}" for stem in FIGURE_TITLES}
+    blob = _post(f"{url}/data/plugin/images/images?run=.&tag=map/throughput")
+    with urllib.request.urlopen(
+        f"{url}/data/plugin/images/individualImage?{blob[0]['query']}", timeout=30
+    ) as response:
+        assert response.read()[:8] == PNG_SIGNATURE
+    steps = _post(f"{url}/data/plugin/scalars/scalars?run=.&tag=frontier/best_val_acc")
+    assert [s[1] for s in steps] == frontier_batches(study)
+
+    experiment = _post(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""})
+    assert {m["name"]["tag"] for m in experiment["metricInfos"]} >= {
+        "final/val_acc",
+        "best/val_acc",
+        "target/steps",
+    }
+    assert {h["name"] for h in experiment["hparamInfos"]} >= {
+        "batch_size",
+        "scaling_rule",
+        "base_lr",
+        "peak_lr",
+        "warmup_epochs",
+        "weight_decay",
+    }
+    request = {
+        "experimentName": "",
+        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+        "colParams": [],
+        "startIndex": 0,
+        "sliceSize": 1000,
+    }
+    groups = _post(f"{url}/data/plugin/hparams/session_groups", request)["sessionGroups"]
+    sessions = {g["name"].split("/")[-1]: g for g in groups}
+    trials = pd.read_csv(study / "trials.csv")
+    assert set(sessions) == set(trials["trial_id"])
+    finals = final_rows(trials).set_index("trial_id")
+    failed = set(
+        trials[
+            trials["outcome"].isin(["diverged", "errored"])
+            | trials["diverged"].astype(str).eq("True")
+        ]["trial_id"]
+    )
+    for trial_id, group in sessions.items():
+        expected = "STATUS_FAILURE" if trial_id in failed else "STATUS_SUCCESS"
+        assert group["sessions"][0]["status"] == expected
+        metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        if trial_id in finals.index:
+            assert metrics["final/val_acc"] == pytest.approx(
+                finals.loc[trial_id, "val_acc"], rel=1e-6
+            )
+        assert group["hparams"]["batch_size"] in load_spec(study).batch_sizes
