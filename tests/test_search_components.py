@@ -48,8 +48,8 @@ def test_outcomes_reach_optuna_honestly(tmp_path):
     searcher.on_trial_result("t0", {"val_acc": 0.9, "epoch": 1})
     searcher.on_trial_result("t0", {"val_acc": 0.95, "epoch": 4})
     searcher.on_trial_complete("t0", {"val_acc": 0.95, "epoch": 4})  # full budget
-    searcher.on_trial_result("t1", {"val_acc": 0.5, "epoch": 1})
-    searcher.on_trial_complete("t1", {"val_acc": 0.5, "epoch": 1})  # stopped by ASHA at 1
+    # Stopped by ASHA at its first rung: Tune passes that result to on_trial_complete only.
+    searcher.on_trial_complete("t1", {"val_acc": 0.5, "epoch": 1})
     searcher.on_trial_result("t2", {"val_acc": 0.1, "epoch": 1, "diverged": True})
     searcher.on_trial_complete("t2", {"val_acc": 0.1, "epoch": 1, "diverged": True})
     searcher.on_trial_complete("t3", None, error=True)

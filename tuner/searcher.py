@@ -31,7 +31,7 @@ class BalancedOptunaSearch(OptunaSearch):
         self._batch_sizes = list(batch_sizes)
         self._assigned = dict.fromkeys(self._batch_sizes, 0)
         self._max_epochs = max_epochs
-        self._reported: set[str] = set()
+        self._epochs: dict[str, set[int]] = {}  # epochs reported to Optuna, per trial
         super().__init__(*args, **kwargs)
 
     def next_batch_size(self) -> int:
@@ -55,7 +55,7 @@ class BalancedOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].report(float(result[self.metric]), int(result["epoch"]))
         except UpdateFinishedTrialError:
             return  # see on_trial_complete: told before an interruption
-        self._reported.add(trial_id)
+        self._epochs.setdefault(trial_id, set()).add(int(result["epoch"]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -71,7 +71,11 @@ class BalancedOptunaSearch(OptunaSearch):
             return
         if outcome == "completed":
             self._ot_study.tell(ot_trial, float(result[self.metric]), state=TrialState.COMPLETE)
-        elif outcome in ("stopped", "diverged") and trial_id in self._reported:
+        elif outcome in ("stopped", "diverged"):
+            # When ASHA says stop, Tune hands the stopping result to on_trial_complete only, not
+            # to on_trial_result: record it, so a trial stopped at its first rung has a value.
+            if int(result["epoch"]) not in self._epochs.get(trial_id, set()):
+                ot_trial.report(float(result[self.metric]), int(result["epoch"]))
             self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
         else:
             self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
