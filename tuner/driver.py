@@ -101,17 +101,15 @@ def make_scheduler(spec: StudySpec) -> PerBatchSizeASHA:
 
 
 def concurrency(spec: StudySpec) -> int:
-    """Trials at once: as many as the cluster's CPUs (or GPUs) hold, so none waits on another."""
+    """Trials at once: as many as the cluster's nodes hold (each worker whole on one node), so
+    none waits on another; on an autoscaling cluster, what it can grow to."""
     if spec.max_concurrent > 0:
         return spec.max_concurrent
-    total = ray.cluster_resources()
-    per_trial_cpus = spec.workers_per_trial * spec.cpus_per_worker
-    fits = int(total.get("CPU", 0) // per_trial_cpus)
-    if spec.use_gpu:
-        fits = min(
-            fits, int(total.get("GPU", 0) // (spec.workers_per_trial * spec.gpus_per_worker))
-        )
-    return max(1, fits)
+    from tuner.cluster_config import workers_that_fit
+    from tuner.session import cluster_nodes
+
+    fits = workers_that_fit(cluster_nodes(), spec.cpus_per_worker, spec.gpus_per_worker)
+    return max(1, fits // spec.workers_per_trial)
 
 
 def trainable(spec: StudySpec):

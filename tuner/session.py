@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from tuner.cluster_config import BOOTSTRAP_CONFIG, possible_nodes, workers_that_fit
 from tuner.results import write_trial_table
 from tuner.spec import StudySpec
 
@@ -52,6 +53,30 @@ def local_ray_kwargs(**kwargs: Any) -> dict[str, Any]:
     return {"address": "local", "dashboard_port": port, "runtime_env": {"env_vars": env}, **kwargs}
 
 
+def unreachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why nothing answers at a GCS address HOST:PORT, or None if something does.
+
+    `ray.init` retries an unreachable GCS for minutes (20 tries of about 35 s each); a plain TCP
+    connect is refused at once, or times out in `timeout` seconds where no route exists.
+    Addresses Ray resolves itself ("auto", "local", "ray://...") are not checked here.
+    """
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return None
+    if "://" in address:
+        return (
+            "that is a URL; give the cluster's GCS address HOST:PORT (port 6379 unless "
+            "`ray start --port` said otherwise); a dashboard URL is for `ray job submit`"
+        )
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return "expected HOST:PORT, the cluster's GCS address (e.g. 10.0.0.10:6379)"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        return error.strerror or str(error) or type(error).__name__
+    return None
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray of our own.
 
@@ -62,6 +87,9 @@ def connect(address: str | None) -> None:
     """
     quiet()
     address = address or os.environ.get("RAY_ADDRESS")
+    problem = unreachable(address) if address else None
+    if problem:
+        raise SystemExit(f"error: cannot connect to Ray at {address}: {problem}")
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
     common = {"log_to_driver": False, "configure_logging": False, "logging_level": "ERROR"}
@@ -70,22 +98,55 @@ def connect(address: str | None) -> None:
             ray.init(**local_ray_kwargs(**common))
         else:
             ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)}, **common)
-    except (ConnectionError, RuntimeError, ValueError) as error:
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if address not in (None, "", "local") and os.environ.get("RAY_AUTH_MODE") != "token":
+            # Ray sends its auth token to an explicit address only when told to, and a cluster
+            # with token auth (the default since Ray 2.59) then refuses it just like this.
+            message += (
+                "; if the cluster uses token auth, export RAY_AUTH_MODE=token (the token from "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            )
         raise SystemExit(f"error: cannot connect to Ray at {address}: {message}") from None
 
 
-def check_fits(spec: StudySpec) -> None:
-    """Fail fast when one trial asks for more than the whole cluster has."""
-    total = ray.cluster_resources()
-    need_cpu = spec.workers_per_trial * spec.cpus_per_worker
-    need_gpu = spec.workers_per_trial * spec.gpus_per_worker
-    if need_cpu > total.get("CPU", 0) or need_gpu > total.get("GPU", 0):
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resources of every node the cluster has now or its autoscaler can add.
+
+    On the head of a `ray up` cluster (where `ray job submit` runs the study) the autoscaler's
+    config lists the node types with their resources and bounds: GPU workers may not exist yet.
+    """
+    nodes = [
+        {k: float(v) for k, v in n["Resources"].items()} for n in ray.nodes() if n.get("Alive")
+    ]
+    if BOOTSTRAP_CONFIG.exists():
+        import yaml
+
+        try:
+            can_add = possible_nodes(yaml.safe_load(BOOTSTRAP_CONFIG.read_text()))
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+            can_add = []
+        # The autoscaler's node types bound what can ever run; the nodes up now are among them.
+        if any(n.get("CPU", 0) or n.get("GPU", 0) for n in can_add):
+            return can_add
+    return nodes
+
+
+def check_fits(spec: StudySpec, nodes: list[dict[str, float]]) -> None:
+    """Fail fast when one trial asks for more than the cluster can ever hold at once: its
+    workers, each whole on one node (a worker never spans nodes)."""
+    fits = workers_that_fit(nodes, spec.cpus_per_worker, spec.gpus_per_worker)
+    if fits < spec.workers_per_trial:
+        cpu = sum(n.get("CPU", 0) for n in nodes)
+        gpu = sum(n.get("GPU", 0) for n in nodes)
+        largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
         raise SystemExit(
             f"error: one trial needs {spec.workers_per_trial} workers x "
-            f"({spec.cpus_per_worker} CPU, {spec.gpus_per_worker} GPU) = {need_cpu:g} CPU, "
-            f"{need_gpu:g} GPU, but the cluster has {total.get('CPU', 0):g} CPU, "
-            f"{total.get('GPU', 0):g} GPU; lower --workers-per-trial or grow the cluster"
+            f"({spec.cpus_per_worker:g} CPU, {spec.gpus_per_worker:g} GPU) on one node each, "
+            f"but the cluster holds {fits} such worker(s) ({len(nodes)} node(s), {cpu:g} CPU, "
+            f"{gpu:g} GPU; the largest node {largest.get('CPU', 0):g} CPU, "
+            f"{largest.get('GPU', 0):g} GPU); lower --workers-per-trial / --cpus-per-worker "
+            f"or grow the cluster"
         )
 
 
@@ -116,9 +177,10 @@ def run_study(
     from tuner import driver
 
     connect(args.address)
-    if not resume and args.gpus_per_worker is None and ray.cluster_resources().get("GPU", 0) > 0:
+    nodes = cluster_nodes()
+    if not resume and args.gpus_per_worker is None and any(n.get("GPU", 0) > 0 for n in nodes):
         spec = dataclasses.replace(spec, gpus_per_worker=1.0)
-    check_fits(spec)
+    check_fits(spec, nodes)
     if not resume:
         save(spec)
     print(

@@ -1,0 +1,748 @@
+"""The cluster path, end to end on this machine: a real multi-node Ray cluster made of `ray start`
+processes, a study submitted to it with `ray job submit`, the CLI on an existing cluster through
+RAY_ADDRESS / --address, bad inputs that must fail fast in one line, and the `ray up` / `ray down`
+launcher with the `local` provider over SSH on loopback.
+
+Every cluster here is isolated from other Ray instances on the machine (a test suite running
+`ray.init` next to it, a user's `ray start`): its own temp dirs, ports and auth token. It is torn
+down by killing exactly the processes it started, found by a marker in their environment (Ray's
+processes inherit it, whatever their process group or title): never `ray stop`, which kills every
+Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MARKER = "BSS_TEST_CLUSTER"
+# Drop anything that would point Ray at another cluster or another token.
+SCRUB = (
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUB}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `ray`, `python`: this venv's
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(extra)
+    return env
+
+
+def processes_with(marker: str) -> list[int]:
+    """PIDs of live processes whose environment holds `marker`."""
+    needle = marker.encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_marked(marker: str, grace_s: float = 10.0) -> list[int]:
+    """SIGTERM, then SIGKILL, every process carrying `marker`; returns those still alive."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        pids = processes_with(marker)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.5)
+            pids = [p for p in processes_with(marker) if not _zombie(p)]
+        if not pids:
+            return []
+    return [p for p in processes_with(marker) if not _zombie(p)]
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def run(
+    cmd: list[str], env: dict[str, str], timeout: float, cwd: Path = ROOT, check: bool = True
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}:\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+class LocalRayCluster:
+    """A head and worker nodes, each a `ray start --block` process with its own temp dir and
+    ports, sharing a fresh auth token (token auth on, as Ray >= 2.59 does by default)."""
+
+    def __init__(self) -> None:
+        # Short: Ray's socket paths live under it and must stay below 107 characters.
+        self.root = Path(tempfile.mkdtemp(prefix="bss-", dir="/tmp"))
+        self.marker = f"{MARKER}={secrets.token_hex(8)}"
+        self.gcs_port, self.dashboard_port = free_ports(2)
+        self.env = clean_env(
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=secrets.token_hex(32),
+            # Ray's State API, called inside the cluster without an address (Ray Train's
+            # placement-group cleaner does), looks for $RAY_ADDRESS, then the default temp
+            # dir's `ray_current_cluster`, then for GCS processes on the machine: with another
+            # Ray instance running here it finds several, gives up, and a finished trial's
+            # workers are never freed. Name this cluster's dashboard explicitly.
+            RAY_API_SERVER_ADDRESS=f"http://127.0.0.1:{self.dashboard_port}",
+            **dict([self.marker.split("=", 1)]),
+        )
+        self.nodes: list[subprocess.Popen] = []
+        self.cpus = 0
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _start(self, name: str, args: list[str], num_cpus: int) -> None:
+        ports = free_ports(7)
+        temp_dir = self.root / name
+        temp_dir.mkdir()
+        cmd = [
+            str(BIN / "ray"),
+            "start",
+            "--block",
+            "--num-cpus",
+            str(num_cpus),
+            "--num-gpus",
+            "0",
+            "--temp-dir",
+            str(temp_dir),
+            "--disable-usage-stats",
+            "--dashboard-agent-listen-port",
+            str(ports[0]),
+            "--dashboard-agent-grpc-port",
+            str(ports[1]),
+            "--runtime-env-agent-port",
+            str(ports[2]),
+            "--metrics-export-port",
+            str(ports[3]),
+            "--node-manager-port",
+            str(ports[4]),
+            "--object-manager-port",
+            str(ports[5]),
+            *args,
+        ]
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 (closed with the process)
+        self.nodes.append(
+            subprocess.Popen(
+                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
+        self.cpus += num_cpus
+
+    def start_head(self, num_cpus: int) -> None:
+        ports = free_ports(1)
+        self._start(
+            "head",
+            [
+                "--head",
+                "--port",
+                str(self.gcs_port),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--ray-client-server-port",
+                str(ports[0]),
+            ],
+            num_cpus,
+        )
+
+    def add_node(self, num_cpus: int) -> None:
+        self._start(f"node{len(self.nodes)}", ["--address", self.gcs_address], num_cpus)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Until every node has joined (total CPUs) and the job server answers."""
+        deadline = time.monotonic() + timeout
+        status = ""
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if node.poll() is not None:
+                    raise AssertionError(
+                        f"a ray start process exited {node.returncode}: {self.logs()}"
+                    )
+            proc = run(
+                [str(BIN / "ray"), "status", "--address", self.gcs_address],
+                self.env,
+                timeout=60,
+                check=False,
+            )
+            status = proc.stdout + proc.stderr
+            total = re.search(r"[\d.]+/([\d.]+) CPU", status)
+            if total and float(total.group(1)) == self.cpus:
+                jobs = run(
+                    [str(BIN / "ray"), "job", "list", "--address", self.dashboard_url],
+                    self.env,
+                    timeout=60,
+                    check=False,
+                )
+                if jobs.returncode == 0:
+                    return
+            time.sleep(2)
+        raise AssertionError(
+            f"cluster not ready in {timeout} s; last status:\n{status}\n{self.logs()}"
+        )
+
+    def node_ids(self) -> set[str]:
+        proc = run(
+            [
+                str(BIN / "ray"),
+                "list",
+                "nodes",
+                "--address",
+                self.dashboard_url,
+                "--format",
+                "json",
+                "--filter",
+                "state=ALIVE",
+            ],
+            self.env,
+            timeout=60,
+        )
+        return {node["node_id"] for node in json.loads(proc.stdout)}
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}:\n{p.read_text()[-2000:]}" for p in sorted(self.root.glob("*.log"))
+        )
+
+    def stop(self) -> None:
+        left = kill_marked(self.marker)
+        for node in self.nodes:
+            if node.poll() is None:
+                node.kill()
+            node.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+        assert not left, f"processes of the test cluster survived SIGKILL: {left}"
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A real two-node cluster on this machine: a head and a worker node of 2 CPUs each."""
+    cluster = LocalRayCluster()
+    try:
+        cluster.start_head(num_cpus=2)
+        cluster.add_node(num_cpus=2)
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Non-zero exit, and the error is one `error: ...` line at the end of stderr, no traceback."""
+    assert proc.returncode != 0, f"exited 0:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    line = last_line(proc.stderr)
+    assert line.startswith("error: "), f"last stderr line is no error line:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")] == [line]
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+def search_cli(
+    *args: str, env: dict[str, str], timeout: float
+) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    proc = run([sys.executable, "-m", "tuner.search", *args], env, timeout=timeout, check=False)
+    return proc, time.monotonic() - start
+
+
+# --- (a) a real two-node cluster -----------------------------------------------------------------
+
+
+def test_study_through_ray_job_submit_uses_both_nodes(two_nodes, tmp_path):
+    """`ray job submit` a smoke study; its trials must run on both nodes.
+
+    Each worker asks for 2 CPUs, a whole node, so two concurrent trials can only run on two
+    different nodes. The storage is a local path: both "nodes" are this machine.
+    """
+    from tuner.results import collect_trials
+
+    storage = tmp_path / "studies"
+    proc = run(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            two_nodes.dashboard_url,
+            "--working-dir",
+            str(ROOT),
+            "--",
+            "python",
+            "-m",
+            "tuner.search",
+            "simple_cnn",
+            "--smoke",
+            "--max-concurrent",
+            "2",
+            "--cpus-per-worker",
+            "2",
+            "--storage",
+            str(storage),
+            "--name",
+            "two-nodes",
+        ],
+        two_nodes.env,
+        timeout=420,
+        check=False,
+    )
+    assert proc.returncode == 0, f"job failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    assert "succeeded" in proc.stdout + proc.stderr
+
+    table = collect_trials(storage / "two-nodes")
+    trials = table.groupby("trial_id")
+    assert trials.ngroups == 4
+    assert set(table["outcome"]) <= {"completed", "stopped"}, table[["trial_id", "outcome"]]
+    used = set(table["node_id"].dropna())
+    assert used == two_nodes.node_ids(), (used, two_nodes.node_ids())
+    # One node per trial (its rank-0 worker), the same for every epoch of it.
+    assert (trials["node_id"].nunique() == 1).all()
+
+
+def test_cli_joins_existing_cluster_with_address_and_rejects_infeasible_trials(two_nodes, tmp_path):
+    """`--address` / RAY_ADDRESS reach the cluster; a trial the cluster can never hold fails in
+    one line, fast, before any trial is started."""
+    storage = str(tmp_path / "studies")
+    # More workers than the whole cluster has CPUs (4): through RAY_ADDRESS.
+    env = {**two_nodes.env, "RAY_ADDRESS": two_nodes.gcs_address}
+    proc, took = search_cli(
+        "simple_cnn",
+        "--smoke",
+        "--batch-sizes",
+        "64,128",
+        "--workers-per-trial",
+        "64",
+        "--storage",
+        storage,
+        "--name",
+        "wide",
+        env=env,
+        timeout=120,
+    )
+    assert_one_line_error(proc, "64 workers", "4 CPU")
+    assert took < 60, took
+    assert not (tmp_path / "studies" / "wide" / "study.json").exists()
+    # GPUs on a CPU-only cluster: through --address.
+    proc, took = search_cli(
+        "simple_cnn",
+        "--smoke",
+        "--gpus-per-worker",
+        "1",
+        "--address",
+        two_nodes.gcs_address,
+        "--storage",
+        storage,
+        "--name",
+        "gpu",
+        env=two_nodes.env,
+        timeout=120,
+    )
+    assert_one_line_error(proc, "GPU")
+    assert took < 60, took
+
+
+def test_worker_larger_than_any_node_fails_fast(two_nodes, tmp_path):
+    """3 CPUs per worker: the cluster has 4 in total, but no node has more than 2, so no worker
+    can ever be placed. That is infeasible too and must not wait for a worker-group timeout."""
+    env = {**two_nodes.env, "RAY_ADDRESS": two_nodes.gcs_address}
+    proc, took = search_cli(
+        "simple_cnn",
+        "--smoke",
+        "--cpus-per-worker",
+        "3",
+        "--storage",
+        str(tmp_path / "studies"),
+        "--name",
+        "fat",
+        env=env,
+        timeout=180,
+    )
+    assert_one_line_error(proc, "3")
+    assert took < 60, took
+
+
+def test_token_cluster_without_the_token_fails_in_one_line(two_nodes, tmp_path):
+    """The cluster runs with token auth; a CLI told its address but not RAY_AUTH_MODE=token
+    (Ray sends the token to an explicit address only when told to) must say what to set."""
+    env = clean_env(RAY_ADDRESS=two_nodes.gcs_address)
+    proc, took = search_cli(
+        "simple_cnn", "--smoke", "--storage", str(tmp_path), "--name", "x", env=env, timeout=120
+    )
+    assert_one_line_error(proc, two_nodes.gcs_address, "RAY_AUTH_MODE=token")
+    assert took < 60, took
+    assert not (tmp_path / "x").exists()
+
+
+# --- (b) bad inputs without a cluster ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_unreachable_address_fails_fast_in_one_line(how, tmp_path):
+    env = clean_env(RAY_ADDRESS="127.0.0.1:1") if how == "env" else clean_env()
+    extra = ["--address", "127.0.0.1:1"] if how == "option" else []
+    proc, took = search_cli(
+        "simple_cnn",
+        "--smoke",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "x",
+        *extra,
+        env=env,
+        timeout=90,
+    )
+    assert_one_line_error(proc, "127.0.0.1:1")
+    assert took < 30, f"took {took:.0f} s to give up on an unreachable address"
+    assert not (tmp_path / "x").exists()
+
+
+def test_infeasible_workers_per_trial_on_local_ray(tmp_path):
+    proc, took = search_cli(
+        "simple_cnn",
+        "--smoke",
+        "--batch-sizes",
+        "64,128",
+        "--workers-per-trial",
+        "64",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "wide",
+        env=clean_env(),
+        timeout=120,
+    )
+    assert_one_line_error(proc, "64 workers")
+    assert took < 60, took
+    assert not (tmp_path / "wide" / "study.json").exists()
+
+
+# --- (c) the launcher: `ray up` / `ray down` with the local provider over SSH --------------------
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def launcher_skip_reason() -> str | None:
+    """Why the launcher test cannot run here, or None."""
+    if not sys.platform.startswith("linux"):
+        return "needs Linux namespaces"
+    if os.geteuid() != 0:
+        return (
+            "needs root: sshd runs in private PID and mount namespaces so that the `ray stop` "
+            "that `ray up`/`ray down` run over SSH only sees the test's own processes"
+        )
+    missing = [
+        tool
+        for tool in ("ssh", "ssh-keygen", "rsync", "nc", "unshare", "mount")
+        if shutil.which(tool) is None
+    ]
+    if not Path(SSHD).exists():
+        missing.append("sshd")
+    if missing:
+        return (
+            f"missing {', '.join(missing)}: apt-get install openssh-server openssh-client "
+            f"rsync netcat-openbsd util-linux mount"
+        )
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if probe.returncode != 0:
+        return f"cannot make PID and mount namespaces here: {last_line(probe.stderr)}"
+    return None
+
+
+class LoopbackSSH:
+    """sshd on 127.0.0.1:PORT in private PID + mount namespaces, with a private HOME and /tmp/ray.
+
+    What `ray up` runs over SSH (`ray stop`, `ray start`, rsync into ~) happens inside: `ray stop`
+    sees only the namespace's processes, files land in the private HOME bind-mounted on the
+    user's home, Ray's default temp dir (where `ray.init()` finds the cluster) is private too,
+    and killing the namespace's init process ends everything in it.
+    """
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = root
+        self.port = free_ports(1)[0]
+        self.home = root / "home"
+        (self.home / ".ssh").mkdir(parents=True, mode=0o700)
+        self.key = root / "id_ed25519"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)],
+            check=True,
+            capture_output=True,
+        )
+        auth = self.home / ".ssh" / "authorized_keys"
+        auth.write_text((root / "id_ed25519.pub").read_text())
+        auth.chmod(0o600)
+        self.home.chmod(0o700)
+        host_key = root / "ssh_host_ed25519_key"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
+            check=True,
+            capture_output=True,
+        )
+        # Sessions get this venv first on PATH, like a node whose set-up installed the project
+        # (`ray up` sources ~/.bashrc before every command), and the test's marker. The auth
+        # token comes as on a real node: the config's file mount of ~/.ray/auth_token.
+        bashrc = [
+            f"export PATH={BIN}:$PATH",
+            "export RAY_USAGE_STATS_ENABLED=0",
+            f"export {MARKER}={env[MARKER]}",
+        ]
+        (self.home / ".bashrc").write_text("\n".join(bashrc) + "\n")
+        config = root / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {host_key}",
+                    f"AuthorizedKeysFile {auth}",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    "UsePAM no",
+                    f"PidFile {root / 'sshd.pid'}",
+                    "StrictModes no",
+                    "AcceptEnv no",
+                ]
+            )
+            + "\n"
+        )
+        user_home = Path(os.path.expanduser("~")).resolve()
+        # What the venv needs from the real home (its Python, e.g. ~/.pyenv) stays visible.
+        keep = set()
+        for needed in (sys.base_prefix, sys.prefix, ROOT):
+            needed = Path(needed).resolve()
+            if needed.is_relative_to(user_home) and needed != user_home:
+                keep.add(needed.relative_to(user_home).parts[0])
+        mounts = []
+        for name in sorted(keep):
+            (self.home / name).mkdir()
+            mounts.append(f"mount --bind {user_home / name} {self.home / name}")
+        ray_tmp = root / "tmp-ray"
+        ray_tmp.mkdir()
+        Path("/tmp/ray").mkdir(exist_ok=True)  # the mount point; Ray's default temp dir anyway
+        mounts += [f"mount --rbind {self.home} {user_home}", f"mount --bind {ray_tmp} /tmp/ray"]
+        script = " && ".join([*mounts, "mkdir -p /run/sshd", f"exec {SSHD} -D -e -f {config}"])
+        self.log = open(root / "sshd.log", "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+        raise AssertionError(f"sshd did not start: {(root / 'sshd.log').read_text()}")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)  # the namespace's init: takes the rest with it
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def local_launcher_config(root: Path, ssh: LoopbackSSH, cluster: LocalRayCluster) -> Path:
+    """cluster-local.yaml pointed at this machine: head 127.0.0.1 and no workers (the local
+    provider keys nodes by IP), SSH through the test's port, the test's auth token, and the
+    shipped head start command with the test's own ports. File mounts, rsync filters and start
+    commands are the shipped file's; the set-up only checks the install (this venv, on PATH in
+    the sessions: installing PyTorch is minutes of downloads)."""
+    config = yaml.safe_load((ROOT / "cluster-local.yaml").read_text())
+    config["cluster_name"] = f"bss-test-{secrets.token_hex(4)}"
+    config["provider"] = {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []}
+    config["auth"] = {
+        "ssh_user": getpass.getuser(),
+        "ssh_private_key": str(ssh.key),
+        "ssh_proxy_command": f"nc 127.0.0.1 {ssh.port}",
+    }
+    config["max_workers"] = 0
+    token = root / "auth_token"
+    token.write_text(cluster.env["RAY_AUTH_TOKEN"])
+    assert "~/.ray/auth_token" in config["file_mounts"]
+    config["file_mounts"]["~/.ray/auth_token"] = str(token)
+    config["setup_commands"] = [
+        "python -c 'import tuner, trainables, ray; print(ray.__version__)'",
+        *[c for c in config["setup_commands"] if "auth_token" in c],
+    ]
+    ports = free_ports(7)
+    test_ports = (
+        f"--port={cluster.gcs_port} --num-cpus=2 --num-gpus=0 --disable-usage-stats "
+        f"--dashboard-port={cluster.dashboard_port} --ray-client-server-port={ports[0]} "
+        f"--dashboard-agent-listen-port={ports[1]} --dashboard-agent-grpc-port={ports[2]} "
+        f"--runtime-env-agent-port={ports[3]} --metrics-export-port={ports[4]} "
+        f"--node-manager-port={ports[5]} --object-manager-port={ports[6]}"
+    )
+    shipped = config["head_start_ray_commands"]
+    assert sum("--port=6379" in c for c in shipped) == 1, shipped
+    config["head_start_ray_commands"] = [c.replace("--port=6379", test_ports) for c in shipped]
+    path = root / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.skipif(
+    launcher_skip_reason() is not None, reason=f"launcher test: {launcher_skip_reason()}"
+)
+def test_ray_up_smoke_study_ray_down_with_local_provider(tmp_path):
+    """`ray up -y` brings a cluster up over SSH, a smoke study runs on it (`ray exec`), the
+    results come back (`ray rsync-down`), `ray down -y` takes it down."""
+    from tuner.cluster_config import load_cluster_config
+    from tuner.results import collect_trials
+
+    cluster = LocalRayCluster()  # for its marker, token and ports: the nodes come from ray up
+    ssh = LoopbackSSH(cluster.root, cluster.env)
+    config = local_launcher_config(cluster.root, ssh, cluster)
+    name = yaml.safe_load(config.read_text())["cluster_name"]
+    load_cluster_config(config)  # what we launch passes our own check
+    ray_cli = [str(BIN / "ray")]
+    study = "launched"
+    try:
+        up = run(
+            [*ray_cli, "up", "-y", "--no-config-cache", str(config)],
+            cluster.env,
+            timeout=300,
+            check=False,
+        )
+        assert up.returncode == 0, f"ray up failed:\n{up.stdout[-5000:]}\n{up.stderr[-3000:]}"
+        remote = cluster.root / "remote-studies"
+        # On the head, `--address auto` joins the cluster that `ray start` recorded there.
+        exec_ = run(
+            [
+                *ray_cli,
+                "exec",
+                str(config),
+                f"cd ~/batch-scaling-study && python -m tuner.search simple_cnn --smoke "
+                f"--max-concurrent 2 --address auto --storage {remote} --name {study}",
+            ],
+            cluster.env,
+            timeout=420,
+            check=False,
+        )
+        assert exec_.returncode == 0, (
+            f"study failed:\n{exec_.stdout[-5000:]}\n{exec_.stderr[-2000:]}"
+        )
+        local = tmp_path / "fetched"
+        run(
+            [*ray_cli, "rsync-down", str(config), f"{remote}/{study}/", str(local)],
+            cluster.env,
+            timeout=120,
+        )
+        table = collect_trials(local)
+        assert table["trial_id"].nunique() == 4
+        assert table["node_id"].nunique() == 1  # one node: the head
+        assert (local / "trials.csv").exists()
+        down = run([*ray_cli, "down", "-y", str(config)], cluster.env, timeout=180, check=False)
+        assert down.returncode == 0, (
+            f"ray down failed:\n{down.stdout[-3000:]}\n{down.stderr[-3000:]}"
+        )
+        # `ray down` ran `ray stop` on the head: nothing of the cluster is left running.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            left = [
+                p
+                for p in processes_with(cluster.marker)
+                if not _zombie(p)
+                and "sshd" not in _cmdline(p)
+                and "unshare" not in _cmdline(p)
+                and _cmdline(p) != "sh"
+            ]
+            if not left:
+                break
+            time.sleep(1)
+        assert not left, [(p, _cmdline(p)) for p in left]
+    finally:
+        ssh.stop()
+        cluster.stop()
+        for suffix in ("state", "lock"):  # the local provider's bookkeeping on this side
+            Path(f"/tmp/ray/cluster-{name}.{suffix}").unlink(missing_ok=True)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
