@@ -30,7 +30,13 @@ def quiet() -> None:
 # Seen here: on a loaded 2-core machine a worker process (Python + torch imports) took more
 # than Ray Train's default 60 s to start, and trials failed for it. Infeasible requests are
 # rejected up front (`check_fits`), so a long bound only waits for slow starts or autoscaling.
-WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
+# Ray Train's controller polls its workers every 2 s by default, so every trial idled up to 2 s
+# after its last report; measured (bench/throughput.py): 3.5-5.0 s from last report to fit()
+# returning at 2 s, 1.1-1.5 s at 0.5 s.
+WORKER_ENV = {
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
 
 
 def free_port() -> int:
