@@ -207,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, KeyError) as error:
             fail(str(error).strip("'\""))
         if "://" in spec.storage:
-            fail(f"--storage {spec.storage}: object-store URIs are not supported yet; give a "
-                 "path every node mounts (EFS/NFS), see docs/cluster.md")
+            fail(
+                f"--storage {spec.storage}: object-store URIs are not supported yet; give a "
+                "path every node mounts (EFS/NFS), see docs/cluster.md"
+            )
         if not args.skip_data_check:
             try:
                 n_train = check_data(spec.dataset, spec.data_dir, spec.max_train_examples)
