@@ -144,6 +144,13 @@ class StudySpec:
         return cls(**values)
 
 
+def _git(*args: str) -> str:
+    """Output of a git command run in this package's checkout."""
+    return subprocess.run(
+        ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+    ).stdout.strip()
+
+
 def environment() -> dict[str, Any]:
     """Package versions, Python version and git revision, saved with every study."""
     versions = {}
@@ -153,25 +160,8 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[package] = None
     try:
-        revision = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=10,
-            ).stdout.strip()
-            or None
-        )
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain"],
-                capture_output=True,
-                text=True,
-                cwd=Path(__file__).parent,
-                timeout=10,
-            ).stdout.strip()
-        )
+        revision = _git("rev-parse", "HEAD") or None
+        dirty = bool(_git("status", "--porcelain"))
     except (OSError, subprocess.SubprocessError):
         revision, dirty = None, None
     return {
