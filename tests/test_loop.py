@@ -127,3 +127,21 @@ def test_resuming_a_finished_run_reports_its_last_epoch_without_training():
     full, states = run({"epochs": 2})
     again, _ = run({"epochs": 2}, resume_state=states[-1])
     assert again == [full[-1]]
+
+
+def test_ghost_batchnorm_normalises_each_group_on_its_own():
+    from trainables.loop import GhostBatchNorm2d, apply_bn_mode
+
+    model = apply_bn_mode(nn.Sequential(nn.BatchNorm2d(3)), "ghost", ghost_batch=4, world=1)
+    assert type(model[0]) is GhostBatchNorm2d
+    x = torch.randn(8, 3, 5, 5) * 3 + 1
+    out = model.train()(x)
+    plain = nn.BatchNorm2d(3).train()
+    expected = torch.cat([plain(x[:4]), plain(x[4:])])
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, nn.BatchNorm2d(3).train()(x))  # differs from full-batch BN
+
+
+def test_bn_mode_is_reported_with_every_epoch():
+    reports, _ = run({"epochs": 1, "bn_mode": "ghost", "ghost_batch": 16})
+    assert reports[0]["bn_mode"] == "ghost16"

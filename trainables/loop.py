@@ -159,6 +159,8 @@ def train(
         "accumulation_steps": layout.accumulation_steps,
         "micro_batch": layout.micro_batch,
         "workers": layout.workers,
+        # BN statistics change what is measured (per worker, synchronised, ghost groups).
+        "bn_mode": config.bn_mode if config.bn_mode != "ghost" else f"ghost{config.ghost_batch}",
     }
 
     for epoch in range(start_epoch, config.epochs):

@@ -39,6 +39,7 @@ METRICS = (
     "accumulation_steps",
     "micro_batch",
     "workers",
+    "bn_mode",
     "node_id",
 )
 PARAMS = ("batch_size", "scaling_rule", "optimizer", "base_lr", "weight_decay", "warmup_epochs")
