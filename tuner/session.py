@@ -208,22 +208,20 @@ def run_study(
     table = write_trial_table(spec.study_dir)
     print(f"trial table: {table}", file=sys.stderr)
     if not args.no_report:
+        from tuner.report import write_report
+
         try:
-            from tuner.report import write_report
-        except ImportError:
-            write_report = None
-        if write_report is not None:
-            try:
-                print(f"report: {write_report(spec.study_dir)}", file=sys.stderr)
-            except Exception as error:  # the study is done and saved; say why the report is not
-                print(
-                    f"report failed ({type(error).__name__}: {error}); rerun it with "
-                    f"python -m tuner.report {spec.study_dir}",
-                    file=sys.stderr,
-                )
+            print(f"report: {write_report(spec.study_dir)}", file=sys.stderr)
+        except Exception as error:  # the study is done and saved; say why the report is not
+            print(
+                f"report failed ({type(error).__name__}: {error}); rerun it with "
+                f"python -m tuner.report {spec.study_dir}",
+                file=sys.stderr,
+            )
     errors = sum(1 for r in results if r.error)
     print(
-        f"done: {len(results)} trials ({errors} errored). tensorboard --logdir {spec.study_dir}",
+        f"done: {len(results)} trials ({errors} errored). The map: tensorboard --logdir "
+        f"{spec.study_dir / 'summary'} (every trial's curves: --logdir {spec.study_dir})",
         file=sys.stderr,
     )
     return 0
