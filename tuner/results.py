@@ -76,9 +76,12 @@ def collect_trials(study_dir: str | Path) -> pd.DataFrame:
     study_dir = Path(study_dir)
     spec = load_spec(study_dir)
     reference = get_workload(spec.workload).reference_batch
+    # Optuna first: a trial it calls finished has all its epochs in result.json by the time
+    # those are read, so a snapshot of a running study never shows a finished trial cut short.
+    trials = read_optuna_trials(study_dir, spec.name)
     results = read_results(study_dir)
     records = []
-    for trial in read_optuna_trials(study_dir, spec.name):
+    for trial in trials:
         trial_id = trial.user_attrs.get("tune_trial_id")
         if trial_id is None or "batch_size" not in trial.params:
             continue  # enqueued but never handed to Tune
