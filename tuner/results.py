@@ -76,8 +76,8 @@ def collect_trials(study_dir: str | Path) -> pd.DataFrame:
     study_dir = Path(study_dir)
     spec = load_spec(study_dir)
     reference = get_workload(spec.workload).reference_batch
-    # Optuna first: a trial it calls finished has all its epochs in result.json by the time
-    # those are read, so a snapshot of a running study never shows a finished trial cut short.
+    # Optuna's states before the result files: a trial finishing between the two reads then
+    # shows as running with all its epochs, not as finished with its last epochs missing.
     trials = read_optuna_trials(study_dir, spec.name)
     results = read_results(study_dir)
     records = []
