@@ -115,6 +115,21 @@ def _text(value: Any) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
+# Columns both report tables share: outcome counts, then the best accuracy with its CI.
+_OUTCOME_COLUMNS = [
+    ("trials", "trials", count),
+    ("completed", "done", count),
+    ("stopped", "stopped", count),
+    ("diverged", "diverged", count),
+    ("errored", "errored", count),
+]
+_BEST_COLUMNS = [
+    ("best_val_acc", "best", pct),
+    ("ci_low", "CI low", pct),
+    ("ci_high", "CI high", pct),
+]
+
+
 def _runs(labels: Sequence[tuple[int, str]]) -> list[tuple[str, list[int]]]:
     """Consecutive batch sizes that share a label: [(label, [batches]), ...]."""
     runs: list[tuple[str, list[int]]] = []
@@ -484,15 +499,9 @@ def render_markdown(
             m.frontier,
             [
                 ("batch_size", "batch", count),
-                ("trials", "trials", count),
-                ("completed", "done", count),
-                ("stopped", "stopped", count),
-                ("diverged", "diverged", count),
-                ("errored", "errored", count),
+                *_OUTCOME_COLUMNS,
                 ("running", "running", count),
-                ("best_val_acc", "best", pct),
-                ("ci_low", "CI low", pct),
-                ("ci_high", "CI high", pct),
+                *_BEST_COLUMNS,
                 ("drop", "drop (pt)", lambda v: num(100 * float(v), 2) if _finite(v) else "-"),
                 ("degraded", "degraded", yes_no),
                 ("best_rule", "best rule", _text),
@@ -513,14 +522,8 @@ def render_markdown(
             [
                 ("batch_size", "batch", count),
                 ("scaling_rule", "rule", _text),
-                ("trials", "trials", count),
-                ("completed", "done", count),
-                ("stopped", "stopped", count),
-                ("diverged", "diverged", count),
-                ("errored", "errored", count),
-                ("best_val_acc", "best", pct),
-                ("ci_low", "CI low", pct),
-                ("ci_high", "CI high", pct),
+                *_OUTCOME_COLUMNS,
+                *_BEST_COLUMNS,
                 ("degraded", "degraded", yes_no),
                 ("steps", "steps to target", count),
             ],

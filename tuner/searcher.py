@@ -79,6 +79,3 @@ class BalancedOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, None, state=TrialState.PRUNED)
         else:
             self._ot_study.tell(ot_trial, None, state=TrialState.FAIL)
-
-    def trials_per_batch_size(self) -> dict[int, int]:
-        return dict(self._assigned)
