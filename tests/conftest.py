@@ -59,3 +59,56 @@ def small_study(tmp_path_factory) -> Path:
     study_dir = storage / "e2e"
     (study_dir / "search.log").write_text(proc.stdout + proc.stderr)
     return study_dir
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> dict[str, str]:
+    """A real S3 endpoint on loopback (moto's server: the S3 REST protocol over HTTP, which
+    pyarrow, Ray and boto3 talk to as they would to AWS) with an empty bucket `studies`.
+
+    Yields the environment a process needs to use it: AWS's own variables, so pyarrow (Ray's
+    storage layer) and boto3 both resolve the endpoint and credentials as they would on AWS.
+    """
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        # No instance-metadata lookups (they wait on a timeout off EC2).
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None, f"moto server exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "moto server did not start in 60 s"
+            time.sleep(0.2)
+    import boto3
+
+    boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket="studies")
+    yield env
+    server.terminate()
+    server.wait(timeout=30)

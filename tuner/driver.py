@@ -23,6 +23,7 @@ from search_spaces.spaces import SearchSpace
 from trainables.config import TrialConfig
 from trainables.ray_worker import train_loop_per_worker
 from trainables.workloads import get_workload
+from tuner import storage
 from tuner.callbacks import EpochTensorBoardCallback, ProgressCallback
 from tuner.scheduler import PerBatchSizeASHA
 from tuner.searcher import BalancedOptunaSearch
@@ -55,7 +56,7 @@ def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
             # A stable name per Tune trial: a restarted driver resumes its own checkpoints,
             # and concurrent trials never share a run directory.
             name=f"trial-{context.get_trial_id()}",
-            storage_path=str(study.study_dir / "train_runs"),
+            storage_path=storage.join(study.study_uri, "train_runs"),
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(
                 max_failures=study.worker_retries, controller_failure_limit=0
@@ -67,7 +68,8 @@ def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
 
 
 def optuna_storage(spec: StudySpec) -> optuna.storages.RDBStorage:
-    """Durable Optuna storage (SQLite) in the study directory."""
+    """Optuna's storage (SQLite) in the study directory (for an object store, in this
+    machine's working copy; tuner/storage.py)."""
     spec.study_dir.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(f"sqlite:///{spec.study_dir / OPTUNA_DB}")
 
@@ -83,7 +85,7 @@ def make_searcher(spec: StudySpec, space: SearchSpace) -> BalancedOptunaSearch:
         metric=METRIC,
         mode=MODE,
         sampler=sampler,
-        storage=optuna_storage(spec),
+        storage_factory=partial(optuna_storage, spec),
         study_name=spec.name,
         batch_sizes=list(spec.batch_sizes),
         max_epochs=spec.epochs,
@@ -125,7 +127,7 @@ def callbacks(spec: StudySpec) -> list[tune.Callback]:
 def run_config(spec: StudySpec) -> tune.RunConfig:
     return tune.RunConfig(
         name=spec.name,
-        storage_path=str(os.path.abspath(spec.storage)),
+        storage_path=spec.storage if spec.remote else os.path.abspath(spec.storage),
         callbacks=callbacks(spec),
         verbose=0,
         # A failed trial is recorded and the study goes on (no retries of the driver; the
@@ -151,7 +153,7 @@ def make_tuner(spec: StudySpec) -> tune.Tuner:
 def restore_tuner(spec: StudySpec) -> tune.Tuner:
     """Continue an interrupted study: finished trials are kept, unfinished ones resumed."""
     return tune.Tuner.restore(
-        str(spec.study_dir),
+        spec.study_uri,
         trainable=trainable(spec),
         resume_unfinished=True,
         resume_errored=False,

@@ -12,6 +12,7 @@ interrupted; the search runs it at its end. Writes into STUDY_DIR:
 
 Examples:
     python -m tuner.report studies/simple_cnn-digits-20260101-120000
+    python -m tuner.report s3://my-bucket/studies/rn50 --into rn50
     python -m tuner.report STUDY_DIR --target 0.9 --tolerance 0.5
 """
 
@@ -40,7 +41,16 @@ from tuner.analysis import (
     degradation_map,
 )
 from tuner.results import COLUMNS, collect_trials, write_trial_table
-from tuner.spec import SPEC_FILE, StudySpec, load_spec
+from tuner.spec import SPEC_FILE, StudySpec, load_spec, study_location
+from tuner.storage import (
+    REMOTE_ONLY,
+    StorageError,
+    download_study,
+    exists,
+    is_uri,
+    join,
+    pull_optuna_db,
+)
 
 REPORT_FILE = "report.md"
 FRONTIER_CSV = "frontier.csv"
@@ -692,6 +702,19 @@ def write_report(
     return report
 
 
+def fetch_study(study_uri: str, into: Path | None = None) -> Path:
+    """Copy a study from an object store (all but its checkpoints) to a local directory, with
+    the freshest Optuna database it has (a running study has only Tune's snapshot of it)."""
+    storage_uri, _, name = study_uri.rstrip("/").rpartition("/")
+    into = into or study_location(storage_uri, name)[0]
+    if not exists(join(study_uri, SPEC_FILE)):
+        raise NotAStudy(f"{study_uri} is not a study (no {SPEC_FILE})")
+    count = download_study(study_uri, into, skip=(*REMOTE_ONLY, "optuna.db"))
+    source = pull_optuna_db(study_uri, into)
+    print(f"fetched {count} files of {study_uri} into {into} (Optuna: {source})", file=sys.stderr)
+    return into
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m tuner.report",
@@ -699,7 +722,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("study_dir", metavar="STUDY_DIR", help="a study directory (holds study.json)")
+    p.add_argument(
+        "study_dir",
+        metavar="STUDY_DIR",
+        help="a study directory (holds study.json), or a study in an object store "
+        "(s3://bucket/studies/NAME), fetched first without its checkpoints",
+    )
+    p.add_argument(
+        "--into",
+        metavar="DIR",
+        help="where to fetch a study from an object store (default: this machine's working "
+        "copy, the directory the search itself uses)",
+    )
     p.add_argument(
         "--target",
         type=float,
@@ -736,10 +770,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        study_dir = args.study_dir
+        if is_uri(study_dir):
+            study_dir = fetch_study(study_dir, Path(args.into) if args.into else None)
         report = write_report(
-            args.study_dir, args.target, args.tolerance / 100, tensorboard=not args.no_tensorboard
+            study_dir, args.target, args.tolerance / 100, tensorboard=not args.no_tensorboard
         )
-    except NotAStudy as error:
+    except (NotAStudy, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     text = report.read_text()

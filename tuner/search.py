@@ -4,12 +4,15 @@ One joint Ray Tune + Optuna (TPE) search over batch size, lr scaling rule, base 
 weight decay, with ASHA per batch size; every trial a Ray Train `TorchTrainer`. Results go to
 STORAGE/NAME: Tune's trial directories with TensorBoard files, `trials.csv`, `study.json`,
 `optuna.db`, and the degradation map (`report.md`, figures) written by `tuner.report`.
+STORAGE may be an object store (`s3://bucket/studies`): the driver then works in a local copy
+and uploads the study's files at its end (tuner/storage.py).
 
 Examples:
     python -m tuner.search --list
     python -m tuner.search simple_cnn --dataset digits --trials 16
     python -m tuner.search resnet50 --data-dir /data/imagenet --workers-per-trial 8
     python -m tuner.search simple_cnn --name my-study --resume
+    python -m tuner.search resnet50 --storage s3://my-bucket/studies --name rn50
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 from trainables.config import BN_MODES, ConfigError
 from trainables.data import NEEDS_FILES, DataUnavailable, check_data
 from trainables.workloads import WORKLOADS, get_workload
-from tuner.spec import StudySpec, load_spec, save_spec
+from tuner import storage as store
+from tuner.spec import SPEC_FILE, StudySpec, load_spec, save_spec, study_location
 
 SMOKE = {"epochs": 2, "grid": 2, "trials_per_batch": 2, "max_train_examples": 512}
 
@@ -99,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="restarts of a trial's worker group from its last epoch checkpoint",
     )
     p.add_argument("--target", type=float, help="target accuracy for steps-to-target")
-    p.add_argument("--storage", default="studies", help="directory (or URI) holding studies")
+    p.add_argument(
+        "--storage",
+        default="studies",
+        help="where studies live: a directory (shared by all nodes on a cluster) or an "
+        "object-store URI such as s3://bucket/studies (then the driver keeps a local working "
+        "copy; see docs/cluster.md)",
+    )
     p.add_argument("--name", help="study name (default: WORKLOAD-DATASET-TIMESTAMP)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -186,6 +196,42 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def spec_to_resume(storage_arg: str, name: str) -> StudySpec:
+    """The spec of the study to continue; from an object store, fetched into the working copy."""
+    storage = storage_arg if store.is_uri(storage_arg) else str(Path(storage_arg).resolve())
+    study_dir, study_uri = study_location(storage, name)
+    if store.is_uri(storage):
+        try:
+            store.download_file(store.join(study_uri, SPEC_FILE), study_dir / SPEC_FILE)
+        except store.StorageError as error:
+            fail(f"no study to resume at {study_uri}: {error}")
+    try:
+        return load_spec(study_dir)
+    except FileNotFoundError:
+        fail(f"no study to resume at {study_dir} (no {SPEC_FILE} there)")
+
+
+def check_new_study(spec: StudySpec) -> None:
+    """A new study's storage must be writable and must not hold a study of that name."""
+    if not spec.remote:
+        if (spec.study_dir / SPEC_FILE).exists():
+            fail(
+                f"study {spec.name} already exists in {spec.storage}; use --resume to continue "
+                f"it or another --name"
+            )
+        return
+    try:
+        store.check_writable(spec.storage)
+        taken = store.exists(store.join(spec.study_uri, SPEC_FILE))
+    except store.StorageError as error:
+        fail(str(error))
+    if taken:
+        fail(
+            f"study {spec.name} already exists at {spec.study_uri}; use --resume to continue "
+            f"it or another --name"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
@@ -196,21 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         if not args.name:
             fail("--resume needs --name NAME of the study to continue (and its --storage)")
-        study_dir = Path(args.storage).resolve() / args.name
-        try:
-            spec = load_spec(study_dir)
-        except FileNotFoundError:
-            fail(f"no study to resume at {study_dir} (no study.json there)")
+        spec = spec_to_resume(args.storage, args.name)
     else:
         try:
             spec = build_spec(args, has_gpus=False)  # validated before Ray starts: fail fast
         except (ConfigError, KeyError) as error:
             fail(str(error).strip("'\""))
-        if "://" in spec.storage:
-            fail(
-                f"--storage {spec.storage}: object-store URIs are not supported yet; give a "
-                "path every node mounts (EFS/NFS), see docs/cluster.md"
-            )
         if not args.skip_data_check:
             try:
                 n_train = check_data(spec.dataset, spec.data_dir, spec.max_train_examples)
@@ -222,11 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"batch sizes {too_big} exceed the {n_train} training examples of "
                     f"{spec.dataset}; not one step per epoch would run"
                 )
-        if spec.study_dir.exists() and (spec.study_dir / "study.json").exists():
-            fail(
-                f"study {spec.name} already exists in {spec.storage}; use --resume to continue "
-                f"it or another --name"
-            )
+        check_new_study(spec)
 
     from tuner.session import run_study  # imports Ray: only once the inputs are known good
 

@@ -11,28 +11,81 @@ then treat an epoch-1 accuracy as a final result. Here a trial that did not run 
 (stopped early or diverged) is told as PRUNED: TPE ranks pruned trials by their last
 intermediate value and below every completed trial. Errored trials are FAIL. The outcome is also
 stored as a user attribute of the Optuna trial.
+
+Resuming on another machine: OptunaSearch pickles its Optuna study, and with it the absolute
+path of the SQLite file, into Tune's checkpoints. Here the pickled state holds Optuna trial ids
+only, and `storage_factory` (the study spec's own) reopens the database wherever the study's
+working copy is now. Every searcher checkpoint also writes a consistent SQLite snapshot
+(`optuna-snapshot.db`) beside Tune's state, so Tune's sync carries the two to the study's
+storage together and a resume finds a database that knows every trial Tune's state names.
 """
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.outcomes import trial_outcome
+from tuner.storage import snapshot_sqlite
+
+SNAPSHOT = "optuna-snapshot.db"
 
 
 class BalancedOptunaSearch(OptunaSearch):
     """OptunaSearch that round-robins the batch size and reports early stops as pruned."""
 
-    def __init__(self, *args: Any, batch_sizes: list[int], max_epochs: int, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        batch_sizes: list[int],
+        max_epochs: int,
+        storage_factory: Callable[[], optuna.storages.RDBStorage],
+        **kwargs: Any,
+    ):
         self._batch_sizes = list(batch_sizes)
         self._assigned = dict.fromkeys(self._batch_sizes, 0)
         self._max_epochs = max_epochs
         self._epochs: dict[str, set[int]] = {}  # epochs reported to Optuna, per trial
-        super().__init__(*args, **kwargs)
+        self._storage_factory = storage_factory
+        super().__init__(*args, storage=storage_factory(), **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_storage")
+        state.pop("_ot_study")
+        state["_ot_trials"] = {tid: t._trial_id for tid, t in self._ot_trials.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._storage = self._storage_factory()
+        try:
+            self._ot_study = optuna.load_study(
+                study_name=self._study_name, storage=self._storage, sampler=self._sampler
+            )
+        except KeyError:
+            raise RuntimeError(
+                f"Optuna storage {self._storage.url} has no study {self._study_name!r}"
+            ) from None
+        ids = state["_ot_trials"]
+        self._ot_trials = {tid: optuna.Trial(self._ot_study, i) for tid, i in ids.items()}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__getstate__(), file)
+        database = Path(self._storage.url.removeprefix("sqlite:///"))
+        snapshot_sqlite(database, Path(checkpoint_path).parent / SNAPSHOT)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.__setstate__(pickle.load(file))
 
     def next_batch_size(self) -> int:
         """The grid entry with the fewest trials so far (smallest first on ties)."""

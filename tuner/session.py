@@ -13,9 +13,10 @@ from typing import Any
 
 import ray
 
+from tuner import storage as store
 from tuner.cluster_config import BOOTSTRAP_CONFIG, possible_nodes, workers_that_fit
 from tuner.results import write_trial_table
-from tuner.spec import StudySpec
+from tuner.spec import SPEC_FILE, StudySpec
 
 
 def quiet() -> None:
@@ -37,6 +38,10 @@ WORKER_ENV = {
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+
+
+# After a fit, the driver's own database is the live one: never replace it with a download.
+REMOTE_ONLY_AT_END = (*store.REMOTE_ONLY, "optuna.db")
 
 
 def free_port() -> int:
@@ -189,6 +194,11 @@ def run_study(
     check_fits(spec, nodes)
     if not resume:
         save(spec)
+        if spec.remote:  # a resume from anywhere needs the spec, even if this driver dies now
+            store.upload_file(spec.study_dir / SPEC_FILE, store.join(spec.study_uri, SPEC_FILE))
+    elif spec.remote:
+        used = store.pull_optuna_db(spec.study_uri, spec.study_dir, driver.OPTUNA_DB)
+        print(f"resuming with the Optuna database from {used}", file=sys.stderr)
     print(
         f"study {spec.name}: {spec.workload} on {spec.dataset}, batch sizes "
         f"{list(spec.batch_sizes)}, {spec.trials} trials x {spec.epochs} epochs, "
@@ -198,6 +208,8 @@ def run_study(
     )
     tuner = driver.restore_tuner(spec) if resume else driver.make_tuner(spec)
     results = tuner.fit()
+    if spec.remote:  # Tune's results and TensorBoard files, for the trial table and report
+        store.download_study(spec.study_uri, spec.study_dir, skip=REMOTE_ONLY_AT_END)
     lost = close_lost_trials(spec)
     if lost:
         print(
@@ -218,6 +230,9 @@ def run_study(
                 f"python -m tuner.report {spec.study_dir}",
                 file=sys.stderr,
             )
+    if spec.remote:
+        count = store.upload_study(spec.study_dir, spec.study_uri)
+        print(f"uploaded {count} files to {spec.study_uri}", file=sys.stderr)
     errors = sum(1 for r in results if r.error)
     print(
         f"done: {len(results)} trials ({errors} errored). The map: tensorboard --logdir "

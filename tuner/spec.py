@@ -17,6 +17,7 @@ from typing import Any
 
 from trainables.config import BatchLayout, ConfigError, TrialConfig, batch_layout
 from trainables.workloads import get_workload
+from tuner import storage as store
 
 SPEC_FILE = "study.json"
 PACKAGES = (
@@ -31,6 +32,18 @@ PACKAGES = (
     "pandas",
     "scikit-learn",
 )
+
+
+def study_location(storage: str, name: str) -> tuple[Path, str]:
+    """(local directory, where Tune and Train write) for study `name` in `storage`.
+
+    A directory: both are `storage/name`. An object-store URI: the study is `URI/name`, and the
+    local directory is this machine's working copy of it (computed here, on whichever machine
+    asks, so a study resumes anywhere; tuner/storage.py).
+    """
+    if store.is_uri(storage):
+        return store.working_copy(storage) / name, store.join(storage, name)
+    return Path(storage) / name, str(Path(storage) / name)
 
 
 @dataclass(frozen=True)
@@ -62,8 +75,19 @@ class StudySpec:
     search_ranges: dict[str, Any]
 
     @property
+    def remote(self) -> bool:
+        """Results live in an object store (`--storage s3://...`), not a shared file system."""
+        return store.is_uri(self.storage)
+
+    @property
     def study_dir(self) -> Path:
-        return Path(self.storage) / self.name
+        """The local directory the driver and the report work in (see `study_location`)."""
+        return study_location(self.storage, self.name)[0]
+
+    @property
+    def study_uri(self) -> str:
+        """Where Tune and Train write (see `study_location`)."""
+        return study_location(self.storage, self.name)[1]
 
     @property
     def use_gpu(self) -> bool:

@@ -1,0 +1,210 @@
+"""Studies in an object store (`--storage s3://...`), against a real S3 endpoint on loopback.
+
+The fast tests drive tuner/storage.py and the CLI's up-front checks; the Ray test kills a study
+mid-run and resumes it from the bucket alone, in a fresh working copy (as on another machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import optuna
+import pytest
+
+from tests.conftest import ROOT, run_cli
+from tuner import storage as store
+from tuner.results import collect_trials, read_results
+
+
+@pytest.fixture
+def aws(s3, monkeypatch, tmp_path):
+    """This process talks to the test endpoint; working copies go under tmp_path."""
+    for key, value in s3.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(store.CACHE_ENV, str(tmp_path / "cache"))
+    return {**s3, store.CACHE_ENV: str(tmp_path / "cache")}
+
+
+def make_db(path, trials: int) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    study = optuna.create_study(study_name="s", storage=storage, load_if_exists=True)
+    for _ in range(trials):
+        study.tell(study.ask(), 0.5)
+    storage.engine.dispose()
+
+
+def test_working_copy_is_named_after_the_uri(monkeypatch, tmp_path):
+    monkeypatch.setenv(store.CACHE_ENV, str(tmp_path))
+    assert store.working_copy("s3://bucket/a/b/") == tmp_path / "studies/s3/bucket/a/b"
+    assert store.join("s3://bucket/a/", "/n", "x.json") == "s3://bucket/a/n/x.json"
+
+
+def test_a_study_goes_up_and_comes_back_without_its_checkpoints(aws, tmp_path):
+    src = tmp_path / "src"
+    for name in ("study.json", "trial_a/result.json", "figures/a.png", "train_runs/t/state.pt"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(name * 100)
+    uri = "s3://studies/roundtrip/one"
+    assert store.upload_study(src, uri, skip=()) == 4
+    assert "train_runs/t/state.pt" in store.list_files(uri)
+    dest = tmp_path / "dest"
+    assert store.download_study(uri, dest) == 3
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "figures/a.png",
+        "study.json",
+        "trial_a/result.json",
+    ]
+    assert (dest / "trial_a/result.json").read_text() == "trial_a/result.json" * 100
+
+
+def test_storage_that_cannot_be_written_is_one_line(aws):
+    with pytest.raises(store.StorageError) as error:
+        store.check_writable("s3://no-such-bucket/studies")
+    message = str(error.value)
+    assert "\n" not in message and "no-such-bucket" in message
+    store.check_writable("s3://studies/ok")  # the bucket exists: fine, and leaves nothing
+    assert store.list_files("s3://studies/ok") == []
+
+
+def test_the_freshest_optuna_database_wins(aws, tmp_path):
+    uri = "s3://studies/dbs/s"
+    local = tmp_path / "work"
+    local.mkdir()
+    make_db(tmp_path / "snap.db", 3)
+    store.upload_file(tmp_path / "snap.db", store.join(uri, "optuna-snapshot.db"))
+    assert store.pull_optuna_db(uri, local) == "optuna-snapshot.db"  # nothing local yet
+    assert store.trial_count(local / "optuna.db") == 3
+    make_db(local / "optuna.db", 2)  # the driver here recorded two more since
+    assert store.pull_optuna_db(uri, local) == "local"
+    assert store.trial_count(local / "optuna.db") == 5
+    make_db(tmp_path / "final.db", 6)
+    store.upload_file(tmp_path / "final.db", store.join(uri, "optuna.db"))
+    assert store.pull_optuna_db(uri, local) == "optuna.db"
+    with pytest.raises(store.StorageError):
+        store.pull_optuna_db("s3://studies/dbs/none", tmp_path / "empty")
+
+
+def test_a_sqlite_snapshot_is_a_whole_database(tmp_path):
+    make_db(tmp_path / "live.db", 4)
+    store.snapshot_sqlite(tmp_path / "live.db", tmp_path / "snap.db")
+    assert store.trial_count(tmp_path / "snap.db") == 4
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_cli_refuses_unwritable_storage_and_missing_studies_in_one_line(aws):
+    proc = run_cli(
+        "tuner.search", "simple_cnn", "--smoke", "--storage", "s3://no-such-bucket/x",
+        env=aws, check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: cannot write to storage s3://no-such-bucket/x")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli(
+        "tuner.search", "--resume", "--name", "nope", "--storage", "s3://studies/x",
+        env=aws, check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: no study to resume at s3://studies/x/nope")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+ARGS = [
+    "simple_cnn",
+    "--dataset",
+    "digits",
+    "--batch-sizes",
+    "8,64",
+    "--trials",
+    "6",
+    "--epochs",
+    "2",
+    "--max-train-examples",
+    "768",
+    "--name",
+    "moved",
+    "--storage",
+    "s3://studies/cluster",
+]
+STUDY = "s3://studies/cluster/moved"
+
+
+def finished_in_snapshot(tmp_path) -> int:
+    """Finished trials in the Optuna snapshot that Tune has synced to the bucket so far."""
+    uri = store.join(STUDY, "optuna-snapshot.db")
+    if not store.exists(uri):
+        return 0
+    store.download_file(uri, tmp_path / "probe.db")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'probe.db'}")
+    try:
+        trials = optuna.load_study(study_name="moved", storage=storage).trials
+    except KeyError:
+        return 0
+    finally:
+        storage.engine.dispose()
+    return sum(t.state.is_finished() for t in trials)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_study_killed_on_one_machine_resumes_on_another_from_the_bucket(aws, tmp_path):
+    first = {**aws, store.CACHE_ENV: str(tmp_path / "machine-a")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuner.search", *ARGS],
+        cwd=ROOT,
+        env={**os.environ, **first},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while finished_in_snapshot(tmp_path) < 2:
+            assert proc.poll() is None, "the study ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no trial reached the bucket in time"
+            time.sleep(2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the head is gone, and its disk with it
+        proc.wait()
+    assert not store.exists(store.join(STUDY, "report.md"))
+
+    second = {**aws, store.CACHE_ENV: str(tmp_path / "machine-b")}
+    resumed = run_cli("tuner.search", "--resume", "--name", "moved", "--storage",
+                      "s3://studies/cluster", env=second)  # fmt: skip
+    assert "Optuna database from optuna-snapshot.db" in resumed.stderr
+    work = tmp_path / "machine-b/studies/s3/studies/cluster/moved"
+    assert (work / "report.md").is_file()
+
+    # No epoch trained twice (a re-report from a checkpoint repeats its numbers exactly), and
+    # the trial table, built from the bucket's results and the snapshot, has every trial once.
+    for trial_id, rows in read_results(work).items():
+        by_epoch = {}
+        for row in rows:
+            by_epoch.setdefault(row["epoch"], set()).add((row["epoch_time_s"], row["val_loss"]))
+        assert all(len(v) == 1 for v in by_epoch.values()), f"{trial_id} trained an epoch twice"
+    table = collect_trials(work).drop_duplicates("trial_id")
+    recorded = table[table["outcome"].isin(["completed", "stopped", "diverged"])]
+    assert len(recorded) >= 6 - 1  # at most one trial lost between Tune checkpoints
+    assert Counter(table["outcome"])["running"] == 0 and table["trial_id"].is_unique
+
+    # The bucket holds the whole study: the driver's files and every trial's checkpoint.
+    files = store.list_files(STUDY)
+    for name in ("study.json", "optuna.db", "trials.csv", "report.md", "frontier.json"):
+        assert name in files, name
+    assert any(f.startswith("figures/") for f in files)
+    assert any(f.startswith("summary/") for f in files)
+    checkpointed = {f.split("/")[1] for f in files if f.endswith("/state.pt")}
+    assert {f"trial-{t}" for t in recorded["trial_id"]} <= checkpointed
+
+    # Anyone with the URI gets the report: fetched without checkpoints, written locally.
+    fetched = tmp_path / "laptop"
+    run_cli("tuner.report", STUDY, "--into", str(fetched), env=aws)
+    assert not (fetched / "train_runs").exists()
+    ours = json.loads((work / "frontier.json").read_text())
+    theirs = json.loads((fetched / "frontier.json").read_text())
+    assert theirs["frontier"] == ours["frontier"]

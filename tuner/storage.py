@@ -1,0 +1,207 @@
+"""Where a study lives: a local directory, or an object store (`s3://`, `gs://`, `file://`).
+
+With an object-store URI the study's home is `URI/NAME`: Tune and Train write there themselves
+(trial results, TensorBoard files, experiment state, checkpoints), from whichever node runs
+them. The files the search driver keeps (Optuna's SQLite storage, `study.json`, `trials.csv`,
+the report) need a local file system, so the driver works in a local *working copy* and this
+module moves files between the two with pyarrow's file systems (the ones Ray itself uses, so
+credentials and endpoints, e.g. `AWS_ENDPOINT_URL`, resolve the same way for both).
+
+Plain Python, no Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+# Model checkpoints stay in the object store: they are large and nothing local needs them.
+REMOTE_ONLY = ("train_runs",)
+CACHE_ENV = "BATCH_SCALING_CACHE"
+
+
+class StorageError(Exception):
+    """The object store cannot be reached or does not hold what was asked for (one line)."""
+
+
+def is_uri(storage: str) -> bool:
+    return "://" in storage
+
+
+def join(uri: str, *parts: str) -> str:
+    """`s3://bucket/prefix` + parts, with single slashes (a query string is not supported)."""
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def working_copy(uri: str) -> Path:
+    """The local directory that mirrors `uri` on this machine, the same for every run here.
+
+    `s3://bucket/studies` -> `~/.cache/batch-scaling/studies/s3/bucket/studies`
+    (the root can be moved with $BATCH_SCALING_CACHE).
+    """
+    parts = urlsplit(uri)
+    root = Path(os.environ.get(CACHE_ENV) or "~/.cache/batch-scaling").expanduser()
+    return root / "studies" / parts.scheme / parts.netloc / parts.path.strip("/")
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow file system and path for a URI, with a one-line error for a bad one."""
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise StorageError(f"cannot use storage {uri}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def check_writable(uri: str) -> None:
+    """Fail now, in one line, if `uri` cannot be written (no bucket, no credentials, ...).
+
+    Writes and deletes a marker: listing alone succeeds on some stores without write access,
+    and a study that cannot save its results must not start.
+    """
+    fs, path = filesystem(uri)
+    marker = f"{path.rstrip('/')}/.write-check-{os.getpid()}"
+    try:
+        with fs.open_output_stream(marker) as stream:
+            stream.write(b"ok")
+        fs.delete_file(marker)
+    except (OSError, ValueError) as error:
+        raise StorageError(f"cannot write to storage {uri}: {_first_line(error)}") from None
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except (OSError, ValueError) as error:
+        raise StorageError(f"cannot read storage {uri}: {_first_line(error)}") from None
+
+
+def download_file(uri: str, dest: Path) -> None:
+    """Copy one object to a local file (atomically: a reader never sees half of it)."""
+    fs, path = filesystem(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with fs.open_input_stream(path) as source, open(tmp, "wb") as sink:
+            while chunk := source.read(1 << 20):
+                sink.write(chunk)
+    except (OSError, ValueError) as error:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot download {uri}: {_first_line(error)}") from None
+    os.replace(tmp, dest)
+
+
+def upload_file(src: Path, uri: str) -> None:
+    fs, path = filesystem(uri)
+    try:
+        with open(src, "rb") as source, fs.open_output_stream(path) as sink:
+            while chunk := source.read(1 << 20):
+                sink.write(chunk)
+    except (OSError, ValueError) as error:
+        raise StorageError(f"cannot upload {src} to {uri}: {_first_line(error)}") from None
+
+
+def list_files(uri: str) -> list[str]:
+    """Relative paths of every file under `uri` (empty if nothing is there)."""
+    fs, path = filesystem(uri)
+    base = PurePosixPath(path.rstrip("/"))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(str(base), recursive=True, allow_not_found=True))
+    except (OSError, ValueError) as error:
+        raise StorageError(f"cannot list storage {uri}: {_first_line(error)}") from None
+    return sorted(
+        str(PurePosixPath(i.path).relative_to(base)) for i in infos if i.type == pafs.FileType.File
+    )
+
+
+def download_study(uri: str, dest: Path, skip: tuple[str, ...] = REMOTE_ONLY) -> int:
+    """Copy a study's files from the object store into `dest`, all but the top-level folders in
+    `skip` (checkpoints). Returns the number of files copied."""
+    files = [f for f in list_files(uri) if f.split("/", 1)[0] not in skip]
+    for relative in files:
+        download_file(join(uri, relative), dest / relative)
+    return len(files)
+
+
+def upload_study(src: Path, uri: str, skip: tuple[str, ...] = REMOTE_ONLY) -> int:
+    """Copy every file of the local working copy `src` to the object store (Tune's own files
+    too: after a finished fit they are the same as the ones there). Returns the count."""
+    files = [
+        p
+        for p in sorted(src.rglob("*"))
+        if p.is_file()
+        and p.relative_to(src).parts[0] not in skip
+        and not p.name.endswith((".part", "-journal"))
+    ]
+    for path in files:
+        upload_file(path, join(uri, path.relative_to(src).as_posix()))
+    return len(files)
+
+
+def snapshot_sqlite(db: Path, dest: Path) -> None:
+    """A consistent copy of a live SQLite database (its backup API), replaced atomically so
+    that an upload reading the previous copy never sees a torn file."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+    os.close(fd)
+    source, target = sqlite3.connect(db), sqlite3.connect(tmp)
+    try:
+        source.backup(target)
+        target.close()
+        os.replace(tmp, dest)
+    finally:
+        source.close()
+        target.close()
+        Path(tmp).unlink(missing_ok=True)
+
+
+def trial_count(db: Path) -> int:
+    """Trials recorded in an Optuna SQLite file (0 if it has none or is not one)."""
+    if not db.exists():
+        return 0
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        return int(connection.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        connection.close()
+
+
+def pull_optuna_db(study_uri: str, study_dir: Path, name: str = "optuna.db") -> str:
+    """Make `study_dir/name` the freshest Optuna database of the study, and say which it is.
+
+    Candidates, in order of preference on a tie: the local one (live on the machine that ran
+    the driver), the one the driver uploaded at its end (`optuna.db`), and the snapshot Tune
+    synced with its last experiment checkpoint (`optuna-snapshot.db`, from a driver that did
+    not reach its end). Fresher means more trials recorded: trials are only ever added.
+    """
+    local = study_dir / name
+    best, best_count = "local", trial_count(local)
+    for remote in (name, "optuna-snapshot.db"):
+        uri = join(study_uri, remote)
+        if not exists(uri):
+            continue
+        tmp = study_dir / f".{remote}.download"
+        download_file(uri, tmp)
+        count = trial_count(tmp)
+        if count > best_count:
+            os.replace(tmp, local)
+            best, best_count = remote, count
+        else:
+            tmp.unlink()
+    if best == "local" and not local.exists():
+        raise StorageError(f"no Optuna database for the study at {study_uri} or in {study_dir}")
+    return best
