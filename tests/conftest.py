@@ -90,6 +90,7 @@ def s3(tmp_path_factory) -> dict[str, str]:
         "AWS_REGION": "us-east-1",
         # No instance-metadata lookups (they wait on a timeout off EC2).
         "AWS_EC2_METADATA_DISABLED": "true",
+        "S3_ENDPOINT": f"http://127.0.0.1:{port}",  # TensorBoard's name for the endpoint
     }
     deadline = time.monotonic() + 60
     while True:

@@ -68,6 +68,8 @@ def test_storage_that_cannot_be_written_is_one_line(aws):
         store.check_writable("s3://no-such-bucket/studies")
     message = str(error.value)
     assert "\n" not in message and "no-such-bucket" in message
+    with pytest.raises(store.StorageError, match="AWS_ENDPOINT_URL"):
+        store.check_writable("s3://studies/x?endpoint_override=127.0.0.1:9000")
     store.check_writable("s3://studies/ok")  # the bucket exists: fine, and leaves nothing
     assert store.list_files("s3://studies/ok") == []
 
@@ -208,3 +210,14 @@ def test_a_study_killed_on_one_machine_resumes_on_another_from_the_bucket(aws, t
     ours = json.loads((work / "frontier.json").read_text())
     theirs = json.loads((fetched / "frontier.json").read_text())
     assert theirs["frontier"] == ours["frontier"]
+
+    # TensorBoard reads the map straight from the bucket (its own S3 reader, through boto3).
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    def frontier_scalars(logdir: str) -> list[tuple[int, float]]:
+        acc = ea.EventAccumulator(logdir, size_guidance={ea.SCALARS: 0})
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars("frontier/best_val_acc")]
+
+    from_bucket = frontier_scalars(store.join(STUDY, "summary"))
+    assert from_bucket and from_bucket == frontier_scalars(str(work / "summary"))

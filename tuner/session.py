@@ -231,7 +231,14 @@ def run_study(
                 file=sys.stderr,
             )
     if spec.remote:
-        count = store.upload_study(spec.study_dir, spec.study_uri)
+        try:
+            count = store.upload_study(spec.study_dir, spec.study_uri)
+        except store.StorageError as error:
+            print(
+                f"error: {error}; the finished study is in {spec.study_dir} on this machine",
+                file=sys.stderr,
+            )
+            return 1
         print(f"uploaded {count} files to {spec.study_uri}", file=sys.stderr)
     errors = sum(1 for r in results if r.error)
     print(

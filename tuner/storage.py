@@ -68,6 +68,13 @@ def check_writable(uri: str) -> None:
     Writes and deletes a marker: listing alone succeeds on some stores without write access,
     and a study that cannot save its results must not start.
     """
+    if urlsplit(uri).query:
+        # Paths are joined onto the URI as strings, here and in Ray: a query would end up
+        # in the middle of them.
+        raise StorageError(
+            f"storage {uri}: no query strings; set an S3-compatible endpoint with "
+            "AWS_ENDPOINT_URL on every node instead"
+        )
     fs, path = filesystem(uri)
     marker = f"{path.rstrip('/')}/.write-check-{os.getpid()}"
     try:
