@@ -51,6 +51,19 @@ def run_cli(
     return proc
 
 
+def assert_each_epoch_trained_once(study_dir: Path) -> None:
+    """After a resume: a trial whose Train run had finished is resumed by Tune and re-reports
+    its last epoch from the checkpoint, with the same numbers to the last bit, timings
+    included. Had any epoch been trained twice, its epoch_time_s would differ."""
+    from tuner.results import read_results
+
+    for trial_id, rows in read_results(study_dir).items():
+        by_epoch: dict[int, set] = {}
+        for row in rows:
+            by_epoch.setdefault(row["epoch"], set()).add((row["epoch_time_s"], row["val_loss"]))
+        assert all(len(v) == 1 for v in by_epoch.values()), f"{trial_id} trained an epoch twice"
+
+
 @pytest.fixture(scope="session")
 def small_study(tmp_path_factory) -> Path:
     """A finished real study directory (runs ~2 minutes on 2 CPUs)."""

@@ -17,9 +17,9 @@ from collections import Counter
 import optuna
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, assert_each_epoch_trained_once, run_cli
 from tuner import storage as store
-from tuner.results import collect_trials, read_results
+from tuner.results import collect_trials
 
 
 @pytest.fixture
@@ -182,13 +182,9 @@ def test_a_study_killed_on_one_machine_resumes_on_another_from_the_bucket(aws, t
     work = tmp_path / "machine-b/studies/s3/studies/cluster/moved"
     assert (work / "report.md").is_file()
 
-    # No epoch trained twice (a re-report from a checkpoint repeats its numbers exactly), and
-    # the trial table, built from the bucket's results and the snapshot, has every trial once.
-    for trial_id, rows in read_results(work).items():
-        by_epoch = {}
-        for row in rows:
-            by_epoch.setdefault(row["epoch"], set()).add((row["epoch_time_s"], row["val_loss"]))
-        assert all(len(v) == 1 for v in by_epoch.values()), f"{trial_id} trained an epoch twice"
+    # No epoch trained twice, and the trial table, built from the bucket's results and the
+    # snapshot, has every trial once.
+    assert_each_epoch_trained_once(work)
     table = collect_trials(work).drop_duplicates("trial_id")
     recorded = table[table["outcome"].isin(["completed", "stopped", "diverged"])]
     assert len(recorded) >= 6 - 1  # at most one trial lost between Tune checkpoints

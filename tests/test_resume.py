@@ -10,8 +10,8 @@ from collections import Counter
 import optuna
 import pytest
 
-from tests.conftest import ROOT, run_cli
-from tuner.results import collect_trials, read_results
+from tests.conftest import ROOT, assert_each_epoch_trained_once, run_cli
+from tuner.results import collect_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -64,14 +64,7 @@ def test_killed_study_resumes_without_repeating_finished_trials(tmp_path):
         "tuner.search", "--resume", "--name", "resumed", "--storage", str(tmp_path), "--no-report"
     )
 
-    # A trial whose Train run had finished is resumed by Tune and re-reports its last epoch
-    # from the checkpoint: the same numbers to the last bit, timings included. Had any epoch
-    # been trained twice, its epoch_time_s would differ between the two reports.
-    for trial_id, rows in read_results(study_dir).items():
-        by_epoch = {}
-        for row in rows:
-            by_epoch.setdefault(row["epoch"], set()).add((row["epoch_time_s"], row["val_loss"]))
-        assert all(len(v) == 1 for v in by_epoch.values()), f"{trial_id} trained an epoch twice"
+    assert_each_epoch_trained_once(study_dir)
     table = collect_trials(study_dir).drop_duplicates("trial_id")
     recorded = table[table["outcome"].isin(["completed", "stopped", "diverged"])]
     assert len(recorded) >= 6 - 1  # at most one trial lost between Tune checkpoints
