@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -23,6 +25,7 @@ import pyarrow.fs as pafs
 # Model checkpoints stay in the object store: they are large and nothing local needs them.
 REMOTE_ONLY = ("train_runs",)
 CACHE_ENV = "BATCH_SCALING_CACHE"
+TRANSFER_THREADS = 16
 
 
 class StorageError(Exception):
@@ -135,8 +138,7 @@ def download_study(uri: str, dest: Path, skip: tuple[str, ...] = REMOTE_ONLY) ->
     """Copy a study's files from the object store into `dest`, all but the top-level folders in
     `skip` (checkpoints). Returns the number of files copied."""
     files = [f for f in list_files(uri) if f.split("/", 1)[0] not in skip]
-    for relative in files:
-        download_file(join(uri, relative), dest / relative)
+    _in_parallel(download_file, [(join(uri, f), dest / f) for f in files])
     return len(files)
 
 
@@ -150,9 +152,16 @@ def upload_study(src: Path, uri: str, skip: tuple[str, ...] = REMOTE_ONLY) -> in
         and p.relative_to(src).parts[0] not in skip
         and not p.name.endswith((".part", "-journal"))
     ]
-    for path in files:
-        upload_file(path, join(uri, path.relative_to(src).as_posix()))
+    _in_parallel(upload_file, [(p, join(uri, p.relative_to(src).as_posix())) for p in files])
     return len(files)
+
+
+def _in_parallel(copy: Callable[..., None], pairs: list[tuple]) -> None:
+    """Copy many small files at once: on a real object store each one is a round trip of
+    tens of milliseconds, and a study has a few files per trial."""
+    with ThreadPoolExecutor(max_workers=TRANSFER_THREADS) as pool:
+        for future in [pool.submit(copy, *pair) for pair in pairs]:
+            future.result()  # the first failure, as a StorageError
 
 
 def snapshot_sqlite(db: Path, dest: Path) -> None:
