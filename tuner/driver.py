@@ -23,7 +23,7 @@ from search_spaces.spaces import SearchSpace
 from trainables.config import TrialConfig
 from trainables.ray_worker import train_loop_per_worker
 from trainables.workloads import get_workload
-from tuner import storage
+from tuner import storage as store
 from tuner.callbacks import EpochTensorBoardCallback, ProgressCallback
 from tuner.scheduler import PerBatchSizeASHA
 from tuner.searcher import BalancedOptunaSearch
@@ -33,7 +33,6 @@ METRIC, MODE = "val_acc", "max"
 # The driver only waits on the Train controller: it holds no CPU, so that W workers x 1 CPU
 # trials pack a node exactly. Tune rejects an empty request, hence a token of memory (bytes).
 DRIVER_RESOURCES = {"CPU": 0, "memory": 1024**2}
-OPTUNA_DB = "optuna.db"
 
 
 def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
@@ -56,7 +55,7 @@ def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
             # A stable name per Tune trial: a restarted driver resumes its own checkpoints,
             # and concurrent trials never share a run directory.
             name=f"trial-{context.get_trial_id()}",
-            storage_path=storage.join(study.study_uri, "train_runs"),
+            storage_path=store.join(study.study_uri, "train_runs"),
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(
                 max_failures=study.worker_retries, controller_failure_limit=0
@@ -71,7 +70,7 @@ def optuna_storage(spec: StudySpec) -> optuna.storages.RDBStorage:
     """Optuna's storage (SQLite) in the study directory (for an object store, in this
     machine's working copy; tuner/storage.py)."""
     spec.study_dir.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.RDBStorage(f"sqlite:///{spec.study_dir / OPTUNA_DB}")
+    return optuna.storages.RDBStorage(f"sqlite:///{spec.study_dir / store.OPTUNA_DB}")
 
 
 def make_searcher(spec: StudySpec, space: SearchSpace) -> BalancedOptunaSearch:

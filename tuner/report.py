@@ -43,7 +43,6 @@ from tuner.analysis import (
 from tuner.results import COLUMNS, collect_trials, write_trial_table
 from tuner.spec import SPEC_FILE, StudySpec, load_spec, study_location
 from tuner.storage import (
-    REMOTE_ONLY,
     StorageError,
     download_study,
     exists,
@@ -709,7 +708,7 @@ def fetch_study(study_uri: str, into: Path | None = None) -> Path:
     into = into or study_location(storage_uri, name)[0]
     if not exists(join(study_uri, SPEC_FILE)):
         raise NotAStudy(f"{study_uri} is not a study (no {SPEC_FILE})")
-    count = download_study(study_uri, into, skip=(*REMOTE_ONLY, "optuna.db"))
+    count = download_study(study_uri, into)
     source = pull_optuna_db(study_uri, into)
     print(f"fetched {count} files of {study_uri} into {into} (Optuna: {source})", file=sys.stderr)
     return into

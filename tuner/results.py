@@ -20,6 +20,7 @@ import pandas as pd
 from trainables.optim import scaled_lr
 from trainables.workloads import get_workload
 from tuner.spec import load_spec
+from tuner.storage import OPTUNA_DB
 
 TABLE_FILE = "trials.csv"
 METRICS = (
@@ -61,7 +62,7 @@ def read_results(study_dir: Path) -> dict[str, list[dict]]:
 
 
 def read_optuna_trials(study_dir: Path, study_name: str) -> list[optuna.trial.FrozenTrial]:
-    path = study_dir / "optuna.db"
+    path = study_dir / OPTUNA_DB
     if not path.exists():
         return []
     storage = optuna.storages.RDBStorage(f"sqlite:///{path}")

@@ -173,7 +173,7 @@ def build_spec(args: argparse.Namespace, has_gpus: bool) -> StudySpec:
         cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=gpus,
         max_concurrent=args.max_concurrent,
-        storage=str(Path(args.storage).resolve()) if "://" not in args.storage else args.storage,
+        storage=absolute_storage(args.storage),
         name=args.name or f"{workload.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
         seed=args.seed,
         max_device_batch=args.max_device_batch or settings.max_device_batch,
@@ -196,9 +196,14 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def absolute_storage(storage: str) -> str:
+    """--storage as the spec keeps it: a URI as given, a directory made absolute."""
+    return storage if store.is_uri(storage) else str(Path(storage).resolve())
+
+
 def spec_to_resume(storage_arg: str, name: str) -> StudySpec:
     """The spec of the study to continue; from an object store, fetched into the working copy."""
-    storage = storage_arg if store.is_uri(storage_arg) else str(Path(storage_arg).resolve())
+    storage = absolute_storage(storage_arg)
     study_dir, study_uri = study_location(storage, name)
     if store.is_uri(storage):
         try:
@@ -213,18 +218,14 @@ def spec_to_resume(storage_arg: str, name: str) -> StudySpec:
 
 def check_new_study(spec: StudySpec) -> None:
     """A new study's storage must be writable and must not hold a study of that name."""
-    if not spec.remote:
-        if (spec.study_dir / SPEC_FILE).exists():
-            fail(
-                f"study {spec.name} already exists in {spec.storage}; use --resume to continue "
-                f"it or another --name"
-            )
-        return
-    try:
-        store.check_writable(spec.storage)
-        taken = store.exists(store.join(spec.study_uri, SPEC_FILE))
-    except store.StorageError as error:
-        fail(str(error))
+    if spec.remote:
+        try:
+            store.check_writable(spec.storage)
+            taken = store.exists(store.join(spec.study_uri, SPEC_FILE))
+        except store.StorageError as error:
+            fail(str(error))
+    else:
+        taken = (spec.study_dir / SPEC_FILE).exists()
     if taken:
         fail(
             f"study {spec.name} already exists at {spec.study_uri}; use --resume to continue "

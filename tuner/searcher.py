@@ -33,9 +33,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.outcomes import trial_outcome
-from tuner.storage import snapshot_sqlite
-
-SNAPSHOT = "optuna-snapshot.db"
+from tuner.storage import OPTUNA_SNAPSHOT, snapshot_sqlite
 
 
 class BalancedOptunaSearch(OptunaSearch):
@@ -81,7 +79,7 @@ class BalancedOptunaSearch(OptunaSearch):
         with open(checkpoint_path, "wb") as file:
             pickle.dump(self.__getstate__(), file)
         database = Path(self._storage.url.removeprefix("sqlite:///"))
-        snapshot_sqlite(database, Path(checkpoint_path).parent / SNAPSHOT)
+        snapshot_sqlite(database, Path(checkpoint_path).parent / OPTUNA_SNAPSHOT)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as file:

@@ -40,10 +40,6 @@ WORKER_ENV = {
 }
 
 
-# After a fit, the driver's own database is the live one: never replace it with a download.
-REMOTE_ONLY_AT_END = (*store.REMOTE_ONLY, "optuna.db")
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -197,7 +193,7 @@ def run_study(
         if spec.remote:  # a resume from anywhere needs the spec, even if this driver dies now
             store.upload_file(spec.study_dir / SPEC_FILE, store.join(spec.study_uri, SPEC_FILE))
     elif spec.remote:
-        used = store.pull_optuna_db(spec.study_uri, spec.study_dir, driver.OPTUNA_DB)
+        used = store.pull_optuna_db(spec.study_uri, spec.study_dir)
         print(f"resuming with the Optuna database from {used}", file=sys.stderr)
     print(
         f"study {spec.name}: {spec.workload} on {spec.dataset}, batch sizes "
@@ -209,7 +205,7 @@ def run_study(
     tuner = driver.restore_tuner(spec) if resume else driver.make_tuner(spec)
     results = tuner.fit()
     if spec.remote:  # Tune's results and TensorBoard files, for the trial table and report
-        store.download_study(spec.study_uri, spec.study_dir, skip=REMOTE_ONLY_AT_END)
+        store.download_study(spec.study_uri, spec.study_dir)
     lost = close_lost_trials(spec)
     if lost:
         print(

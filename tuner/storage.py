@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -24,6 +25,9 @@ import pyarrow.fs as pafs
 
 # Model checkpoints stay in the object store: they are large and nothing local needs them.
 REMOTE_ONLY = ("train_runs",)
+OPTUNA_DB = "optuna.db"
+# A copy of OPTUNA_DB saved with every searcher checkpoint (tuner/searcher.py).
+OPTUNA_SNAPSHOT = "optuna-snapshot.db"
 CACHE_ENV = "BATCH_SCALING_CACHE"
 TRANSFER_THREADS = 16
 
@@ -52,17 +56,20 @@ def working_copy(uri: str) -> Path:
     return root / "studies" / parts.scheme / parts.netloc / parts.path.strip("/")
 
 
+@contextmanager
+def _one_line(what: str) -> Iterator[None]:
+    """pyarrow's errors (OSError; ArrowInvalid is a ValueError) as a one-line StorageError."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        text = str(error).strip() or type(error).__name__
+        raise StorageError(f"{what}: {text.splitlines()[0]}") from None
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """pyarrow file system and path for a URI, with a one-line error for a bad one."""
-    try:
+    with _one_line(f"cannot use storage {uri}"):
         return pafs.FileSystem.from_uri(uri)
-    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise StorageError(f"cannot use storage {uri}: {_first_line(error)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
 
 
 def check_writable(uri: str) -> None:
@@ -80,20 +87,16 @@ def check_writable(uri: str) -> None:
         )
     fs, path = filesystem(uri)
     marker = f"{path.rstrip('/')}/.write-check-{os.getpid()}"
-    try:
+    with _one_line(f"cannot write to storage {uri}"):
         with fs.open_output_stream(marker) as stream:
             stream.write(b"ok")
         fs.delete_file(marker)
-    except (OSError, ValueError) as error:
-        raise StorageError(f"cannot write to storage {uri}: {_first_line(error)}") from None
 
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    try:
+    with _one_line(f"cannot read storage {uri}"):
         return fs.get_file_info(path).type != pafs.FileType.NotFound
-    except (OSError, ValueError) as error:
-        raise StorageError(f"cannot read storage {uri}: {_first_line(error)}") from None
 
 
 def download_file(uri: str, dest: Path) -> None:
@@ -102,41 +105,45 @@ def download_file(uri: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     try:
-        with fs.open_input_stream(path) as source, open(tmp, "wb") as sink:
+        with (
+            _one_line(f"cannot download {uri}"),
+            fs.open_input_stream(path) as source,
+            open(tmp, "wb") as sink,
+        ):
             while chunk := source.read(1 << 20):
                 sink.write(chunk)
-    except (OSError, ValueError) as error:
+    except StorageError:
         tmp.unlink(missing_ok=True)
-        raise StorageError(f"cannot download {uri}: {_first_line(error)}") from None
+        raise
     os.replace(tmp, dest)
 
 
 def upload_file(src: Path, uri: str) -> None:
     fs, path = filesystem(uri)
-    try:
-        with open(src, "rb") as source, fs.open_output_stream(path) as sink:
-            while chunk := source.read(1 << 20):
-                sink.write(chunk)
-    except (OSError, ValueError) as error:
-        raise StorageError(f"cannot upload {src} to {uri}: {_first_line(error)}") from None
+    with (
+        _one_line(f"cannot upload {src} to {uri}"),
+        open(src, "rb") as source,
+        fs.open_output_stream(path) as sink,
+    ):
+        while chunk := source.read(1 << 20):
+            sink.write(chunk)
 
 
 def list_files(uri: str) -> list[str]:
     """Relative paths of every file under `uri` (empty if nothing is there)."""
     fs, path = filesystem(uri)
     base = PurePosixPath(path.rstrip("/"))
-    try:
+    with _one_line(f"cannot list storage {uri}"):
         infos = fs.get_file_info(pafs.FileSelector(str(base), recursive=True, allow_not_found=True))
-    except (OSError, ValueError) as error:
-        raise StorageError(f"cannot list storage {uri}: {_first_line(error)}") from None
     return sorted(
         str(PurePosixPath(i.path).relative_to(base)) for i in infos if i.type == pafs.FileType.File
     )
 
 
-def download_study(uri: str, dest: Path, skip: tuple[str, ...] = REMOTE_ONLY) -> int:
-    """Copy a study's files from the object store into `dest`, all but the top-level folders in
-    `skip` (checkpoints). Returns the number of files copied."""
+def download_study(uri: str, dest: Path, skip: tuple[str, ...] = (*REMOTE_ONLY, OPTUNA_DB)) -> int:
+    """Copy a study's files from the object store into `dest`, all but the top-level entries in
+    `skip`: checkpoints, and the Optuna database, which only `pull_optuna_db` may replace (a
+    local one may be live and fresher). Returns the number of files copied."""
     files = [f for f in list_files(uri) if f.split("/", 1)[0] not in skip]
     _in_parallel(download_file, [(join(uri, f), dest / f) for f in files])
     return len(files)
@@ -196,17 +203,17 @@ def trial_count(db: Path) -> int:
         connection.close()
 
 
-def pull_optuna_db(study_uri: str, study_dir: Path, name: str = "optuna.db") -> str:
-    """Make `study_dir/name` the freshest Optuna database of the study, and say which it is.
+def pull_optuna_db(study_uri: str, study_dir: Path) -> str:
+    """Make `study_dir/OPTUNA_DB` the freshest Optuna database of the study, and say which it is.
 
     Candidates, in order of preference on a tie: the local one (live on the machine that ran
     the driver), the one the driver uploaded at its end (`optuna.db`), and the snapshot Tune
     synced with its last experiment checkpoint (`optuna-snapshot.db`, from a driver that did
     not reach its end). Fresher means more trials recorded: trials are only ever added.
     """
-    local = study_dir / name
+    local = study_dir / OPTUNA_DB
     best, best_count = "local", trial_count(local)
-    for remote in (name, "optuna-snapshot.db"):
+    for remote in (OPTUNA_DB, OPTUNA_SNAPSHOT):
         uri = join(study_uri, remote)
         if not exists(uri):
             continue
