@@ -116,6 +116,36 @@ def test_cli_refuses_unwritable_storage_and_missing_studies_in_one_line(aws):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_a_new_study_never_replaces_one_of_the_same_name(aws, tmp_path):
+    (tmp_path / "local/taken").mkdir(parents=True)
+    (tmp_path / "local/taken/study.json").write_text("{}")
+    (tmp_path / "spec.json").write_text("{}")
+    store.upload_file(tmp_path / "spec.json", "s3://studies/names/taken/study.json")
+    for storage, where in [
+        (str(tmp_path / "local"), str(tmp_path / "local/taken")),
+        ("s3://studies/names", "s3://studies/names/taken"),
+    ]:
+        proc = run_cli(
+            "tuner.search", "simple_cnn", "--smoke", "--storage", storage, "--name", "taken",
+            env=aws, check=False, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == (
+            f"error: study taken already exists at {where}; use --resume to continue it or "
+            "another --name"
+        )
+
+
+def test_report_on_a_uri_that_holds_no_study_is_one_line(aws, tmp_path):
+    proc = run_cli(
+        "tuner.report", "s3://studies/names/nothing", "--into", str(tmp_path / "x"),
+        env=aws, check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: s3://studies/names/nothing is not a study (no study.json)"
+    assert not (tmp_path / "x").exists()
+
+
 ARGS = [
     "simple_cnn",
     "--dataset",
