@@ -6,6 +6,7 @@ mid-run and resumes it from the bucket alone, in a fresh working copy (as on ano
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -186,22 +187,27 @@ def finished_in_snapshot(tmp_path) -> int:
 @pytest.mark.slow
 def test_a_study_killed_on_one_machine_resumes_on_another_from_the_bucket(aws, tmp_path):
     first = {**aws, store.CACHE_ENV: str(tmp_path / "machine-a")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tuner.search", *ARGS],
-        cwd=ROOT,
-        env={**os.environ, **first},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "first-run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuner.search", *ARGS],
+            cwd=ROOT,
+            env={**os.environ, **first},
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 400
         while finished_in_snapshot(tmp_path) < 2:
-            assert proc.poll() is None, "the study ended before it could be interrupted"
+            assert proc.poll() is None, (
+                f"the study ended before it could be interrupted:\n{log.read_text()[-3000:]}"
+            )
             assert time.monotonic() < deadline, "no trial reached the bucket in time"
             time.sleep(2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the head is gone, and its disk with it
+        with contextlib.suppress(ProcessLookupError):  # its Ray processes, if it died alone
+            os.killpg(proc.pid, signal.SIGKILL)  # the head is gone, and its disk with it
         proc.wait()
     assert not store.exists(store.join(STUDY, "report.md"))
 
