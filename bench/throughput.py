@@ -24,27 +24,22 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_config import base_config  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.data import load_synthetic  # noqa: E402
 from trainables.loop import synthetic_shape, train  # noqa: E402
 from trainables.models import build_model  # noqa: E402
+from tuner.options import build_parser, build_spec  # noqa: E402
 
 
 def config(args, workers: int) -> dict:
-    return base_config(
-        model=args.model,
-        workload=args.model,
-        dataset="synthetic",
-        batch_size=args.batch,
-        num_workers=workers,
-        epochs=args.epochs,
-        max_device_batch=args.batch,
-        base_lr=0.01,
-        max_train_examples=args.examples,
-        reference_batch=args.batch,
-        warmup_epochs=0.0,
-    )
+    """The trial config the product itself builds for this workload, batch and worker count."""
+    cli = [args.model, "--dataset", "synthetic", "--batch-sizes", str(args.batch)]
+    cli += ["--epochs", str(args.epochs), "--max-device-batch", str(args.batch)]
+    cli += ["--max-train-examples", str(args.examples), "--workers-per-trial", str(workers)]
+    spec = build_spec(build_parser().parse_args(cli), gpus_available=False)
+    params = {"batch_size": args.batch, "scaling_rule": "none", "optimizer": "sgd"}
+    params |= {"base_lr": 0.01, "weight_decay": 1e-4, "warmup_epochs": 0.0}
+    return spec.trial_config(params)
 
 
 def bare_pytorch(args) -> list[float]:
@@ -161,7 +156,7 @@ def main() -> None:
 
     import ray
 
-    from tuner.session import WORKER_ENV, local_ray_kwargs
+    from tuner.cluster.connect import WORKER_ENV, local_ray_kwargs
 
     os.environ.update(WORKER_ENV)
 

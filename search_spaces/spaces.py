@@ -1,63 +1,159 @@
-"""Search ranges per workload, in batch-independent units.
+"""Search ranges per workload, in batch-independent units, and one trial's suggestion.
 
 `base_lr` is the lr at the workload's reference batch size; the scaling rule turns it into the
-actual lr of a trial (`trainables.optim.scaled_lr`). Warmup is in epochs. The batch size itself
-is not sampled freely: the study driver fixes it per trial so that every batch size of the grid
-gets its share (see `tuner.searcher`); it is still an Optuna parameter, recorded with the trial.
+actual lr of a trial (`trainables.optim.scaled_lr`). Its range depends on the optimiser: LARS
+and LAMB scale each layer's step by a trust ratio, so their lrs live on other scales than
+SGD's (science.md section 3; measured here: one LARS step at lr 0.1 moves a conv layer's
+weights 57x less than SGD's). Warmup is a fraction of the trial's budget, searched only where it
+can act: Goyal et al.'s ramp goes from the reference lr to the scaled lr, so it does nothing
+under rule `none` or at batch sizes at or below the reference.
+
+The batch size is not sampled: the search gives every cell (batch size x rule x optimiser, see
+`search_spaces.cells`) its share of trials and asks that cell's own Optuna study.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+from trainables.config import WARMUP_MAX_FRACTION
+from trainables.optim import scaling_factor
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Ranges of the joint search (log ranges for lr and weight decay)."""
+    """Ranges of the search (log ranges for lr and weight decay)."""
 
-    base_lr: tuple[float, float]
+    base_lr: dict[str, tuple[float, float]]  # per optimiser, at the reference batch size
     weight_decay: tuple[float, float]
-    warmup_epochs: tuple[float, float]
+    warmup_fraction: tuple[float, float]  # of the budget's steps
     scaling_rules: tuple[str, ...] = ("none", "linear", "sqrt")
     optimizers: tuple[str, ...] = ("sgd",)
+
+    def __post_init__(self) -> None:
+        missing = [o for o in self.optimizers if o not in self.base_lr]
+        if missing:
+            raise ValueError(f"no base_lr range for optimizer(s) {missing}")
+        if not 0 <= self.warmup_fraction[0] <= self.warmup_fraction[1] <= WARMUP_MAX_FRACTION:
+            raise ValueError(f"warmup_fraction range must lie in [0, {WARMUP_MAX_FRACTION}]")
 
     def ranges(self) -> dict[str, Any]:
         """Every searched parameter with its range or choices (saved with the study)."""
         return {
-            "base_lr": list(self.base_lr),
+            "base_lr": {o: list(self.base_lr[o]) for o in self.optimizers},
             "weight_decay": list(self.weight_decay),
-            "warmup_epochs": list(self.warmup_epochs),
+            "warmup_fraction": list(self.warmup_fraction),
             "scaling_rule": list(self.scaling_rules),
             "optimizer": list(self.optimizers),
         }
 
+    @classmethod
+    def from_ranges(cls, ranges: dict[str, Any]) -> SearchSpace:
+        """The space a study saved (`ranges()` read back from study.json)."""
+        return cls(
+            base_lr={o: tuple(r) for o, r in ranges["base_lr"].items()},
+            weight_decay=tuple(ranges["weight_decay"]),
+            warmup_fraction=tuple(ranges["warmup_fraction"]),
+            scaling_rules=tuple(ranges["scaling_rule"]),
+            optimizers=tuple(ranges["optimizer"]),
+        )
 
+    def restricted(
+        self, rules: tuple[str, ...] | None = None, optimizers: tuple[str, ...] | None = None
+    ) -> SearchSpace:
+        """The space with fewer rules or optimisers (`--rules`, `--optimizers`)."""
+        for name, chosen, known in (
+            ("rules", rules, self.scaling_rules),
+            ("optimizers", optimizers, self.optimizers),
+        ):
+            unknown = [c for c in chosen or () if c not in known]
+            if unknown:
+                raise ValueError(
+                    f"--{name} {','.join(unknown)}: not in this workload's space "
+                    f"({','.join(known)})"
+                )
+        return dataclasses.replace(
+            self,
+            scaling_rules=tuple(rules or self.scaling_rules),
+            optimizers=tuple(optimizers or self.optimizers),
+        )
+
+
+def warmup_acts(rule: str, batch_size: int, reference_batch: int) -> bool:
+    """Goyal et al.'s warmup ramps from the reference lr up to the scaled lr: it acts only
+    where the rule scales the lr up."""
+    return scaling_factor(rule, batch_size, reference_batch) > 1
+
+
+def lr_param(optimizer: str, per_optimizer: bool) -> str:
+    """Optuna's name of the base lr: one per optimiser when a cell searches several, as their
+    ranges differ."""
+    return f"base_lr_{optimizer}" if per_optimizer else "base_lr"
+
+
+def suggest(
+    trial: Any,
+    space: SearchSpace,
+    batch_size: int,
+    reference_batch: int,
+    rule: str | None = None,
+    optimizer: str | None = None,
+) -> dict[str, Any]:
+    """One point for a trial of `batch_size` (Optuna define-by-run: only `suggest_*` calls);
+    `rule` / `optimizer` fixed by the cell, else searched. Returns the trial's parameters."""
+    if rule is None:
+        rule = trial.suggest_categorical("scaling_rule", list(space.scaling_rules))
+    if optimizer is None:
+        optimizer = trial.suggest_categorical("optimizer", list(space.optimizers))
+        per_optimizer = len(space.optimizers) > 1
+    else:
+        per_optimizer = False
+    low, high = space.base_lr[optimizer]
+    base_lr = trial.suggest_float(lr_param(optimizer, per_optimizer), low, high, log=True)
+    weight_decay = trial.suggest_float("weight_decay", *space.weight_decay, log=True)
+    warmup = 0.0
+    if warmup_acts(rule, batch_size, reference_batch) and space.warmup_fraction[1] > 0:
+        warmup = trial.suggest_float("warmup_fraction", *space.warmup_fraction)
+    return {
+        "batch_size": batch_size,
+        "scaling_rule": rule,
+        "optimizer": optimizer,
+        "base_lr": base_lr,
+        "weight_decay": weight_decay,
+        "warmup_fraction": warmup,
+    }
+
+
+SGD_SMALL = (1e-3, 0.3)
 SPACES: dict[str, SearchSpace] = {
-    # Small CPU workloads: short runs, so warmup is at most a few epochs.
+    # Small CPU workloads: Nesterov SGD.
     "simple_cnn": SearchSpace(
-        base_lr=(1e-3, 0.3), weight_decay=(1e-6, 1e-2), warmup_epochs=(0.0, 2.0)
+        base_lr={"sgd": SGD_SMALL}, weight_decay=(1e-6, 1e-2), warmup_fraction=(0.0, 0.2)
     ),
     "mnist1d": SearchSpace(
-        base_lr=(1e-3, 0.3), weight_decay=(1e-6, 1e-2), warmup_epochs=(0.0, 2.0)
+        base_lr={"sgd": SGD_SMALL}, weight_decay=(1e-6, 1e-2), warmup_fraction=(0.0, 0.2)
     ),
+    # LARS (timm, trust coefficient 0.001) moves weights ~50x less per unit lr than SGD.
     "resnet8": SearchSpace(
-        base_lr=(1e-3, 1.0),
+        base_lr={"sgd": (1e-3, 1.0), "lars": (0.05, 50.0)},
         weight_decay=(1e-5, 1e-2),
-        warmup_epochs=(0.0, 5.0),
+        warmup_fraction=(0.0, 0.2),
         optimizers=("sgd", "lars"),
     ),
-    # Goyal et al.: lr 0.1 at batch 256, 5 warmup epochs, weight decay 1e-4; LARS for 32k.
+    # Goyal et al.: lr 0.1 at batch 256, 5 of 90 epochs of warmup, weight decay 1e-4; You et
+    # al.: LARS to batch 32k.
     "resnet50": SearchSpace(
-        base_lr=(1e-2, 1.0),
+        base_lr={"sgd": (1e-2, 1.0), "lars": (0.5, 50.0)},
         weight_decay=(1e-5, 1e-3),
-        warmup_epochs=(0.0, 5.0),
+        warmup_fraction=(0.0, 0.15),
         optimizers=("sgd", "lars"),
     ),
     "vgg11": SearchSpace(
-        base_lr=(1e-3, 0.3),
+        base_lr={"sgd": (1e-3, 0.3), "lars": (0.05, 20.0)},
         weight_decay=(1e-5, 1e-3),
-        warmup_epochs=(0.0, 5.0),
+        warmup_fraction=(0.0, 0.15),
         optimizers=("sgd", "lars"),
     ),
 }
@@ -67,14 +163,3 @@ def get_space(name: str) -> SearchSpace:
     if name not in SPACES:
         raise KeyError(f"no search space {name!r}; known: {', '.join(sorted(SPACES))}")
     return SPACES[name]
-
-
-def define_by_run(trial: Any, space: SearchSpace, batch_sizes: list[int]) -> dict[str, Any]:
-    """Optuna define-by-run: suggest one point of the joint space; only `suggest_*` calls."""
-    trial.suggest_categorical("batch_size", batch_sizes)
-    trial.suggest_categorical("scaling_rule", list(space.scaling_rules))
-    trial.suggest_categorical("optimizer", list(space.optimizers))
-    trial.suggest_float("base_lr", *space.base_lr, log=True)
-    trial.suggest_float("weight_decay", *space.weight_decay, log=True)
-    trial.suggest_float("warmup_epochs", *space.warmup_epochs)
-    return {}

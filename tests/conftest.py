@@ -55,7 +55,7 @@ def assert_each_epoch_trained_once(study_dir: Path) -> None:
     """After a resume: a trial whose Train run had finished is resumed by Tune and re-reports
     its last epoch from the checkpoint, with the same numbers to the last bit, timings
     included. Had any epoch been trained twice, its epoch_time_s would differ."""
-    from tuner.results import read_results
+    from tuner.store.table import read_results
 
     for trial_id, rows in read_results(study_dir).items():
         by_epoch: dict[int, set] = {}

@@ -1,4 +1,5 @@
-"""The degradation map's analysis on hand-built trial tables with known answers (no Ray)."""
+"""The analysis on hand-built trial tables: accuracy with honest uncertainty, degradation,
+steps to target with censoring, the critical batch size, hyperparameters (fast, no Ray)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,25 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from tuner import analysis
-from tuner.results import COLUMNS
+from tuner.analysis.accuracy import MIN_EVIDENCE, Estimate, compare, estimate
+from tuner.analysis.critical import bootstrap_critical_batch, fit_critical_batch, regime
+from tuner.analysis.frontier import degradation_map
+from tuner.analysis.hparams import best_hyperparameters, boundary_warnings, range_position
+from tuner.analysis.steps import first_crossings, steps_to_target
+from tuner.analysis.throughput import throughput
+from tuner.analysis.trials import trial_summary
+from tuner.store.table import COLUMNS
 
 RANGES = {
-    "base_lr": [1e-3, 0.3],
+    "base_lr": {"sgd": [1e-3, 0.3]},
     "weight_decay": [1e-6, 1e-2],
-    "warmup_epochs": [0.0, 2.0],
+    "warmup_fraction": [0.0, 0.2],
     "scaling_rule": ["none", "linear", "sqrt"],
     "optimizer": ["sgd"],
 }
+_numbers = iter(range(10**6))
 
 
 def trial(
@@ -27,65 +36,83 @@ def trial(
     *,
     outcome: str = "completed",
     rule: str = "linear",
+    phase: str = "search",
+    seed: int = 0,
     base_lr: float = 0.01,
     weight_decay: float = 1e-4,
-    warmup: float = 1.0,
+    warmup: float = 0.05,
     diverged_last: bool = False,
     samples_per_second: float = 1000.0,
+    val_examples: int = 1000,
+    budget_steps: float | None = None,
     number: int | None = None,
+    cell: str | None = None,
 ) -> list[dict]:
-    """Rows of one trial: `curve` is [(optimizer steps, val_acc), ...], one per epoch."""
+    """Rows of one trial: `curve` is [(optimizer steps, val_acc), ...], one per evaluation."""
+    budget = budget_steps or (curve[-1][0] if curve else 100)
     if not curve:  # errored before its first report: one row of empty metrics
-        curve_rows = [
+        points = [
             dict.fromkeys(
-                (
-                    "epoch",
-                    "optimizer_steps",
-                    "examples_seen",
-                    "val_acc",
-                    "samples_per_second",
-                    "workers",
-                    "diverged",
-                ),
+                ("optimizer_steps", "val_acc", "samples_per_second", "workers", "diverged"),
                 math.nan,
             )
         ]
     else:
-        curve_rows = [
+        points = [
             {
-                "epoch": e + 1,
                 "optimizer_steps": s,
                 "examples_seen": s * batch,
+                "epoch": s * batch / 1000,
+                "progress": s / budget,
                 "val_acc": a,
                 "samples_per_second": samples_per_second,
                 "workers": 1,
-                "diverged": diverged_last and e == len(curve) - 1,
+                "diverged": diverged_last and i == len(curve) - 1,
+                "budget_steps": budget,
+                "val_examples": val_examples,
+                "bn_mode": "none",
+                "bn_batch": 0,
             }
-            for e, (s, a) in enumerate(curve)
+            for i, (s, a) in enumerate(curve)
         ]
-    rows = []
-    for row in curve_rows:
-        rows.append(
-            {
-                **dict.fromkeys(COLUMNS, math.nan),
-                "trial_id": trial_id,
-                "optuna_number": number if number is not None else abs(hash(trial_id)) % 997,
-                "outcome": outcome,
-                "batch_size": batch,
-                "scaling_rule": rule,
-                "optimizer": "sgd",
-                "base_lr": base_lr,
-                "weight_decay": weight_decay,
-                "warmup_epochs": warmup,
-                "actual_lr": base_lr * batch / 32,
-                "train_loss": 1.0,
-                "val_loss": 1.0,
-                "epoch_time_s": 1.0,
-                "global_batch": batch,
-                **row,
-            }
+    base = {
+        **dict.fromkeys(COLUMNS, math.nan),
+        "trial_id": trial_id,
+        "cell": cell or f"b{batch}-{rule}",
+        "phase": phase,
+        "seed": seed,
+        "optuna_number": next(_numbers) if number is None else number,
+        "outcome": outcome,
+        "batch_size": batch,
+        "scaling_rule": rule,
+        "optimizer": "sgd",
+        "base_lr": base_lr,
+        "weight_decay": weight_decay,
+        "warmup_fraction": warmup,
+        "actual_lr": base_lr * batch / 32,
+        "train_loss": 1.0,
+        "val_loss": 1.0,
+        "global_batch": batch,
+    }
+    return [{**base, **point} for point in points]
+
+
+def confirmations(
+    batch: int, accuracies: list[float], *, rule: str = "linear", steps: int = 100, **kwargs
+) -> list[list[dict]]:
+    """Confirmation runs of a cell's best: one run per fresh seed, each with its final accuracy."""
+    return [
+        trial(
+            f"c{batch}{rule}{i}",
+            batch,
+            [(steps // 2, a - 0.05), (steps, a)],
+            phase="confirm",
+            seed=i + 1,
+            rule=rule,
+            **kwargs,
         )
-    return rows
+        for i, a in enumerate(accuracies)
+    ]
 
 
 def table(*trials: list[dict]) -> pd.DataFrame:
@@ -102,294 +129,322 @@ def synthetic_scaling_table(
 ) -> pd.DataFrame:
     """Trials whose first crossing of 0.9 lies a few percent above S(B) = s_min(1 + b_crit/B)."""
     rng = np.random.default_rng(seed)
-    parts, number = [], 0
+    parts = []
     for batch in batches:
         steps = s_min * (1 + b_crit / batch)
         for i in range(trials_per_batch):
             first = round(steps * (1 + rng.uniform(0.0, 0.08)))
             curve = [(first // 2, 0.6), (first, 0.9 + rng.uniform(0, 0.02)), (2 * first, 0.95)]
-            parts.append(trial(f"b{batch}t{i}", batch, curve, number=number))
-            number += 1
+            parts.append(trial(f"b{batch}t{i}", batch, curve))
     return table(*parts)
 
 
-# --- critical batch size --------------------------------------------------------------------
+def degradation_table() -> pd.DataFrame:
+    """Batch 8 (baseline) and 32 hold, 128 is unresolved, 512 is degraded, with 3 confirmation
+    seeds each on a 10000-example validation set (1000 could not resolve 1 pt at 98%: see
+    test_single_runs_carry_only_the_validation_error); search bests read high on purpose."""
+    parts = []
+    for batch, search, confirmed in (
+        (8, 0.99, [0.975, 0.980, 0.985]),
+        (32, 0.99, [0.978, 0.980, 0.982]),
+        (128, 0.99, [0.970, 0.966, 0.974]),
+        (512, 0.99, [0.930, 0.940, 0.935]),
+    ):
+        parts.append(trial(f"s{batch}", batch, [(50, 0.9), (100, search)], val_examples=10000))
+        parts.append(trial(f"s{batch}b", batch, [(50, 0.5)], outcome="stopped", budget_steps=100))
+        parts += confirmations(batch, confirmed, val_examples=10000)
+    return table(*parts)
 
 
-def test_fit_recovers_exact_critical_batch():
-    batches = np.array([16, 32, 64, 128, 256, 512, 1024, 2048, 4096], dtype=float)
-    fit = analysis.fit_critical_batch(batches, 1000 * (1 + 512 / batches))
-    assert fit.b_crit == pytest.approx(512, rel=1e-6)
-    assert fit.s_min == pytest.approx(1000, rel=1e-6)
-    assert fit.e_min == pytest.approx(512_000, rel=1e-6)
-    assert fit.r2 == pytest.approx(1.0)
+# --- uncertainty and degradation ---------------------------------------------------------------
 
 
-def test_critical_batch_from_noisy_trials_lies_in_its_interval():
-    m = analysis.degradation_map(synthetic_scaling_table(), target=0.9, tolerance=0.01, n_boot=500)
-    assert m.fit is not None and m.fit.points == 9
-    assert m.fit.b_crit == pytest.approx(512, rel=0.15)
-    low, high = m.b_crit_ci
-    assert low < 512 < high
-    assert low < m.fit.b_crit < high
-    assert m.b_crit_replicates == 500
+def test_comparison_combines_seed_spread_and_validation_error():
+    base = estimate([0.98, 0.97, 0.99], 1000, "confirmed")
+    other = estimate([0.93, 0.92, 0.94], 1000, "confirmed")
+    result = compare(base, other, tolerance=0.01)
+    seed_var = 0.01**2 / 3  # both arms: sd 0.01 over 3 seeds
+    val_var = 0.98 * 0.02 / 1000 + 0.93 * 0.07 / 1000
+    variance = 2 * seed_var + val_var
+    df = variance**2 / (2 * seed_var**2 / 2)  # Welch-Satterthwaite over the seed terms
+    half = stats.t.ppf(0.95, df) * math.sqrt(variance)  # 2.1 pt
+    assert result.drop == pytest.approx(0.05)
+    assert result.df == pytest.approx(df)
+    assert (result.low, result.high) == pytest.approx((0.05 - half, 0.05 + half))
+    assert result.status == "degraded"  # bounds [2.9, 7.1] pt: beyond 1 pt
+    assert compare(base, other, tolerance=0.04).status == "unresolved"
+    assert compare(base, other, tolerance=0.08).status == "holds"
 
 
-def test_bootstrap_is_seeded():
-    t = synthetic_scaling_table(trials_per_batch=3)
-    crossings = analysis.first_crossings(t, 0.9)
-    first = analysis.bootstrap_critical_batch(crossings, n_boot=200, seed=3)
-    assert first == analysis.bootstrap_critical_batch(crossings, n_boot=200, seed=3)
-    assert first != analysis.bootstrap_critical_batch(crossings, n_boot=200, seed=4)
+def test_single_runs_carry_only_the_validation_error():
+    base = estimate([0.9], 400, "search")
+    other = estimate([0.9], 400, "search")
+    result = compare(base, other, tolerance=0.01)
+    se = math.sqrt(2 * 0.9 * 0.1 / 400)
+    assert math.isinf(result.df)
+    assert result.resolution == pytest.approx(stats.norm.ppf(0.95) * se)
+    assert result.status == "unresolved"  # 400 examples cannot resolve 1 pt
 
 
-def test_perfect_scaling_throughout_has_unbounded_critical_batch():
-    batches = np.array([8, 16, 32, 64])
-    fit = analysis.fit_critical_batch(batches, 1e5 / batches)
-    assert math.isinf(fit.b_crit)
-    assert analysis.regime(4096, fit.b_crit) == "perfect scaling"
+def test_more_seeds_narrow_the_bounds_but_not_below_the_validation_error():
+    few = compare(estimate([0.9, 0.92], 1000, "c"), estimate([0.9, 0.92], 1000, "c"), 0.01)
+    many_values = [0.9, 0.92] * 50
+    many = compare(estimate(many_values, 1000, "c"), estimate(many_values, 1000, "c"), 0.01)
+    floor = stats.norm.ppf(0.95) * math.sqrt(2 * 0.91 * 0.09 / 1000)
+    assert many.resolution < few.resolution
+    assert many.resolution > floor
 
 
-def test_flat_steps_mean_maximal_data_parallelism():
-    fit = analysis.fit_critical_batch([8, 16, 32, 64], [500, 500, 500, 500])
-    assert fit.b_crit == pytest.approx(0, abs=1e-9)
-    assert analysis.regime(8, fit.b_crit) == "maximal data parallelism"
+def test_confirmed_accuracy_judges_the_map_not_the_best_search_trial():
+    m = degradation_map(degradation_table(), target=0.9, tolerance=0.01, n_boot=50)
+    frontier = m.frontier.set_index("batch_size")
+    assert frontier.loc[512, "search_best"] == pytest.approx(0.99)  # the search best reads high
+    assert frontier.loc[512, "accuracy"] == pytest.approx(0.935)  # what fresh seeds measure
+    assert frontier.loc[512, "accuracy_source"] == "confirmed"
+    assert frontier["status"].to_dict() == {
+        8: "baseline",
+        32: "holds",
+        128: "unresolved",
+        512: "degraded",
+    }
+    assert m.baseline[0] == 8 and m.baseline[1].n == 3
+    assert m.holds_up_to == 32
 
 
-def test_fit_needs_two_batch_sizes():
-    assert analysis.fit_critical_batch([32], [100]) is None
-    assert analysis.fit_critical_batch([32, 32], [100, 120]) is None
-    assert analysis.fit_critical_batch([32, 64], [100, math.nan]) is None
+def test_without_confirmations_the_search_best_is_flagged():
+    parts = [trial("a", 8, [(100, 0.95)]), trial("b", 32, [(100, 0.94)])]
+    m = degradation_map(table(*parts), target=0.9, tolerance=0.01, n_boot=50)
+    assert set(m.frontier["accuracy_source"]) == {"search"}
+    assert list(m.frontier["accuracy_runs"]) == [1, 1]
 
 
-@pytest.mark.parametrize(
-    ("batch", "label"),
-    [
-        (32, "perfect scaling"),
-        (128, "perfect scaling"),
-        (129, "diminishing returns"),
-        (512, "diminishing returns"),
-        (2047, "diminishing returns"),
-        (2048, "maximal data parallelism"),
-        (65536, "maximal data parallelism"),
-    ],
-)
-def test_regime_thresholds(batch, label):
-    assert analysis.regime(batch, 512.0) == label
+def test_stopped_trials_never_count_as_an_accuracy():
+    parts = [
+        trial("a", 8, [(100, 0.90)]),
+        trial("b", 8, [(40, 0.97)], outcome="stopped", budget_steps=100),
+    ]
+    m = degradation_map(table(*parts), target=0.95, tolerance=0.01, n_boot=50)
+    assert m.frontier.loc[0, "accuracy"] == pytest.approx(0.90)
+    assert m.frontier.loc[0, "steps"] == 40  # but they count for steps to target
 
 
-def test_regime_without_fit_is_unknown():
-    assert analysis.regime(64, None) is None
-    assert analysis.regime(64, math.nan) is None
+def test_diverged_trials_are_counted_not_scored():
+    parts = [
+        trial("a", 8, [(50, 0.9), (100, 0.95)]),
+        trial("b", 8, [(50, 0.1)], outcome="diverged", diverged_last=True, budget_steps=100),
+    ]
+    m = degradation_map(table(*parts), target=0.9, tolerance=0.01, n_boot=50)
+    row = m.frontier.iloc[0]
+    assert row["diverged"] == 1 and row["completed"] == 1 and row["accuracy"] == 0.95
+    assert row["diverged_excluded"] == 1 and row["candidates"] == 1
 
 
-# --- steps to target --------------------------------------------------------------------------
+# --- per-rule verdicts need evidence ------------------------------------------------------------
+
+
+def test_a_rule_verdict_speaks_only_of_cells_with_enough_evidence():
+    parts = []
+    for rule, a512 in (("linear", [0.978, 0.98, 0.982]), ("none", [0.90, 0.91, 0.905])):
+        for batch, confirmed in ((8, [0.975, 0.98, 0.985]), (512, a512)):
+            parts.append(trial(f"{rule}{batch}", batch, [(100, 0.99)], rule=rule))
+            parts += confirmations(batch, confirmed, rule=rule, val_examples=10000)
+    # sqrt: at batch 512 a single finished run and no confirmation: not enough evidence.
+    parts.append(trial("sqrt8", 8, [(100, 0.99)], rule="sqrt"))
+    parts += confirmations(8, [0.97, 0.98, 0.975], rule="sqrt")
+    parts.append(trial("sqrt512", 512, [(100, 0.99)], rule="sqrt"))
+    m = degradation_map(table(*parts), target=0.9, tolerance=0.01, ranges=RANGES, n_boot=50)
+    verdicts = {v.rule: v for v in m.rules}
+    assert verdicts["linear"].holds_up_to == 512 and verdicts["linear"].first_degraded is None
+    assert verdicts["none"].holds_up_to == 8 and verdicts["none"].first_degraded == 512
+    assert verdicts["sqrt"].not_enough == [512]
+    evidence = m.by_rule.set_index(["batch_size", "scaling_rule"])["evidence"]
+    assert evidence[(512, "sqrt")] == 1 < MIN_EVIDENCE <= evidence[(512, "linear")]
+
+
+# --- steps to target and censoring --------------------------------------------------------------
 
 
 def pooled_table() -> pd.DataFrame:
     return table(
-        # reaches 0.9 at step 300 only; its best accuracy is the highest of the live trials
-        trial("slow", 32, [(100, 0.5), (200, 0.8), (300, 0.91), (400, 0.97)], number=0),
-        # touches exactly 0.9 at step 200, dips, ends lower: the first crossing is what counts
-        trial(
-            "early", 32, [(100, 0.85), (200, 0.90), (300, 0.86), (400, 0.93)], rule="sqrt", number=1
-        ),
-        # would cross first (step 100), but diverged: infeasible, left out and counted
-        trial(
-            "blowup",
-            32,
-            [(100, 0.95), (200, 0.1)],
-            outcome="diverged",
-            diverged_last=True,
-            number=2,
-        ),
-        # a still-running trial whose last report diverged is also left out
-        trial("running_blowup", 32, [(50, 0.99)], outcome="running", diverged_last=True, number=3),
-        trial("big", 128, [(25, 0.7), (50, 0.88), (75, 0.92), (100, 0.94)], number=4),
-        trial("never", 128, [(25, 0.5), (50, 0.6)], outcome="stopped", number=5),
-        trial("crashed", 128, [], outcome="errored", number=6),
+        trial("a", 32, [(100, 0.5), (200, 0.92), (300, 0.95)]),
+        trial("b", 32, [(100, 0.91), (200, 0.95)], rule="sqrt"),
+        trial("c", 32, [(100, 0.2)], outcome="stopped", budget_steps=300),
+        trial("d", 128, [(40, 0.6), (80, 0.93)]),
+        trial("e", 512, [(20, 0.5), (40, 0.8)]),  # never reaches 0.9
+        trial("f", 512, [(20, 0.3), (40, 0.85), (60, 0.88)], rule="sqrt"),
     )
 
 
-def test_pooled_steps_to_target_picks_first_crossing_of_any_trial():
+def test_pooled_steps_to_target_picks_the_first_crossing_of_any_trial():
     t = pooled_table()
-    trials = analysis.trial_summary(t)
-    steps = analysis.steps_to_target(analysis.first_crossings(t, 0.9), trials)
-    row32 = steps[steps["batch_size"] == 32].iloc[0]
-    assert row32["steps"] == 200 and row32["examples"] == 200 * 32
-    assert row32["target_trial"] == "early" and row32["target_epoch"] == 2
-    assert row32["reached"] == 2 and row32["candidates"] == 2
-    assert row32["diverged_excluded"] == 2
-    row128 = steps[steps["batch_size"] == 128].iloc[0]
-    assert (row128["steps"], row128["examples"], row128["target_trial"]) == (75, 75 * 128, "big")
-    assert row128["reached"] == 1 and row128["candidates"] == 2  # 'never' counts, 'crashed' not
+    steps = steps_to_target(first_crossings(t, 0.9), trial_summary(t)).set_index("batch_size")
+    assert steps.loc[32, "steps"] == 100 and steps.loc[32, "target_trial"] == "b"
+    assert steps.loc[32, "steps_resolution"] == 100  # known to one evaluation interval
+    assert steps.loc[128, "steps"] == 80 and steps.loc[128, "steps_resolution"] == 40
 
 
-def test_steps_to_target_per_rule():
+def test_a_batch_size_that_never_reaches_the_target_is_censored_at_its_longest_run():
     t = pooled_table()
-    trials = analysis.trial_summary(t)
-    steps = analysis.steps_to_target(
-        analysis.first_crossings(t, 0.9), trials, ("batch_size", "scaling_rule")
-    )
-    linear32 = steps[(steps["batch_size"] == 32) & (steps["scaling_rule"] == "linear")].iloc[0]
-    assert linear32["steps"] == 300 and linear32["target_trial"] == "slow"
+    steps = steps_to_target(first_crossings(t, 0.9), trial_summary(t)).set_index("batch_size")
+    assert math.isnan(steps.loc[512, "steps"])
+    assert steps.loc[512, "censored_at"] == 60 and steps.loc[512, "reached"] == 0
 
 
-def test_no_trial_reaching_target_leaves_steps_empty():
-    m = analysis.degradation_map(pooled_table(), target=0.999, tolerance=0.01, n_boot=50)
-    assert m.frontier["steps"].isna().all()
-    assert m.fit is None and math.isnan(m.b_crit_ci[0])
-    assert m.frontier["regime"].isna().all()
+def test_a_censored_point_that_contradicts_the_fit_pushes_it_up():
+    batches, steps = [8, 32, 128], [4000, 1000, 250]  # perfect scaling so far
+    free = fit_critical_batch(batches, steps)
+    assert math.isinf(free.b_crit)  # predicts 62.5 steps at 512
+    censored = fit_critical_batch([*batches, 512], [*steps, math.nan], [math.nan] * 3 + [200.0])
+    assert censored.censored == 1 and censored.points == 3
+    # A soft one-sided residual: the fit moves most of the way to "more than 200" (a hard
+    # bound would let one short pooled minimum override every measured point).
+    assert censored.steps(512) > 2.5 * free.steps(512)
+    assert math.isfinite(censored.b_crit)
 
 
-def test_diverged_trials_are_counted_not_scored():
-    m = analysis.degradation_map(pooled_table(), target=0.9, tolerance=0.01, n_boot=50)
-    row32 = m.frontier[m.frontier["batch_size"] == 32].iloc[0]
-    assert row32["trials"] == 4 and row32["diverged"] == 2 and row32["running"] == 0
-    assert row32["completed"] == 2 and row32["scored"] == 2
-    # 'blowup' and 'running_blowup' reported higher accuracies but are infeasible
-    assert row32["best_val_acc"] == pytest.approx(0.97) and row32["best_trial"] == "slow"
-    row128 = m.frontier[m.frontier["batch_size"] == 128].iloc[0]
-    assert (row128["completed"], row128["stopped"], row128["errored"]) == (1, 1, 1)
-    assert row128["best_val_acc"] == pytest.approx(0.94)
+def test_a_censored_point_the_fit_already_respects_changes_nothing():
+    batches, steps = [8, 32, 128], [4000, 1000, 250]
+    free = fit_critical_batch(batches, steps)
+    censored = fit_critical_batch([*batches, 512], [*steps, math.nan], [math.nan] * 3 + [30.0])
+    assert censored.steps(512) == pytest.approx(free.steps(512), rel=1e-6)
 
 
-# --- best accuracy and degradation ------------------------------------------------------------
+def test_fit_recovers_an_exact_critical_batch_with_residuals():
+    batches = np.array([16, 32, 64, 128, 256, 512, 1024, 2048, 4096], dtype=float)
+    fit = fit_critical_batch(batches, 1000 * (1 + 512 / batches))
+    assert fit.b_crit == pytest.approx(512, rel=1e-6)
+    assert fit.r2 == pytest.approx(1.0) and fit.max_abs_residual < 1e-9
 
 
-def test_bootstrap_best_of_k():
-    low, high = analysis.bootstrap_best_of_k([0.5, 0.6, 0.7, 0.9], n_boot=4000, seed=0)
-    assert high == pytest.approx(0.9)
-    # P(best of 4 <= 0.5) = (1/4)^4 ~ 0.4% < 2.5% < P(best <= 0.6) = (2/4)^4 ~ 6%
-    assert low == pytest.approx(0.6)
-    assert analysis.bootstrap_best_of_k([0.7], seed=0) == (0.7, 0.7)
-    assert all(math.isnan(v) for v in analysis.bootstrap_best_of_k([math.nan]))
-    # best of 1 draw: the interval spans the whole sample
-    assert analysis.bootstrap_best_of_k([0.5, 0.6, 0.9], k=1, n_boot=4000) == (0.5, 0.9)
+def test_critical_batch_from_noisy_trials_lies_in_its_interval():
+    m = degradation_map(synthetic_scaling_table(), target=0.9, tolerance=0.01, n_boot=300)
+    assert 400 < m.fit.b_crit < 700
+    low, high = m.b_crit_ci
+    assert low <= m.fit.b_crit <= high and m.b_crit_replicates > 250
+    assert set(m.frontier["regime"]) == {
+        "perfect scaling",
+        "diminishing returns",
+        "maximal data parallelism",
+    }
 
 
-def tolerance_table() -> pd.DataFrame:
-    best = {8: 0.95, 16: 0.945, 32: 0.94, 64: 0.93, 128: 0.945}
-    parts = []
-    for i, (batch, accuracy) in enumerate(best.items()):
-        parts.append(
-            trial(f"lin{batch}", batch, [(10, accuracy - 0.1), (20, accuracy)], number=2 * i)
-        )
-        # rule 'none' is a point worse everywhere, and worse still from batch 16
-        none = accuracy - (0.005 if batch == 8 else 0.03)
-        parts.append(
-            trial(
-                f"none{batch}", batch, [(10, none - 0.1), (20, none)], rule="none", number=2 * i + 1
-            )
-        )
-    return table(*parts)
+def test_bootstrap_is_seeded():
+    crossings = first_crossings(synthetic_scaling_table(), 0.9)
+    first = bootstrap_critical_batch(crossings, n_boot=200, seed=3)
+    assert first == bootstrap_critical_batch(crossings, n_boot=200, seed=3)
+    assert first != bootstrap_critical_batch(crossings, n_boot=200, seed=4)
 
 
-def test_tolerance_picks_largest_contiguous_batch_within():
-    m = analysis.degradation_map(tolerance_table(), target=0.9, tolerance=0.01, n_boot=50)
-    assert m.baseline == (8, pytest.approx(0.95))
-    degraded = m.frontier.set_index("batch_size")["degraded"].to_dict()
-    # batch 32 is exactly 1 pt down (within); 64 is 2 pt down; 128 recovers but the run ended
-    assert degraded == {8: False, 16: False, 32: False, 64: True, 128: False}
-    assert m.largest_within == 32
-    assert m.largest_within_by_rule == {"linear": 32, "none": 8}
+def test_perfect_scaling_throughout_has_an_unbounded_critical_batch():
+    batches = np.array([16, 32, 64, 128])
+    fit = fit_critical_batch(batches, 1e5 / batches)
+    assert math.isinf(fit.b_crit)
+    assert regime(4096, fit.b_crit) == "perfect scaling"
 
 
-def test_wider_tolerance_moves_the_frontier():
-    m = analysis.degradation_map(tolerance_table(), target=0.9, tolerance=0.02, n_boot=50)
-    assert m.largest_within == 128
-    assert m.largest_within_by_rule["none"] == 8  # none at 16 is 3.5 pt below
+def test_flat_steps_mean_maximal_data_parallelism():
+    fit = fit_critical_batch([8, 16, 32, 64], [500, 500, 500, 500])
+    assert fit.b_crit == pytest.approx(0, abs=1e-6)
+    assert regime(8, fit.b_crit) == "maximal data parallelism"
 
 
-def test_rule_degraded_at_its_smallest_batch_has_no_frontier():
-    t = table(
-        trial("a", 8, [(10, 0.95)]),
-        trial("b", 32, [(10, 0.90)], rule="sqrt"),
-        trial("c", 32, [(10, 0.95)]),
-    )
-    m = analysis.degradation_map(t, target=0.9, tolerance=0.01, n_boot=50)
-    assert m.largest_within_by_rule == {"linear": 32, "sqrt": None}
+def test_fit_needs_two_batch_sizes_that_reached():
+    assert fit_critical_batch([32], [100]) is None
+    assert fit_critical_batch([32, 32], [100, 120]) is None
+    assert fit_critical_batch([32, 64], [100, math.nan], [math.nan, 500]) is None
 
 
-# --- best hyperparameters and boundary warnings ---------------------------------------------
+@pytest.mark.parametrize(
+    "batch, label",
+    [
+        (64, "perfect scaling"),
+        (128, "perfect scaling"),
+        (256, "diminishing returns"),
+        (1024, "diminishing returns"),
+        (2048, "maximal data parallelism"),
+    ],
+)
+def test_regime_thresholds(batch, label):
+    assert regime(batch, 512.0) == label
+
+
+def test_regime_without_a_fit_is_unknown():
+    assert regime(64, None) is None
+    assert regime(64, math.nan) is None
+
+
+# --- hyperparameters ----------------------------------------------------------------------------
 
 
 def test_best_hyperparameters_and_lr_predictions():
     t = table(
-        trial("a", 8, [(10, 0.9)], base_lr=0.04),
-        trial("b", 8, [(10, 0.8)], base_lr=0.1),
-        trial("c", 32, [(10, 0.9)], base_lr=0.08, rule="sqrt"),
-        trial("d", 128, [(10, 0.9)], outcome="stopped", base_lr=0.1),
+        trial("a", 32, [(100, 0.9)], base_lr=0.05),
+        trial("b", 32, [(100, 0.95)], base_lr=0.1),
+        trial("c", 128, [(100, 0.96)], base_lr=0.08),
+        trial("d", 128, [(40, 0.99)], base_lr=1.0, outcome="stopped", budget_steps=100),
     )
-    best = analysis.best_hyperparameters(analysis.trial_summary(t)).set_index("batch_size")
-    assert best.loc[8, "trial_id"] == "a" and best.loc[8, "actual_lr"] == pytest.approx(0.01)
-    assert best.loc[32, "lr_linear"] == pytest.approx(0.04)
-    assert best.loc[32, "lr_sqrt"] == pytest.approx(0.02)
-    assert best.loc[128, "lr_linear"] == pytest.approx(0.16)
-    assert best.loc[128, "lr_sqrt"] == pytest.approx(0.04)
-    assert best.loc[32, "scaling_rule"] == "sqrt" and best.loc[32, "optimizer"] == "sgd"
+    best = best_hyperparameters(trial_summary(t)).set_index("batch_size")
+    assert best.loc[32, "trial_id"] == "b" and best.loc[128, "trial_id"] == "c"
+    assert best.loc[128, "lr_linear"] == pytest.approx(0.1 * 4)
+    assert best.loc[128, "lr_sqrt"] == pytest.approx(0.1 * 2)
 
 
 def test_boundary_warnings_fire_on_edges_in_the_right_space():
     t = table(
-        trial("hi_lr", 8, [(10, 0.9)], base_lr=0.28),  # log position 0.99: upper edge
-        # 5e-4 would be at 5% of the linear width, but sits mid-range on the log scale
-        trial("mid", 32, [(10, 0.9)], base_lr=0.02, weight_decay=5e-4, warmup=1.96),
-        trial("lo_wd", 128, [(10, 0.9)], base_lr=0.02, weight_decay=1.2e-6, warmup=0.02),
+        trial("a", 32, [(100, 0.95)], base_lr=0.29),
+        trial("b", 128, [(100, 0.95)], weight_decay=1.1e-6),
+        trial("c", 512, [(100, 0.95)], warmup=0.2),
     )
-    best = analysis.best_hyperparameters(analysis.trial_summary(t))
-    warnings = analysis.boundary_warnings(best, RANGES)
-    found = {(w["batch_size"], w["param"], w["side"]) for w in warnings}
-    assert found == {
-        (8, "base_lr", "upper"),
-        (32, "warmup_epochs", "upper"),
+    warnings = boundary_warnings(best_hyperparameters(trial_summary(t)), RANGES)
+    assert {(w["batch_size"], w["param"], w["side"]) for w in warnings} == {
+        (32, "base_lr", "upper"),
         (128, "weight_decay", "lower"),
+        (512, "warmup_fraction", "upper"),
     }
-    # warmup 0.02 is near the 0 bound, which cannot be widened: no warning for it
-    message = next(w["message"] for w in warnings if w["param"] == "base_lr")
-    assert "batch 8" in message and "upper edge" in message and "widen" in message
 
 
-def test_no_boundary_warning_mid_range():
-    t = table(trial("a", 8, [(10, 0.9)], base_lr=0.02, weight_decay=1e-4, warmup=1.0))
-    best = analysis.best_hyperparameters(analysis.trial_summary(t))
-    assert analysis.boundary_warnings(best, RANGES) == []
+def test_no_warmup_is_not_an_edge():
+    t = table(trial("a", 32, [(100, 0.95)], warmup=0.0))
+    assert boundary_warnings(best_hyperparameters(trial_summary(t)), RANGES) == []
 
 
 def test_range_position_log_and_linear():
-    assert analysis.range_position(0.01, 1e-3, 0.1, log=True) == pytest.approx(0.5)
-    assert analysis.range_position(1.0, 0.0, 2.0, log=False) == pytest.approx(0.5)
+    assert range_position(0.01, 1e-3, 0.1, log=True) == pytest.approx(0.5)
+    assert range_position(1.0, 0.0, 2.0, log=False) == pytest.approx(0.5)
 
 
-# --- throughput and odd tables ----------------------------------------------------------------
+# --- throughput and odd tables ------------------------------------------------------------------
 
 
 def test_throughput_median_per_batch_and_workers():
     t = table(
-        trial("a", 8, [(10, 0.5), (20, 0.6), (30, 0.7)], samples_per_second=100.0),
-        trial("b", 8, [(10, 0.5)], samples_per_second=400.0),
-        trial("c", 64, [(10, 0.5)], samples_per_second=900.0),
+        trial("a", 32, [(10, 0.5), (20, 0.6), (30, 0.7)], samples_per_second=100),
+        trial("b", 32, [(10, 0.5)], samples_per_second=300),
     )
-    speed = analysis.throughput(t).set_index("batch_size")
-    assert speed.loc[8, "samples_per_second"] == pytest.approx(100.0)  # median of 100,100,100,400
-    assert speed.loc[8, "trials"] == 2 and speed.loc[8, "epochs"] == 4
-    assert speed.loc[64, "samples_per_second"] == pytest.approx(900.0)
+    speed = throughput(t).set_index("batch_size")
+    assert speed.loc[32, "samples_per_second"] == 100 and speed.loc[32, "windows"] == 4
 
 
-def test_empty_table_gives_an_empty_map():
+def test_an_empty_table_gives_an_empty_map():
     empty = pd.DataFrame(columns=list(COLUMNS))
-    m = analysis.degradation_map(empty, target=0.9, tolerance=0.01, batch_sizes=(8, 32))
-    assert m.frontier["batch_size"].tolist() == [8, 32]
-    assert (m.frontier["trials"] == 0).all() and m.frontier["best_val_acc"].isna().all()
-    assert m.baseline is None and m.largest_within is None and m.fit is None
-    assert m.best_hparams.empty and m.throughput.empty and m.warnings == []
+    m = degradation_map(empty, target=0.9, tolerance=0.01, batch_sizes=(8, 32))
+    assert m.baseline is None and m.fit is None and m.holds_up_to is None
+    assert list(m.frontier["batch_size"]) == [8, 32]
 
 
 def test_only_errored_and_running_trials():
-    t = table(trial("x", 8, [], outcome="errored"), trial("y", 32, [(10, 0.95)], outcome="running"))
-    m = analysis.degradation_map(t, target=0.9, tolerance=0.01, batch_sizes=(8, 32))
-    frontier = m.frontier.set_index("batch_size")
-    assert frontier.loc[8, "errored"] == 1 and frontier.loc[32, "running"] == 1
-    assert m.baseline is None  # a running trial has no final accuracy yet
-    # ... but its evaluation points are real measurements of steps to target
-    assert frontier.loc[32, "steps"] == 10
+    t = table(
+        trial("a", 8, [], outcome="errored"),
+        trial("b", 32, [(10, 0.5)], outcome="running", budget_steps=100),
+    )
+    m = degradation_map(t, target=0.9, tolerance=0.01, batch_sizes=(8, 32))
+    assert m.baseline is None
+    counts = m.frontier.set_index("batch_size")
+    assert counts.loc[8, "errored"] == 1 and counts.loc[32, "running"] == 1
+
+
+def test_an_estimate_knows_its_parts():
+    e = Estimate(mean=0.9, std=0.02, n=4, val_examples=900, source="confirmed")
+    assert e.val_var == pytest.approx(0.9 * 0.1 / 900)
+    assert e.seed_var == pytest.approx(0.02**2 / 4)
+    assert math.isnan(Estimate(0.9, math.nan, 1, 900, "search").seed_var)

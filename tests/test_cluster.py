@@ -317,7 +317,7 @@ def test_study_through_ray_job_submit_uses_both_nodes(two_nodes, tmp_path):
     Each worker asks for 2 CPUs, a whole node, so two concurrent trials can only run on two
     different nodes. The storage is a local path: both "nodes" are this machine.
     """
-    from tuner.results import collect_trials
+    from tuner.store.table import collect_trials
 
     storage = tmp_path / "studies"
     proc = run(
@@ -670,8 +670,8 @@ def local_launcher_config(root: Path, ssh: LoopbackSSH, cluster: LocalRayCluster
 def test_ray_up_smoke_study_ray_down_with_local_provider(tmp_path):
     """`ray up -y` brings a cluster up over SSH, a smoke study runs on it (`ray exec`), the
     results come back (`ray rsync-down`), `ray down -y` takes it down."""
-    from tuner.cluster_config import load_cluster_config
-    from tuner.results import collect_trials
+    from tuner.cluster.config import load_cluster_config
+    from tuner.store.table import collect_trials
 
     cluster = LocalRayCluster()  # for its marker, token and ports: the nodes come from ray up
     ssh = LoopbackSSH(cluster.root, cluster.env)

@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuner.cluster_config import (
-    ClusterConfigError,
-    load_cluster_config,
-    possible_nodes,
-    workers_that_fit,
-)
+from tuner.cluster.capacity import possible_nodes, workers_that_fit
+from tuner.cluster.config import ClusterConfigError, load_cluster_config
 
 ROOT = Path(__file__).resolve().parents[1]
 AWS = ROOT / "cluster.yaml"
@@ -84,7 +80,7 @@ def test_local_config_validates_with_head_and_worker_ips():
 
 def test_cli_prints_ok_for_both_and_fails_in_one_line(tmp_path):
     ok = subprocess.run(
-        [sys.executable, "-m", "tuner.cluster_config", str(AWS), str(LOCAL)],
+        [sys.executable, "-m", "tuner.cluster", str(AWS), str(LOCAL)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -97,7 +93,7 @@ def test_cli_prints_ok_for_both_and_fails_in_one_line(tmp_path):
 
     bad = write(tmp_path, "cluster_name: x\nprovider: aws\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner.cluster_config", str(bad)],
+        [sys.executable, "-m", "tuner.cluster", str(bad)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -17,9 +17,12 @@ def base_config(**overrides):
         base_lr=0.1,
         reference_batch=32,
         momentum=0.9,
-        warmup_epochs=1.0,
+        warmup_fraction=0.1,
         weight_decay=1e-4,
-        epochs=2,
+        budget_unit="epochs",
+        budget_amount=2,
+        min_steps=0,
+        eval_every=0,
         schedule="cosine",
         final_lr_factor=0.0,
         label_smoothing=0.0,
@@ -29,7 +32,9 @@ def base_config(**overrides):
         ghost_batch=128,
         divergence_factor=5.0,
         max_train_examples=0,
+        split_seed=0,
         seed=0,
+        stop_at_accuracy=0.0,
         use_gpu=False,
     )
     values.update(overrides)
@@ -61,7 +66,11 @@ def test_missing_key_fails_loudly():
         ("optimizer", "rmsprop"),
         ("base_lr", -1.0),
         ("bn_mode", "none"),
-        ("epochs", 0),
+        ("budget_unit", "weeks"),
+        ("budget_amount", 0),
+        ("warmup_fraction", 0.3),  # more than a quarter of the budget
+        ("eval_every", -1),
+        ("stop_at_accuracy", 95.0),
     ],
 )
 def test_bad_values_rejected(key, value):

@@ -13,7 +13,7 @@ from tests.test_config import base_config
 from trainables.config import TrialConfig
 from trainables.loop import train
 from trainables.ray_worker import CHECKPOINT_FILE, train_loop_per_worker
-from tuner.session import local_ray_kwargs
+from tuner.cluster.connect import local_ray_kwargs
 
 pytestmark = pytest.mark.ray
 

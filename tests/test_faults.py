@@ -13,7 +13,7 @@ from ray.train.torch import TorchTrainer
 
 from tests.test_config import base_config
 from trainables.ray_worker import train_loop_per_worker
-from tuner.session import local_ray_kwargs
+from tuner.cluster.connect import local_ray_kwargs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

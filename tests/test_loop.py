@@ -27,27 +27,76 @@ def run(overrides=None, splits=None, resume_state=None):
 
 
 def test_learns_digits_and_reports_every_metric():
-    reports, _ = run({"epochs": 3, "batch_size": 32, "base_lr": 0.05})
-    assert [r["epoch"] for r in reports] == [1, 2, 3]
+    reports, _ = run(
+        {"budget_unit": "steps", "budget_amount": 135, "eval_every": 45, "batch_size": 32}
+        | {"base_lr": 0.05}
+    )
+    assert [r["optimizer_steps"] for r in reports] == [45, 90, 135]
     assert reports[-1]["val_acc"] > 0.9
     assert reports[-1]["train_loss"] < reports[0]["train_loss"]
     required = {
-        "epoch",
-        "examples_seen",
         "optimizer_steps",
+        "examples_seen",
+        "epoch",
+        "progress",
+        "budget_steps",
+        "warmup_steps",
         "train_loss",
         "val_loss",
         "val_acc",
+        "val_examples",
         "lr",
         "samples_per_second",
         "diverged",
+        "reached_target",
         "global_batch",
         "per_worker_batch",
         "accumulation_steps",
+        "bn_mode",
+        "bn_batch",
     }
     assert required <= set(reports[0])
-    steps = reports[0]["optimizer_steps"]
-    assert reports[0]["examples_seen"] == steps * 32 and steps == 1437 // 32
+    first = reports[0]
+    assert first["examples_seen"] == 45 * 32 and first["epoch"] == pytest.approx(45 * 32 / 1438)
+    assert first["progress"] == pytest.approx(1 / 3) and reports[-1]["progress"] == 1.0
+    assert first["val_examples"] == 359 and first["budget_steps"] == 135
+
+
+def test_about_twenty_evaluations_by_default_at_every_batch_size():
+    for batch in (8, 512):
+        config = {"batch_size": batch, "budget_unit": "steps", "budget_amount": 60}
+        reports, _ = run(config | {"scaling_rule": "none", "base_lr": 0.05})
+        steps = [r["optimizer_steps"] for r in reports]
+        assert steps == list(range(3, 61, 3)), batch  # every 3 steps: 20 evaluations
+
+
+def test_an_epoch_budget_with_a_floor_gives_large_batches_their_steps():
+    reports, _ = run(
+        {"batch_size": 512, "budget_amount": 2, "min_steps": 30, "eval_every": 10}
+        | {"base_lr": 0.1, "scaling_rule": "none"}
+    )
+    assert reports[-1]["optimizer_steps"] == 30  # 2 epochs alone would be 4 steps
+    assert reports[-1]["epoch"] == pytest.approx(30 * 512 / 1438)
+
+
+def test_warmup_is_a_fraction_of_the_budget_and_the_peak_is_reached():
+    reports, _ = run(
+        {"batch_size": 128, "base_lr": 0.05, "warmup_fraction": 0.2, "schedule": "constant"}
+        | {"budget_unit": "steps", "budget_amount": 40, "eval_every": 4}
+    )
+    assert reports[0]["warmup_steps"] == 8
+    peak = 0.05 * 128 / 32
+    assert reports[0]["lr"] < peak and reports[-1]["lr"] == pytest.approx(peak)
+
+
+def test_stop_at_accuracy_ends_a_trial_at_its_first_evaluation_there():
+    reports, states = run(
+        {"budget_unit": "steps", "budget_amount": 400, "eval_every": 10, "base_lr": 0.05}
+        | {"stop_at_accuracy": 0.8}
+    )
+    assert reports[-1]["reached_target"] is True and reports[-1]["val_acc"] >= 0.8
+    assert all(r["val_acc"] < 0.8 for r in reports[:-1])
+    assert reports[-1]["optimizer_steps"] < 400 and states[-1]["finished"]
 
 
 def test_overfits_one_batch():
@@ -58,9 +107,10 @@ def test_overfits_one_batch():
     reports, _ = run(
         {
             "batch_size": 16,
-            "epochs": 60,
+            "budget_unit": "steps",
+            "budget_amount": 60,
             "base_lr": 0.05,
-            "warmup_epochs": 0,
+            "warmup_fraction": 0,
             "schedule": "constant",
             "weight_decay": 0.0,
             "reference_batch": 16,
@@ -88,29 +138,45 @@ def test_accumulation_gives_the_full_batch_gradient():
 def test_loop_with_accumulation_matches_loop_without():
     # A stable lr: at lr 0.2 the last-bit differences of 4 small matmuls vs 1 big one are
     # amplified chaotically within one epoch (measured 3.5% apart), at 0.01 they agree to 1e-8.
-    common = {"batch_size": 64, "epochs": 1, "base_lr": 0.01}
+    common = {"batch_size": 64, "budget_amount": 1, "base_lr": 0.01, "eval_every": 100}
     no_accum, _ = run({**common, "max_device_batch": 64})
     accum, _ = run({**common, "max_device_batch": 16})
     assert accum[0]["accumulation_steps"] == 4 and no_accum[0]["accumulation_steps"] == 1
-    assert accum[0]["val_loss"] == pytest.approx(no_accum[0]["val_loss"], rel=1e-6)
+    assert accum[-1]["val_loss"] == pytest.approx(no_accum[-1]["val_loss"], rel=1e-6)
 
 
 def test_divergence_ends_the_trial_cleanly():
-    reports, _ = run({"epochs": 5, "base_lr": 1e4, "warmup_epochs": 0})
-    assert len(reports) == 1  # stopped in the first epoch, not raised
-    assert reports[0]["diverged"] is True
-    assert math.isfinite(reports[0]["val_acc"])
+    reports, states = run(
+        {"budget_unit": "steps", "budget_amount": 200, "eval_every": 100, "base_lr": 1e4}
+        | {"warmup_fraction": 0}
+    )
+    assert len(reports) == 1  # stopped at the first divergence check, not raised
+    assert reports[0]["diverged"] is True and reports[0]["optimizer_steps"] == 16
+    assert math.isfinite(reports[0]["val_acc"]) and states[0]["finished"]
 
 
-def test_resume_from_checkpoint_replays_the_same_run():
-    full, states = run({"epochs": 3})
-    # A fresh process restarting from the epoch-1 checkpoint (what Ray Train does after a
-    # worker failure) must produce epochs 2 and 3 exactly as the uninterrupted run did.
-    resumed, _ = run({"epochs": 3}, resume_state=states[0])
-    assert [r["epoch"] for r in resumed] == [2, 3]
+def test_resume_in_the_middle_of_an_epoch_replays_the_same_run():
+    # Batch 32 on digits: 44 steps per epoch; evaluations (and checkpoints) every 30 steps, so
+    # the run resumes at step 30, 14 steps before the end of its first epoch.
+    config = {"budget_unit": "steps", "budget_amount": 90, "eval_every": 30}
+    full, states = run(config)
+    resumed, _ = run(config, resume_state=states[0])
+    assert [r["optimizer_steps"] for r in resumed] == [60, 90]
     for a, b in zip(resumed, full[1:], strict=True):
-        assert a["optimizer_steps"] == b["optimizer_steps"]
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+
+
+def test_resume_replays_augmentation_exactly():
+    splits = load_synthetic((3, 16, 16), n_train=640, n_val=64)
+    splits.augment = "crop_flip"
+    config = {"model": "resnet8", "workload": "resnet8", "dataset": "synthetic"}
+    config |= {"batch_size": 32, "budget_unit": "steps", "budget_amount": 30, "eval_every": 10}
+    config |= {"reference_batch": 128, "max_train_examples": 0}
+    full, states = run(config, splits=copy.deepcopy(splits))
+    resumed, _ = run(config, splits=copy.deepcopy(splits), resume_state=states[0])
+    for a, b in zip(resumed, full[1:], strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
 
 
 def test_worker_slices_compose_the_global_batch():
@@ -123,25 +189,40 @@ def test_worker_slices_compose_the_global_batch():
     assert not torch.equal(other_epoch[0], one[0])
 
 
-def test_resuming_a_finished_run_reports_its_last_epoch_without_training():
-    full, states = run({"epochs": 2})
-    again, _ = run({"epochs": 2}, resume_state=states[-1])
+def test_resuming_a_finished_run_reports_its_last_evaluation_without_training():
+    full, states = run({"budget_unit": "steps", "budget_amount": 20, "eval_every": 10})
+    again, _ = run({"budget_unit": "steps", "budget_amount": 20}, resume_state=states[-1])
     assert again == [full[-1]]
 
 
 def test_ghost_batchnorm_normalises_each_group_on_its_own():
-    from trainables.loop import GhostBatchNorm2d, apply_bn_mode
+    from trainables.batchnorm import GhostBatchNorm2d, apply_bn_mode
 
     model = apply_bn_mode(nn.Sequential(nn.BatchNorm2d(3)), "ghost", ghost_batch=4, world=1)
     assert type(model[0]) is GhostBatchNorm2d
-    x = torch.randn(8, 3, 5, 5) * 3 + 1
+    x = (torch.randn(8, 3, 5, 5) * 3 + 1).requires_grad_()
     out = model.train()(x)
-    plain = nn.BatchNorm2d(3).train()
-    expected = torch.cat([plain(x[:4]), plain(x[4:])])
+    groups = [nn.BatchNorm2d(3).train() for _ in range(2)]
+    expected = torch.cat([g(c) for g, c in zip(groups, x.split(4), strict=True)])
     torch.testing.assert_close(out, expected)
+    # One update of the running statistics per forward, by the mean of the groups' statistics.
+    for name in ("running_mean", "running_var"):
+        mean = torch.stack([getattr(g, name) for g in groups]).mean(0)
+        torch.testing.assert_close(getattr(model[0], name), mean)
     assert not torch.allclose(out, nn.BatchNorm2d(3).train()(x))  # differs from full-batch BN
+    ragged = apply_bn_mode(nn.Sequential(nn.BatchNorm2d(3)), "ghost", ghost_batch=3, world=1)
+    assert ragged.train()(x).shape == x.shape  # 8 = 3 + 3 + 2: group by group
 
 
-def test_bn_mode_is_reported_with_every_epoch():
-    reports, _ = run({"epochs": 1, "bn_mode": "ghost", "ghost_batch": 16})
-    assert reports[0]["bn_mode"] == "ghost16"
+def test_the_bn_batch_is_the_same_at_every_batch_size_with_ghost_batchnorm():
+    splits = load_synthetic((3, 16, 16), n_train=512, n_val=64)
+    seen = {}
+    for batch in (64, 256):
+        config = {"model": "resnet8", "workload": "resnet8", "dataset": "synthetic"}
+        config |= {"batch_size": batch, "budget_unit": "steps", "budget_amount": 1}
+        config |= {"bn_mode": "ghost", "ghost_batch": 32, "reference_batch": 128}
+        reports, _ = run(config, splits=copy.deepcopy(splits))
+        seen[batch] = (reports[0]["bn_mode"], reports[0]["bn_batch"])
+    assert seen == {64: ("ghost32", 32), 256: ("ghost32", 32)}
+    reports, _ = run({"budget_unit": "steps", "budget_amount": 1})  # Simple CNN: no BN
+    assert (reports[0]["bn_mode"], reports[0]["bn_batch"]) == ("none", 0)

@@ -63,7 +63,7 @@ def kill_node(node: subprocess.Popen) -> list[int]:
 def running_on(study_dir: Path, node_id: str) -> set[str]:
     """Running trials whose latest result came from `node_id` at epoch 1 or 2 of 4 (so that the
     kill lands well before they end); empty before the study exists."""
-    from tuner.results import collect_trials
+    from tuner.store.table import collect_trials
 
     if not (study_dir / "study.json").exists():
         return set()
@@ -77,7 +77,7 @@ def running_on(study_dir: Path, node_id: str) -> set[str]:
 
 
 def test_worker_node_killed_mid_study_study_completes_with_report(tmp_path):
-    from tuner.results import collect_trials
+    from tuner.store.table import collect_trials
 
     cluster = LocalRayCluster()
     study = None

@@ -1,7 +1,8 @@
 """Studies in an object store (`--storage s3://...`), against a real S3 endpoint on loopback.
 
-The fast tests drive tuner/storage.py and the CLI's up-front checks; the Ray test kills a study
-mid-run and resumes it from the bucket alone, in a fresh working copy (as on another machine).
+The fast tests drive tuner/store/objects.py and the CLI's up-front checks; the Ray test kills a
+study mid-run and resumes it from the bucket alone, in a fresh working copy (as on another
+machine).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import optuna
 import pytest
 
 from tests.conftest import ROOT, assert_each_epoch_trained_once, run_cli
-from tuner import storage as store
-from tuner.results import collect_trials
+from tuner.store import objects as store
+from tuner.store import optuna_db
+from tuner.store.table import collect_trials
 
 
 @pytest.fixture
@@ -81,22 +83,22 @@ def test_the_freshest_optuna_database_wins(aws, tmp_path):
     local.mkdir()
     make_db(tmp_path / "snap.db", 3)
     store.upload_file(tmp_path / "snap.db", store.join(uri, "optuna-snapshot.db"))
-    assert store.pull_optuna_db(uri, local) == "optuna-snapshot.db"  # nothing local yet
-    assert store.trial_count(local / "optuna.db") == 3
+    assert optuna_db.pull_optuna_db(uri, local) == "optuna-snapshot.db"  # nothing local yet
+    assert optuna_db.trial_count(local / "optuna.db") == 3
     make_db(local / "optuna.db", 2)  # the driver here recorded two more since
-    assert store.pull_optuna_db(uri, local) == "local"
-    assert store.trial_count(local / "optuna.db") == 5
+    assert optuna_db.pull_optuna_db(uri, local) == "local"
+    assert optuna_db.trial_count(local / "optuna.db") == 5
     make_db(tmp_path / "final.db", 6)
     store.upload_file(tmp_path / "final.db", store.join(uri, "optuna.db"))
-    assert store.pull_optuna_db(uri, local) == "optuna.db"
+    assert optuna_db.pull_optuna_db(uri, local) == "optuna.db"
     with pytest.raises(store.StorageError):
-        store.pull_optuna_db("s3://studies/dbs/none", tmp_path / "empty")
+        optuna_db.pull_optuna_db("s3://studies/dbs/none", tmp_path / "empty")
 
 
 def test_a_sqlite_snapshot_is_a_whole_database(tmp_path):
     make_db(tmp_path / "live.db", 4)
-    store.snapshot_sqlite(tmp_path / "live.db", tmp_path / "snap.db")
-    assert store.trial_count(tmp_path / "snap.db") == 4
+    optuna_db.snapshot_sqlite(tmp_path / "live.db", tmp_path / "snap.db")
+    assert optuna_db.trial_count(tmp_path / "snap.db") == 4
     assert not list(tmp_path.glob("*.part"))
 
 

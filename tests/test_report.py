@@ -15,12 +15,20 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_cli
-from tests.test_analysis import synthetic_scaling_table, table, tolerance_table, trial
-from tuner import report as report_module
-from tuner.report import FIGURE_TITLES, main, write_report
-from tuner.results import COLUMNS
-from tuner.search import build_parser, build_spec
+from tests.test_analysis import (
+    confirmations,
+    degradation_table,
+    synthetic_scaling_table,
+    table,
+    trial,
+)
+from tuner.options import build_parser, build_spec
+from tuner.report import write as report_module
+from tuner.report.cli import main
+from tuner.report.figures import FIGURE_TITLES
+from tuner.report.write import write_report
 from tuner.spec import load_spec, save_spec
+from tuner.store.table import COLUMNS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -42,7 +50,7 @@ def make_study(storage: Path, batch_sizes: str, name: str = "hand") -> Path:
             "0.9",
         ]
     )
-    spec = build_spec(args, has_gpus=False)
+    spec = build_spec(args, gpus_available=False)
     save_spec(spec)
     return spec.study_dir
 
@@ -79,35 +87,53 @@ def assert_all_outputs(study_dir: Path) -> None:
 
 
 def test_verdict_on_known_degradation(tmp_path, monkeypatch):
-    study = make_study(tmp_path, "8,16,32,64,128")
-    text = report_on(study, tolerance_table(), monkeypatch)
+    study = make_study(tmp_path, "8,32,128,512")
+    text = report_on(study, degradation_table(), monkeypatch)
     verdict = verdict_of(text)
     assert (
-        "within 1 pt of the batch-8 baseline (95.0%) up to batch 32 with linear scaling" in verdict
+        "accuracy holds within 1.0 pt of the batch-8 baseline (98.0% (3 seed(s), sd 0.5 pt)) "
+        "up to batch 32: 98.0% (3 seed(s), sd 0.2 pt) with linear scaling" in verdict
     )
-    assert "degraded at batch 64 (batch 64: best 93.0%, 2.0 pt below)" in verdict
-    assert "linear up to batch 32, below from batch 64" in verdict
-    assert "none up to batch 8, below from batch 16" in verdict
-    assert "sqrt: no finished trial" in verdict
+    assert "Degraded at batch 512: 93.5% (3 seed(s), sd 0.5 pt), drop 4.5 pt" in verdict
+    assert "Unresolved at batch 128: the drop's bounds straddle the 1.0 pt tolerance" in verdict
     assert_all_outputs(study)
     frontier = pd.read_csv(study / "frontier.csv")
-    assert frontier["batch_size"].tolist() == [8, 16, 32, 64, 128]
-    assert frontier["degraded"].tolist() == [False, False, False, True, False]
+    assert frontier["batch_size"].tolist() == [8, 32, 128, 512]
+    assert frontier["status"].tolist() == ["baseline", "holds", "unresolved", "degraded"]
+    assert frontier["accuracy"].round(4).tolist() == [0.98, 0.98, 0.97, 0.935]
     data = json.loads((study / "frontier.json").read_text())
-    assert data["largest_batch_within_tolerance"] == {
-        "overall": 32,
-        "by_rule": {"linear": 32, "none": 8},
+    assert data["holds_up_to"] == 32
+    assert data["baseline"] == {
+        "batch_size": 8,
+        "accuracy": pytest.approx(0.98),
+        "runs": 3,
+        "source": "confirmed",
+        "val_examples": 10000,
     }
-    assert data["verdict"][0].startswith("Accuracy holds within 1 pt")
 
 
 def test_tolerance_in_points_on_the_command_line(tmp_path, monkeypatch):
-    study = make_study(tmp_path, "8,16,32,64,128")
-    monkeypatch.setattr(report_module, "collect_trials", lambda _: tolerance_table())
-    assert main([str(study), "--tolerance", "2", "--no-tensorboard"]) == 0
+    study = make_study(tmp_path, "8,32,128,512")
+    monkeypatch.setattr(report_module, "collect_trials", lambda _: degradation_table())
+    assert main([str(study), "--tolerance", "10", "--no-tensorboard"]) == 0
     data = json.loads((study / "frontier.json").read_text())
-    assert data["tolerance"] == pytest.approx(0.02)
-    assert data["largest_batch_within_tolerance"]["overall"] == 128
+    assert data["tolerance"] == pytest.approx(0.10)
+    assert data["holds_up_to"] == 512
+
+
+def test_a_validation_set_too_small_for_the_tolerance_is_said(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32")
+    trials = table(
+        trial("a", 8, [(100, 0.99)], val_examples=359),
+        *confirmations(8, [0.98, 0.985, 0.98], val_examples=359),
+        trial("b", 32, [(100, 0.99)], val_examples=359),
+        *confirmations(32, [0.975, 0.98, 0.98], val_examples=359),
+    )
+    verdict = verdict_of(report_on(study, trials, monkeypatch, tensorboard=False))
+    assert (
+        "The validation set is too small to resolve the 1.0 pt tolerance: 359 examples" in verdict
+    )
+    assert "Unresolved at batch 32" in verdict
 
 
 def test_critical_batch_in_report(tmp_path, monkeypatch):
@@ -116,17 +142,48 @@ def test_critical_batch_in_report(tmp_path, monkeypatch):
     critical = json.loads((study / "frontier.json").read_text())["critical_batch"]
     assert critical["status"] == "fit" and critical["points"] == 9
     assert critical["ci_low"] < 512 < critical["ci_high"]
+    assert len(critical["log_residuals"]) == 9
     assert f"Critical batch size about {critical['b_crit']:.3g}" in verdict_of(text)
+    assert "R^2 1, largest residual x1" in verdict_of(text)
     frontier = pd.read_csv(study / "frontier.csv").set_index("batch_size")
     assert frontier.loc[16, "regime"] == "perfect scaling"
     assert frontier.loc[4096, "regime"] == "maximal data parallelism"
     assert frontier.loc[512, "regime"] == "diminishing returns"
 
 
+def test_a_batch_size_short_of_the_target_is_censored_in_the_report(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32,128,512")
+    trials = table(
+        trial("a", 8, [(200, 0.5), (400, 0.91)]),
+        trial("b", 32, [(50, 0.5), (100, 0.92)]),
+        trial("c", 128, [(25, 0.6), (50, 0.93)]),
+        trial("d", 512, [(20, 0.6), (40, 0.8)]),
+    )
+    text = report_on(study, trials, monkeypatch, tensorboard=False)
+    assert "Never reached the target, entered in the fit as lower bounds: batch 512 (> 40" in text
+    assert "| > 40 |" in text
+    critical = json.loads((study / "frontier.json").read_text())["critical_batch"]
+    assert critical["censored_points"] == 1
+
+
+def test_per_rule_verdict_needs_evidence(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,512")
+    parts = []
+    for rule in ("linear", "sqrt"):
+        parts.append(trial(f"{rule}8", 8, [(100, 0.99)], rule=rule, val_examples=10000))
+        parts += confirmations(8, [0.975, 0.98, 0.985], rule=rule, val_examples=10000)
+    parts.append(trial("linear512", 512, [(100, 0.99)], val_examples=10000))
+    parts += confirmations(512, [0.978, 0.98, 0.982], val_examples=10000)
+    parts.append(trial("sqrt512", 512, [(100, 0.99)], rule="sqrt", val_examples=10000))
+    text = report_on(study, table(*parts), monkeypatch, tensorboard=False)
+    assert "linear holds up to batch 512" in verdict_of(text)
+    assert "sqrt holds up to batch 8, not enough evidence at 512" in verdict_of(text)
+
+
 def test_empty_study(tmp_path, monkeypatch):
     study = make_study(tmp_path, "8,32")
     text = report_on(study, pd.DataFrame(columns=list(COLUMNS)), monkeypatch)
-    assert "No trial has finished yet" in verdict_of(text)
+    assert "No trial has run its whole budget yet" in verdict_of(text)
     assert "No trial has started yet" in text
     assert_all_outputs(study)
     assert pd.read_csv(study / "frontier.csv")["trials"].tolist() == [0, 0]
@@ -136,16 +193,15 @@ def test_running_study_without_target_reached(tmp_path, monkeypatch):
     study = make_study(tmp_path, "8,32,128")
     trials = table(
         trial("a", 8, [(64, 0.8), (128, 0.85)]),
-        trial("b", 32, [(16, 0.7)], outcome="running"),
+        trial("b", 32, [(16, 0.7)], outcome="running", budget_steps=100),
         trial("c", 128, [], outcome="errored"),
     )
     text = report_on(study, trials, monkeypatch)
-    assert "Only batch 8 has finished trials" in verdict_of(text)
-    assert "No trial reached the target validation accuracy 90.0%" in verdict_of(text)
+    assert "Only batch 8 has trials that ran their whole budget" in verdict_of(text)
+    assert "batch 8 (> 128 steps), batch 32 (> 16 steps)" in verdict_of(text)
     assert "1 trial(s) have not finished" in text
-    assert "No finished, non-diverged trial at batch 32 (1 running); 128 (1 errored)" in text
+    assert "No run of the whole budget at batch 32 (1 running); 128 (1 errored)" in text
     assert "1 trial(s) errored" in text
-    assert "--target 0.70" in text  # every batch with data reaches 0.70
     assert_all_outputs(study)
 
 
@@ -154,7 +210,7 @@ def test_single_batch_size_study(tmp_path, monkeypatch):
     trials = table(trial("a", 32, [(10, 0.8), (20, 0.95)]), trial("b", 32, [(10, 0.9)]))
     text = report_on(study, trials, monkeypatch)
     assert "single batch size" in text
-    assert "the critical batch size needs at least 2 batch sizes" in verdict_of(text)
+    assert "The critical batch size needs at least 2 batch sizes" in verdict_of(text)
     assert_all_outputs(study)
 
 
@@ -166,17 +222,32 @@ def test_boundary_warning_reaches_the_report(tmp_path, monkeypatch):
     assert "batch 8: best base_lr 0.29 is at the upper edge" in text
 
 
+def test_the_study_section_states_budget_rungs_and_bn(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32")
+    trials = table(
+        trial("a", 8, [(179, 0.9), (358, 0.95)]), trial("b", 32, [(75, 0.9), (150, 0.95)])
+    )
+    text = report_on(study, trials, monkeypatch, tensorboard=False)
+    assert "- budget: 2 epochs per trial: equal data at every batch size" in text
+    assert "and at least 150 steps at every batch size" in text
+    assert (
+        "ASHA rungs at 11%, 33% of the budget, in steps by batch size: 8: 40, 119; 32: 17" in text
+    )
+    assert "- BatchNorm statistics batch: 8: none, 32: none" in text
+
+
 def test_rerun_replaces_the_tensorboard_run(tmp_path, monkeypatch):
     from tensorboard.backend.event_processing import event_accumulator as ea
 
-    study = make_study(tmp_path, "8,16,32,64,128")
-    report_on(study, tolerance_table(), monkeypatch)
-    report_on(study, tolerance_table(), monkeypatch)
+    study = make_study(tmp_path, "8,32,128,512")
+    report_on(study, degradation_table(), monkeypatch)
+    report_on(study, degradation_table(), monkeypatch)
     assert len(list((study / "summary").glob("events.out.tfevents.*"))) == 1
     acc = ea.EventAccumulator(str(study / "summary"), size_guidance={ea.IMAGES: 0, ea.SCALARS: 0})
     acc.Reload()
     assert len(acc.Images("map/accuracy_vs_batch")) == 1
-    assert [e.step for e in acc.Scalars("frontier/best_val_acc")] == [8, 16, 32, 64, 128]
+    assert [e.step for e in acc.Scalars("frontier/accuracy")] == [8, 32, 128, 512]
+    assert [e.value for e in acc.Scalars("frontier/degraded")] == [0.0, 0.0, 0.5, 1.0]
     assert not list(study.glob(".summary*"))
 
 
@@ -188,9 +259,9 @@ def test_hparams_sessions_carry_status_and_plain_metrics(tmp_path, monkeypatch):
     study = make_study(tmp_path, "8,32")
     trials = table(
         trial("ok", 8, [(10, 0.8), (20, 0.95)]),
-        trial("boom", 32, [(5, 0.2)], outcome="diverged", diverged_last=True),
+        trial("boom", 32, [(5, 0.2)], outcome="diverged", diverged_last=True, budget_steps=20),
         trial("dead", 32, [], outcome="errored"),
-        trial("busy", 32, [(5, 0.5)], outcome="running"),
+        trial("busy", 32, [(5, 0.5)], outcome="running", budget_steps=20),
     )
     report_on(study, trials, monkeypatch)
     mux = pem.EventMultiplexer()

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from tests.conftest import ROOT, assert_each_epoch_trained_once, run_cli
-from tuner.results import collect_trials
+from tuner.store.table import collect_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

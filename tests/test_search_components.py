@@ -1,89 +1,53 @@
-"""The balanced Optuna searcher and per-batch-size ASHA, driven directly (no Ray cluster)."""
+"""Tune's side of the search, driven directly (no Ray cluster): the searcher adapter, its
+checkpoints across machines, and ASHA per cell with rungs at fractions of the budget."""
 
-from collections import Counter
-from functools import partial
 from types import SimpleNamespace
 
 import optuna
-from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher
 
-from search_spaces import define_by_run, get_space
-from tuner.scheduler import PerBatchSizeASHA
-from tuner.searcher import BalancedOptunaSearch
-
-GRID = [8, 32, 128, 512]
-
-
-def sqlite_storage(path):
-    return optuna.storages.RDBStorage(f"sqlite:///{path}")
+from tuner.options import build_parser, build_spec
+from tuner.study.experiment import make_searcher
+from tuner.study.scheduler import PerCellASHA
 
 
-def make_searcher(path):
-    return BalancedOptunaSearch(
-        space=partial(define_by_run, space=get_space("simple_cnn"), batch_sizes=GRID),
-        metric="val_acc",
-        mode="max",
-        sampler=optuna.samplers.TPESampler(seed=0),
-        storage_factory=partial(sqlite_storage, path),
-        study_name="t",
-        batch_sizes=GRID,
-        max_epochs=4,
-    )
+def study_spec(*args: str):
+    cli = ["simple_cnn", "--storage", "s3://bucket/studies", "--rules", "linear", *args]
+    return build_spec(build_parser().parse_args(cli), gpus_available=False)
 
 
-def test_every_batch_size_gets_its_share_even_when_tpe_prefers_one(tmp_path):
-    searcher = make_searcher(tmp_path / "o.db")
-    for i in range(20):
-        params = searcher.suggest(f"t{i}")
-        # Reward only batch 8, as a sampler that learned freely would then crowd it.
-        score = 0.99 if params["batch_size"] == 8 else 0.1
-        searcher.on_trial_result(f"t{i}", {"val_acc": score, "epoch": 4})
-        searcher.on_trial_complete(f"t{i}", {"val_acc": score, "epoch": 4})
-    counts = Counter(t.params["batch_size"] for t in searcher._ot_study.trials)
-    assert counts == {8: 5, 32: 5, 128: 5, 512: 5}
-
-
-def test_outcomes_reach_optuna_honestly(tmp_path):
-    storage = sqlite_storage(tmp_path / "o.db")
-    searcher = make_searcher(tmp_path / "o.db")
-    for i in range(4):
-        searcher.suggest(f"t{i}")
-    searcher.on_trial_result("t0", {"val_acc": 0.9, "epoch": 1})
-    searcher.on_trial_result("t0", {"val_acc": 0.95, "epoch": 4})
-    searcher.on_trial_complete("t0", {"val_acc": 0.95, "epoch": 4})  # full budget
-    # Stopped by ASHA at its first rung: Tune passes that result to on_trial_complete only.
-    searcher.on_trial_complete("t1", {"val_acc": 0.5, "epoch": 1})
-    searcher.on_trial_result("t2", {"val_acc": 0.1, "epoch": 1, "diverged": True})
-    searcher.on_trial_complete("t2", {"val_acc": 0.1, "epoch": 1, "diverged": True})
-    searcher.on_trial_complete("t3", None, error=True)
-    trials = optuna.load_study(study_name="t", storage=storage).trials
-    states = [(t.state, t.user_attrs["outcome"]) for t in trials]
-    assert states == [
-        (TrialState.COMPLETE, "completed"),
-        (TrialState.PRUNED, "stopped"),
-        (TrialState.PRUNED, "diverged"),
-        (TrialState.FAIL, "errored"),
-    ]
-    assert trials[0].value == 0.95 and trials[1].intermediate_values == {1: 0.5}
-    assert [t.user_attrs["tune_trial_id"] for t in trials] == ["t0", "t1", "t2", "t3"]
+def test_the_searcher_hands_out_configs_and_reports_outcomes(tmp_path, monkeypatch):
+    monkeypatch.setenv("BATCH_SCALING_CACHE", str(tmp_path))
+    spec = study_spec("--trials", "4", "--seeds", "1")
+    searcher = make_searcher(spec)
+    configs = [searcher.suggest(f"t{i}") for i in range(4)]
+    assert [c["cell"] for c in configs] == ["b8", "b32", "b128", "b512"]
+    assert {c["phase"] for c in configs} == {"search"} and {c["seed"] for c in configs} == {0}
+    for i, _c in enumerate(configs):
+        result = {"val_acc": 0.9, "optimizer_steps": 100, "progress": 1.0}
+        searcher.on_trial_result(f"t{i}", {"val_acc": 0.5, "optimizer_steps": 50})
+        searcher.on_trial_complete(f"t{i}", result if i else {**result, "progress": 0.33})
+    confirm = searcher.suggest("c0")
+    assert confirm["phase"] == "confirm" and confirm["seed"] == 1 and confirm["cell"] == "b32"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{spec.study_dir / 'optuna.db'}")
+    b8 = optuna.load_study(study_name=f"{spec.name}/b8", storage=storage).trials[0]
+    assert b8.state == optuna.trial.TrialState.PRUNED and b8.user_attrs["outcome"] == "stopped"
+    for i in range(1, 3):
+        searcher.suggest(f"c{i}")
+    assert searcher.suggest("c9") == Searcher.FINISHED  # b8 has nothing to confirm
 
 
 def test_a_restored_searcher_reopens_its_database_where_the_study_is_now(tmp_path, monkeypatch):
     """Resume on another machine: the checkpoint names no path, the study's spec finds the
     working copy there, the snapshot saved with the checkpoint is the database, and the
-    restored searcher goes on with the same trials, round robin and sampler."""
-    from tuner.driver import make_searcher as study_searcher
-    from tuner.search import build_parser, build_spec
-
-    args = build_parser().parse_args(["simple_cnn", "--storage", "s3://bucket/studies"])
-    spec = build_spec(args, has_gpus=False)
+    restored searcher goes on with the same trials, round robin and samplers."""
+    spec = study_spec()
     monkeypatch.setenv("BATCH_SCALING_CACHE", str(tmp_path / "here"))
-    searcher = study_searcher(spec, get_space("simple_cnn"))
+    searcher = make_searcher(spec)
     for i in range(3):
         searcher.suggest(f"t{i}")
-        searcher.on_trial_result(f"t{i}", {"val_acc": 0.5 + i / 10, "epoch": spec.epochs})
-        searcher.on_trial_complete(f"t{i}", {"val_acc": 0.5 + i / 10, "epoch": spec.epochs})
+        searcher.on_trial_complete(f"t{i}", {"val_acc": 0.5 + i / 10, "progress": 1.0})
     searcher.suggest("t3")  # running at the checkpoint
     staging = tmp_path / "staging"
     staging.mkdir()
@@ -93,49 +57,71 @@ def test_a_restored_searcher_reopens_its_database_where_the_study_is_now(tmp_pat
     monkeypatch.setenv("BATCH_SCALING_CACHE", str(tmp_path / "there"))
     spec.study_dir.mkdir(parents=True)
     (staging / "optuna-snapshot.db").rename(spec.study_dir / "optuna.db")
-    moved = study_searcher(spec, get_space("simple_cnn"))
+    moved = make_searcher(spec)
     moved.restore(str(staging / "searcher-state.pkl"))
 
-    assert str(tmp_path / "there") in moved._storage.url
-    moved.on_trial_result("t3", {"val_acc": 0.9, "epoch": spec.epochs})
-    moved.on_trial_complete("t3", {"val_acc": 0.9, "epoch": spec.epochs})
-    next_batch = moved.suggest("t4")["batch_size"]
-    assert next_batch == spec.batch_sizes[0]  # 4 assigned before; t4 starts the next round
-    trials = optuna.load_study(study_name=spec.name, storage=moved._storage).trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4 + [TrialState.RUNNING]
-    assert trials[3].value == 0.9 and trials[4].params["batch_size"] == next_batch
+    assert str(tmp_path / "there") in moved.search.storage_url
+    moved.on_trial_complete("t3", {"val_acc": 0.9, "progress": 1.0})
+    assert moved.suggest("t4")["cell"] == "b8"  # 4 assigned before; t4 starts the next round
+    storage = optuna.storages.RDBStorage(moved.search.storage_url)
+    b512 = optuna.load_study(study_name=f"{spec.name}/b512", storage=storage).trials
+    assert [t.state for t in b512] == [optuna.trial.TrialState.COMPLETE]
+    assert b512[0].value == 0.9
 
 
-def test_a_searcher_pickles_without_its_database_path(tmp_path):
+def test_a_searcher_pickles_without_its_database(tmp_path, monkeypatch):
     """tuner.pkl pickles the searcher (cloudpickle): it must carry no live storage."""
     import ray.cloudpickle as cloudpickle
 
-    searcher = make_searcher(tmp_path / "o.db")
+    monkeypatch.setenv("BATCH_SCALING_CACHE", str(tmp_path))
+    searcher = make_searcher(study_spec())
     searcher.suggest("t0")
-    copy = cloudpickle.loads(cloudpickle.dumps(searcher))
-    assert copy._ot_trials["t0"]._trial_id == searcher._ot_trials["t0"]._trial_id
-    assert not {"_storage", "_ot_study"} & set(searcher.__getstate__())
+    data = cloudpickle.dumps(searcher)
+    assert b"sqlite" not in data
+    copy = cloudpickle.loads(data)
+    assert copy.search.trials == searcher.search.trials
 
 
-def trial(tid, batch):
-    return SimpleNamespace(trial_id=tid, config={"batch_size": batch})
+def trial(tid, cell, phase="search"):
+    return SimpleNamespace(trial_id=tid, config={"cell": cell, "phase": phase})
 
 
-def test_asha_compares_a_trial_only_with_its_own_batch_size():
-    scheduler = PerBatchSizeASHA(
-        metric="val_acc", mode="max", max_t=9, grace_period=1, reduction_factor=2
-    )
-    small = [trial(f"s{i}", 8) for i in range(2)]
-    large = trial("l0", 512)
+def test_asha_compares_a_trial_only_within_its_cell_at_equal_progress():
+    scheduler = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
+    small = [trial(f"s{i}", "b8") for i in range(2)]
+    large = trial("l0", "b512")
     for t in (*small, large):
         scheduler.on_trial_add(None, t)
-    # Small batches reach 0.9 at epoch 1; the large batch only 0.3 (fewer steps so far).
+    # Small batches reach 0.9 at their first rung; the large batch only 0.3.
     for t in small:
-        scheduler.on_trial_result(None, t, {"epoch": 1, "val_acc": 0.9})
-    action = scheduler.on_trial_result(None, large, {"epoch": 1, "val_acc": 0.3})
-    assert action == TrialScheduler.CONTINUE  # first of its batch size: no peers to lose to
-    weaker_large = trial("l1", 512)
-    scheduler.on_trial_add(None, weaker_large)
-    action = scheduler.on_trial_result(None, weaker_large, {"epoch": 1, "val_acc": 0.2})
-    assert action == TrialScheduler.STOP  # worse than its peer at the same batch size
-    assert scheduler.stopped == {8: 0, 512: 1}
+        scheduler.on_trial_result(None, t, {"progress": 1 / 9, "val_acc": 0.9})
+    action = scheduler.on_trial_result(None, large, {"progress": 1 / 9, "val_acc": 0.3})
+    assert action == TrialScheduler.CONTINUE  # first of its cell: no peers to lose to
+    weaker = trial("l1", "b512")
+    scheduler.on_trial_add(None, weaker)
+    # Before the rung nothing is decided, however poor the trial looks.
+    assert scheduler.on_trial_result(None, weaker, {"progress": 0.1, "val_acc": 0.1}) == "CONTINUE"
+    action = scheduler.on_trial_result(None, weaker, {"progress": 0.12, "val_acc": 0.2})
+    assert action == TrialScheduler.STOP  # worse than its peer at the same rung
+    assert scheduler.stopped == {"b8": 0, "b512": 1}
+
+
+def test_confirmation_runs_are_never_stopped():
+    scheduler = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
+    best = trial("s", "b8")
+    scheduler.on_trial_add(None, best)
+    scheduler.on_trial_result(None, best, {"progress": 1 / 9, "val_acc": 0.99})
+    confirm = trial("c", "b8", phase="confirm")
+    scheduler.on_trial_add(None, confirm)
+    for progress in (1 / 9, 1 / 3, 0.9):
+        assert scheduler.on_trial_result(None, confirm, {"progress": progress, "val_acc": 0.01})
+    assert scheduler.stopped == {"b8": 0}
+
+
+def test_rungs_are_real_fractions_of_every_batch_sizes_budget():
+    spec = study_spec()
+    assert spec.rungs() == [1 / 9, 1 / 3]
+    # digits: 2 epochs with at least 150 steps: the first rung is 17+ steps at every batch size
+    budget = spec.budget_spec()
+    for batch in spec.batch_sizes:
+        assert spec.rungs()[0] * budget.steps(1438, batch) >= 16

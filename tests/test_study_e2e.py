@@ -7,7 +7,7 @@ import optuna
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tuner.results import collect_trials
+from tuner.store.table import collect_trials
 
 pytestmark = pytest.mark.ray
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from search_spaces import SPACES
+from trainables.budget import Budget
 from trainables.data import DATASET_NAMES, NEEDS_FILES, load_dataset
 from trainables.loop import synthetic_shape
 from trainables.models import build_model
@@ -41,7 +42,8 @@ def test_registry_entries_are_consistent(workload):
     for dataset, settings in w.datasets.items():
         assert dataset in DATASET_NAMES
         assert list(settings.batch_sizes) == sorted(set(settings.batch_sizes))
-        assert 0 < settings.target_accuracy < 1 and settings.epochs >= 1
+        assert 0 < settings.target_accuracy < 1
+        assert Budget.parse(settings.budget, settings.min_steps).steps(1000, 8) >= 1
 
 
 def test_unknown_workload_lists_known_ones():

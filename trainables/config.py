@@ -10,9 +10,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from trainables.budget import UNITS, Budget
 from trainables.optim import OPTIMIZERS, SCALING_RULES, SCHEDULES, scaled_lr
 
 BN_MODES = ("per_worker", "sync", "ghost")
+# Warmup is a fraction of the budget, and never more than this (science.md section 2: Goyal et
+# al. warm up over 5 of 90 epochs, 6%); longer, the peak lr would hardly be used.
+WARMUP_MAX_FRACTION = 0.25
 
 
 class ConfigError(ValueError):
@@ -70,9 +74,12 @@ class TrialConfig:
     base_lr: float
     reference_batch: int
     momentum: float
-    warmup_epochs: float
+    warmup_fraction: float  # of the budget's steps; Goyal et al.'s ramp from base to peak lr
     weight_decay: float
-    epochs: int
+    budget_unit: str  # epochs, steps or examples (trainables.budget)
+    budget_amount: float
+    min_steps: int  # floor of the budget in steps at every batch size (0: none)
+    eval_every: int  # optimizer steps between evaluations (0: about 20 per trial)
     schedule: str
     final_lr_factor: float
     label_smoothing: float
@@ -82,7 +89,9 @@ class TrialConfig:
     ghost_batch: int
     divergence_factor: float
     max_train_examples: int  # 0: the whole training split; else a seeded subset (smoke runs)
-    seed: int
+    split_seed: int  # the held-out validation split: the same for every trial of a study
+    seed: int  # initial weights and batch order: varied only by confirmation runs
+    stop_at_accuracy: float  # end the trial once validation accuracy reaches this (0: never)
     use_gpu: bool
 
     @classmethod
@@ -109,9 +118,14 @@ class TrialConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.bn_mode in BN_MODES, f"bn_mode must be one of {BN_MODES}"),
             (self.base_lr > 0, "base_lr must be positive"),
-            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (
+                0 <= self.warmup_fraction <= WARMUP_MAX_FRACTION,
+                f"warmup_fraction must be in [0, {WARMUP_MAX_FRACTION}] of the budget",
+            ),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.budget_unit in UNITS, f"budget_unit must be one of {UNITS}"),
+            (self.eval_every >= 0, "eval_every must be >= 0 (0: about 20 evaluations)"),
+            (0 <= self.stop_at_accuracy <= 1, "stop_at_accuracy must be in [0, 1]"),
             (self.reference_batch >= 1, "reference_batch must be >= 1"),
             (0 <= self.final_lr_factor <= 1, "final_lr_factor must be in [0, 1]"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
@@ -122,7 +136,14 @@ class TrialConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.budget()  # raises on an impossible budget
         self.layout()  # raises on an impossible split
+
+    def budget(self) -> Budget:
+        try:
+            return Budget(self.budget_unit, self.budget_amount, self.min_steps)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def layout(self) -> BatchLayout:
         return batch_layout(self.batch_size, self.num_workers, self.max_device_batch)

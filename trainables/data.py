@@ -67,12 +67,13 @@ def steps_per_epoch(n: int, global_batch: int) -> int:
 
 
 def worker_batches(
-    n: int, global_batch: int, seed: int, epoch: int, rank: int, world: int
+    n: int, global_batch: int, seed: int, epoch: int, rank: int, world: int, start: int = 0
 ) -> Iterator[torch.Tensor]:
-    """Yield this worker's example indices for every global batch of `epoch`."""
+    """Yield this worker's example indices for every global batch of `epoch`, from the
+    `start`-th one on (a run resumed in the middle of an epoch replays exactly the rest)."""
     order = epoch_permutation(n, seed, epoch)
     share = global_batch // world
-    for step in range(steps_per_epoch(n, global_batch)):
+    for step in range(start, steps_per_epoch(n, global_batch)):
         start = step * global_batch + rank * share
         yield order[start : start + share]
 
@@ -84,6 +85,13 @@ def shard(n: int, rank: int, world: int) -> range:
 
 
 # ---------------------------------------------------------------- augmentation
+
+
+def augment_generator(seed: int, epoch: int, position: int, rank: int) -> torch.Generator:
+    """The random draws of one batch's augmentation: fixed by its place in the run, so a run
+    resumed in the middle of an epoch augments the rest exactly as the uninterrupted run."""
+    key = ((seed * 1_000_003 + epoch) * 1_000_003 + position) * 1_009 + rank
+    return torch.Generator().manual_seed(key % 2**62)
 
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -356,18 +364,21 @@ class BatchSource:
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(len(self.splits.train), self.global_batch)
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This worker's share of every global batch of `epoch`."""
+    def train_batches(
+        self, epoch: int, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This worker's share of every global batch of `epoch`, from the `start`-th on."""
         n = len(self.splits.train)
-        indices = worker_batches(n, self.global_batch, self.seed, epoch, self.rank, self.world)
+        indices = worker_batches(
+            n, self.global_batch, self.seed, epoch, self.rank, self.world, start
+        )
         if self.in_memory:
-            generator = torch.Generator().manual_seed(hash((self.seed, epoch, self.rank)) % 2**62)
             data = self.splits.train
-            for idx in indices:
+            for position, idx in enumerate(indices, start):
                 idx = idx.to(self.device)
                 x = data.x[idx]
                 if self.splits.augment == "crop_flip":
-                    x = crop_flip(x, generator)
+                    x = crop_flip(x, augment_generator(self.seed, epoch, position, self.rank))
                 yield x, data.y[idx]
         else:
             loader = DataLoader(

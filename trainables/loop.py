@@ -1,9 +1,11 @@
 """The training loop: plain PyTorch, the same in-process, in tests and inside Ray Train workers.
 
-`train(config, ...)` runs a trial epoch by epoch and hands every epoch's metrics (and, for
-checkpointing, the full training state) to a `report` callable. Distributed data parallelism is
-whatever `wrap_model` returns (Ray's `prepare_model` gives DDP); all cross-worker reductions go
-through `_all_reduce_sum`, which is a no-op in a single process.
+`train(config, ...)` runs a trial for its budget in optimizer steps (`trainables.budget`) and,
+every `eval_every` steps and at its end, evaluates on the held-out split and hands the metrics
+(and, for checkpointing, the full training state) to a `report` callable. A run resumed from a
+state continues at its exact step, in the middle of an epoch if need be, with the same data
+order. Distributed data parallelism is whatever `wrap_model` returns (Ray's `prepare_model`
+gives DDP); all cross-worker reductions go through `_all_reduce_sum`, a no-op in one process.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from trainables.batchnorm import apply_bn_mode, bn_batch, bn_label
+from trainables.budget import default_eval_every, evaluation_steps, warmup_steps
 from trainables.config import TrialConfig
 from trainables.data import BatchSource, Splits, load_dataset
 from trainables.models import build_model
@@ -25,35 +29,6 @@ from trainables.optim import build_optimizer, lr_at_step, param_groups, set_lr
 
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 DIVERGENCE_CHECK_EVERY = 16  # steps between cross-worker divergence checks (one tiny all-reduce)
-
-
-class GhostBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm whose training statistics come from chunks of `ghost_batch` (Hoffer et al.).
-
-    Running statistics are updated once per chunk, so their effective momentum is higher than
-    with one update per batch; evaluation is plain BatchNorm.
-    """
-
-    ghost_batch: int = 128
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or x.shape[0] <= self.ghost_batch:
-            return super().forward(x)
-        return torch.cat(
-            [super(GhostBatchNorm2d, self).forward(c) for c in x.split(self.ghost_batch)]
-        )
-
-
-def apply_bn_mode(model: nn.Module, mode: str, ghost_batch: int, world: int) -> nn.Module:
-    """Per-worker statistics (Goyal et al., the default), synchronised, or ghost BatchNorm."""
-    if mode == "sync" and world > 1:
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if mode == "ghost":
-        for module in model.modules():
-            if type(module) is nn.BatchNorm2d:
-                module.__class__ = GhostBatchNorm2d
-                module.ghost_batch = ghost_batch
-    return model
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -71,8 +46,9 @@ def _autocast(device: torch.device):
 
 def evaluate(
     model: nn.Module, source: BatchSource, batch: int, device: torch.device
-) -> tuple[float, float]:
-    """Validation loss and accuracy over the whole held-out split, summed across workers."""
+) -> tuple[float, float, int]:
+    """Validation loss, accuracy and example count over the whole held-out split, summed
+    across workers."""
     model.eval()
     totals = torch.zeros(3, device=device, dtype=torch.float64)
     criterion = nn.CrossEntropyLoss(reduction="sum")
@@ -83,7 +59,8 @@ def evaluate(
             totals[1] += (logits.argmax(1) == y).sum()
             totals[2] += len(y)
     loss_sum, correct, count = _all_reduce_sum(totals).tolist()
-    return loss_sum / count, correct / count
+    model.train()
+    return loss_sum / count, correct / count, int(count)
 
 
 def train(
@@ -97,30 +74,37 @@ def train(
     resume_state: dict[str, Any] | None = None,
     splits: Splits | None = None,
 ) -> None:
-    """Train one trial; call `report(metrics, state)` after every epoch.
+    """Train one trial for its budget; call `report(metrics, state)` after every evaluation.
 
     Stops early, reporting `diverged=True`, when the training loss turns non-finite or exceeds
-    `divergence_factor` x the chance-level loss ln(num_classes).
+    `divergence_factor` x the chance-level loss ln(num_classes); and, with `stop_at_accuracy`,
+    once validation accuracy reaches it (`reached_target=True`).
     """
     device = device or torch.device("cpu")
     layout = config.layout()
     if world != layout.workers:
         raise ValueError(f"config asks for {layout.workers} workers but {world} are running")
+    if resume_state and resume_state.get("finished"):
+        # The run had ended (full budget, diverged or at target) before its driver was
+        # restarted: report the final evaluation again instead of training anything twice.
+        report(resume_state["metrics"], None)
+        return
     torch.manual_seed(config.seed)  # same initial weights on every worker and every retry
     if splits is None:
         splits = load_dataset(
             config.dataset,
             config.data_dir,
-            config.seed,
+            config.split_seed,
             synthetic_shape(config.model),
             config.max_train_examples,
         )
     source = BatchSource(splits, config.batch_size, rank, world, config.seed, device)
-    steps_per_epoch = source.steps_per_epoch
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"batch {config.batch_size} exceeds the {len(splits.train)} training examples"
-        )
+    per_epoch = source.steps_per_epoch
+    n_train = len(splits.train)
+    if per_epoch < 1:
+        raise ValueError(f"batch {config.batch_size} exceeds the {n_train} training examples")
+    total = config.budget().steps(n_train, config.batch_size)
+    evaluations = evaluation_steps(total, config.eval_every or default_eval_every(total))
 
     model = build_model(config.model, splits.input_shape, splits.num_classes)
     model = apply_bn_mode(model, config.bn_mode, config.ghost_batch, world).to(device)
@@ -130,124 +114,138 @@ def train(
         lr=config.peak_lr,
         momentum=config.momentum,
     )
-    start_epoch, step = 0, 0
+    step = 0
     if resume_state:
-        if resume_state.get("finished"):
-            # The run had ended (full budget or diverged) before its driver was restarted:
-            # report the final epoch again instead of training anything twice.
-            report(resume_state["metrics"], None)
-            return
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
-        start_epoch, step = resume_state["epoch"], resume_state["step"]
+        step = resume_state["step"]
     ddp_model = wrap_model(model)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     schedule = dict(
         peak_lr=config.peak_lr,
         base_lr=config.base_lr,
-        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
-        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=warmup_steps(config.warmup_fraction, total),
+        total_steps=total,
         schedule=config.schedule,
         final_factor=config.final_lr_factor,
     )
     loss_limit = config.divergence_factor * math.log(splits.num_classes)
     eval_batch = min(max(layout.micro_batch, 256), config.max_device_batch)
-    layout_metrics = {
+    constants = {
+        "budget_steps": total,
+        "warmup_steps": schedule["warmup_steps"],
+        "peak_lr": config.peak_lr,
         "global_batch": layout.global_batch,
         "per_worker_batch": layout.per_worker,
         "accumulation_steps": layout.accumulation_steps,
         "micro_batch": layout.micro_batch,
         "workers": layout.workers,
         # BN statistics change what is measured (per worker, synchronised, ghost groups).
-        "bn_mode": config.bn_mode if config.bn_mode != "ghost" else f"ghost{config.ghost_batch}",
+        "bn_mode": bn_label(model, config.bn_mode, config.ghost_batch, layout.micro_batch, world),
+        "bn_batch": bn_batch(config.bn_mode, config.ghost_batch, layout.micro_batch, world),
     }
+    if constants["bn_mode"] == "none":
+        constants["bn_batch"] = 0  # no BatchNorm in the model
 
-    for epoch in range(start_epoch, config.epochs):
-        ddp_model.train()
-        started = time.perf_counter()
-        # [loss sum, batches, non-finite count] for the epoch and for the current check window
-        epoch_sums = torch.zeros(3, device=device, dtype=torch.float64)
-        window = torch.zeros(3, device=device, dtype=torch.float64)
-        diverged = False
-        lr = schedule["peak_lr"]
-        for x, y in source.train_batches(epoch):
+    # [loss sum, steps, non-finite count] since the last evaluation and for the current check
+    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    window = torch.zeros(3, device=device, dtype=torch.float64)
+    next_eval = iter([s for s in evaluations if s > step])
+    due = next(next_eval)
+    started, since, lr, diverged = time.perf_counter(), step, config.peak_lr, False
+    ddp_model.train()
+    while step < total and not diverged:
+        epoch, offset = divmod(step, per_epoch)
+        for x, y in source.train_batches(epoch, start=offset):
             lr = lr_at_step(step, **schedule)
             set_lr(optimizer, lr)
-            micro_x = x.split(layout.micro_batch)
-            micro_y = y.split(layout.micro_batch)
-            step_loss = torch.zeros((), device=device, dtype=torch.float64)
-            for i, (xm, ym) in enumerate(zip(micro_x, micro_y, strict=True)):
-                last = i == len(micro_x) - 1
-                # Skip DDP's gradient all-reduce on all but the last micro-batch.
-                sync = (
-                    contextlib.nullcontext()
-                    if last or not hasattr(ddp_model, "no_sync")
-                    else ddp_model.no_sync()
-                )
-                with sync, _autocast(device):
-                    loss = criterion(ddp_model(xm).float(), ym) / len(micro_x)
-                loss.backward()
-                step_loss += loss.detach().double()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            window += _train_step(ddp_model, optimizer, criterion, x, y, layout, device)
             step += 1
-            finite = torch.isfinite(step_loss)
-            window += torch.stack(
-                [
-                    torch.where(finite, step_loss, 0.0),
-                    torch.ones_like(step_loss),
-                    (~finite).double(),
-                ]
-            )
-            if step % DIVERGENCE_CHECK_EVERY == 0:
-                diverged = _check_divergence(window, epoch_sums, loss_limit)
-                if diverged:
-                    break
-        if not diverged:
-            diverged = _check_divergence(window, epoch_sums, loss_limit)
-        train_time = time.perf_counter() - started
-        loss_sum, batches, _ = epoch_sums.tolist()
-        val_loss, val_acc = evaluate(ddp_model, source, eval_batch, device)
-        examples = step * config.batch_size
-        epoch_examples = (step - (epoch * steps_per_epoch)) * config.batch_size
-        metrics = {
-            "epoch": epoch + 1,
-            "examples_seen": examples,
-            "optimizer_steps": step,
-            "train_loss": loss_sum / max(batches, 1),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": lr,
-            "peak_lr": config.peak_lr,
-            "samples_per_second": epoch_examples / max(train_time, 1e-9),
-            "epoch_time_s": time.perf_counter() - started,
-            "diverged": diverged,
-            **layout_metrics,
-        }
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1,
-            "step": step,
-            "metrics": metrics,
-            "finished": diverged or epoch + 1 == config.epochs,
-        }
-        report(metrics, state)
-        if diverged:
-            return
+            if step % DIVERGENCE_CHECK_EVERY == 0 or step == due:
+                diverged = _check_divergence(window, sums, loss_limit)
+            if step != due and not diverged:
+                continue
+            train_time = time.perf_counter() - started
+            val_loss, val_acc, val_examples = evaluate(ddp_model, source, eval_batch, device)
+            loss_sum, steps, _ = sums.tolist()
+            examples = step * config.batch_size
+            reached = 0 < config.stop_at_accuracy <= val_acc
+            metrics = {
+                "optimizer_steps": step,
+                "examples_seen": examples,
+                "epoch": examples / n_train,
+                "progress": step / total,
+                "train_loss": loss_sum / max(steps, 1),
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "val_examples": val_examples,
+                "lr": lr,
+                "samples_per_second": (step - since) * config.batch_size / max(train_time, 1e-9),
+                "window_time_s": time.perf_counter() - started,
+                "diverged": diverged,
+                "reached_target": reached,
+                **constants,
+            }
+            finished = diverged or reached or step == total
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "metrics": metrics,
+                "finished": finished,
+            }
+            report(metrics, state)
+            if finished:
+                return
+            sums.zero_()
+            due = next(next_eval)
+            started, since = time.perf_counter(), step
 
 
-def _check_divergence(window: torch.Tensor, epoch_sums: torch.Tensor, loss_limit: float) -> bool:
-    """All-reduce the window's [loss sum, batches, non-finite]; fold it into the epoch sums."""
+def _train_step(
+    ddp_model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layout: Any,
+    device: torch.device,
+) -> torch.Tensor:
+    """One optimizer step over this worker's share, accumulating over micro-batches; returns
+    [loss, 1, non-finite] to add to the divergence window (no host sync here)."""
+    micro_x, micro_y = x.split(layout.micro_batch), y.split(layout.micro_batch)
+    step_loss = torch.zeros((), device=device, dtype=torch.float64)
+    for i, (xm, ym) in enumerate(zip(micro_x, micro_y, strict=True)):
+        last = i == len(micro_x) - 1
+        # Skip DDP's gradient all-reduce on all but the last micro-batch.
+        sync = (
+            contextlib.nullcontext()
+            if last or not hasattr(ddp_model, "no_sync")
+            else ddp_model.no_sync()
+        )
+        with sync, _autocast(device):
+            loss = criterion(ddp_model(xm).float(), ym) / len(micro_x)
+        loss.backward()
+        step_loss += loss.detach().double()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    finite = torch.isfinite(step_loss)
+    return torch.stack(
+        [torch.where(finite, step_loss, 0.0), torch.ones_like(step_loss), (~finite).double()]
+    )
+
+
+def _check_divergence(window: torch.Tensor, sums: torch.Tensor, loss_limit: float) -> bool:
+    """All-reduce the window's [loss sum, steps, non-finite]; fold it into the running sums."""
     totals = _all_reduce_sum(window.clone())
-    epoch_sums += totals
-    loss_sum, batches, bad = totals.tolist()
+    sums += totals
+    loss_sum, steps, bad = totals.tolist()
     window.zero_()
-    if batches == 0:
+    if steps == 0:
         return False
     # Both sums run over workers and steps, so their ratio is the mean per-step loss.
-    return bad > 0 or loss_sum / batches > loss_limit
+    return bad > 0 or loss_sum / steps > loss_limit
 
 
 def synthetic_shape(model: str) -> tuple[int, ...]:

@@ -15,11 +15,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from search_spaces.cells import STRATA, Cell, study_cells
+from search_spaces.spaces import SearchSpace
+from trainables.budget import Budget, BudgetError
 from trainables.config import BatchLayout, ConfigError, TrialConfig, batch_layout
 from trainables.workloads import get_workload
-from tuner import storage as store
+from tuner.store import objects as store
+from tuner.store.names import SPEC_FILE
 
-SPEC_FILE = "study.json"
 PACKAGES = (
     "ray",
     "torch",
@@ -39,7 +42,7 @@ def study_location(storage: str, name: str) -> tuple[Path, str]:
 
     A directory: both are `storage/name`. An object-store URI: the study is `URI/name`, and the
     local directory is this machine's working copy of it (computed here, on whichever machine
-    asks, so a study resumes anywhere; tuner/storage.py).
+    asks, so a study resumes anywhere; tuner/store/objects.py).
     """
     if store.is_uri(storage):
         return store.working_copy(storage) / name, store.join(storage, name)
@@ -54,8 +57,10 @@ class StudySpec:
     dataset: str
     data_dir: str | None
     batch_sizes: tuple[int, ...]
-    trials: int
-    epochs: int
+    trials: int  # search trials; confirmation runs come on top (cells x seeds)
+    budget: str  # UNIT:AMOUNT per trial, trainables.budget (epochs:2, steps:300, ...)
+    min_steps: int  # every batch size trains at least this many optimizer steps
+    eval_every: int  # optimizer steps between evaluations; 0: about 20 per trial
     workers_per_trial: int
     cpus_per_worker: float
     gpus_per_worker: float
@@ -67,11 +72,14 @@ class StudySpec:
     max_train_examples: int
     bn_mode: str
     ghost_batch: int
-    grace_epochs: int
+    grace: float  # ASHA's first rung, a fraction of the budget
     reduction_factor: int
     divergence_factor: float
     worker_retries: int
     target_accuracy: float
+    stop_at_target: bool
+    strata: tuple[str, ...]  # dimensions with a cell each: "rule", "optimizer"
+    seeds: int  # confirmation runs of each cell's best configuration
     search_ranges: dict[str, Any]
 
     @property
@@ -93,6 +101,34 @@ class StudySpec:
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
 
+    def budget_spec(self) -> Budget:
+        """The per-trial budget (raises ConfigError on a malformed one)."""
+        try:
+            return Budget.parse(self.budget, self.min_steps)
+        except BudgetError as error:
+            raise ConfigError(f"--budget {self.budget}: {error}") from None
+
+    def space(self) -> SearchSpace:
+        return SearchSpace.from_ranges(self.search_ranges)
+
+    def cells(self) -> list[Cell]:
+        """The study's cells: batch size x each stratified dimension."""
+        return study_cells(self.batch_sizes, self.space(), self.strata)
+
+    @property
+    def confirmation_trials(self) -> int:
+        """The most confirmation runs the study can have (a cell without a finished best trial
+        has none)."""
+        return len(self.cells()) * self.seeds
+
+    def rungs(self) -> list[float]:
+        """ASHA's rungs as fractions of the budget, below its end: grace, grace * rf, ..."""
+        out, rung = [], self.grace
+        while rung < 1 - 1e-9:
+            out.append(rung)
+            rung *= self.reduction_factor
+        return out
+
     def layouts(self) -> dict[int, BatchLayout]:
         """The split of every batch size of the grid (raises on an impossible one)."""
         return {
@@ -102,32 +138,71 @@ class StudySpec:
 
     def validate(self) -> None:
         """Fail up front, in one line, on a spec that cannot run."""
-        if self.trials < len(self.batch_sizes):
-            raise ConfigError(
-                f"{self.trials} trials cannot cover {len(self.batch_sizes)} batch "
-                f"sizes; use --trials >= {len(self.batch_sizes)}"
-            )
         if sorted(set(self.batch_sizes)) != list(self.batch_sizes):
             raise ConfigError("batch sizes must be distinct and increasing")
+        unknown = [s for s in self.strata if s not in STRATA]
+        if unknown:
+            raise ConfigError(f"--stratify {','.join(unknown)}: use rule, optimizer or none")
+        cells = self.cells()
+        if self.trials < len(cells):
+            raise ConfigError(
+                f"{self.trials} trials cannot cover the {len(cells)} cells of this study "
+                f"({len(self.batch_sizes)} batch sizes{self._strata_text()}); use --trials >= "
+                f"{len(cells)}, or fewer batch sizes, rules or optimizers"
+            )
+        if self.gpus_per_worker > 1:
+            raise ConfigError(
+                f"--gpus-per-worker {self.gpus_per_worker:g}: a worker trains on one GPU; "
+                f"for more GPUs per trial use --gpus-per-worker 1 --workers-per-trial N"
+            )
+        if 0 < self.gpus_per_worker < 1 and self.workers_per_trial > 1:
+            raise ConfigError(
+                f"--gpus-per-worker {self.gpus_per_worker:g} with --workers-per-trial "
+                f"{self.workers_per_trial} would put several NCCL ranks of one trial on one "
+                f"GPU; share GPUs only between 1-worker trials, or use --gpus-per-worker 1"
+            )
+        if self.bn_mode == "sync" and self.workers_per_trial > 1 and not self.use_gpu:
+            raise ConfigError(
+                "--bn-mode sync needs GPU workers (PyTorch's SyncBatchNorm runs on CUDA only); "
+                "on CPU workers use --bn-mode per_worker or ghost"
+            )
+        if not 0 < self.grace < 1:
+            raise ConfigError(
+                f"--grace {self.grace:g}: ASHA's first rung is a fraction of the budget in "
+                f"(0, 1), e.g. 0.11"
+            )
+        self.budget_spec()
         self.layouts()
-        # One full trial config per batch size proves that every trial is well-formed.
-        for batch in self.batch_sizes:
+        # One full trial config per cell proves that every trial is well-formed.
+        space = self.space()
+        for cell in cells:
+            optimizer = cell.optimizer or space.optimizers[0]
             TrialConfig.from_dict(
                 self.trial_config(
                     {
-                        "batch_size": batch,
-                        "scaling_rule": "linear",
-                        "optimizer": self.search_ranges["optimizer"][0],
-                        "base_lr": self.search_ranges["base_lr"][0],
-                        "weight_decay": self.search_ranges["weight_decay"][0],
-                        "warmup_epochs": self.search_ranges["warmup_epochs"][0],
+                        "batch_size": cell.batch_size,
+                        "scaling_rule": cell.rule or space.scaling_rules[0],
+                        "optimizer": optimizer,
+                        "base_lr": space.base_lr[optimizer][0],
+                        "weight_decay": space.weight_decay[0],
+                        "warmup_fraction": space.warmup_fraction[1],
                     }
                 )
             )
 
+    def _strata_text(self) -> str:
+        space = self.space()
+        parts = {
+            "rule": f" x {len(space.scaling_rules)} rules",
+            "optimizer": f" x {len(space.optimizers)} optimizers",
+        }
+        return "".join(parts[s] for s in self.strata)
+
     def trial_config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The full trial config for one Optuna suggestion (`params`)."""
+        """The full trial config for one suggestion (`params`; its `seed`, when given, is the
+        training seed of a confirmation run)."""
         workload = get_workload(self.workload)
+        budget = self.budget_spec()
         return {
             "workload": self.workload,
             "model": workload.model,
@@ -139,9 +214,12 @@ class StudySpec:
             "base_lr": float(params["base_lr"]),
             "reference_batch": workload.reference_batch,
             "momentum": workload.momentum,
-            "warmup_epochs": float(params["warmup_epochs"]),
+            "warmup_fraction": float(params["warmup_fraction"]),
             "weight_decay": float(params["weight_decay"]),
-            "epochs": self.epochs,
+            "budget_unit": budget.unit,
+            "budget_amount": budget.amount,
+            "min_steps": self.min_steps,
+            "eval_every": self.eval_every,
             "schedule": workload.schedule,
             "final_lr_factor": workload.final_lr_factor,
             "label_smoothing": workload.label_smoothing,
@@ -151,13 +229,16 @@ class StudySpec:
             "ghost_batch": self.ghost_batch,
             "divergence_factor": self.divergence_factor,
             "max_train_examples": self.max_train_examples,
-            "seed": self.seed,
+            "split_seed": self.seed,
+            "seed": int(params.get("seed", self.seed)),
+            "stop_at_accuracy": self.target_accuracy if self.stop_at_target else 0.0,
             "use_gpu": self.use_gpu,
         }
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["batch_sizes"] = list(self.batch_sizes)
+        data["strata"] = list(self.strata)
         return data
 
     @classmethod
@@ -165,6 +246,7 @@ class StudySpec:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in fields}
         values["batch_sizes"] = tuple(values["batch_sizes"])
+        values["strata"] = tuple(values.get("strata", ()))
         return cls(**values)
 
 

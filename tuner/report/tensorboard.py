@@ -1,9 +1,10 @@
-"""The study-level TensorBoard run, written by `tuner.report` into STUDY_DIR/summary/.
+"""The study-level TensorBoard run, written by the report into STUDY_DIR/summary/.
 
 So that someone who only opens TensorBoard (`tensorboard --logdir STUDY_DIR/summary`, or
 STUDY_DIR to add every trial's own curves) sees the whole map:
 - Images tab: the report's figures (`map/<figure>`);
-- Scalars tab: the frontier, one step per batch size (`frontier/<metric>`, x axis = batch size),
+- Scalars tab: the frontier, one step per batch size (`frontier/<metric>`, x axis = batch size;
+  `frontier/degraded` is 0 where accuracy holds, 0.5 unresolved, 1 degraded),
   per scaling rule (`frontier_by_rule/<rule>/<metric>`) and the critical batch size;
 - Text tab: the report itself (`report`);
 - HParams tab: one session per trial (`summary/hparams/<trial_id>`) with its hyperparameters and
@@ -32,16 +33,22 @@ from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndI
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.summary import hparams
 
-from tuner.analysis import DegradationMap
+from tuner.analysis.frontier import DegradationMap
 
 SUMMARY_DIR = "summary"
 HPARAMS_DIR = "hparams"
 # frontier column -> scalar name under frontier/ (x axis: batch size)
 FRONTIER_SCALARS = {
-    "best_val_acc": "best_val_acc",
-    "ci_low": "best_val_acc_ci_low",
-    "ci_high": "best_val_acc_ci_high",
+    "accuracy": "accuracy",
+    "accuracy_std": "accuracy_sd_over_seeds",
+    "val_se": "accuracy_val_se",
+    "search_best": "search_best_val_acc",
     "drop": "drop_below_baseline",
+    "drop_low": "drop_lower_bound",
+    "drop_high": "drop_upper_bound",
+    "censored_at": "steps_to_target_more_than",
+    "budget_steps": "budget_steps",
+    "bn_batch": "bn_batch",
     "steps": "steps_to_target",
     "examples": "examples_to_target",
     "steps_fit": "steps_fit",
@@ -51,19 +58,24 @@ FRONTIER_SCALARS = {
     "lr_sqrt": "lr_sqrt_prediction",
     "samples_per_second": "samples_per_second",
     "trials": "trials",
+    "confirmations": "confirmation_runs",
     "diverged": "diverged",
-    "degraded": "degraded",
 }
-RULE_SCALARS = {"best_val_acc": "best_val_acc", "steps": "steps_to_target", "trials": "trials"}
+RULE_SCALARS = {"accuracy": "accuracy", "evidence": "runs_of_the_whole_budget"}
+STATUS_VALUE = {"baseline": 0.0, "holds": 0.0, "unresolved": 0.5, "degraded": 1.0}
 HPARAMS = {
     "batch_size": float,
+    "cell": str,
+    "phase": str,
+    "seed": float,
     "scaling_rule": str,
     "optimizer": str,
     "base_lr": float,
     "weight_decay": float,
-    "warmup_epochs": float,
+    "warmup_fraction": float,
     "peak_lr": float,
     "workers": float,
+    "bn_batch": float,
     "outcome": str,
 }
 METRICS = (
@@ -71,6 +83,7 @@ METRICS = (
     "final/val_loss",
     "final/train_loss",
     "final/epoch",
+    "final/progress",
     "final/optimizer_steps",
     "final/examples_seen",
     "final/samples_per_second",
@@ -102,6 +115,10 @@ def _write_map(
             value = _float(row.get(column))
             if value is not None:
                 writer.add_scalar(f"frontier/{name}", value, global_step=int(row["batch_size"]))
+        if row.get("status") in STATUS_VALUE:  # 0 holds, 0.5 unresolved, 1 degraded
+            writer.add_scalar(
+                "frontier/degraded", STATUS_VALUE[row["status"]], global_step=int(row["batch_size"])
+            )
     for row in m.by_rule.to_dict(orient="records"):
         for column, name in RULE_SCALARS.items():
             value = _float(row.get(column))
@@ -122,7 +139,8 @@ def _write_map(
             if _float(value) is not None:
                 writer.add_scalar(f"critical_batch/{name}", float(value), global_step=0)
     if m.baseline is not None:
-        writer.add_scalar("frontier/baseline_val_acc", m.baseline[1], global_step=m.baseline[0])
+        batch, base = m.baseline
+        writer.add_scalar("frontier/baseline_accuracy", base.mean, global_step=batch)
     if report_text:
         writer.add_text("report", report_text, global_step=0)
 
@@ -151,6 +169,7 @@ def trial_metrics(
         "final/val_loss": trial.get("final_val_loss"),
         "final/train_loss": trial.get("final_train_loss"),
         "final/epoch": last.get("epoch"),
+        "final/progress": last.get("progress"),
         "final/optimizer_steps": last.get("optimizer_steps"),
         "final/examples_seen": last.get("examples_seen"),
         "final/samples_per_second": last.get("samples_per_second"),
@@ -190,8 +209,8 @@ def _write_hparams(root: Path, m: DegradationMap, table: pd.DataFrame) -> int:
     crossings = {r["trial_id"]: r for r in m.crossings.to_dict(orient="records")}
     written = 0
     for trial in m.trials.to_dict(orient="records"):
-        curve = table[table["trial_id"] == trial["trial_id"]].sort_values("epoch")
-        curve = curve[curve["epoch"].notna()]
+        curve = table[table["trial_id"] == trial["trial_id"]].sort_values("optimizer_steps")
+        curve = curve[curve["optimizer_steps"].notna()]
         _, start, _ = hparams(hparam_dict=trial_hparams(trial), metric_dict={})
         outcome = "diverged" if trial["diverged"] else str(trial["outcome"])
         writer = SummaryWriter(logdir=str(root / str(trial["trial_id"])))

@@ -8,7 +8,7 @@ SSH. Every problem is a `ClusterConfigError` with a one-line message naming the 
 Ray's validation is a private API (`ray.autoscaler._private.util`); `validate_with_ray` is the
 only place that calls it, so a Ray upgrade that moves it breaks one function.
 
-    python -m tuner.cluster_config cluster.yaml cluster-local.yaml
+    python -m tuner.cluster cluster.yaml cluster-local.yaml
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ from typing import Any
 
 import yaml
 
-# Where `ray up` leaves the resolved config (node types with their resources filled in from the
-# instance types) on the head node; a study submitted with `ray job submit` runs there.
-BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SSH_PORT = 22
 
@@ -169,50 +166,6 @@ def load_cluster_config(path: str | Path) -> dict[str, Any]:
     return prepared
 
 
-def possible_nodes(config: dict[str, Any]) -> list[dict[str, float]]:
-    """The resources of every node the cluster can ever have: the head, and each worker node
-    type at its `max_workers` (all types together capped by the global `max_workers`, the
-    largest types first: an upper bound of what the autoscaler can add).
-
-    Node types with `resources: {}` (AWS fills them in from the instance type at `ray up`) count
-    as empty; on a `ray up` head node `BOOTSTRAP_CONFIG` has them filled in.
-    """
-    types = config.get("available_node_types") or {}
-    head = config.get("head_node_type")
-
-    def resources(node_type: dict[str, Any]) -> dict[str, float]:
-        return {k: float(v) for k, v in (node_type.get("resources") or {}).items()}
-
-    nodes = [resources(types[head])] if head in types else []
-    budget = int(config.get("max_workers", 0))
-    workers = sorted(
-        (t for name, t in types.items() if name != head), key=lambda t: -sum(resources(t).values())
-    )
-    for node_type in workers:
-        count = max(0, min(int(node_type.get("max_workers", budget)), budget))
-        nodes += [resources(node_type)] * count
-        budget -= count
-    return nodes
-
-
-def workers_that_fit(
-    nodes: list[dict[str, float]], cpus_per_worker: float, gpus_per_worker: float
-) -> int:
-    """How many trial workers (each `cpus_per_worker` CPUs and `gpus_per_worker` GPUs, on one
-    node) the given nodes hold at once. Exact for identical workers: a worker never spans nodes.
-    """
-    total = 0
-    for node in nodes:
-        fits = []
-        for name, need in (("CPU", cpus_per_worker), ("GPU", gpus_per_worker)):
-            if need > 0:
-                fits.append(int(node.get(name, 0) // need))
-        if not fits:
-            return sys.maxsize  # a worker that asks for nothing fits anywhere
-        total += min(fits)
-    return total
-
-
 def summary(config: dict[str, Any]) -> str:
     provider = config["provider"]
     if provider["type"] == "local" and "head_ip" in provider:
@@ -240,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = sys.argv[1:] if argv is None else argv
     if not paths or any(p in ("-h", "--help") for p in paths):
         print(
-            "usage: python -m tuner.cluster_config CLUSTER_YAML [...]\n"
+            "usage: python -m tuner.cluster CLUSTER_YAML [...]\n"
             "Check cluster configs against Ray's cluster schema without launching anything."
         )
         return 0 if paths else 2
@@ -254,7 +207,3 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"ok: {path}: {summary(config)}")
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

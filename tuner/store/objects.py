@@ -13,8 +13,6 @@ Plain Python, no Ray.
 from __future__ import annotations
 
 import os
-import sqlite3
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,11 +21,10 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from tuner.store.names import OPTUNA_DB, TRAIN_RUNS
+
 # Model checkpoints stay in the object store: they are large and nothing local needs them.
-REMOTE_ONLY = ("train_runs",)
-OPTUNA_DB = "optuna.db"
-# A copy of OPTUNA_DB saved with every searcher checkpoint (tuner/searcher.py).
-OPTUNA_SNAPSHOT = "optuna-snapshot.db"
+REMOTE_ONLY = (TRAIN_RUNS,)
 CACHE_ENV = "BATCH_SCALING_CACHE"
 TRANSFER_THREADS = 16
 
@@ -169,62 +166,3 @@ def _in_parallel(copy: Callable[..., None], pairs: list[tuple]) -> None:
     with ThreadPoolExecutor(max_workers=TRANSFER_THREADS) as pool:
         for future in [pool.submit(copy, *pair) for pair in pairs]:
             future.result()  # the first failure, as a StorageError
-
-
-def snapshot_sqlite(db: Path, dest: Path) -> None:
-    """A consistent copy of a live SQLite database (its backup API), replaced atomically so
-    that an upload reading the previous copy never sees a torn file."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    os.close(fd)
-    source, target = sqlite3.connect(db), sqlite3.connect(tmp)
-    try:
-        source.backup(target)
-        target.close()
-        os.replace(tmp, dest)
-    finally:
-        source.close()
-        target.close()
-        Path(tmp).unlink(missing_ok=True)
-
-
-def trial_count(db: Path) -> int:
-    """Trials recorded in an Optuna SQLite file (0 if it has none or is not one)."""
-    if not db.exists():
-        return 0
-    try:
-        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return 0
-    try:
-        return int(connection.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
-    except sqlite3.Error:
-        return 0
-    finally:
-        connection.close()
-
-
-def pull_optuna_db(study_uri: str, study_dir: Path) -> str:
-    """Make `study_dir/OPTUNA_DB` the freshest Optuna database of the study, and say which it is.
-
-    Candidates, in order of preference on a tie: the local one (live on the machine that ran
-    the driver), the one the driver uploaded at its end (`optuna.db`), and the snapshot Tune
-    synced with its last experiment checkpoint (`optuna-snapshot.db`, from a driver that did
-    not reach its end). Fresher means more trials recorded: trials are only ever added.
-    """
-    local = study_dir / OPTUNA_DB
-    best, best_count = "local", trial_count(local)
-    for remote in (OPTUNA_DB, OPTUNA_SNAPSHOT):
-        uri = join(study_uri, remote)
-        if not exists(uri):
-            continue
-        tmp = study_dir / f".{remote}.download"
-        download_file(uri, tmp)
-        count = trial_count(tmp)
-        if count > best_count:
-            os.replace(tmp, local)
-            best, best_count = remote, count
-        else:
-            tmp.unlink()
-    if best == "local" and not local.exists():
-        raise StorageError(f"no Optuna database for the study at {study_uri} or in {study_dir}")
-    return best

@@ -1,10 +1,14 @@
-"""ASHA per batch size: each batch size is its own ASHA population, rungs in epochs.
+"""ASHA per cell, with rungs at fractions of the budget; confirmation runs are never stopped.
 
 One ASHA over all trials compares a batch-32768 trial with a batch-256 trial at the same epoch,
 where the large batch has taken 128x fewer steps, and stops large batches for the wrong reason
-(measured here: 10 of 11 batch-512 trials stopped at the first rung). Rungs in epochs give equal
-data; grouping by batch size makes a trial compete only with its peers. Each group is Ray's own
-`AsyncHyperBandScheduler`; this class only routes trials to their group.
+(measured here: 10 of 11 batch-512 trials stopped at the first rung). Here every cell (batch
+size x stratified rule x optimiser, `search_spaces.cells`) is its own ASHA population, and the
+rung clock is `progress`, the fraction of the trial's own budget done: within a cell every
+trial has the same budget, so a rung at 1/9 is the same number of steps and examples for all
+of them, and it is a real part of the budget at every batch size (never "epoch 1", which is 2
+optimizer steps at batch 512 on digits). Each group is Ray's own `AsyncHyperBandScheduler`;
+this class only routes trials to their group.
 """
 
 from __future__ import annotations
@@ -13,35 +17,36 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from search_spaces.cell_search import CONFIRM
+from tuner.outcomes import FULL_BUDGET
 
-class PerBatchSizeASHA(FIFOScheduler):
-    """Route every trial to the ASHA instance of its `config['batch_size']`."""
+TIME_ATTR = "progress"
 
-    def __init__(
-        self,
-        *,
-        metric: str,
-        mode: str,
-        max_t: int,
-        grace_period: int = 1,
-        reduction_factor: float = 3,
-        time_attr: str = "epoch",
-    ):
+
+class PerCellASHA(FIFOScheduler):
+    """Route every search trial to the ASHA instance of its `config['cell']`."""
+
+    def __init__(self, *, metric: str, mode: str, grace: float, reduction_factor: float = 3):
         super().__init__()
         self._asha_kwargs = dict(
-            time_attr=time_attr,
+            time_attr=TIME_ATTR,
             metric=metric,
             mode=mode,
-            max_t=max_t,
-            grace_period=min(grace_period, max_t),
+            max_t=1.0,
+            grace_period=grace,
             reduction_factor=reduction_factor,
         )
         self._metric, self._mode = metric, mode
         self._groups: dict[Any, AsyncHyperBandScheduler] = {}
         self.stopped: dict[Any, int] = {}
 
+    @staticmethod
+    def _exempt(trial: Any) -> bool:
+        """Confirmation runs measure a chosen configuration: they always run to the end."""
+        return trial.config.get("phase") == CONFIRM
+
     def _group(self, trial: Any) -> AsyncHyperBandScheduler:
-        key = trial.config.get("batch_size")
+        key = trial.config.get("cell", trial.config.get("batch_size"))
         if key not in self._groups:
             self._groups[key] = AsyncHyperBandScheduler(**self._asha_kwargs)
             self.stopped[key] = 0
@@ -51,19 +56,23 @@ class PerBatchSizeASHA(FIFOScheduler):
         return not (metric and metric != self._metric) and not (mode and mode != self._mode)
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        self._group(trial).on_trial_add(tune_controller, trial)
+        if not self._exempt(trial):
+            self._group(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if self._exempt(trial):
+            return TrialScheduler.CONTINUE
         group = self._group(trial)
         if trial.trial_id not in group._trial_info:  # restored trial: re-register it
             group.on_trial_add(tune_controller, trial)
         action = group.on_trial_result(tune_controller, trial, result)
-        max_t = self._asha_kwargs["max_t"]
-        if action == TrialScheduler.STOP and result.get("epoch", max_t) < max_t:
-            self.stopped[trial.config.get("batch_size")] += 1
+        if action == TrialScheduler.STOP and result.get(TIME_ATTR, 1.0) < FULL_BUDGET:
+            self.stopped[trial.config.get("cell", trial.config.get("batch_size"))] += 1
         return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if self._exempt(trial):
+            return
         group = self._group(trial)
         if trial.trial_id in group._trial_info:
             group.on_trial_complete(tune_controller, trial, result)
@@ -72,10 +81,12 @@ class PerBatchSizeASHA(FIFOScheduler):
         self.on_trial_remove(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        if self._exempt(trial):
+            return
         group = self._group(trial)
         if trial.trial_id in group._trial_info:
             group.on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
-        parts = [f"batch {b}: {n} stopped early" for b, n in sorted(self.stopped.items())]
-        return "ASHA per batch size (rungs in epochs): " + ", ".join(parts)
+        parts = [f"{cell}: {n} stopped early" for cell, n in sorted(self.stopped.items())]
+        return "ASHA per cell (rungs at fractions of the budget): " + ", ".join(parts)

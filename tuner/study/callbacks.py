@@ -1,4 +1,4 @@
-"""Tune callbacks: per-trial TensorBoard files against epochs, and a concise progress display."""
+"""Tune callbacks: per-trial TensorBoard files against optimizer steps, and a progress line."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ SCALARS = (
     "val_loss",
     "train_loss",
     "lr",
+    "epoch",
     "examples_seen",
-    "optimizer_steps",
+    "progress",
     "samples_per_second",
-    "epoch_time_s",
+    "window_time_s",
     "diverged",
 )
+STEP = "optimizer_steps"  # the x axis of every per-trial curve
 
 
 def _plain(value: Any) -> Any:
@@ -33,9 +35,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class EpochTensorBoardCallback(TBXLoggerCallback):
-    """Every reported metric against `epoch` (Tune's default uses training_iteration, which
-    restarts on resume), and the trial's hyperparameters with its final metrics at its end.
+class StepTensorBoardCallback(TBXLoggerCallback):
+    """Every reported metric against optimizer steps (Tune's default uses training_iteration,
+    which restarts on resume), and the trial's hyperparameters with its final metrics at its end.
 
     Subclassing TBXLoggerCallback makes Tune skip its default one, so each trial directory
     holds one event file, with tags `trial/<metric>`.
@@ -45,14 +47,14 @@ class EpochTensorBoardCallback(TBXLoggerCallback):
         if trial not in self._trial_writer:
             self.log_trial_start(trial)
         writer = self._trial_writer[trial]
-        step = int(result.get("epoch", iteration))
+        step = int(result.get(STEP, iteration))
         logged = {}
         for key in SCALARS:
             value = _plain(result.get(key))
             if isinstance(value, (int, float)) and value == value:  # NaN is dropped
                 writer.add_scalar(f"trial/{key}", value, global_step=step)
                 logged[key] = float(value)
-        logged["epoch"] = float(step)
+        logged[STEP] = float(step)
         self._trial_result[trial] = logged
         writer.flush()
 
@@ -78,8 +80,8 @@ class EpochTensorBoardCallback(TBXLoggerCallback):
         _, session_start, session_end = hparams(hparam_dict=params, metric_dict=metrics)
         writer = self._trial_writer[trial]
         # Session start/end only: the experiment description (which columns the HParams tab
-        # shows) comes from the study summary (tuner/tb_summary.py). Several descriptions under
-        # one logdir make TensorBoard pick whichever it reads first.
+        # shows) comes from the study summary (tuner/report/tensorboard.py). Several
+        # descriptions under one logdir make TensorBoard pick whichever it reads first.
         for summary in (session_start, session_end):
             writer.file_writer.add_summary(summary)
         for key, value in metrics.items():
@@ -87,19 +89,23 @@ class EpochTensorBoardCallback(TBXLoggerCallback):
 
 
 class ProgressCallback(Callback):
-    """One line whenever the study's state changes (at most every `every_s` seconds):
-    trials done / running / stopped / diverged / errored and the best accuracy per batch size."""
+    """One line whenever the study's state changes (at most every `every_s` seconds): trials done
+    / running / stopped / diverged / errored, confirmation runs, and the best accuracy so far
+    per batch size."""
 
-    def __init__(self, max_epochs: int, batch_sizes: tuple[int, ...], every_s: float = 5.0):
-        self.max_epochs, self.batch_sizes, self.every_s = max_epochs, tuple(batch_sizes), every_s
+    def __init__(self, batch_sizes: tuple[int, ...], every_s: float = 5.0):
+        self.batch_sizes, self.every_s = tuple(batch_sizes), every_s
         self.best: dict[int, float] = {}
         self.outcomes: dict[str, str] = {}
         self.running: set[str] = set()
+        self.confirming: set[str] = set()
         self._last_print = 0.0
         self._last_line = ""
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
+        if trial.config.get("phase") == "confirm":
+            self.confirming.add(trial.trial_id)
         self._show()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
@@ -120,23 +126,22 @@ class ProgressCallback(Callback):
 
     def _finish(self, trial: Any, error: bool) -> None:
         self.running.discard(trial.trial_id)
-        self.outcomes[trial.trial_id] = trial_outcome(
-            trial.last_result or None, error=error, max_epochs=self.max_epochs
-        )
+        self.outcomes[trial.trial_id] = trial_outcome(trial.last_result or None, error=error)
         self._show(force=True)
 
     def line(self) -> str:
-        counts = {k: 0 for k in ("completed", "stopped", "diverged", "errored")}
+        counts = dict.fromkeys(("completed", "target", "stopped", "diverged", "errored"), 0)
         for outcome in self.outcomes.values():
             counts[outcome] = counts.get(outcome, 0) + 1
         best = ", ".join(
             f"{b}: {self.best[b]:.3f}" if b in self.best else f"{b}: -" for b in self.batch_sizes
         )
+        target = f", at target {counts['target']}" if counts["target"] else ""
+        confirm = f" (confirmation runs {len(self.confirming)})" if self.confirming else ""
         return (
-            f"trials done {len(self.outcomes)} (completed {counts['completed']}, stopped "
-            f"{counts['stopped']}, diverged {counts['diverged']}, errored "
-            f"{counts['errored']}), running {len(self.running)} | best val_acc by batch: "
-            f"{best}"
+            f"trials done {len(self.outcomes)}{confirm} (completed {counts['completed']}"
+            f"{target}, stopped {counts['stopped']}, diverged {counts['diverged']}, errored "
+            f"{counts['errored']}), running {len(self.running)} | best val_acc by batch: {best}"
         )
 
     def _show(self, force: bool = False) -> None:

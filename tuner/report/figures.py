@@ -18,10 +18,18 @@ matplotlib.use("Agg")  # headless: never try to open a window
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from tuner.analysis import CriticalFit, DegradationMap  # noqa: E402
+from tuner.analysis.critical import CriticalFit  # noqa: E402
+from tuner.analysis.frontier import DegradationMap  # noqa: E402
 
+FIGURE_TITLES = {
+    "accuracy_vs_batch": "Accuracy vs batch size",
+    "steps_to_target": "Steps to target vs batch size",
+    "lr_vs_batch": "Best learning rate vs batch size",
+    "accuracy_heatmap": "Accuracy, batch size x scaling rule",
+    "throughput": "Throughput vs batch size",
+    "validation_curves": "Validation curves of the best search trial per batch size",
+}
 FIGSIZE = (7.0, 4.5)
 RULE_COLORS = {"none": "tab:red", "linear": "tab:blue", "sqrt": "tab:green"}
 
@@ -54,76 +62,97 @@ def _rule_color(rule: str) -> str | None:
     return RULE_COLORS.get(rule)
 
 
-def accuracy_vs_batch(m: DegradationMap, epochs: int | None = None) -> Figure:
-    """Best final accuracy vs batch size: best over rules with its CI, one line per rule, and
-    the baseline's tolerance band."""
+STATUS_MARKERS = {
+    "baseline": ("s", "black"),
+    "holds": ("o", "tab:green"),
+    "unresolved": ("D", "tab:orange"),
+    "degraded": ("X", "tab:red"),
+}
+
+
+def accuracy_vs_batch(m: DegradationMap, budget: str | None = None) -> Figure:
+    """Confirmed accuracy per batch size (mean over fresh seeds, with its uncertainty), one line
+    per rule, the tolerance band below the baseline, and each batch size's verdict."""
     fig, ax = _figure()
-    best = m.frontier[m.frontier["best_val_acc"].notna()]
+    best = m.frontier[m.frontier["accuracy"].notna()]
     if best.empty:
-        _no_data(ax, "no finished trial yet: no accuracy to show")
+        _no_data(ax, "no trial has run its whole budget yet: no accuracy to show")
         return fig
-    for rule, group in m.by_rule[m.by_rule["best_val_acc"].notna()].groupby("scaling_rule"):
+    rules = m.by_rule[m.by_rule["accuracy"].notna()] if "accuracy" in m.by_rule else m.by_rule
+    for rule, group in rules.groupby("scaling_rule"):
         ax.plot(
             group["batch_size"],
-            group["best_val_acc"],
+            group["accuracy"],
             "o--",
-            lw=1.2,
-            ms=4,
-            alpha=0.8,
+            lw=1.0,
+            ms=3,
+            alpha=0.7,
             color=_rule_color(rule),
             label=f"rule: {rule}",
         )
-    errors = np.vstack(
-        [best["best_val_acc"] - best["ci_low"], best["ci_high"] - best["best_val_acc"]]
+    # 1.645 standard errors: the one-sided 95% bound the verdict uses, on each side.
+    se = np.sqrt(
+        [
+            (e.val_var if np.isfinite(e.val_var) else 0.0)
+            + (e.seed_var if np.isfinite(e.seed_var) else 0.0)
+            for e in best["estimate"]
+        ]
     )
     ax.errorbar(
         best["batch_size"],
-        best["best_val_acc"],
-        yerr=np.clip(errors, 0, None),
-        fmt="s-",
+        best["accuracy"],
+        yerr=1.645 * se,
+        fmt="-",
         color="black",
-        lw=2,
-        ms=6,
+        lw=1.5,
         capsize=3,
-        label="best over rules (95% CI, best of k)",
+        label="best cell, confirmed (+- 1.645 SE: seeds and validation set)",
     )
+    for status, (marker, color) in STATUS_MARKERS.items():
+        rows = best[best["status"] == status]
+        if len(rows):
+            ax.plot(rows["batch_size"], rows["accuracy"], marker, color=color, ms=8, label=status)
     if m.baseline is not None:
-        batch, accuracy = m.baseline
+        batch, base = m.baseline
         ax.axhspan(
-            accuracy - m.tolerance,
-            accuracy,
+            base.mean - m.tolerance,
+            base.mean,
             color="tab:orange",
             alpha=0.15,
             label=f"within {m.tolerance * 100:g} pt of batch-{batch} baseline",
         )
-        ax.axhline(accuracy, color="tab:orange", lw=1)
+        ax.axhline(base.mean, color="tab:orange", lw=1)
     _batch_axis(ax, m.batch_sizes)
-    ax.set_ylabel("best final validation accuracy")
-    budget = f", {epochs} epochs per trial" if epochs else ""
-    ax.set_title(f"Best accuracy vs batch size (epoch budget{budget})")
+    ax.set_ylabel("final validation accuracy")
+    ax.set_title(
+        f"Accuracy vs batch size (budget {budget})" if budget else "Accuracy vs batch size"
+    )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="best")
     return fig
 
 
 def steps_to_target(m: DegradationMap) -> Figure:
-    """Steps to target vs batch size on log-log axes, with perfect scaling and the fit."""
+    """Steps to target vs batch size on log-log axes, with perfect scaling and the fit; batch
+    sizes that never reached the target drawn as lower bounds."""
     fig, ax = _figure()
     measured = m.frontier[m.frontier["steps"].notna()]
     if measured.empty:
         _no_data(
             ax,
             f"no trial reached the target accuracy {m.target:.3g}:\n"
-            "no steps-to-target (lower it with --target)",
+            "no steps-to-target (lower it with --target, or give a larger --budget)",
         )
         return fig
-    ax.plot(
+    ax.errorbar(
         measured["batch_size"],
         measured["steps"],
-        "o",
+        yerr=[measured["steps_resolution"].fillna(0).to_numpy(), np.zeros(len(measured))],
+        fmt="o",
         color="black",
         ms=7,
-        label="measured (first crossing, pooled over trials)",
+        capsize=3,
+        label="measured (first crossing, pooled; bar: evaluation interval)",
         zorder=3,
     )
     grid = np.geomspace(min(m.batch_sizes), max(m.batch_sizes), 200)
@@ -136,17 +165,15 @@ def steps_to_target(m: DegradationMap) -> Figure:
         label="perfect scaling (steps x batch = const)",
     )
     _draw_fit(ax, m.fit, grid, m.b_crit_ci)
-    # Batch sizes with trials that never reached the target: marked on the axis, not dropped.
-    missed = m.frontier[m.frontier["steps"].isna() & (m.frontier["candidates"] > 0)]
-    if len(missed):
+    censored = m.frontier[m.frontier["steps"].isna() & m.frontier["censored_at"].notna()]
+    if len(censored):
         ax.plot(
-            missed["batch_size"],
-            [0.03] * len(missed),
-            "x",
+            censored["batch_size"],
+            censored["censored_at"],
+            "^",
             color="tab:red",
-            ms=8,
-            transform=ax.get_xaxis_transform(),
-            label="trials ran, target not reached",
+            ms=9,
+            label="target not reached: more than this many steps",
         )
     _batch_axis(ax, m.batch_sizes)
     ax.set_yscale("log")
@@ -186,9 +213,13 @@ def lr_vs_batch(m: DegradationMap) -> Figure:
     if best.empty:
         _no_data(ax, "no finished trial yet: no best learning rate")
         return fig
-    scored = m.trials[m.trials["scored"]]
+    scored = m.trials[m.trials["final"] & (m.trials["phase"] != "confirm")]
     ax.scatter(
-        scored["batch_size"], scored["actual_lr"], s=12, color="0.7", label="all finished trials"
+        scored["batch_size"],
+        scored["actual_lr"],
+        s=12,
+        color="0.7",
+        label="search trials that ran their budget",
     )
     for rule, group in best.groupby("scaling_rule"):
         ax.plot(
@@ -226,34 +257,37 @@ def lr_vs_batch(m: DegradationMap) -> Figure:
 
 
 def accuracy_heatmap(m: DegradationMap) -> Figure:
-    """Best accuracy per batch size x scaling rule; cells say the trial count, blanks are gaps."""
+    """Accuracy per batch size x scaling rule; each cell says its evidence and verdict."""
     fig, ax = _figure()
     table = m.by_rule
-    if table.empty or table["best_val_acc"].notna().sum() == 0:
-        _no_data(ax, "no finished trial yet: no batch size x rule map")
+    if table.empty or "accuracy" not in table or table["accuracy"].notna().sum() == 0:
+        _no_data(ax, "no trial has run its whole budget yet: no batch size x rule map")
         return fig
-    grid = table.pivot(index="scaling_rule", columns="batch_size", values="best_val_acc")
-    counts = table.pivot(index="scaling_rule", columns="batch_size", values="trials")
+    grid = table.pivot(index="scaling_rule", columns="batch_size", values="accuracy")
+    evidence = table.pivot(index="scaling_rule", columns="batch_size", values="evidence")
+    status = table.pivot(index="scaling_rule", columns="batch_size", values="status")
     grid = grid.reindex(columns=m.batch_sizes)
-    counts = counts.reindex(index=grid.index, columns=m.batch_sizes).fillna(0)
+    evidence = evidence.reindex(index=grid.index, columns=m.batch_sizes).fillna(0)
+    status = status.reindex(index=grid.index, columns=m.batch_sizes)
     image = ax.imshow(
         np.ma.masked_invalid(grid.to_numpy(dtype=float)), cmap="viridis", aspect="auto"
     )
     low, high = image.get_clim()
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            value, n = grid.iat[i, j], int(counts.iat[i, j])
-            text = f"{value:.3f}\n(n={n})" if pd.notna(value) else f"-\n(n={n})"
+            value, n, verdict = grid.iat[i, j], int(evidence.iat[i, j]), status.iat[i, j]
+            label = verdict if isinstance(verdict, str) else ""
+            text = f"{value:.3f}\n{label} (n={n})" if pd.notna(value) else f"-\n(n={n})"
             # Dark text on the bright (high) end of viridis, white on the dark end.
             bright = pd.notna(value) and high > low and (value - low) / (high - low) > 0.6
             color = "0.3" if pd.isna(value) else "black" if bright else "white"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
     ax.set_xticks(range(grid.shape[1]), [str(b) for b in grid.columns])
     ax.set_yticks(range(grid.shape[0]), list(grid.index))
     ax.set_xlabel("batch size")
     ax.set_ylabel("lr scaling rule")
-    ax.set_title("Best final validation accuracy (n = trials)")
-    fig.colorbar(image, ax=ax, label="best final validation accuracy")
+    ax.set_title("Accuracy per batch size x rule (n = runs of the whole budget)")
+    fig.colorbar(image, ax=ax, label="final validation accuracy")
     return fig
 
 
@@ -261,7 +295,7 @@ def throughput(m: DegradationMap) -> Figure:
     """Training samples per second vs batch size, one line per worker count."""
     fig, ax = _figure()
     if m.throughput.empty:
-        _no_data(ax, "no epoch reported yet: no throughput")
+        _no_data(ax, "no evaluation reported yet: no throughput")
         return fig
     for workers, group in m.throughput.groupby("workers"):
         ax.plot(
@@ -272,7 +306,7 @@ def throughput(m: DegradationMap) -> Figure:
         )
     _batch_axis(ax, m.batch_sizes)
     ax.set_yscale("log")
-    ax.set_ylabel("training samples / s (median over epochs)")
+    ax.set_ylabel("training samples / s (median over evaluation windows)")
     ax.set_title("Throughput vs batch size")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
@@ -280,42 +314,43 @@ def throughput(m: DegradationMap) -> Figure:
 
 
 def validation_curves(m: DegradationMap, table: pd.DataFrame) -> Figure:
-    """Validation accuracy of each batch size's best trial, against epochs and against steps."""
+    """Validation accuracy of each batch size's best search trial, against epochs (equal data)
+    and against optimizer steps (equal updates)."""
     fig = Figure(figsize=(11.0, 4.5), layout="constrained")
     by_epoch, by_step = fig.subplots(1, 2)
     best = m.best_hparams
     if best.empty or table.empty:
-        _no_data(by_epoch, "no finished trial yet")
-        _no_data(by_step, "no finished trial yet")
+        _no_data(by_epoch, "no trial has run its whole budget yet")
+        _no_data(by_step, "no trial has run its whole budget yet")
         return fig
     colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(best)))
     for color, row in zip(colors, best.itertuples(index=False), strict=True):
-        curve = table[table["trial_id"] == row.trial_id].sort_values("epoch")
+        curve = table[table["trial_id"] == row.trial_id].sort_values("optimizer_steps")
         label = f"batch {int(row.batch_size)} ({row.scaling_rule})"
-        by_epoch.plot(curve["epoch"], curve["val_acc"], "o-", ms=3, color=color, label=label)
+        by_epoch.plot(curve["epoch"], curve["val_acc"], "o-", ms=2, color=color, label=label)
         by_step.plot(
-            curve["optimizer_steps"], curve["val_acc"], "o-", ms=3, color=color, label=label
+            curve["optimizer_steps"], curve["val_acc"], "o-", ms=2, color=color, label=label
         )
     for ax in (by_epoch, by_step):
         ax.axhline(m.target, color="0.4", ls=":", label=f"target {m.target:.3g}")
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
-    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
-    by_epoch.set_xlabel("epoch (equal epoch budget)")
+    by_epoch.set_xlabel("epochs (passes over the training set)")
+    by_epoch.set_xscale("log")
     by_step.set_xlabel("optimizer steps")
     by_step.set_xscale("log")
-    by_epoch.set_title("Best trial per batch size: vs epochs")
+    by_epoch.set_title("Best search trial per batch size: vs epochs")
     by_step.set_title("... and vs optimizer steps")
     by_epoch.legend(fontsize=8)
     return fig
 
 
 def all_figures(
-    m: DegradationMap, table: pd.DataFrame, epochs: int | None = None
+    m: DegradationMap, table: pd.DataFrame, budget: str | None = None
 ) -> dict[str, Figure]:
     """The report's six figures by file stem, in the order the report shows them."""
     return {
-        "accuracy_vs_batch": accuracy_vs_batch(m, epochs),
+        "accuracy_vs_batch": accuracy_vs_batch(m, budget),
         "steps_to_target": steps_to_target(m),
         "lr_vs_batch": lr_vs_batch(m),
         "accuracy_heatmap": accuracy_heatmap(m),

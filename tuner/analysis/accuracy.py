@@ -1,0 +1,172 @@
+"""Accuracy per cell and batch size, with honest uncertainty, and degradation against the baseline.
+
+- A cell's accuracy is the mean over its *confirmation runs*: its best search configuration
+  trained again with fresh seeds. The best search trial itself is the maximum of several noisy
+  runs and reads high (and a bootstrap of a best-of-k only reproduces the observed maximum,
+  science.md section 8); it is used, flagged, only where no confirmation ran.
+- Its uncertainty has two parts: the spread over seeds (s^2 / n) and the validation set's own
+  sampling error (p (1 - p) / n_val, which more seeds do not shrink: every run is scored on the
+  same examples).
+- A batch size's drop below the baseline (the smallest batch size measured) is judged against
+  the tolerance with one-sided 95% bounds, as an equivalence test (TOST) does: *holds* when the
+  drop's upper bound is within the tolerance, *degraded* when its lower bound exceeds it, and
+  *unresolved* otherwise: the study cannot tell, and says how large a drop it could resolve.
+  Degrees of freedom are Welch-Satterthwaite's over the seed terms (the validation terms are
+  binomial and count as known).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+from scipy import stats
+
+from tuner.analysis.trials import FINAL
+
+CONFIDENCE = 0.95  # one-sided, for the bounds of a drop (a 90% two-sided interval)
+N_BOOT = 2000
+MIN_EVIDENCE = 3  # finished runs a cell needs before a per-rule verdict speaks of it
+STATUSES = ("holds", "unresolved", "degraded")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An accuracy with what its uncertainty is made of."""
+
+    mean: float
+    std: float  # over seeds; NaN with fewer than two
+    n: int  # runs averaged
+    val_examples: int
+    source: str  # "confirmed": fresh-seed runs; "search": the best search trial (reads high)
+
+    @property
+    def val_var(self) -> float:
+        """Variance of an accuracy from the validation set's finite sample."""
+        p = min(max(self.mean, 0.0), 1.0)
+        return p * (1 - p) / self.val_examples if self.val_examples > 0 else math.nan
+
+    @property
+    def seed_var(self) -> float:
+        """Variance of the mean over seeds (NaN below two runs: it cannot be estimated)."""
+        return self.std**2 / self.n if self.n >= 2 and math.isfinite(self.std) else math.nan
+
+    @property
+    def val_se(self) -> float:
+        return math.sqrt(self.val_var) if math.isfinite(self.val_var) else math.nan
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A batch size's (or cell's) drop below the baseline, its one-sided bounds, the verdict."""
+
+    drop: float
+    low: float
+    high: float
+    resolution: float  # the bounds' half-width: drops smaller than this are not resolved
+    df: float
+    status: str  # holds, unresolved or degraded
+
+
+def estimate(final_accuracies: list[float], val_examples: int, source: str) -> Estimate:
+    values = [v for v in final_accuracies if math.isfinite(v)]
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n >= 2 else math.nan
+    return Estimate(mean, std, n, int(val_examples), source)
+
+
+def compare(
+    base: Estimate, other: Estimate, tolerance: float, confidence: float = CONFIDENCE
+) -> Comparison:
+    """The drop base - other with one-sided `confidence` bounds, and what it says."""
+    drop = base.mean - other.mean
+    terms = [(base.val_var, math.inf), (other.val_var, math.inf)]
+    for e in (base, other):
+        if math.isfinite(e.seed_var):
+            terms.append((e.seed_var, e.n - 1))
+    terms = [(v, d) for v, d in terms if math.isfinite(v)]
+    variance = sum(v for v, _ in terms)
+    finite = sum(v * v / d for v, d in terms if math.isfinite(d))
+    df = variance * variance / finite if finite > 0 else math.inf
+    quantile = stats.norm.ppf(confidence) if math.isinf(df) else stats.t.ppf(confidence, df)
+    half = float(quantile) * math.sqrt(variance)
+    low, high = drop - half, drop + half
+    # 1e-9: a drop of exactly the tolerance counts as within it despite float rounding.
+    status = (
+        "holds" if high <= tolerance + 1e-9 else "degraded" if low > tolerance else "unresolved"
+    )
+    return Comparison(drop, low, high, half, df, status)
+
+
+def cell_accuracy(trials: pd.DataFrame, by: str = "cell") -> pd.DataFrame:
+    """Per cell: the best search trial, its confirmation runs, and the cell's estimate."""
+    columns = [
+        by,
+        "batch_size",
+        "scaling_rule",
+        "optimizer",
+        "final_search",
+        "search_best",
+        "best_trial",
+        "confirmed_n",
+        "confirmed_mean",
+        "confirmed_std",
+        "confirm_failed",
+        "evidence",
+        "estimate",
+    ]
+    rows = []
+    for key, group in trials.groupby(by, sort=False):
+        search = group[(group["phase"] != "confirm") & group["final"]]
+        confirm = group[group["phase"] == "confirm"]
+        done = confirm[confirm["final"]]
+        val_examples = group["val_examples"].max()
+        val_examples = int(val_examples) if pd.notna(val_examples) else 0
+        best = best_row(search) if len(search) else None
+        if len(done):
+            est = estimate(done["final_val_acc"].tolist(), val_examples, "confirmed")
+        elif best is not None:
+            est = estimate([float(best["final_val_acc"])], val_examples, "search")
+        else:
+            est = None
+        rows.append(
+            {
+                by: key,
+                "batch_size": int(group["batch_size"].iloc[0]),
+                "scaling_rule": best["scaling_rule"]
+                if best is not None
+                else _only(group, "scaling_rule"),
+                "optimizer": best["optimizer"] if best is not None else _only(group, "optimizer"),
+                "final_search": len(search),
+                "search_best": float(best["final_val_acc"]) if best is not None else math.nan,
+                "best_trial": best["trial_id"] if best is not None else None,
+                "confirmed_n": len(done),
+                "confirmed_mean": est.mean if est and est.source == "confirmed" else math.nan,
+                "confirmed_std": est.std if est and est.source == "confirmed" else math.nan,
+                "confirm_failed": int(
+                    ((confirm["outcome"] != "running") & ~confirm["final"]).sum()
+                ),
+                "evidence": len(search) + len(done),
+                "estimate": est,
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _only(group: pd.DataFrame, column: str):
+    values = group[column].dropna().unique()
+    return values[0] if len(values) == 1 else None
+
+
+def best_row(group: pd.DataFrame) -> pd.Series:
+    """The best trial of a group: highest final accuracy; ties go to the earliest trial."""
+    ordered = group.sort_values(
+        ["final_val_acc", "optuna_number"], ascending=[False, True], kind="stable"
+    )
+    return ordered.iloc[0]
+
+
+def final_search_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[(trials["phase"] != "confirm") & trials["outcome"].isin(FINAL) & trials["final"]]

@@ -1,0 +1,297 @@
+"""The whole degradation map over the tidy trial table (`tuner.store.table`).
+
+No Ray and no plotting here: every function takes a DataFrame (or arrays) and returns one, so
+the whole analysis is tested in milliseconds on hand-built tables. `degradation_map` runs all of
+it; `tuner.report` writes and draws the result.
+
+Definitions (science.md sections 1, 2, 5, 6, 8):
+- A trial is *final* when it ran its whole budget (or ended at the target) without diverging;
+  only final trials have an accuracy that says how good their configuration is. Trials stopped
+  by ASHA count as evidence for steps to target, never as an accuracy.
+- Each *cell* (batch size x stratified rule x optimiser) is tuned on its own; its best final
+  search trial is its configuration, and its *estimate* is the mean of that configuration's
+  confirmation runs with fresh seeds (`tuner.analysis.accuracy`).
+- A batch size's accuracy is its best cell's estimate (the cell chosen on search results, so
+  the estimate that judges it is independent of the choice). The *baseline* is the smallest
+  batch size with one. Each batch size then *holds*, is *degraded*, or is *unresolved*
+  against the tolerance, with one-sided 95% bounds on its drop.
+- *Steps to target* are pooled as Shallue et al. do, over every evaluation of every
+  non-diverged trial of the batch size; a batch size that never reaches the target is censored
+  at its longest run and enters the fit as a lower bound (`tuner.analysis.steps`, `critical`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from tuner.analysis.accuracy import (
+    MIN_EVIDENCE,
+    N_BOOT,
+    Comparison,
+    Estimate,
+    cell_accuracy,
+    compare,
+)
+from tuner.analysis.critical import (
+    MIN_POINTS_FOR_CI,
+    CriticalFit,
+    bootstrap_critical_batch,
+    fit_critical_batch,
+    regime,
+)
+from tuner.analysis.hparams import best_hyperparameters, boundary_warnings
+from tuner.analysis.steps import first_crossings, steps_to_target
+from tuner.analysis.throughput import throughput
+from tuner.analysis.trials import outcome_counts, trial_summary
+
+
+@dataclass
+class RuleVerdict:
+    """How far one scaling rule holds, from cells with enough evidence only."""
+
+    rule: str
+    holds_up_to: int | None
+    first_degraded: int | None
+    unresolved: list[int]
+    not_enough: list[int]
+
+
+@dataclass
+class DegradationMap:
+    """Everything the report shows, as tables and a few numbers."""
+
+    target: float
+    tolerance: float
+    batch_sizes: list[int]
+    trials: pd.DataFrame
+    cells: pd.DataFrame
+    frontier: pd.DataFrame
+    by_rule: pd.DataFrame
+    best_hparams: pd.DataFrame
+    throughput: pd.DataFrame
+    crossings: pd.DataFrame
+    baseline: tuple[int, Estimate] | None
+    holds_up_to: int | None
+    rules: list[RuleVerdict]
+    fit: CriticalFit | None
+    b_crit_ci: tuple[float, float]
+    b_crit_replicates: int
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _judge(table: pd.DataFrame, base: tuple[int, Estimate] | None, tolerance: float) -> None:
+    """Add the comparison columns (drop, bounds, resolution, status) to a table of estimates."""
+    values: dict[str, list] = {k: [] for k in ("drop", "drop_low", "drop_high", "resolution")}
+    values["status"] = []
+    for row in table.itertuples(index=False):
+        est: Estimate | None = row.estimate
+        result: Comparison | None = None
+        if base is not None and est is not None and math.isfinite(est.mean):
+            result = compare(base[1], est, tolerance)
+        is_base = base is not None and int(row.batch_size) == base[0] and est is base[1]
+        values["drop"].append(result.drop if result else math.nan)
+        values["drop_low"].append(result.low if result else math.nan)
+        values["drop_high"].append(result.high if result else math.nan)
+        values["resolution"].append(result.resolution if result else math.nan)
+        values["status"].append("baseline" if is_base else result.status if result else None)
+    for name, column in values.items():
+        table[name] = column
+
+
+def _estimate_columns(table: pd.DataFrame) -> None:
+    """Plain columns from the Estimate objects, for files and figures."""
+    table["accuracy"] = [e.mean if e else math.nan for e in table["estimate"]]
+    table["accuracy_std"] = [e.std if e else math.nan for e in table["estimate"]]
+    table["accuracy_runs"] = [e.n if e else 0 for e in table["estimate"]]
+    table["accuracy_source"] = [e.source if e else None for e in table["estimate"]]
+    table["val_se"] = [e.val_se if e else math.nan for e in table["estimate"]]
+
+
+def _best_cells(cells: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Per group of `keys`, the cell with the best search result (ties: the first cell)."""
+    if cells.empty:
+        return cells
+    ranked = cells.assign(_rank=cells["search_best"].fillna(-math.inf))
+    ranked = ranked.sort_values([*keys, "_rank"], ascending=[True] * len(keys) + [False])
+    return ranked.groupby(list(keys), sort=True).head(1).drop(columns="_rank")
+
+
+def _rule_view(trials: pd.DataFrame, cells: pd.DataFrame, stratified: bool) -> pd.DataFrame:
+    """Per batch size x rule: the rule's cell (its best one, stratified), or the rule's best
+    search trial inside unstratified cells (no confirmation runs: flagged `search`)."""
+    if stratified:
+        return _best_cells(cells, ["batch_size", "scaling_rule"]).reset_index(drop=True)
+    keyed = trials.assign(rule_cell=trials["batch_size"].astype(str) + "-" + trials["scaling_rule"])
+    keyed = keyed[keyed["phase"] != "confirm"]
+    return cell_accuracy(keyed, by="rule_cell")
+
+
+def _rule_verdicts(by_rule: pd.DataFrame, rules: Sequence[str]) -> list[RuleVerdict]:
+    verdicts = []
+    for rule in rules:
+        rows = by_rule[by_rule["scaling_rule"] == rule].sort_values("batch_size")
+        holds, first_degraded, unresolved, not_enough = None, None, [], []
+        stopped = False
+        for row in rows.itertuples(index=False):
+            batch = int(row.batch_size)
+            if row.evidence < MIN_EVIDENCE or row.status is None:
+                not_enough.append(batch)
+                stopped = True
+            elif row.status in ("holds", "baseline") and not stopped:
+                holds = batch
+            elif row.status == "degraded":
+                first_degraded = first_degraded or batch
+                stopped = True
+            elif row.status == "unresolved":
+                unresolved.append(batch)
+                stopped = True
+        verdicts.append(RuleVerdict(rule, holds, first_degraded, unresolved, not_enough))
+    return verdicts
+
+
+def _frontier(trials: pd.DataFrame, cells: pd.DataFrame, grid: list[int]) -> pd.DataFrame:
+    frontier = pd.DataFrame({"batch_size": grid})
+    frontier = frontier.merge(outcome_counts(trials), on="batch_size", how="left")
+    best = _best_cells(cells, ["batch_size"])
+    best = best.rename(
+        columns={"cell": "best_cell", "scaling_rule": "best_rule", "optimizer": "best_optimizer"}
+    )
+    frontier = frontier.merge(best.drop(columns=["evidence"]), on="batch_size", how="left")
+    for name in frontier.columns:
+        if name in ("trials", "confirmations") or name in ("completed", "target", "stopped"):
+            frontier[name] = frontier[name].fillna(0).astype(int)
+    for name in ("diverged", "errored", "running"):
+        frontier[name] = frontier[name].fillna(0).astype(int)
+    frontier["estimate"] = (
+        frontier["estimate"].astype(object).where(frontier["estimate"].notna(), None)
+    )
+    per_batch = trials.groupby("batch_size")
+    extra = (
+        pd.DataFrame(
+            {
+                "budget_steps": per_batch["budget_steps"].max(),
+                "bn_mode": per_batch["bn_mode"].agg(
+                    lambda s: s.dropna().iloc[0] if s.notna().any() else None
+                ),
+                "bn_batch": per_batch["bn_batch"].max(),
+            }
+        ).reset_index()
+        if len(trials)
+        else pd.DataFrame(columns=["batch_size", "budget_steps", "bn_mode", "bn_batch"])
+    )
+    return frontier.merge(extra, on="batch_size", how="left")
+
+
+def degradation_map(
+    table: pd.DataFrame,
+    *,
+    target: float,
+    tolerance: float,
+    batch_sizes: Sequence[int] = (),
+    ranges: dict[str, Any] | None = None,
+    rule_stratified: bool = True,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> DegradationMap:
+    """Run the whole analysis on a trial table (see the module docstring for definitions)."""
+    trials = trial_summary(table)
+    grid = sorted(set(int(b) for b in batch_sizes) | set(trials["batch_size"].astype(int)))
+    cells = cell_accuracy(trials) if len(trials) else cell_accuracy(trials.assign(cell=[]))
+    frontier = _frontier(trials, cells, grid)
+    measured = frontier[[e is not None for e in frontier["estimate"]]]
+    base = None
+    if len(measured):
+        first = measured.sort_values("batch_size").iloc[0]
+        base = (int(first["batch_size"]), first["estimate"])
+    _judge(frontier, base, tolerance)
+    _estimate_columns(frontier)
+    holds_up_to = None
+    for row in frontier.sort_values("batch_size").itertuples(index=False):
+        if row.status in ("baseline", "holds"):
+            holds_up_to = int(row.batch_size)
+        elif row.status is not None:
+            break
+
+    by_rule = _rule_view(trials, cells, rule_stratified) if len(trials) else cells.copy()
+    _judge(by_rule, base, tolerance)
+    if len(by_rule):
+        _estimate_columns(by_rule)
+    rules = list(
+        (ranges or {}).get("scaling_rule") or sorted(trials["scaling_rule"].dropna().unique())
+    )
+    verdicts = _rule_verdicts(by_rule, rules) if len(by_rule) else []
+
+    crossings = first_crossings(table, target)
+    steps = steps_to_target(crossings, trials)
+    frontier = frontier.merge(steps, on="batch_size", how="left")
+    fit = fit_critical_batch(frontier["batch_size"], frontier["steps"], frontier["censored_at"])
+    reached = int(frontier["steps"].notna().sum())
+    low, high, replicates = (
+        bootstrap_critical_batch(crossings, n_boot, seed=seed)
+        if fit is not None and reached >= MIN_POINTS_FOR_CI
+        else (math.nan, math.nan, 0)
+    )
+    measured_steps = frontier[frontier["steps"].notna()]
+    if len(measured_steps):
+        # Perfect scaling from the smallest batch size that reached: steps_0 * B_0 / B.
+        anchor = measured_steps.iloc[0]
+        frontier["steps_perfect"] = anchor["steps"] * anchor["batch_size"] / frontier["batch_size"]
+    else:
+        frontier["steps_perfect"] = math.nan
+    frontier["steps_fit"] = fit.steps(frontier["batch_size"].to_numpy()) if fit else math.nan
+    frontier["regime"] = [regime(b, fit.b_crit if fit else None) for b in frontier["batch_size"]]
+
+    hparams = best_hyperparameters(trials[trials["cell"].isin(set(frontier["best_cell"].dropna()))])
+    frontier = frontier.merge(
+        hparams[
+            [
+                "batch_size",
+                "actual_lr",
+                "base_lr",
+                "warmup_fraction",
+                "weight_decay",
+                "lr_linear",
+                "lr_sqrt",
+            ]
+        ].rename(
+            columns={
+                "actual_lr": "best_actual_lr",
+                "base_lr": "best_base_lr",
+                "warmup_fraction": "best_warmup_fraction",
+                "weight_decay": "best_weight_decay",
+            }
+        ),
+        on="batch_size",
+        how="left",
+    )
+    speed = throughput(table)
+    per_batch = (
+        speed.groupby("batch_size")["samples_per_second"].max()
+        if len(speed)
+        else pd.Series(dtype=float)
+    )
+    frontier["samples_per_second"] = frontier["batch_size"].map(per_batch).astype(float)
+    return DegradationMap(
+        target=target,
+        tolerance=tolerance,
+        batch_sizes=grid,
+        trials=trials,
+        cells=cells,
+        frontier=frontier,
+        by_rule=by_rule,
+        best_hparams=hparams,
+        throughput=speed,
+        crossings=crossings,
+        baseline=base,
+        holds_up_to=holds_up_to,
+        rules=verdicts,
+        fit=fit,
+        b_crit_ci=(low, high),
+        b_crit_replicates=replicates,
+        warnings=boundary_warnings(hparams, ranges or {}),
+    )

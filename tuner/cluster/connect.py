@@ -1,0 +1,112 @@
+"""Join a Ray cluster, or start a local Ray of our own, and ask it what it holds.
+
+With `tuner.study` and `trainables/ray_worker.py`, one of the few places that import Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import ray
+
+from tuner.cluster.address import unreachable
+from tuner.cluster.capacity import BOOTSTRAP_CONFIG, possible_nodes
+from tuner.errors import InputError
+
+
+def quiet() -> None:
+    """Our progress line replaces Tune's tables and banners; Optuna logs warnings only."""
+    import optuna
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# Seen here: on a loaded 2-core machine a worker process (Python + torch imports) took more
+# than Ray Train's default 60 s to start, and trials failed for it. Infeasible requests are
+# rejected up front (`check_fits`), so a long bound only waits for slow starts or autoscaling.
+# Ray Train's controller polls its workers every 2 s by default, so every trial idled up to 2 s
+# after its last report; measured (bench/throughput.py): 3.5-5.0 s from last report to fit()
+# returning at 2 s, 1.1-1.5 s at 0.5 s.
+WORKER_ENV = {
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_ray_kwargs(**kwargs: Any) -> dict[str, Any]:
+    """`ray.init` arguments for a fresh local Ray that cannot be confused with another one.
+
+    Ray Train's placement-group cleaner asks the State API for its controller without an
+    address; with two Ray instances on the machine that call fails ("Found multiple active Ray
+    instances"), a finished trial's CPUs are never released, and later trials time out waiting
+    for workers (seen here). Pinning the dashboard port and telling every worker process where
+    it is (RAY_API_SERVER_ADDRESS) removes the ambiguity.
+    """
+    port = free_port()
+    env = {**WORKER_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    return {"address": "local", "dashboard_port": port, "runtime_env": {"env_vars": env}, **kwargs}
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray of our own.
+
+    Plain `ray.init()` joins any Ray instance already running on this machine (Ray scans for
+    one): two studies would then share a cluster and the first to exit would take the other's
+    trials down. Without an address we always start a fresh instance; `--address auto` joins
+    a running one.
+    """
+    quiet()
+    address = address or os.environ.get("RAY_ADDRESS")
+    problem = unreachable(address) if address else None
+    if problem:
+        raise InputError(f"cannot connect to Ray at {address}: {problem}")
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    common = {"log_to_driver": False, "configure_logging": False, "logging_level": "ERROR"}
+    try:
+        if address in (None, "", "local"):
+            ray.init(**local_ray_kwargs(**common))
+        else:
+            ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)}, **common)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if address not in (None, "", "local") and os.environ.get("RAY_AUTH_MODE") != "token":
+            # Ray sends its auth token to an explicit address only when told to, and a cluster
+            # with token auth (the default since Ray 2.59) then refuses it just like this.
+            message += (
+                "; if the cluster uses token auth, export RAY_AUTH_MODE=token (the token from "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN)"
+            )
+        raise InputError(f"cannot connect to Ray at {address}: {message}") from None
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resources of every node the cluster has now or its autoscaler can add.
+
+    On the head of a `ray up` cluster (where `ray job submit` runs the study) the autoscaler's
+    config lists the node types with their resources and bounds: GPU workers may not exist yet.
+    """
+    nodes = [
+        {k: float(v) for k, v in n["Resources"].items()} for n in ray.nodes() if n.get("Alive")
+    ]
+    if BOOTSTRAP_CONFIG.exists():
+        import yaml
+
+        try:
+            can_add = possible_nodes(yaml.safe_load(BOOTSTRAP_CONFIG.read_text()))
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+            can_add = []
+        # The autoscaler's node types bound what can ever run; the nodes up now are among them.
+        if any(n.get("CPU", 0) or n.get("GPU", 0) for n in can_add):
+            return can_add
+    return nodes

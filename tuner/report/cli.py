@@ -1,0 +1,99 @@
+"""Write the degradation map of a study: `python -m tuner.report STUDY_DIR [--target T]`.
+
+Reads the study's files only (no Ray), so it is safe on a study that is still running or was
+interrupted; the search runs it at its end. Writes into STUDY_DIR:
+    trials.csv      the tidy trial table (refreshed)
+    frontier.csv    one row per batch size: outcomes, best accuracy + CI, degradation,
+                    steps/examples to target, regime, best hyperparameters, throughput
+    frontier.json   the same plus per-rule tables, the critical-batch fit and the verdict
+    report.md       a plain-language verdict first, then tables and figures
+    figures/*.png   six figures (accuracy, steps to target, lr, heatmap, throughput, curves)
+    summary/        a TensorBoard run with the figures, frontier scalars and an HParams view
+
+Examples:
+    python -m tuner.report studies/simple_cnn-digits-20260101-120000
+    python -m tuner.report s3://my-bucket/studies/rn50 --into rn50
+    python -m tuner.report STUDY_DIR --target 0.9 --tolerance 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tuner.report.fetch import fetch_study
+from tuner.report.names import NotAStudy
+from tuner.report.write import write_report
+from tuner.store.objects import StorageError, is_uri
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tuner.report",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "study_dir",
+        metavar="STUDY_DIR",
+        help="a study directory (holds study.json), or a study in an object store "
+        "(s3://bucket/studies/NAME), fetched first without its checkpoints",
+    )
+    p.add_argument(
+        "--into",
+        metavar="DIR",
+        help="where to fetch a study from an object store (default: this machine's working "
+        "copy, the directory the search itself uses)",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        metavar="T",
+        help="target validation ACCURACY as a fraction in (0, 1], e.g. 0.95, for "
+        "steps/examples to target (default: the study's)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1.0,
+        metavar="PTS",
+        help="degradation tolerance in accuracy PERCENTAGE POINTS below the baseline "
+        "(default 1, i.e. 1 pt; 0.5 means half a point)",
+    )
+    p.add_argument(
+        "--no-tensorboard", action="store_true", help="do not (re)write the TensorBoard summary run"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.target is not None and not 0 < args.target <= 1:
+        print(
+            f"error: --target {args.target:g} is not an accuracy in (0, 1] (write 0.95, not 95)",
+            file=sys.stderr,
+        )
+        return 2
+    if not 0 <= args.tolerance < 100:
+        print(
+            f"error: --tolerance {args.tolerance:g} must be in [0, 100) percentage points",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        study_dir = args.study_dir
+        if is_uri(study_dir):
+            study_dir = fetch_study(study_dir, Path(args.into) if args.into else None)
+        report = write_report(
+            study_dir, args.target, args.tolerance / 100, tensorboard=not args.no_tensorboard
+        )
+    except (NotAStudy, StorageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    text = report.read_text()
+    verdict_block = text.split("## Verdict", 1)[1].split("\n## ", 1)[0].strip()
+    print(verdict_block)
+    print(f"report: {report}")
+    return 0

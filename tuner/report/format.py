@@ -1,0 +1,101 @@
+"""Formatting helpers of the report: numbers, percentages, lists and markdown tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pandas as pd
+
+
+def finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def pct(value: Any) -> str:
+    """0.9621 -> '96.2%'; missing -> '-'."""
+    return f"{100 * float(value):.1f}%" if finite(value) else "-"
+
+
+def pts(value: Any) -> str:
+    """A difference of accuracies in percentage points: 0.0123 -> '1.2 pt'; missing -> '-'."""
+    return f"{100 * float(value):.1f} pt" if finite(value) else "-"
+
+
+def num(value: Any, digits: int = 3) -> str:
+    """A compact number ('0.0123', '1.5e+03'); missing -> '-'."""
+    return f"{float(value):.{digits}g}" if finite(value) else "-"
+
+
+def count(value: Any) -> str:
+    return f"{int(value)}" if finite(value) else "-"
+
+
+def yes_no(value: Any) -> str:
+    """True -> 'yes', False -> 'no', unknown (None / NaN) -> '-'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return "yes" if bool(value) else "no"
+
+
+def batch_list(batches: Sequence[int]) -> str:
+    return ", ".join(str(int(b)) for b in batches)
+
+
+def markdown_table(
+    frame: pd.DataFrame, columns: Sequence[tuple[str, str, Callable[[Any], str]]]
+) -> str:
+    """A GitHub markdown table of (column, header, formatter) triples; '(none)' when empty."""
+    if frame.empty:
+        return "(none)"
+    lines = [
+        "| " + " | ".join(h for _, h, _ in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for _, row in frame.iterrows():
+        cells = [fmt(row.get(col)) for col, _, fmt in columns]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def text(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+# Columns both report tables share: outcome counts, then the accuracy and its judgement.
+OUTCOME_COLUMNS = [
+    ("trials", "search trials", count),
+    ("completed", "full", count),
+    ("stopped", "stopped", count),
+    ("diverged", "diverged", count),
+    ("errored", "errored", count),
+    ("confirmations", "confirm runs", count),
+]
+ACCURACY_COLUMNS = [
+    ("accuracy", "accuracy", pct),
+    ("accuracy_runs", "runs", count),
+    ("accuracy_std", "sd", pts),
+    ("val_se", "val SE", pts),
+    ("drop", "drop", pts),
+    ("drop_high", "drop upper", pts),
+    ("status", "status", lambda v: "-" if v is None or v != v else str(v)),
+]
+
+
+def runs(labels: Sequence[tuple[int, str]]) -> list[tuple[str, list[int]]]:
+    """Consecutive batch sizes that share a label: [(label, [batches]), ...]."""
+    runs: list[tuple[str, list[int]]] = []
+    for batch, label in labels:
+        if runs and runs[-1][0] == label:
+            runs[-1][1].append(batch)
+        else:
+            runs.append((label, [batch]))
+    return runs
+
+
+def span(batches: list[int]) -> str:
+    return f"{batches[0]}" if len(batches) == 1 else f"{batches[0]}-{batches[-1]}"

@@ -1,0 +1,10 @@
+"""The report's file names, and the error for a directory that holds no study."""
+
+REPORT_FILE = "report.md"
+FRONTIER_CSV = "frontier.csv"
+FRONTIER_JSON = "frontier.json"
+FIGURES_DIR = "figures"
+
+
+class NotAStudy(Exception):
+    """The directory holds no study.json."""

@@ -1,0 +1,365 @@
+"""The report's files as text: `report.md` (markdown) and `frontier.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tuner.analysis.accuracy import MIN_EVIDENCE
+from tuner.analysis.critical import MAXIMAL_PARALLELISM_MIN, MIN_POINTS_FOR_CI, PERFECT_SCALING_MAX
+from tuner.analysis.frontier import DegradationMap
+from tuner.report.figures import FIGURE_TITLES
+from tuner.report.format import (
+    ACCURACY_COLUMNS,
+    OUTCOME_COLUMNS,
+    batch_list,
+    count,
+    finite,
+    markdown_table,
+    num,
+    pct,
+    pts,
+    text,
+)
+from tuner.spec import StudySpec
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe value: numpy scalars to Python, NaN / inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    frame = frame.drop(columns=["estimate"], errors="ignore")
+    return [_plain(row) for row in frame.to_dict(orient="records")]
+
+
+def critical_summary(m: DegradationMap) -> dict[str, Any]:
+    """The critical-batch fit as plain values, with a status saying what it means."""
+    thresholds = {
+        "perfect_scaling_max_b_over_bcrit": PERFECT_SCALING_MAX,
+        "maximal_parallelism_min_b_over_bcrit": MAXIMAL_PARALLELISM_MIN,
+    }
+    if m.fit is None:
+        points = int(m.frontier["steps"].notna().sum())
+        return {"status": "insufficient", "points": points, "regime_thresholds": thresholds}
+    status = "unbounded" if math.isinf(m.fit.b_crit) else "fit"
+    return _plain(
+        {
+            "status": status,
+            "b_crit": m.fit.b_crit,
+            "ci_low": m.b_crit_ci[0],
+            "ci_high": m.b_crit_ci[1],
+            "s_min": m.fit.s_min,
+            "e_min": m.fit.e_min,
+            "points": m.fit.points,
+            "censored_points": m.fit.censored,
+            "r2_log": m.fit.r2,
+            "log_residuals": {str(b): r for b, r in m.fit.residuals},
+            "bootstrap_replicates": m.b_crit_replicates,
+            "regime_thresholds": thresholds,
+        }
+    )
+
+
+def frontier_json(
+    m: DegradationMap, spec: StudySpec, lines: list[str], notes: list[str]
+) -> dict[str, Any]:
+    """Everything in the report as one JSON document."""
+    base = m.baseline
+    return _plain(
+        {
+            "study": {
+                "name": spec.name,
+                "workload": spec.workload,
+                "dataset": spec.dataset,
+                "batch_sizes": list(spec.batch_sizes),
+                "search_trials": spec.trials,
+                "budget": str(spec.budget_spec()),
+                "cells": [c.key for c in spec.cells()],
+                "seeds": spec.seeds,
+                "workers_per_trial": spec.workers_per_trial,
+                "bn_mode": spec.bn_mode,
+                "ghost_batch": spec.ghost_batch,
+            },
+            "target": m.target,
+            "tolerance": m.tolerance,
+            "verdict": lines,
+            "missing": notes,
+            "baseline": (
+                {
+                    "batch_size": base[0],
+                    "accuracy": base[1].mean,
+                    "runs": base[1].n,
+                    "source": base[1].source,
+                    "val_examples": base[1].val_examples,
+                }
+                if base
+                else None
+            ),
+            "holds_up_to": m.holds_up_to,
+            "rules": [dataclasses.asdict(v) for v in m.rules],
+            "critical_batch": critical_summary(m),
+            "frontier": _records(m.frontier),
+            "cells": _records(m.cells),
+            "by_rule": _records(m.by_rule),
+            "best_hyperparameters": _records(m.best_hparams),
+            "throughput": _records(m.throughput),
+            "warnings": m.warnings,
+        }
+    )
+
+
+def _rungs(spec: StudySpec, m: DegradationMap) -> str:
+    """ASHA's rungs in steps at each batch size: 'batch 8: 40, 119 steps; ...'."""
+    fractions = spec.rungs()
+    parts = [
+        f"{int(r.batch_size)}: " + ", ".join(str(round(f * r.budget_steps)) for f in fractions)
+        for r in m.frontier.dropna(subset=["budget_steps"]).itertuples(index=False)
+    ]
+    share = ", ".join(f"{f:.0%}" for f in fractions)
+    return f"ASHA rungs at {share} of the budget, in steps by batch size: " + "; ".join(parts)
+
+
+def render_markdown(
+    m: DegradationMap,
+    spec: StudySpec,
+    lines: list[str],
+    notes: list[str],
+    figures: dict[str, Path],
+    study_dir: Path,
+) -> str:
+    """The report: verdict first, then the study, tables, warnings and figures."""
+    out = [
+        f"# Degradation map: {spec.workload} on {spec.dataset} ({spec.name})",
+        "",
+        "## Verdict",
+        "",
+        *[f"- {line}" for line in lines],
+        "",
+    ]
+    if notes:
+        out += ["## Missing or partial", "", *[f"- {note}" for note in notes], ""]
+    budget = spec.budget_spec()
+    bn = m.frontier.dropna(subset=["bn_mode"])
+    out += [
+        "## Study",
+        "",
+        f"- batch sizes {batch_list(spec.batch_sizes)}; {len(spec.cells())} cells "
+        f"(batch size{''.join(' x ' + s for s in spec.strata)}), {spec.trials} search trials, "
+        f"then {spec.seeds} confirmation run(s) of each cell's best; "
+        f"{spec.workers_per_trial} worker(s) per trial",
+        f"- budget: {budget.describe()}; evaluations every "
+        f"{spec.eval_every or 'about 1/20 of the budget in'} steps",
+        f"- {_rungs(spec, m)}",
+        "- BatchNorm statistics batch: "
+        + (
+            ", ".join(
+                f"{int(r.batch_size)}: {r.bn_mode}"
+                + (f" ({int(r.bn_batch)} examples)" if finite(r.bn_batch) and r.bn_batch else "")
+                for r in bn.itertuples(index=False)
+            )
+            or "-"
+        ),
+        f"- target validation accuracy {pct(m.target)}; tolerance {pts(m.tolerance)} below the "
+        f"baseline (the smallest batch size's confirmed accuracy), judged with one-sided 95% "
+        f"bounds on the drop",
+        "- search ranges: " + "; ".join(f"{k} {v}" for k, v in spec.search_ranges.items()),
+        "",
+    ]
+    out += [
+        "## Frontier (per batch size)",
+        "",
+        "Accuracy = the mean final validation accuracy of the batch size's best cell's "
+        "configuration, trained again with fresh seeds (runs; sd across them); val SE = the "
+        "validation set's own standard error. Drop = baseline minus accuracy; drop upper = its "
+        "one-sided 95% upper bound (seed spread and validation error together). Status: holds "
+        "(upper bound within the tolerance), degraded (lower bound beyond it), unresolved. "
+        "Steps to target are pooled over every non-diverged run of the batch size; '>' marks a "
+        "batch size that never reached it (censored at its longest run).",
+        "",
+        markdown_table(
+            m.frontier.assign(steps_shown=_steps_shown(m.frontier)),
+            [
+                ("batch_size", "batch", count),
+                *OUTCOME_COLUMNS,
+                ("best_cell", "best cell", text),
+                *ACCURACY_COLUMNS,
+                ("budget_steps", "budget (steps)", count),
+                ("steps_shown", "steps to target", text),
+                ("steps_fit", "fit", num),
+                ("regime", "regime", text),
+                ("bn_batch", "BN batch", lambda v: count(v) if finite(v) and v else "-"),
+                ("samples_per_second", "samples/s", lambda v: num(v, 4)),
+            ],
+        ),
+        "",
+    ]
+    out += [
+        "## Per cell",
+        "",
+        "Every cell's best search configuration (of the search trials that ran their whole "
+        "budget) and its confirmation runs. Evidence = runs of the whole budget in the cell "
+        f"(search and confirmation); per-rule verdicts need {MIN_EVIDENCE}.",
+        "",
+        markdown_table(
+            m.cells.assign(accuracy=[e.mean if e else math.nan for e in m.cells["estimate"]])
+            if len(m.cells)
+            else m.cells,
+            [
+                ("cell", "cell", text),
+                ("final_search", "full search runs", count),
+                ("search_best", "search best", pct),
+                ("best_trial", "best trial", text),
+                ("confirmed_n", "confirm runs", count),
+                ("confirmed_mean", "confirmed mean", pct),
+                ("confirmed_std", "sd", pts),
+                ("confirm_failed", "confirm failed", count),
+                ("evidence", "evidence", count),
+            ],
+        ),
+        "",
+        "## Per batch size x scaling rule",
+        "",
+        markdown_table(
+            m.by_rule,
+            [
+                ("batch_size", "batch", count),
+                ("scaling_rule", "rule", text),
+                ("evidence", "evidence", count),
+                *ACCURACY_COLUMNS,
+            ],
+        ),
+        "",
+    ]
+    out += ["## Critical batch size", "", *_critical_section(m), ""]
+    out += [
+        "## Best hyperparameters per batch size",
+        "",
+        "The best search trial of each batch size's best cell. lr = the actual peak lr after "
+        "the scaling rule; the linear and square-root predictions scale the smallest batch "
+        "size's best lr.",
+        "",
+        markdown_table(
+            m.best_hparams,
+            [
+                ("batch_size", "batch", count),
+                ("trial_id", "trial", text),
+                ("val_acc", "search accuracy", pct),
+                ("scaling_rule", "rule", text),
+                ("optimizer", "optimizer", text),
+                ("base_lr", "base lr", num),
+                ("actual_lr", "lr", num),
+                ("lr_linear", "linear pred.", num),
+                ("lr_sqrt", "sqrt pred.", num),
+                ("warmup_fraction", "warmup (of budget)", num),
+                ("weight_decay", "weight decay", num),
+            ],
+        ),
+        "",
+    ]
+    out += ["## Search-range warnings", ""]
+    out += [f"- {w['message']}" for w in m.warnings] or [
+        "None: no best trial sits within 5% of a search-range bound."
+    ]
+    out += [
+        "",
+        "## Throughput",
+        "",
+        markdown_table(
+            m.throughput,
+            [
+                ("batch_size", "batch", count),
+                ("workers", "workers", count),
+                ("samples_per_second", "samples/s (median)", lambda v: num(v, 4)),
+                ("windows", "windows", count),
+                ("trials", "trials", count),
+            ],
+        ),
+        "",
+    ]
+    out += ["## Figures", ""]
+    for stem, path in figures.items():
+        out += [
+            f"### {FIGURE_TITLES.get(stem, stem)}",
+            "",
+            f"![{stem}]({path.relative_to(study_dir).as_posix()})",
+            "",
+        ]
+    out += [
+        "## Files",
+        "",
+        "trials.csv (every trial x evaluation), frontier.csv / frontier.json (these tables), "
+        "figures/, and a TensorBoard run of the whole map: "
+        f"`tensorboard --logdir {study_dir / 'summary'}` (Images: the figures; Scalars: the "
+        "frontier with batch size as the step; Text: this report; HParams: every trial, "
+        f"sortable and filterable). `--logdir {study_dir}` adds each trial's own curves.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _critical_section(m: DegradationMap) -> list[str]:
+    lines = [
+        "S(B) = S_min (1 + B_crit / B) fitted to steps to target (least squares in 1/B, "
+        "relative residuals, S_min and E_min >= 0); CI from 95% bootstrap over each batch "
+        "size's trials. Regimes: perfect scaling for B <= B_crit/"
+        f"{1 / PERFECT_SCALING_MAX:g} (local slope steeper than -0.8), maximal data "
+        f"parallelism for B >= {MAXIMAL_PARALLELISM_MIN:g} B_crit (flatter than -0.2), "
+        "diminishing returns between.",
+        "",
+    ]
+    summary = critical_summary(m)
+    if summary["status"] == "insufficient":
+        return [
+            *lines,
+            f"Not fitted: {summary['points']} batch size(s) reached the target "
+            f"(at least 2 needed).",
+        ]
+    b_crit = (
+        "unbounded (perfect scaling throughout)"
+        if summary["status"] == "unbounded"
+        else num(m.fit.b_crit)
+    )
+    low, high = m.b_crit_ci
+    if finite(low):
+        ci = (
+            f"95% CI {num(low)} to {num(high) if finite(high) else 'unbounded'} "
+            f"({m.b_crit_replicates} bootstrap fits)"
+        )
+    else:
+        ci = f"no CI (needs {MIN_POINTS_FOR_CI} batch sizes reaching the target)"
+    residuals = ", ".join(f"{b}: x{num(math.exp(r), 3)}" for b, r in m.fit.residuals)
+    censored = f", {m.fit.censored} censored (lower bounds)" if m.fit.censored else ""
+    return [
+        *lines,
+        f"- B_crit: {b_crit}; {ci}",
+        f"- S_min {num(m.fit.s_min)} steps, E_min {num(m.fit.e_min)} examples; "
+        f"{m.fit.points} points{censored}, R^2 (log steps) {num(m.fit.r2)}",
+        f"- residuals (observed / fitted steps): {residuals}",
+    ]
+
+
+def _steps_shown(frontier: pd.DataFrame) -> list[str]:
+    """Steps to target per row, or '> N' for a batch size censored at N steps."""
+    shown = []
+    for steps, censored in zip(frontier["steps"], frontier["censored_at"], strict=True):
+        shown.append(
+            count(steps) if finite(steps) else f"> {count(censored)}" if finite(censored) else "-"
+        )
+    return shown

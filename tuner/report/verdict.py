@@ -1,0 +1,326 @@
+"""The plain-language verdict that opens the report, and what the report could not show."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from tuner.analysis.accuracy import MIN_EVIDENCE
+from tuner.analysis.frontier import DegradationMap
+from tuner.analysis.trials import OUTCOMES
+from tuner.report.format import batch_list, finite, num, pct, pts, runs, span
+from tuner.spec import StudySpec
+
+
+def _recipe(m: DegradationMap, batch: int, several_optimizers: bool) -> str:
+    """'linear scaling, warmup 5% of the budget, peak lr 0.19, weight decay 1e-4'."""
+    row = m.frontier[m.frontier["batch_size"] == batch]
+    if row.empty or not finite(row.iloc[0].get("best_actual_lr")):
+        return ""
+    row = row.iloc[0]
+    optimizer = f"{row['best_optimizer']}, " if several_optimizers else ""
+    warmup = row["best_warmup_fraction"]
+    warm = (
+        f"warmup {100 * warmup:.0f}% of the budget"
+        if finite(warmup) and warmup > 0
+        else "no warmup"
+    )
+    return (
+        f"{optimizer}{row['best_rule']} scaling, {warm}, peak lr {num(row['best_actual_lr'], 2)}, "
+        f"weight decay {num(row['best_weight_decay'], 2)}"
+    )
+
+
+def _accuracy(row: pd.Series) -> str:
+    """'98.1% (3 seeds, sd 0.4 pt)' or '97.5% (best search trial, unconfirmed)'."""
+    if row["accuracy_source"] == "confirmed":
+        spread = f", sd {pts(row['accuracy_std'])}" if finite(row["accuracy_std"]) else ""
+        return f"{pct(row['accuracy'])} ({int(row['accuracy_runs'])} seed(s){spread})"
+    return f"{pct(row['accuracy'])} (best search trial, unconfirmed: reads high)"
+
+
+def _drop(row: pd.Series) -> str:
+    return (
+        f"drop {pts(row['drop'])}, one-sided 95% bounds {pts(row['drop_low'])} to "
+        f"{pts(row['drop_high'])}"
+    )
+
+
+def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
+    """How far accuracy holds when every batch size is tuned on its own and confirmed."""
+    if m.baseline is None:
+        return ["No trial has run its whole budget yet, so there is no accuracy map."]
+    base_batch, base = m.baseline
+    frontier = m.frontier.set_index("batch_size")
+    base_row = frontier.loc[base_batch]
+    measured = m.frontier[m.frontier["status"].notna()]
+    tol = pts(m.tolerance)
+    several = len(spec.search_ranges.get("optimizer", [])) > 1
+    if len(measured) == 1:
+        return [
+            f"Only batch {base_batch} has trials that ran their whole budget "
+            f"({_accuracy(base_row)}), so there is nothing to compare it with yet."
+        ]
+    holds = m.holds_up_to
+    degraded = measured[measured["status"] == "degraded"]["batch_size"].astype(int).tolist()
+    unresolved = measured[measured["status"] == "unresolved"]["batch_size"].astype(int).tolist()
+    lines = []
+    opening = (
+        f"Tuned at every batch size and measured again with fresh seeds, accuracy holds within "
+        f"{tol} of the batch-{base_batch} baseline ({_accuracy(base_row)})"
+    )
+    if holds == base_batch:
+        lines.append(
+            f"{opening.replace('holds within', 'is not shown to hold within')} beyond batch "
+            f"{base_batch}."
+        )
+    else:
+        largest = int(measured["batch_size"].max())
+        at = frontier.loc[holds]
+        tail = ", the largest measured" if holds == largest else ""
+        lines.append(
+            f"{opening} up to batch {holds}{tail}: {_accuracy(at)} with "
+            f"{_recipe(m, holds, several)} ({_drop(at)})."
+        )
+    for batch in degraded:
+        row = frontier.loc[batch]
+        lines.append(
+            f"Degraded at batch {batch}: {_accuracy(row)}, {_drop(row)}, beyond the {tol} "
+            f"tolerance at 95% confidence."
+        )
+    if unresolved:
+        row = frontier.loc[unresolved[0]]
+        lines.append(
+            f"Unresolved at batch {batch_list(unresolved)}: the drop's bounds straddle the {tol} "
+            f"tolerance (batch {unresolved[0]}: {_accuracy(row)}, {_drop(row)}); this study "
+            f"resolves drops of about {pts(row['resolution'])} and no finer. More seeds "
+            f"(--seeds) or a larger validation set would settle it."
+        )
+    lines += resolution_notes(m)
+    return lines
+
+
+def resolution_notes(m: DegradationMap) -> list[str]:
+    """Say when the validation set alone cannot resolve the tolerance."""
+    if m.baseline is None:
+        return []
+    base = m.baseline[1]
+    # Two accuracies on the same number of examples: their difference has ~sqrt(2) x the SE.
+    floor = 1.645 * math.sqrt(2) * base.val_se if finite(base.val_se) else math.nan
+    if not finite(floor) or floor <= m.tolerance:
+        return []
+    return [
+        f"The validation set is too small to resolve the {pts(m.tolerance)} tolerance: "
+        f"{base.val_examples} examples give one accuracy a standard error of "
+        f"{pts(base.val_se)} at {pct(base.mean)}, so no difference below about {pts(floor)} "
+        f"can be told from noise, however many seeds."
+    ]
+
+
+def rule_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
+    """Per scaling rule, from cells with enough finished runs only."""
+    if len(m.rules) < 2 or m.baseline is None:
+        return []  # one rule: the accuracy verdict above is its verdict
+    tol = pts(m.tolerance)
+    parts = []
+    for v in m.rules:
+        rows = m.by_rule[m.by_rule["scaling_rule"] == v.rule]
+        if rows.empty:
+            parts.append(f"{v.rule}: no trial yet")
+            continue
+        text = v.rule
+        if v.holds_up_to is not None:
+            text += f" holds up to batch {v.holds_up_to}"
+        else:
+            text += " is not shown to hold at any batch size"
+        if v.first_degraded is not None:
+            text += f", degraded at batch {v.first_degraded}"
+        if v.unresolved:
+            text += f", unresolved at {batch_list(v.unresolved)}"
+        if v.not_enough:
+            text += f", not enough evidence at {batch_list(v.not_enough)}"
+        parts.append(text)
+    stratified = "rule" in spec.strata
+    how = (
+        "each rule tuned in its own cells (base lr searched in the same range, scaled by the rule)"
+        if stratified
+        else "rules searched inside each batch size's cell: unconfirmed best trials"
+    )
+    return [
+        f"Per scaling rule ({how}; within {tol} of the baseline at 95% confidence; a verdict "
+        f"needs {MIN_EVIDENCE} runs of the whole budget in a cell): " + "; ".join(parts) + "."
+    ]
+
+
+def critical_verdict(m: DegradationMap) -> list[str]:
+    """Steps-to-target, the critical batch size, its fit quality and the regimes."""
+    reached = m.frontier[m.frontier["steps"].notna()]
+    censored = m.frontier[m.frontier["steps"].isna() & m.frontier["censored_at"].notna()]
+    target = pct(m.target)
+    lines = []
+    if len(reached):
+        points = ", ".join(
+            f"{int(r.batch_size)}: {int(r.steps)}"
+            + (f" (+-{int(r.steps_resolution)})" if finite(r.steps_resolution) else "")
+            for r in reached.itertuples(index=False)
+        )
+        lines.append(
+            f"Steps to reach {target} validation accuracy (first evaluation at or above it, "
+            f"pooled over every run of the batch size; +- the evaluation interval): {points}."
+        )
+    if len(censored):
+        lines.append(
+            "Never reached the target, entered in the fit as lower bounds: "
+            + ", ".join(
+                f"batch {int(r.batch_size)} (> {int(r.censored_at)} steps)"
+                for r in censored.itertuples(index=False)
+            )
+            + "."
+        )
+    if reached.empty:
+        return lines or [f"No trial ran long enough to be measured against {target} yet."]
+    if m.fit is None:
+        lines.append(
+            f"The critical batch size needs at least 2 batch sizes that reach {target}; only "
+            f"batch {batch_list(reached['batch_size'])} did."
+        )
+        return lines
+    quality = (
+        f"R^2 {num(m.fit.r2, 2)}, largest residual x{num(math.exp(m.fit.max_abs_residual), 2)}"
+    )
+    if math.isinf(m.fit.b_crit):
+        lines.append(
+            f"Steps fall as fast as 1/B across the batch sizes measured ({quality}): perfect "
+            f"scaling throughout, so the critical batch size is beyond batch "
+            f"{int(reached['batch_size'].max())}."
+        )
+        return lines
+    low, high = m.b_crit_ci
+    if m.fit.points < 3:
+        ci = "2 batch sizes only: the curve passes through both exactly, so indicative, no CI"
+    elif not finite(low):
+        ci = "no 95% CI: too few resamples could be fitted"
+    else:
+        ci = f"95% CI {num(low)}-{num(high) if finite(high) else 'unbounded'}"
+    regimes = runs(
+        [
+            (int(b), r)
+            for b, r in zip(m.frontier["batch_size"], m.frontier["regime"], strict=True)
+            if isinstance(r, str)
+        ]
+    )
+    regime_text = ", ".join(f"{label} at batch {span(batches)}" for label, batches in regimes)
+    lines.append(
+        f"Critical batch size about {num(m.fit.b_crit)} ({ci}; fit of S(B) = S_min (1 + "
+        f"B_crit/B), {quality}): {regime_text}."
+    )
+    return lines
+
+
+def lr_verdict(m: DegradationMap) -> list[str]:
+    """How the best lr grew against the linear and square-root predictions."""
+    best = m.frontier.dropna(subset=["best_actual_lr"]).sort_values("batch_size")
+    if len(best) < 2:
+        return []
+    first, last = best.iloc[0], best.iloc[-1]
+    grown = last["best_actual_lr"] / first["best_actual_lr"]
+    ratio = last["batch_size"] / first["batch_size"]
+    return [
+        f"The best peak lr grows x{num(grown, 2)} from batch {int(first['batch_size'])} to "
+        f"{int(last['batch_size'])} (linear rule predicts x{num(ratio, 3)}, square root "
+        f"x{num(math.sqrt(ratio), 3)})."
+    ]
+
+
+def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
+    """The budget every verdict above is under, and how trials ended."""
+    budget = spec.budget_spec()
+    per_batch = m.frontier.dropna(subset=["budget_steps"])
+    steps = ", ".join(
+        f"{int(r.batch_size)}: {int(r.budget_steps)}" for r in per_batch.itertuples(index=False)
+    )
+    search = m.trials[m.trials["phase"] != "confirm"]
+    totals = {o: int((search["outcome"] == o).sum()) for o in OUTCOMES}
+    totals["diverged"] = int(search["diverged"].sum())
+    confirm = m.trials[m.trials["phase"] == "confirm"]
+    stop = (
+        " Trials ended once they reached the target (--stop-at-target): accuracies are "
+        "those at the target, not what more steps would give."
+        if spec.stop_at_target
+        else ""
+    )
+    return [
+        f"Budget: {budget.describe()}; optimizer steps per trial by batch size: "
+        f"{steps or '-'}. {len(search)} of {spec.trials} search trials started "
+        f"({totals['completed'] + totals['target']} ran their budget, {totals['stopped']} "
+        f"stopped early by ASHA, {totals['diverged']} diverged, {totals['errored']} errored, "
+        f"{totals['running']} unfinished), and {len(confirm)} confirmation runs "
+        f"({spec.seeds} fresh seeds per cell).{stop}"
+    ]
+
+
+def missing_notes(m: DegradationMap, spec: StudySpec, study_dir: Path) -> list[str]:
+    """What the report could not show, and why."""
+    notes = []
+    if m.trials.empty:
+        notes.append(
+            "No trial has started yet (none in optuna.db): the study is just starting, "
+            "or was interrupted before its first trial."
+        )
+    unfinished = int(((m.trials["outcome"] == "running") & ~m.trials["diverged"]).sum())
+    if unfinished:
+        notes.append(
+            f"{unfinished} trial(s) have not finished (the study is running or was "
+            f"interrupted): their evaluations count toward steps to target, not toward "
+            f"accuracy. Rerun the report when the study is done."
+        )
+    missing = m.frontier[m.frontier["status"].isna()]
+    if len(missing) and not m.trials.empty:
+        why = []
+        for row in missing.itertuples(index=False):
+            ended = [
+                f"{getattr(row, o)} {o}"
+                for o in ("stopped", "diverged", "errored", "running")
+                if getattr(row, o)
+            ]
+            why.append(f"{row.batch_size} ({', '.join(ended) or 'no trial yet'})")
+        notes.append(f"No run of the whole budget at batch {'; '.join(why)}.")
+    unconfirmed = m.frontier[m.frontier["accuracy_source"] == "search"]
+    if len(unconfirmed) and spec.seeds > 0:
+        notes.append(
+            f"No confirmation run finished at batch "
+            f"{batch_list(unconfirmed['batch_size'].astype(int))}: its accuracy is the best "
+            f"search trial's, which reads high."
+        )
+    errored = int((m.trials["outcome"] == "errored").sum())
+    if errored:
+        notes.append(
+            f"{errored} trial(s) errored: the `error.txt` in each one's trial directory says why."
+        )
+    if len(spec.batch_sizes) < 2:
+        notes.append(
+            "The grid has a single batch size: no degradation or critical batch size "
+            "can be measured."
+        )
+    return notes
+
+
+def verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
+    """The plain-language lines that open the report."""
+    lines = [
+        *accuracy_verdict(m, spec),
+        *rule_verdict(m, spec),
+        *critical_verdict(m),
+        *lr_verdict(m),
+        *budget_verdict(m, spec),
+    ]
+    if m.warnings:
+        batches = sorted({w["batch_size"] for w in m.warnings})
+        lines.append(
+            f"{len(m.warnings)} best-trial value(s) sit on the edge of the search range "
+            f"(batch {batch_list(batches)}): widen those ranges (see Search-range "
+            f"warnings)."
+        )
+    return lines

@@ -1,0 +1,119 @@
+"""Wires one study into a Ray Tune experiment: searcher, scheduler, callbacks and run config.
+
+The trials themselves are `tuner.study.trial`; Optuna's storage is `tuner.store.optuna_db`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from functools import partial
+
+import optuna
+from ray import tune
+
+from search_spaces.cell_search import CellSearch
+from trainables.workloads import get_workload
+from tuner.cluster.capacity import workers_that_fit
+from tuner.cluster.connect import cluster_nodes
+from tuner.spec import StudySpec
+from tuner.store.optuna_db import optuna_storage
+from tuner.study.callbacks import ProgressCallback, StepTensorBoardCallback
+from tuner.study.scheduler import PerCellASHA
+from tuner.study.searcher import CellSearcher
+from tuner.study.trial import trainable
+
+METRIC, MODE = "val_acc", "max"
+
+
+def study_storage(spec: StudySpec) -> optuna.storages.RDBStorage:
+    """The study's Optuna storage where its working copy is *now*: evaluated on every call, so a
+    searcher restored on another machine (another $BATCH_SCALING_CACHE) opens the database
+    there, never a path pickled on the first machine."""
+    return optuna_storage(spec.study_dir)
+
+
+def make_search(spec: StudySpec) -> CellSearch:
+    """The per-cell search of the study (search_spaces.cell_search), without its storage."""
+    return CellSearch(
+        study_name=spec.name,
+        storage=None,
+        cells=spec.cells(),
+        search_trials=spec.trials,
+        seeds=spec.seeds,
+        space=spec.space(),
+        reference_batch=get_workload(spec.workload).reference_batch,
+        seed=spec.seed,
+        mode=MODE,
+    )
+
+
+def make_searcher(spec: StudySpec) -> CellSearcher:
+    return CellSearcher(make_search(spec), partial(study_storage, spec), METRIC, MODE)
+
+
+def make_scheduler(spec: StudySpec) -> PerCellASHA:
+    return PerCellASHA(
+        metric=METRIC, mode=MODE, grace=spec.grace, reduction_factor=spec.reduction_factor
+    )
+
+
+def concurrency(spec: StudySpec) -> int:
+    """Trials at once: as many as the cluster's nodes hold (each worker whole on one node), so
+    none waits on another; on an autoscaling cluster, what it can grow to."""
+    if spec.max_concurrent > 0:
+        return spec.max_concurrent
+    fits = workers_that_fit(cluster_nodes(), spec.cpus_per_worker, spec.gpus_per_worker)
+    return max(1, fits // spec.workers_per_trial)
+
+
+def callbacks(spec: StudySpec) -> list[tune.Callback]:
+    return [StepTensorBoardCallback(), ProgressCallback(spec.batch_sizes)]
+
+
+def run_config(spec: StudySpec) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=spec.name,
+        storage_path=spec.storage if spec.remote else os.path.abspath(spec.storage),
+        callbacks=callbacks(spec),
+        verbose=0,
+        # A failed trial is recorded and the study goes on (no retries of the driver; the
+        # Train run inside retries its workers from the last checkpoint).
+        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+    )
+
+
+def make_tuner(spec: StudySpec) -> tune.Tuner:
+    return tune.Tuner(
+        trainable(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec),
+            scheduler=make_scheduler(spec),
+            # Search trials, then each cell's confirmation runs (the searcher says when done).
+            num_samples=spec.trials + spec.confirmation_trials,
+            max_concurrent_trials=concurrency(spec),
+        ),
+        run_config=run_config(spec),
+    )
+
+
+def restore_tuner(spec: StudySpec) -> tune.Tuner:
+    """Continue an interrupted study: finished trials are kept, unfinished ones resumed.
+
+    The trainable is bound to the spec given here, so options that may change on resume
+    (--worker-retries, --data-dir) reach the resumed trials; --max-concurrent is set on the
+    restored Tune config, which `Tuner.restore` does not take (private attribute: this is the
+    one place that touches it).
+    """
+    tuner = tune.Tuner.restore(
+        spec.study_uri,
+        trainable=trainable(spec),
+        resume_unfinished=True,
+        resume_errored=False,
+        restart_errored=False,
+    )
+    internal = tuner._local_tuner
+    internal._tune_config = dataclasses.replace(
+        internal._tune_config, max_concurrent_trials=concurrency(spec)
+    )
+    return tuner

@@ -1,0 +1,92 @@
+"""Ray Tune's side of the search: a `Searcher` that hands out the trials of
+`search_spaces.cell_search.CellSearch` (per-cell Optuna studies, fair shares, confirmation runs)
+and tells it how each trial ended.
+
+Resuming on another machine: Tune pickles the searcher into its experiment state. The pickle
+holds no storage and no path: `storage_factory` (the study spec's own) reopens the Optuna
+database wherever the study's working copy is now. Every searcher checkpoint also writes a
+consistent SQLite snapshot (`optuna-snapshot.db`) beside Tune's state, so Tune's sync carries
+the two to the study's storage together and a resume finds a database that knows every trial
+Tune's state names.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search import Searcher
+
+from search_spaces.cell_search import FINISHED, CellSearch
+from tuner.outcomes import trial_outcome
+from tuner.store.names import OPTUNA_SNAPSHOT
+from tuner.store.optuna_db import snapshot_sqlite
+
+STEP = "optimizer_steps"  # the x of Optuna's intermediate values
+
+
+class CellSearcher(Searcher):
+    """Tune's view of a `CellSearch`: suggestions become trial configs, results its evidence."""
+
+    def __init__(
+        self,
+        search: CellSearch,
+        storage_factory: Callable[[], optuna.storages.RDBStorage],
+        metric: str,
+        mode: str,
+    ):
+        super().__init__(metric=metric, mode=mode)
+        self._storage_factory = storage_factory
+        self._search = search
+        self._search.attach(storage_factory())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()  # CellSearch drops its live storage when pickled
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._search.attach(self._storage_factory())
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec):
+        return not (metric and metric != self._metric) and not (mode and mode != self._mode)
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        suggestion = self._search.suggest(trial_id)
+        if suggestion == FINISHED:
+            return Searcher.FINISHED
+        if suggestion is None:
+            return None  # confirmation runs wait for their cell's search to finish
+        return {
+            **suggestion.params,
+            "cell": suggestion.cell.key,
+            "phase": suggestion.phase,
+            "seed": suggestion.seed,
+        }
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self._metric in result and STEP in result:
+            self._search.report(trial_id, float(result[self._metric]), int(result[STEP]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        outcome = trial_outcome(result, error=error)
+        value = float(result[self._metric]) if result and self._metric in result else None
+        step = int(result[STEP]) if result and STEP in result else None
+        self._search.complete(trial_id, outcome, value, step)
+
+    @property
+    def search(self) -> CellSearch:
+        return self._search
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self._search, file)
+        database = Path(self._search.storage_url.removeprefix("sqlite:///"))
+        snapshot_sqlite(database, Path(checkpoint_path).parent / OPTUNA_SNAPSHOT)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self._search = pickle.load(file)
+        self._search.attach(self._storage_factory())

@@ -1,0 +1,105 @@
+"""One study from start to end: join Ray, check the cluster can hold a trial, save the spec, run
+(or resume) the Tune experiment, then write the trial table and the report.
+
+`prepare` does everything that can still refuse the study (exit 2, nothing written); `run`
+writes and trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+
+from tuner.cluster.capacity import check_fits
+from tuner.cluster.connect import cluster_nodes, connect
+from tuner.spec import StudySpec, save_spec
+from tuner.store import objects as store
+from tuner.store.names import SPEC_FILE
+from tuner.store.optuna_db import close_lost_trials, pull_optuna_db
+from tuner.store.table import write_trial_table
+from tuner.study import experiment
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the CLI decides about this run that is not part of the study itself."""
+
+    address: str | None
+    resume: bool
+    report: bool = True
+    # --gpus-per-worker was not given and the cluster was not known before Ray started:
+    # take one GPU per worker if the cluster has GPUs.
+    gpus_from_cluster: bool = False
+
+
+def prepare(spec: StudySpec, options: RunOptions) -> StudySpec:
+    """Join the cluster and return the spec as it will run; `InputError` / `ConfigError` when
+    the cluster cannot run it. Nothing is written."""
+    connect(options.address)
+    nodes = cluster_nodes()
+    if options.gpus_from_cluster and any(n.get("GPU", 0) > 0 for n in nodes):
+        spec = dataclasses.replace(spec, gpus_per_worker=1.0)
+        spec.validate()  # e.g. fractional GPUs are now known
+    check_fits(nodes, spec.workers_per_trial, spec.cpus_per_worker, spec.gpus_per_worker)
+    return spec
+
+
+def run(spec: StudySpec, options: RunOptions) -> int:
+    """Run or resume the study on the joined cluster; write its table and report."""
+    if not options.resume:
+        save_spec(spec)
+        if spec.remote:  # a resume from anywhere needs the spec, even if this driver dies now
+            store.upload_file(spec.study_dir / SPEC_FILE, store.join(spec.study_uri, SPEC_FILE))
+    elif spec.remote:
+        used = pull_optuna_db(spec.study_uri, spec.study_dir)
+        print(f"resuming with the Optuna database from {used}", file=sys.stderr)
+    print(
+        f"study {spec.name}: {spec.workload} on {spec.dataset}, batch sizes "
+        f"{list(spec.batch_sizes)}, {len(spec.cells())} cells, {spec.trials} search trials "
+        f"+ up to {spec.confirmation_trials} confirmation runs, budget {spec.budget_spec()} "
+        f"per trial, {spec.workers_per_trial} worker(s)/trial, results in {spec.study_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
+    tuner = experiment.restore_tuner(spec) if options.resume else experiment.make_tuner(spec)
+    results = tuner.fit()
+    if spec.remote:  # Tune's results and TensorBoard files, for the trial table and report
+        store.download_study(spec.study_uri, spec.study_dir)
+    lost = close_lost_trials(spec.study_dir, spec.name)
+    if lost:
+        print(
+            f"{lost} trial(s) started just before an interruption were never recorded by Tune; "
+            f"marked errored in optuna.db",
+            file=sys.stderr,
+        )
+    table = write_trial_table(spec.study_dir)
+    print(f"trial table: {table}", file=sys.stderr)
+    if options.report:
+        from tuner.report.write import write_report
+
+        try:
+            print(f"report: {write_report(spec.study_dir)}", file=sys.stderr)
+        except Exception as error:  # the study is done and saved; say why the report is not
+            print(
+                f"report failed ({type(error).__name__}: {error}); rerun it with "
+                f"python -m tuner.report {spec.study_dir}",
+                file=sys.stderr,
+            )
+    if spec.remote:
+        try:
+            count = store.upload_study(spec.study_dir, spec.study_uri)
+        except store.StorageError as error:
+            print(
+                f"error: {error}; the finished study is in {spec.study_dir} on this machine",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"uploaded {count} files to {spec.study_uri}", file=sys.stderr)
+    errors = sum(1 for r in results if r.error)
+    print(
+        f"done: {len(results)} trials ({errors} errored). The map: tensorboard --logdir "
+        f"{spec.study_dir / 'summary'} (every trial's curves: --logdir {spec.study_dir})",
+        file=sys.stderr,
+    )
+    return 0
