@@ -34,6 +34,9 @@ def quiet() -> None:
 WORKER_ENV = {
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # A reused trial driver waits this long for the stopped trial's Train run to end (its
+    # controller is killed at once; tuner/study/trial.py); Tune's default is 2 s.
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "30",
 }
 
 
@@ -53,7 +56,13 @@ def local_ray_kwargs(**kwargs: Any) -> dict[str, Any]:
     it is (RAY_API_SERVER_ADDRESS) removes the ambiguity.
     """
     port = free_port()
-    env = {**WORKER_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    env = {
+        **WORKER_ENV,
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
+        # One machine is never drained for preemption; the watcher is one more actor process
+        # per trial (clusters keep it: spot instances are).
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    }
     return {"address": "local", "dashboard_port": port, "runtime_env": {"env_vars": env}, **kwargs}
 
 

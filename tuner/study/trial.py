@@ -7,6 +7,7 @@ the `ScalingConfig`.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import ray
@@ -25,6 +26,66 @@ from tuner.store.names import TRAIN_RUNS
 # trials pack a node exactly. Tune rejects an empty request, hence a token of memory (bytes).
 DRIVER_RESOURCES = {"CPU": 0, "memory": 1024**2}
 
+try:  # Ray Train V2 internals, used only by StoppableTorchTrainer below
+    from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
+    from ray.train._internal.session import get_session
+    from ray.train.v2._internal.constants import (
+        DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+        get_env_vars_to_propagate,
+    )
+    from ray.train.v2._internal.execution.controller import TrainController
+
+    # Tune may reuse a trial's driver process for the next trial only where a stopped trial's
+    # Train run can be ended from it (see StoppableTorchTrainer).
+    CAN_REUSE_DRIVERS = True
+except ImportError:  # a Ray upgrade moved them: start a driver per trial, as Tune does by default
+    CAN_REUSE_DRIVERS = False
+
+
+class StoppableTorchTrainer(TorchTrainer):
+    """A TorchTrainer whose run ends when Tune stops the trial, so its driver can be reused.
+
+    Without reuse Tune kills a stopped trial's driver actor, and the Train controller (and with
+    it the workers and their placement group, which fate-share with it) dies with it. A reused
+    driver lives on, so here a watcher kills the controller once Tune's session says stop.
+    `_initialize_and_run_controller` mirrors Ray 2.60's own, keeping the controller's handle.
+    """
+
+    def _initialize_and_run_controller(self, **controller_init_kwargs):
+        env_vars = get_env_vars_to_propagate()
+        env_vars.setdefault(
+            RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
+            DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+        )
+        controller = ray.remote(
+            num_cpus=0,
+            label_selector={ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()},
+            runtime_env={"env_vars": env_vars},
+        )(TrainController).remote(**controller_init_kwargs)
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=_kill_when_stopped, args=(controller, get_session().stop_event, done)
+        )
+        watcher.start()
+        try:
+            ray.get(controller.run.remote())
+            return ray.get(controller.get_result.remote())
+        except ray.exceptions.RayActorError:
+            if get_session().stop_event.is_set():
+                return None  # Tune stopped the trial: its results are already reported
+            raise
+        finally:
+            done.set()
+            watcher.join()
+
+
+def _kill_when_stopped(controller: Any, stop: threading.Event, done: threading.Event) -> None:
+    """Kill `controller` if `stop` is set before `done`."""
+    while not done.is_set():
+        if stop.wait(timeout=0.2):
+            ray.kill(controller, no_restart=True)
+            return
+
 
 def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
     """Tune trainable: run one trial as a Ray Train `TorchTrainer` job."""
@@ -34,7 +95,8 @@ def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
     resources = {"CPU": study.cpus_per_worker}
     if study.use_gpu:
         resources["GPU"] = study.gpus_per_worker
-    trainer = TorchTrainer(
+    trainer_class = StoppableTorchTrainer if CAN_REUSE_DRIVERS else TorchTrainer
+    trainer = trainer_class(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
