@@ -11,19 +11,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The one real study the end-to-end tests share: 2 batch sizes x 4 trials, 3 epochs on digits.
+# The one real study the end-to-end tests share: digits, batch sizes 8..512 under a step budget
+# (issue 9: every batch size must be able to reach the target), one rule, 2 search trials per
+# cell and 2 confirmation seeds: 16 trials, a few minutes on 2 CPUs.
 SMALL_STUDY_ARGS = [
     "simple_cnn",
     "--dataset",
     "digits",
     "--batch-sizes",
-    "8,64",
+    "8,32,128,512",
+    "--budget",
+    "steps:200",
+    "--rules",
+    "sqrt",
     "--trials",
     "8",
-    "--epochs",
-    "3",
-    "--reduction-factor",
+    "--seeds",
     "2",
+    "--target",
+    "0.9",
     "--seed",
     "0",
     "--name",
@@ -51,17 +57,18 @@ def run_cli(
     return proc
 
 
-def assert_each_epoch_trained_once(study_dir: Path) -> None:
+def assert_each_evaluation_trained_once(study_dir: Path) -> None:
     """After a resume: a trial whose Train run had finished is resumed by Tune and re-reports
-    its last epoch from the checkpoint, with the same numbers to the last bit, timings
-    included. Had any epoch been trained twice, its epoch_time_s would differ."""
+    its last evaluation from the checkpoint, with the same numbers to the last bit, timings
+    included. Had any stretch been trained twice, its window_time_s would differ."""
     from tuner.store.table import read_results
 
     for trial_id, rows in read_results(study_dir).items():
-        by_epoch: dict[int, set] = {}
+        by_step: dict[int, set] = {}
         for row in rows:
-            by_epoch.setdefault(row["epoch"], set()).add((row["epoch_time_s"], row["val_loss"]))
-        assert all(len(v) == 1 for v in by_epoch.values()), f"{trial_id} trained an epoch twice"
+            key = (row["window_time_s"], row["val_loss"])
+            by_step.setdefault(row["optimizer_steps"], set()).add(key)
+        assert all(len(v) == 1 for v in by_step.values()), f"{trial_id} trained twice"
 
 
 @pytest.fixture(scope="session")

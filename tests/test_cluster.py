@@ -335,6 +335,8 @@ def test_study_through_ray_job_submit_uses_both_nodes(two_nodes, tmp_path):
             "tuner.search",
             "simple_cnn",
             "--smoke",
+            "--seeds",
+            "0",  # the 4 search trials show the spread over nodes; confirmations add time only
             "--max-concurrent",
             "2",
             "--cpus-per-worker",
@@ -353,7 +355,7 @@ def test_study_through_ray_job_submit_uses_both_nodes(two_nodes, tmp_path):
 
     table = collect_trials(storage / "two-nodes")
     trials = table.groupby("trial_id")
-    assert trials.ngroups == 4
+    assert trials.ngroups == 4  # --smoke --seeds 0: 4 search trials
     assert set(table["outcome"]) <= {"completed", "stopped"}, table[["trial_id", "outcome"]]
     used = set(table["node_id"].dropna())
     assert used == two_nodes.node_ids(), (used, two_nodes.node_ids())
@@ -696,7 +698,7 @@ def test_ray_up_smoke_study_ray_down_with_local_provider(tmp_path):
                 "exec",
                 str(config),
                 f"cd ~/batch-scaling-study && python -m tuner.search simple_cnn --smoke "
-                f"--max-concurrent 2 --address auto --storage {remote} --name {study}",
+                f"--seeds 0 --max-concurrent 2 --address auto --storage {remote} --name {study}",
             ],
             cluster.env,
             timeout=420,
@@ -712,7 +714,7 @@ def test_ray_up_smoke_study_ray_down_with_local_provider(tmp_path):
             timeout=120,
         )
         table = collect_trials(local)
-        assert table["trial_id"].nunique() == 4
+        assert table["trial_id"].nunique() == 4  # --smoke --seeds 0: 4 search trials
         assert table["node_id"].nunique() == 1  # one node: the head
         assert (local / "trials.csv").exists()
         down = run([*ray_cli, "down", "-y", str(config)], cluster.env, timeout=180, check=False)

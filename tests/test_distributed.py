@@ -28,7 +28,7 @@ def local_ray():
 def test_two_workers_split_the_batch_and_match_one_process(local_ray, tmp_path):
     # simple_cnn has no BatchNorm, so per-worker statistics cannot make the two runs differ.
     values = base_config(
-        batch_size=64, num_workers=2, epochs=1, base_lr=0.01, max_train_examples=512
+        batch_size=64, num_workers=2, budget_amount=1, base_lr=0.01, max_train_examples=512
     )
     result = TorchTrainer(
         train_loop_per_worker,

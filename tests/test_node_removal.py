@@ -61,8 +61,8 @@ def kill_node(node: subprocess.Popen) -> list[int]:
 
 
 def running_on(study_dir: Path, node_id: str) -> set[str]:
-    """Running trials whose latest result came from `node_id` at epoch 1 or 2 of 4 (so that the
-    kill lands well before they end); empty before the study exists."""
+    """Running trials whose latest result came from `node_id` in the first half of their budget
+    (so that the kill lands well before they end); empty before the study exists."""
     from tuner.store.table import collect_trials
 
     if not (study_dir / "study.json").exists():
@@ -71,9 +71,9 @@ def running_on(study_dir: Path, node_id: str) -> set[str]:
         table = collect_trials(study_dir)
     except Exception:  # noqa: BLE001 (files half written by the running study)
         return set()
-    table = table[table["outcome"] == "running"].dropna(subset=["epoch"])
-    latest = table.sort_values("epoch").groupby("trial_id").last()
-    return set(latest[(latest["node_id"] == node_id) & (latest["epoch"] <= 2)].index)
+    table = table[table["outcome"] == "running"].dropna(subset=["progress"])
+    latest = table.sort_values("progress").groupby("trial_id").last()
+    return set(latest[(latest["node_id"] == node_id) & (latest["progress"] <= 0.5)].index)
 
 
 def test_worker_node_killed_mid_study_study_completes_with_report(tmp_path):
@@ -105,16 +105,22 @@ def test_worker_node_killed_mid_study_study_completes_with_report(tmp_path):
                 "digits",
                 "--batch-sizes",
                 "8,64",
+                "--rules",
+                "linear",
                 "--trials",
                 str(TRIALS),
-                "--epochs",
-                "4",
+                "--seeds",
+                "0",
+                "--budget",
+                "epochs:4",
+                "--min-steps",
+                "0",
                 "--cpus-per-worker",
                 "2",
-                # ASHA's only rung at the last epoch: no trial is stopped early, so a trial on
+                # ASHA's only rung just before the end: no trial is stopped early, so a trial on
                 # node 2 is certainly still running when the node goes.
-                "--grace-epochs",
-                "4",
+                "--grace",
+                "0.99",
                 "--max-concurrent",
                 "2",
                 "--address",
@@ -180,7 +186,7 @@ def test_worker_node_killed_mid_study_study_completes_with_report(tmp_path):
 
         table = collect_trials(study_dir)
         outcomes = table.groupby("trial_id")["outcome"].first()
-        print(table[["trial_id", "epoch", "outcome", "node_id"]].to_string())
+        print(table[["trial_id", "optimizer_steps", "outcome", "node_id"]].to_string())
         assert len(outcomes) == TRIALS, outcomes
         assert set(outcomes) <= FINAL, outcomes
         # A trial that was running on the removed node either errored, or was retried (its
@@ -189,7 +195,7 @@ def test_worker_node_killed_mid_study_study_completes_with_report(tmp_path):
             outcomes[t] == "errored"
             or set(table[table["trial_id"] == t]["node_id"].dropna()) & head_ids
             for t in victims
-        ), (victims, table[["trial_id", "epoch", "outcome", "node_id"]])
+        ), (victims, table[["trial_id", "optimizer_steps", "outcome", "node_id"]])
     finally:
         if study is not None and study.poll() is None:
             study.kill()

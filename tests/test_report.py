@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 import urllib.request
@@ -305,21 +304,9 @@ def test_cli_exit_code_as_a_user_sees_it(tmp_path):
 
 
 def final_rows(trials_csv: pd.DataFrame) -> pd.DataFrame:
-    """Last reported epoch of every trial, computed independently of tuner.analysis."""
-    reported = trials_csv[trials_csv["epoch"].notna()]
-    return reported.sort_values("epoch").groupby("trial_id").tail(1)
-
-
-def evaluated_batches(study: Path) -> list[int]:
-    """Batch sizes with at least one evaluation of a non-diverged trial."""
-    live = live_rows(pd.read_csv(study / "trials.csv"))
-    return sorted(int(b) for b in live[live["val_acc"].notna()]["batch_size"].unique())
-
-
-def frontier_batches(study: Path) -> list[int]:
-    """Batch sizes with a best accuracy in frontier.csv."""
-    frontier = pd.read_csv(study / "frontier.csv")
-    return frontier[frontier["best_val_acc"].notna()]["batch_size"].tolist()
+    """Last evaluation of every trial, computed independently of tuner.analysis."""
+    reported = trials_csv[trials_csv["optimizer_steps"].notna()]
+    return reported.sort_values("optimizer_steps").groupby("trial_id").tail(1)
 
 
 def live_rows(trials_csv: pd.DataFrame) -> pd.DataFrame:
@@ -328,15 +315,29 @@ def live_rows(trials_csv: pd.DataFrame) -> pd.DataFrame:
     return trials_csv[~trials_csv["trial_id"].isin(trials_csv[diverged]["trial_id"])]
 
 
+def expected_accuracy(trials_csv: pd.DataFrame) -> dict[int, float]:
+    """Per batch size: the cell with the best search trial that ran its whole budget, and the
+    mean final accuracy of that cell's confirmation runs."""
+    finals = final_rows(live_rows(trials_csv))
+    full = finals[finals["outcome"] == "completed"]
+    search, confirm = full[full["phase"] == "search"], full[full["phase"] == "confirm"]
+    expected = {}
+    for batch, group in search.groupby("batch_size"):
+        cell = group.sort_values("val_acc", ascending=False).iloc[0]["cell"]
+        runs = confirm[confirm["cell"] == cell]["val_acc"]
+        if len(runs):
+            expected[int(batch)] = runs.mean()
+    return expected
+
+
 @pytest.fixture(scope="module")
 def real_report(small_study, tmp_path_factory) -> tuple[Path, float]:
-    """A copy of the shared real study, re-reported with a target every batch size reaches."""
+    """A copy of the shared real study, re-reported from the command line."""
     study = tmp_path_factory.mktemp("real") / "e2e"
     shutil.copytree(small_study, study)
-    best = live_rows(pd.read_csv(study / "trials.csv")).groupby("batch_size")["val_acc"].max()
-    target = math.floor(best.min() * 100) / 100
+    target = load_spec(study).target_accuracy
     proc = run_cli("tuner.report", str(study), "--target", f"{target:.2f}", timeout=300)
-    assert "report:" in proc.stdout and "Accuracy" in proc.stdout
+    assert "report:" in proc.stdout and "accuracy" in proc.stdout
     return study, target
 
 
@@ -353,19 +354,22 @@ def test_real_frontier_matches_the_trial_table(real_report):
     frontier = pd.read_csv(study / "frontier.csv").set_index("batch_size")
     spec = load_spec(study)
     assert frontier.index.tolist() == list(spec.batch_sizes)
-    assert frontier["trials"].sum() == trials["trial_id"].nunique() == spec.trials
-    finals = final_rows(live_rows(trials))
-    scored = finals[finals["outcome"].isin(["completed", "stopped"])]
-    for batch, best in scored.groupby("batch_size")["val_acc"].max().items():
-        assert frontier.loc[batch, "best_val_acc"] == pytest.approx(best)
+    search = trials[trials["phase"] == "search"]
+    assert frontier["trials"].sum() == search["trial_id"].nunique() == spec.trials
+    expected = expected_accuracy(trials)
+    assert expected and set(expected) == set(frontier["accuracy"].dropna().index)
+    for batch, accuracy in expected.items():
+        assert frontier.loc[batch, "accuracy"] == pytest.approx(accuracy)
     live = live_rows(trials)
     for batch, group in live[live["val_acc"].notna()].groupby("batch_size"):
         reached = group[group["val_acc"] >= target]
-        assert frontier.loc[batch, "steps"] == reached["optimizer_steps"].min()
-        assert frontier.loc[batch, "examples"] == reached["optimizer_steps"].min() * batch
+        if len(reached):
+            assert frontier.loc[batch, "steps"] == reached["optimizer_steps"].min()
+            assert frontier.loc[batch, "examples"] == reached["optimizer_steps"].min() * batch
+        else:
+            assert frontier.loc[batch, "censored_at"] == group["optimizer_steps"].max()
     data = json.loads((study / "frontier.json").read_text())
     assert data["target"] == pytest.approx(target)
-    assert data["critical_batch"]["status"] in ("fit", "unbounded")
     assert_all_outputs(study)
 
 
@@ -384,12 +388,10 @@ def test_real_tensorboard_run_through_tensorboards_reader(real_report):
     for tag in acc.Tags()["images"]:
         image = acc.Images(tag)[0]
         assert image.encoded_image_string[:8] == PNG_SIGNATURE and image.width > 100
-    frontier = pd.read_csv(study / "frontier.csv").dropna(subset=["best_val_acc"])
-    scalars = acc.Scalars("frontier/best_val_acc")
-    assert [e.step for e in scalars] == frontier["batch_size"].tolist() == frontier_batches(study)
-    assert [e.value for e in scalars] == pytest.approx(frontier["best_val_acc"].tolist())
-    # The target is one that every batch size with a live (non-diverged) evaluation reaches.
-    assert [e.step for e in acc.Scalars("frontier/steps_to_target")] == evaluated_batches(study)
+    frontier = pd.read_csv(study / "frontier.csv").dropna(subset=["accuracy"])
+    scalars = acc.Scalars("frontier/accuracy")
+    assert [e.step for e in scalars] == frontier["batch_size"].tolist()
+    assert [e.value for e in scalars] == pytest.approx(frontier["accuracy"].tolist())
 
     mux = pem.EventMultiplexer()
     mux.AddRunsFromDirectory(str(study / "summary"))
@@ -406,7 +408,8 @@ def test_real_tensorboard_run_through_tensorboards_reader(real_report):
     for trial_id, tags in sessions.items():
         start = metadata.parse_session_start_info_plugin_data(tags[metadata.SESSION_START_INFO_TAG])
         assert start.hparams["batch_size"].number_value == first.loc[trial_id, "batch_size"]
-        assert start.hparams["scaling_rule"].string_value == first.loc[trial_id, "scaling_rule"]
+        assert start.hparams["cell"].string_value == first.loc[trial_id, "cell"]
+        assert start.hparams["phase"].string_value == first.loc[trial_id, "phase"]
         assert start.hparams["outcome"].string_value == first.loc[trial_id, "outcome"]
 
 
@@ -453,8 +456,9 @@ def test_real_tensorboard_server_serves_the_map(real_report):
         f"{url}/data/plugin/images/individualImage?{blob[0]['query']}", timeout=30
     ) as response:
         assert response.read()[:8] == PNG_SIGNATURE
-    steps = _post(f"{url}/data/plugin/scalars/scalars?run=.&tag=frontier/best_val_acc")
-    assert [s[1] for s in steps] == frontier_batches(study)
+    steps = _post(f"{url}/data/plugin/scalars/scalars?run=.&tag=frontier/accuracy")
+    frontier = pd.read_csv(study / "frontier.csv").dropna(subset=["accuracy"])
+    assert [s[1] for s in steps] == frontier["batch_size"].tolist()
 
     experiment = _post(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""})
     assert {m["name"]["tag"] for m in experiment["metricInfos"]} >= {
@@ -467,7 +471,7 @@ def test_real_tensorboard_server_serves_the_map(real_report):
         "scaling_rule",
         "base_lr",
         "peak_lr",
-        "warmup_epochs",
+        "warmup_fraction",
         "weight_decay",
     }
     request = {

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from tests.conftest import ROOT, assert_each_epoch_trained_once, run_cli
+from tests.conftest import ROOT, assert_each_evaluation_trained_once, run_cli
 from tuner.store.table import collect_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -22,10 +22,16 @@ ARGS = [
     "digits",
     "--batch-sizes",
     "8,64",
+    "--rules",
+    "linear",
     "--trials",
-    "6",
-    "--epochs",
-    "2",
+    "4",
+    "--seeds",
+    "1",
+    "--budget",
+    "steps:60",
+    "--eval-every",
+    "15",
     "--name",
     "resumed",
     "--no-report",
@@ -78,7 +84,7 @@ def test_killed_study_resumes_without_repeating_finished_trials(tmp_path):
         "tuner.search", "--resume", "--name", "resumed", "--storage", str(tmp_path), "--no-report"
     )
 
-    assert_each_epoch_trained_once(study_dir)
+    assert_each_evaluation_trained_once(study_dir)
     table = collect_trials(study_dir).drop_duplicates("trial_id")
     recorded = table[table["outcome"].isin(["completed", "stopped", "diverged"])]
     assert len(recorded) >= 6 - 1  # at most one trial lost between Tune checkpoints

@@ -314,13 +314,16 @@ def _choices(text: str | None, option: str) -> tuple[str, ...] | None:
 
 def resolve_budget(args: argparse.Namespace, settings: Any, smoke: bool) -> tuple[str, int]:
     """The study's budget text and step floor from --budget / --epochs / --smoke / defaults."""
+    given = args.budget is not None or args.epochs is not None
     if args.budget is not None:
         text = args.budget
     elif args.epochs is not None:
         text = f"epochs:{args.epochs}"
     else:
         text = SMOKE["budget"] if smoke else settings.budget
-    min_steps = pick(args.min_steps, 0 if smoke else settings.min_steps)
+    # The workload's floor comes with its default budget; a budget the user gives means what it
+    # says (epochs:6 is equal data) unless --min-steps adds a floor.
+    min_steps = pick(args.min_steps, 0 if smoke or given else settings.min_steps)
     try:
         budget = Budget.parse(text, min_steps)
     except BudgetError as error:

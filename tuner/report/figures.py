@@ -79,6 +79,8 @@ def accuracy_vs_batch(m: DegradationMap, budget: str | None = None) -> Figure:
         _no_data(ax, "no trial has run its whole budget yet: no accuracy to show")
         return fig
     rules = m.by_rule[m.by_rule["accuracy"].notna()] if "accuracy" in m.by_rule else m.by_rule
+    if rules["scaling_rule"].nunique() < 2:
+        rules = rules.iloc[0:0]  # one rule: its line is the black one
     for rule, group in rules.groupby("scaling_rule"):
         ax.plot(
             group["batch_size"],

@@ -98,6 +98,19 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
             f"resolves drops of about {pts(row['resolution'])} and no finer. More seeds "
             f"(--seeds) or a larger validation set would settle it."
         )
+    better = measured[measured["drop_high"] < -m.tolerance]["batch_size"].astype(int).tolist()
+    if better:
+        unit = spec.budget_spec().unit
+        why = (
+            "under an equal-step budget the smaller batch sizes see fewer examples; an epoch "
+            "budget (--budget epochs:E) compares them at equal data"
+            if unit == "steps"
+            else "the baseline may be short of steps or of tuning; check its curves"
+        )
+        lines.append(
+            f"Batch {batch_list(better)} beat the batch-{base_batch} baseline by more than {tol} "
+            f"at 95% confidence: {why}."
+        )
     lines += resolution_notes(m)
     return lines
 
