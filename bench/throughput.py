@@ -38,7 +38,7 @@ def config(args, workers: int) -> dict:
     cli += ["--max-train-examples", str(args.examples), "--workers-per-trial", str(workers)]
     spec = build_spec(build_parser().parse_args(cli), gpus_available=False)
     params = {"batch_size": args.batch, "scaling_rule": "none", "optimizer": "sgd"}
-    params |= {"base_lr": 0.01, "weight_decay": 1e-4, "warmup_epochs": 0.0}
+    params |= {"base_lr": 0.01, "weight_decay": 1e-4, "warmup_fraction": 0.0}
     return spec.trial_config(params)
 
 

@@ -36,6 +36,9 @@ def base_config(**overrides):
         seed=0,
         stop_at_accuracy=0.0,
         use_gpu=False,
+        compile=False,
+        loader_workers=1,
+        decode="cpu",
     )
     values.update(overrides)
     return values

@@ -14,6 +14,7 @@ from trainables.budget import UNITS, Budget
 from trainables.optim import OPTIMIZERS, SCALING_RULES, SCHEDULES, scaled_lr
 
 BN_MODES = ("per_worker", "sync", "ghost")
+DECODERS = ("cpu", "gpu")
 # Warmup is a fraction of the budget, and never more than this (science.md section 2: Goyal et
 # al. warm up over 5 of 90 epochs, 6%); longer, the peak lr would hardly be used.
 WARMUP_MAX_FRACTION = 0.25
@@ -93,6 +94,9 @@ class TrialConfig:
     seed: int  # initial weights and batch order: varied only by confirmation runs
     stop_at_accuracy: float  # end the trial once validation accuracy reaches this (0: never)
     use_gpu: bool
+    compile: bool  # torch.compile the model (trainables.accel)
+    loader_workers: int  # DataLoader processes for streamed (ImageFolder) data
+    decode: str  # where ImageFolder JPEGs are decoded: gpu (nvJPEG) or cpu
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
@@ -132,6 +136,9 @@ class TrialConfig:
             (self.divergence_factor > 1, "divergence_factor must be > 1"),
             (self.ghost_batch >= 1, "ghost_batch must be >= 1"),
             (self.max_train_examples >= 0, "max_train_examples must be >= 0"),
+            (self.loader_workers >= 0, "loader_workers must be >= 0"),
+            (self.decode in DECODERS, f"decode must be one of {DECODERS}"),
+            (self.decode == "cpu" or self.use_gpu, "decode gpu needs use_gpu"),
         ]
         for ok, message in checks:
             if not ok:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 DEFAULT_DATA_DIR = os.environ.get(
     "STUDY_DATA_DIR", str(Path.home() / ".cache" / "batch-scaling-data")
@@ -254,8 +254,12 @@ def load_cifar10(data_dir: str, seed: int) -> Splits:
     return Splits("cifar10", train, val, (3, 32, 32), 10, augment="crop_flip")
 
 
-def load_imagenet(data_dir: str, seed: int, image_size: int = 224) -> Splits:
-    """ImageNet in ImageFolder layout: DIR/train/<class>/* for training, DIR/val/<class>/*."""
+def load_imagenet(data_dir: str, seed: int, image_size: int = 224, encoded: bool = False) -> Splits:
+    """ImageNet in ImageFolder layout: DIR/train/<class>/* for training, DIR/val/<class>/*.
+
+    `encoded`: items are the files' bytes, decoded and augmented on the training device
+    (`trainables.images`); else PIL decoding and torchvision transforms in the loader processes.
+    """
     import torchvision
     from torchvision import transforms as T
 
@@ -267,6 +271,18 @@ def load_imagenet(data_dir: str, seed: int, image_size: int = 224) -> Splits:
                 f"--data-dir DIR with train/ and val/ (no download exists), or try --dataset "
                 f"synthetic (any model) or cifar10"
             )
+    if encoded:
+        from trainables.images import EncodedImageFolder
+
+        train_files = EncodedImageFolder(root / "train")
+        return Splits(
+            "imagenet",
+            train_files,
+            EncodedImageFolder(root / "val"),
+            (3, image_size, image_size),
+            len(train_files.classes),
+            augment="jpeg",
+        )
     normalise = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     train = torchvision.datasets.ImageFolder(
         str(root / "train"),
@@ -323,14 +339,18 @@ def load_dataset(
     seed: int,
     synthetic_shape: tuple[int, ...] = (3, 32, 32),
     max_train_examples: int = 0,
+    decode: str = "cpu",
 ) -> Splits:
     """Load a registered data set (`synthetic` takes the model's input shape).
 
     `max_train_examples` > 0 keeps a seeded subset of that many training examples and a
     quarter as many validation examples (at least 64): for smoke runs on big data sets.
+    `decode="gpu"` gives ImageNet as encoded files decoded on the training device.
     """
     if name == "synthetic":
         splits = load_synthetic(synthetic_shape, seed=seed)
+    elif name == "imagenet":
+        splits = load_imagenet(data_dir or DEFAULT_DATA_DIR, seed, encoded=decode == "gpu")
     elif name in DATASETS:
         splits = DATASETS[name](data_dir or DEFAULT_DATA_DIR, seed)
     else:
@@ -353,8 +373,33 @@ def _subset(split: TensorSplit | Dataset, size: int, seed: int) -> TensorSplit |
 # ---------------------------------------------------------------- batch sources
 
 
+class _Plan(Sampler):
+    """A batch sampler whose batches are set before each pass, so that one persistent
+    DataLoader (its processes started once per trial) serves every epoch and evaluation."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+MicroBatches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
 class BatchSource:
-    """Yields one worker's batches for an epoch and its validation shard, on `device`."""
+    """Yields one worker's micro-batches for every step of an epoch, and its validation shard,
+    on `device`.
+
+    In-memory data sets are indexed on the device. Streamed ones (ImageFolder) go through two
+    persistent DataLoaders (training, validation), each of `loader_workers` processes, whose
+    batches are micro-batches: a worker's share of a global batch is never held whole. With
+    encoded splits (`Splits.augment == "jpeg"`) the loader processes read file bytes and the
+    JPEGs are decoded and augmented here on `device` (`trainables.images`).
+    """
 
     def __init__(
         self,
@@ -365,10 +410,13 @@ class BatchSource:
         seed: int,
         device: torch.device,
         loader_workers: int = 4,
+        micro_batch: int | None = None,
     ):
         self.splits, self.global_batch, self.rank, self.world = splits, global_batch, rank, world
         self.seed, self.device, self.loader_workers = seed, device, loader_workers
+        self.micro_batch = micro_batch or global_batch // world
         self.in_memory = isinstance(splits.train, TensorSplit)
+        self._loaders: dict[str, tuple[DataLoader, _Plan]] = {}
         if self.in_memory:  # move once: no per-step host-to-device copies for small data sets
             splits.train = TensorSplit(splits.train.x.to(device), splits.train.y.to(device))
             splits.val = TensorSplit(splits.val.x.to(device), splits.val.y.to(device))
@@ -377,10 +425,14 @@ class BatchSource:
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(len(self.splits.train), self.global_batch)
 
-    def train_batches(
-        self, epoch: int, start: int = 0
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This worker's share of every global batch of `epoch`, from the `start`-th on."""
+    @property
+    def per_step(self) -> int:
+        """Micro-batches in one worker's share of a global batch."""
+        return -(-(self.global_batch // self.world) // self.micro_batch)
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[MicroBatches]:
+        """For every global batch of `epoch` from the `start`-th on, an iterator over this
+        worker's micro-batches of it (consume each before asking for the next)."""
         n = len(self.splits.train)
         indices = worker_batches(
             n, self.global_batch, self.seed, epoch, self.rank, self.world, start
@@ -392,17 +444,29 @@ class BatchSource:
                 x = data.x[idx]
                 if self.splits.augment == "crop_flip":
                     x = crop_flip(x, augment_generator(self.seed, epoch, position, self.rank))
-                yield x, data.y[idx]
-        else:
-            loader = DataLoader(
-                self.splits.train,
-                batch_sampler=list(indices),
-                num_workers=self.loader_workers,
-                pin_memory=self.device.type == "cuda",
-                persistent_workers=False,
-            )
-            for x, y in loader:
-                yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+                yield zip(
+                    x.split(self.micro_batch), data.y[idx].split(self.micro_batch), strict=True
+                )
+            return
+        steps = list(indices)
+        batches = [
+            idx[i : i + self.micro_batch].tolist()
+            for idx in steps
+            for i in range(0, len(idx), self.micro_batch)
+        ]
+        stream = iter(self._loader("train", self.splits.train, batches))
+        for position in range(start, start + len(steps)):
+            yield self._train_micro(stream, epoch, position)
+
+    def _train_micro(self, stream: Iterator, epoch: int, position: int) -> MicroBatches:
+        for i in range(self.per_step):
+            x, y = next(stream)
+            if self.splits.augment == "jpeg":
+                from trainables.images import train_batch
+
+                key = augment_generator(self.seed, epoch, position * self.per_step + i, self.rank)
+                x = train_batch(x, self.splits.input_shape[-1], key, self.device)
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def val_batches(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This worker's shard of the validation split, in batches of at most `batch`."""
@@ -412,16 +476,40 @@ class BatchSource:
             for start in range(part.start, part.stop, batch):
                 stop = min(start + batch, part.stop)
                 yield data.x[start:stop], data.y[start:stop]
-        else:
-            subset = torch.utils.data.Subset(self.splits.val, list(part))
+            return
+        batches = [
+            list(range(s, min(s + batch, part.stop))) for s in range(part.start, part.stop, batch)
+        ]
+        for x, y in self._loader("val", self.splits.val, batches):
+            if self.splits.augment == "jpeg":
+                from trainables.images import val_batch
+
+                x = val_batch(x, self.splits.input_shape[-1], self.device)
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def _loader(self, part: str, dataset: Dataset, batches: list[list[int]]) -> DataLoader:
+        """The persistent loader of `part`, set to load `batches` on its next pass."""
+        if part not in self._loaders:
+            workers = self.loader_workers
+            collate = None
+            if self.splits.augment == "jpeg":
+                from trainables.images import collate_encoded
+
+                collate = collate_encoded
+            plan = _Plan()
             loader = DataLoader(
-                subset,
-                batch_size=batch,
-                num_workers=self.loader_workers,
+                dataset,
+                batch_sampler=plan,
+                num_workers=workers,
+                collate_fn=collate,
                 pin_memory=self.device.type == "cuda",
+                persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
             )
-            for x, y in loader:
-                yield (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+            self._loaders[part] = (loader, plan)
+        loader, plan = self._loaders[part]
+        plan.batches = batches
+        return loader
 
 
 def check_data(name: str, data_dir: str | None, max_train_examples: int = 0) -> int | None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from trainables import accel
 from trainables.batchnorm import apply_bn_mode, bn_batch, bn_label
 from trainables.budget import default_eval_every, evaluation_steps, warmup_steps
 from trainables.config import TrialConfig
@@ -37,24 +38,22 @@ def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on GPUs only: CPU autocast would slow the small CPU models down.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def evaluate(
-    model: nn.Module, source: BatchSource, batch: int, device: torch.device
+    model: nn.Module,
+    source: BatchSource,
+    batch: int,
+    device: torch.device,
+    speed: accel.Acceleration | None = None,
 ) -> tuple[float, float, int]:
     """Validation loss, accuracy and example count over the whole held-out split, summed
     across workers."""
+    speed = speed or accel.choose(model, device, 0, False)
     model.eval()
     totals = torch.zeros(3, device=device, dtype=torch.float64)
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), accel.autocast(speed):
         for x, y in source.val_batches(batch):
-            logits = model(x).float()
+            logits = model(accel.prepare_input(x, speed)).float()
             totals[0] += criterion(logits, y).double()
             totals[1] += (logits.argmax(1) == y).sum()
             totals[2] += len(y)
@@ -97,8 +96,18 @@ def train(
             config.split_seed,
             synthetic_shape(config.model),
             config.max_train_examples,
+            config.decode,
         )
-    source = BatchSource(splits, config.batch_size, rank, world, config.seed, device)
+    source = BatchSource(
+        splits,
+        config.batch_size,
+        rank,
+        world,
+        config.seed,
+        device,
+        loader_workers=config.loader_workers,
+        micro_batch=layout.micro_batch,
+    )
     per_epoch = source.steps_per_epoch
     n_train = len(splits.train)
     if per_epoch < 1:
@@ -108,18 +117,22 @@ def train(
 
     model = build_model(config.model, splits.input_shape, splits.num_classes)
     model = apply_bn_mode(model, config.bn_mode, config.ghost_batch, world).to(device)
+    speed = accel.choose(model, device, total, config.compile)
+    accel.configure_backends(speed)
+    accel.prepare_model(model, speed)
     optimizer = build_optimizer(
         config.optimizer,
         param_groups(model, config.weight_decay),
         lr=config.peak_lr,
         momentum=config.momentum,
+        fused=speed.fused_optimizer,
     )
     step = 0
     if resume_state:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         step = resume_state["step"]
-    ddp_model = wrap_model(model)
+    ddp_model = accel.compiled(wrap_model(model), speed)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     schedule = dict(
@@ -147,6 +160,7 @@ def train(
     }
     if constants["bn_mode"] == "none":
         constants["bn_batch"] = 0  # no BatchNorm in the model
+    constants |= speed.as_metrics()
 
     # [loss sum, steps, non-finite count] since the last evaluation and for the current check
     sums = torch.zeros(3, device=device, dtype=torch.float64)
@@ -154,20 +168,28 @@ def train(
     next_eval = iter([s for s in evaluations if s > step])
     due = next(next_eval)
     started, since, lr, diverged = time.perf_counter(), step, config.peak_lr, False
+    first_step_s = 0.0  # the first step's time: with --compile, mostly compilation
     ddp_model.train()
     while step < total and not diverged:
         epoch, offset = divmod(step, per_epoch)
-        for x, y in source.train_batches(epoch, start=offset):
+        for micro_batches in source.train_batches(epoch, start=offset):
             lr = lr_at_step(step, **schedule)
             set_lr(optimizer, lr)
-            window += _train_step(ddp_model, optimizer, criterion, x, y, layout, device)
+            began = time.perf_counter()
+            window += _train_step(
+                ddp_model, optimizer, criterion, micro_batches, source.per_step, device, speed
+            )
             step += 1
+            if not first_step_s:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                first_step_s = time.perf_counter() - began
             if step % DIVERGENCE_CHECK_EVERY == 0 or step == due:
                 diverged = _check_divergence(window, sums, loss_limit)
             if step != due and not diverged:
                 continue
             train_time = time.perf_counter() - started
-            val_loss, val_acc, val_examples = evaluate(ddp_model, source, eval_batch, device)
+            val_loss, val_acc, val_examples = evaluate(ddp_model, source, eval_batch, device, speed)
             loss_sum, steps, _ = sums.tolist()
             examples = step * config.batch_size
             reached = 0 < config.stop_at_accuracy <= val_acc
@@ -183,6 +205,7 @@ def train(
                 "lr": lr,
                 "samples_per_second": (step - since) * config.batch_size / max(train_time, 1e-9),
                 "window_time_s": time.perf_counter() - started,
+                "first_step_s": first_step_s,
                 "diverged": diverged,
                 "reached_target": reached,
                 **constants,
@@ -207,25 +230,24 @@ def _train_step(
     ddp_model: nn.Module,
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    layout: Any,
+    micro_batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    count: int,
     device: torch.device,
+    speed: accel.Acceleration,
 ) -> torch.Tensor:
-    """One optimizer step over this worker's share, accumulating over micro-batches; returns
-    [loss, 1, non-finite] to add to the divergence window (no host sync here)."""
-    micro_x, micro_y = x.split(layout.micro_batch), y.split(layout.micro_batch)
+    """One optimizer step over this worker's `count` micro-batches, accumulating gradients;
+    returns [loss, 1, non-finite] to add to the divergence window (no host sync here)."""
     step_loss = torch.zeros((), device=device, dtype=torch.float64)
-    for i, (xm, ym) in enumerate(zip(micro_x, micro_y, strict=True)):
-        last = i == len(micro_x) - 1
+    for i, (xm, ym) in enumerate(micro_batches):
+        last = i == count - 1
         # Skip DDP's gradient all-reduce on all but the last micro-batch.
         sync = (
             contextlib.nullcontext()
             if last or not hasattr(ddp_model, "no_sync")
             else ddp_model.no_sync()
         )
-        with sync, _autocast(device):
-            loss = criterion(ddp_model(xm).float(), ym) / len(micro_x)
+        with sync, accel.autocast(speed):
+            loss = criterion(ddp_model(accel.prepare_input(xm, speed)).float(), ym) / count
         loss.backward()
         step_loss += loss.detach().double()
     optimizer.step()

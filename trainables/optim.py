@@ -91,17 +91,21 @@ def build_optimizer(
     *,
     lr: float,
     momentum: float = 0.9,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum, AdamW, or timm's LARS / LAMB.
+
+    `fused` selects torch's one-kernel step for SGD and AdamW (CUDA parameters only); timm's
+    LARS and LAMB have no fused form and ignore it.
 
     torch's SGD keeps the momentum buffer without the lr (buf = m*buf + g; w -= lr*buf), so
     Goyal et al.'s momentum correction on lr changes is not needed.
     """
     groups = list(groups)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, fused=fused or None)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), fused=fused or None)
     if name == "lars":
         from timm.optim import Lars
 

@@ -27,8 +27,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if trial.use_gpu else torch.device("cpu")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
 
     resume_state = None
     checkpoint = ray.train.get_checkpoint()

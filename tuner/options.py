@@ -52,7 +52,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SEED_MAX = 2**32 - 1  # Optuna's samplers seed numpy, which takes 32 bits
 MAX_GRID = 64  # batch sizes in one grid: more is a typo, not a study
 # Options that may change when a study is resumed; every other one must match the saved study.
-RESUMABLE = ("max_concurrent", "worker_retries", "data_dir")
+RESUMABLE = ("max_concurrent", "worker_retries", "data_dir", "loader_workers")
 RUN_ONLY = ("address", "no_report", "skip_data_check", "storage", "name", "resume")
 
 
@@ -187,6 +187,22 @@ def build_parser(description: str = "") -> OneLineParser:
         help="do not check the data on this machine (it lives on the workers)",
     )
     add("--no-report", action="store_true", help="do not write the report at the end")
+    add(
+        "--compile",
+        action="store_true",
+        help="torch.compile each trial's model (its compile time is reported as first_step_s)",
+    )
+    add(
+        "--loader-workers",
+        type=int,
+        help="DataLoader processes per worker for ImageFolder data (default: its CPUs)",
+    )
+    add(
+        "--decode",
+        choices=("auto", "gpu", "cpu"),
+        help="where ImageFolder JPEGs are decoded and augmented (default auto: gpu on GPU "
+        "workers, with torchvision's nvJPEG; cpu: PIL in the loader processes)",
+    )
     return p
 
 
@@ -231,6 +247,7 @@ BOUNDS: dict[str, Bound] = {
     "reduction_factor": Bound(2, None, "ASHA keeps 1 in this many trials at each rung"),
     "divergence_factor": Bound(1, None, "multiples of the chance-level loss", low_open=True),
     "worker_retries": Bound(0, None, "restarts of a failed worker group; 0 means none"),
+    "loader_workers": Bound(1, 64, "DataLoader processes per worker"),
     "target": Bound(0, 1, "a validation accuracy as a fraction (0.95, not 95)", low_open=True),
     "seed": Bound(0, SEED_MAX, "the seed"),
 }
@@ -419,6 +436,9 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         strata=strata,
         seeds=pick(args.seeds, SMOKE["seeds"] if args.smoke else SEEDS),
         search_ranges=space.ranges(),
+        compile=bool(args.compile),
+        loader_workers=pick(args.loader_workers, 0),
+        decode=pick(args.decode, "auto"),
     )
     spec.validate()
     return spec
@@ -452,6 +472,8 @@ DECIDES: dict[str, tuple[str, ...]] = {
     "optimizers": ("search_ranges",),
     "seeds": ("seeds",),
     "seed": ("seed",),
+    "compile": ("compile",),
+    "decode": ("decode",),
     "smoke": ("budget", "batch_sizes", "trials", "max_train_examples", "seeds"),
     **{name: (name,) for name in RESUMABLE},
 }

@@ -81,6 +81,9 @@ class StudySpec:
     strata: tuple[str, ...]  # dimensions with a cell each: "rule", "optimizer"
     seeds: int  # confirmation runs of each cell's best configuration
     search_ranges: dict[str, Any]
+    compile: bool = False  # torch.compile every trial's model (trainables.accel)
+    loader_workers: int = 0  # DataLoader processes per worker for streamed data; 0: its CPUs
+    decode: str = "auto"  # JPEG decoding for ImageFolder data: gpu, cpu or auto (gpu on GPUs)
 
     @property
     def remote(self) -> bool:
@@ -149,6 +152,10 @@ class StudySpec:
                 f"{self.trials} trials cannot cover the {len(cells)} cells of this study "
                 f"({len(self.batch_sizes)} batch sizes{self._strata_text()}); use --trials >= "
                 f"{len(cells)}, or fewer batch sizes, rules or optimizers"
+            )
+        if self.decode == "gpu" and not self.use_gpu:
+            raise ConfigError(
+                "--decode gpu needs GPU workers (--gpus-per-worker); use --decode cpu or auto"
             )
         if self.gpus_per_worker > 1:
             raise ConfigError(
@@ -233,7 +240,16 @@ class StudySpec:
             "seed": int(params.get("seed", self.seed)),
             "stop_at_accuracy": self.target_accuracy if self.stop_at_target else 0.0,
             "use_gpu": self.use_gpu,
+            "compile": self.compile,
+            "loader_workers": self.loader_workers or max(1, int(self.cpus_per_worker)),
+            "decode": self.decode_on(),
         }
+
+    def decode_on(self) -> str:
+        """Where ImageFolder JPEGs are decoded: `gpu` (nvJPEG) on GPU workers unless asked."""
+        if self.decode == "auto":
+            return "gpu" if self.use_gpu else "cpu"
+        return self.decode
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
