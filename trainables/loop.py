@@ -26,10 +26,15 @@ from trainables.budget import default_eval_every, evaluation_steps, warmup_steps
 from trainables.config import TrialConfig
 from trainables.data import BatchSource, Splits, load_dataset
 from trainables.models import build_model
+from trainables.noise_scale import NoiseScale, squared_norm
 from trainables.optim import build_optimizer, lr_at_step, param_groups, set_lr
 
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 DIVERGENCE_CHECK_EVERY = 16  # steps between cross-worker divergence checks (one tiny all-reduce)
+# Steps between gradient-noise-scale measurements (trainables.noise_scale): a measurement costs
+# a second backward pass through a retained graph (one worker, no accumulation) or one gradient
+# norm (accumulation), so measuring one step in 4 keeps the overhead small.
+NOISE_SCALE_EVERY = 4
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -128,10 +133,15 @@ def train(
         fused=speed.fused_optimizer,
     )
     step = 0
+    noise = NoiseScale()
+    # Not measured across workers without accumulation (one worker's gradient is gone once DDP
+    # has all-reduced it), nor under torch.compile (its backward is not run twice).
+    measure_noise = (world == 1 or layout.accumulation_steps > 1) and not config.compile
     if resume_state:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         step = resume_state["step"]
+        noise = NoiseScale(**resume_state.get("noise_scale", {}))
     ddp_model = accel.compiled(wrap_model(model), speed)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -177,7 +187,15 @@ def train(
             set_lr(optimizer, lr)
             began = time.perf_counter()
             window += _train_step(
-                ddp_model, optimizer, criterion, micro_batches, source.per_step, device, speed
+                ddp_model,
+                optimizer,
+                criterion,
+                micro_batches,
+                source.per_step,
+                device,
+                speed,
+                noise if measure_noise and step % NOISE_SCALE_EVERY == 0 else None,
+                world,
             )
             step += 1
             if not first_step_s:
@@ -186,6 +204,7 @@ def train(
                 first_step_s = time.perf_counter() - began
             if step % DIVERGENCE_CHECK_EVERY == 0 or step == due:
                 diverged = _check_divergence(window, sums, loss_limit)
+                noise.flush()  # its norms are read in the same host sync
             if step != due and not diverged:
                 continue
             train_time = time.perf_counter() - started
@@ -206,6 +225,10 @@ def train(
                 "samples_per_second": (step - since) * config.batch_size / max(train_time, 1e-9),
                 "window_time_s": time.perf_counter() - started,
                 "first_step_s": first_step_s,
+                "gns_b_simple": noise.b_simple,
+                "gns_trace": noise.trace,
+                "gns_grad_sq": noise.grad_sq,
+                "gns_steps": noise.steps,
                 "diverged": diverged,
                 "reached_target": reached,
                 **constants,
@@ -215,6 +238,7 @@ def train(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "step": step,
+                "noise_scale": noise.state(),
                 "metrics": metrics,
                 "finished": finished,
             }
@@ -234,22 +258,54 @@ def _train_step(
     count: int,
     device: torch.device,
     speed: accel.Acceleration,
+    noise: NoiseScale | None = None,
+    world: int = 1,
 ) -> torch.Tensor:
     """One optimizer step over this worker's `count` micro-batches, accumulating gradients;
-    returns [loss, 1, non-finite] to add to the divergence window (no host sync here)."""
+    returns [loss, 1, non-finite] to add to the divergence window (no host sync here).
+
+    With `noise`, the step also yields the two gradients of the noise-scale estimator: with
+    accumulation, this worker's first micro-batch against the step's (all-reduced) gradient;
+    else (one worker) the first half of the batch against the whole, from one forward pass and
+    two backward passes (the sum is the usual gradient; with ghost BatchNorm groups inside each
+    half, the half's gradient is exactly that of its own examples).
+    """
     step_loss = torch.zeros((), device=device, dtype=torch.float64)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    small = None  # (squared norm, examples) of the small-batch gradient
+    batch = 0
     for i, (xm, ym) in enumerate(micro_batches):
         last = i == count - 1
+        batch += len(ym)
         # Skip DDP's gradient all-reduce on all but the last micro-batch.
         sync = (
             contextlib.nullcontext()
             if last or not hasattr(ddp_model, "no_sync")
             else ddp_model.no_sync()
         )
+        split = noise is not None and count == 1 and world == 1 and len(ym) >= 2
         with sync, accel.autocast(speed):
-            loss = criterion(ddp_model(accel.prepare_input(xm, speed)).float(), ym) / count
-        loss.backward()
+            logits = ddp_model(accel.prepare_input(xm, speed)).float()
+            if split:
+                half = len(ym) // 2
+                first = criterion(logits[:half], ym[:half]) * half / len(ym)
+                loss = first + criterion(logits[half:], ym[half:]) * (len(ym) - half) / len(ym)
+            else:
+                loss = criterion(logits, ym) / count
+        if split:
+            first.backward(retain_graph=True)
+            grads = [p.grad for p in params if p.grad is not None]
+            small = (squared_norm(grads) * (len(ym) / half) ** 2, half)
+            (loss - first).backward()
+        else:
+            loss.backward()
+            if noise is not None and count > 1 and i == 0:
+                grads = [p.grad for p in params if p.grad is not None]
+                small = (squared_norm(grads) * count**2, len(ym))
         step_loss += loss.detach().double()
+    if small is not None:
+        big_sq = squared_norm([p.grad for p in params if p.grad is not None])
+        noise.defer(small[0], big_sq, small[1], batch * world)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     finite = torch.isfinite(step_loss)

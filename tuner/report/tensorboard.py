@@ -36,6 +36,7 @@ from tensorboardX.summary import hparams
 from tuner.analysis.frontier import DegradationMap
 
 SUMMARY_DIR = "summary"
+WHY_DIR = "why"  # written by `python -m tuner.explain`
 HPARAMS_DIR = "hparams"
 # frontier column -> scalar name under frontier/ (x axis: batch size)
 FRONTIER_SCALARS = {
@@ -262,5 +263,7 @@ def write_summary(
         finally:
             writer.close()
         _write_hparams(staging / HPARAMS_DIR, m, table)
+        if (final / WHY_DIR).is_dir():  # `tuner.explain`'s run outlives a re-report
+            shutil.copytree(final / WHY_DIR, staging / WHY_DIR)
         _swap(staging, final)
     return final

@@ -27,7 +27,14 @@ import pandas as pd
 from tuner.analysis.accuracy import N_BOOT
 from tuner.analysis.frontier import degradation_map
 from tuner.report.figures import all_figures, save_figure
-from tuner.report.names import FIGURES_DIR, FRONTIER_CSV, FRONTIER_JSON, REPORT_FILE, NotAStudy
+from tuner.report.names import (
+    FIGURES_DIR,
+    FRONTIER_CSV,
+    FRONTIER_JSON,
+    REPORT_FILE,
+    WHY_FILE,
+    NotAStudy,
+)
 from tuner.report.render import frontier_json, render_markdown
 from tuner.report.verdict import missing_notes, verdict
 from tuner.spec import load_spec
@@ -97,6 +104,9 @@ def write_report(
         study_dir / FRONTIER_JSON, json.dumps(frontier_json(m, spec, lines, notes), indent=2)
     )
     text = render_markdown(m, spec, lines, notes, figures, study_dir)
+    why = study_dir / WHY_FILE
+    if why.exists():  # written by `python -m tuner.explain`
+        text = text.rstrip() + "\n\n" + why.read_text()
     report = _write_text(study_dir / REPORT_FILE, text)
     if tensorboard:
         from tuner.report.tensorboard import write_summary

@@ -21,6 +21,7 @@ SCALARS = (
     "progress",
     "samples_per_second",
     "window_time_s",
+    "gns_b_simple",
     "diverged",
 )
 STEP = "optimizer_steps"  # the x axis of every per-trial curve

@@ -1,0 +1,77 @@
+"""`python -m tuner.explain` on a real study: sharpness, interpolation, landscapes and the
+noise scale, in why.md / why.json, report.md and TensorBoard (read with its own reader)."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+from tuner.explain.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["/nonexistent/study"], "not a study directory"),
+        (["/tmp", "--grid", "2"], "--grid 2: use 3 to 51"),
+        (["/tmp", "--examples", "8"], "--examples 8: use at least 64"),
+        (["/tmp", "--device", "tpu"], "--device tpu: use cpu or cuda"),
+        (["/tmp", "--batch-sizes", "8:4"], "empty range"),
+    ],
+)
+def test_bad_inputs_are_one_line(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("error:") and "\n" not in err
+    assert fragment in err
+
+
+@pytest.mark.ray
+def test_explain_a_real_study(small_study, tmp_path):
+    study = tmp_path / "e2e"
+    shutil.copytree(small_study, study)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.explain", str(study), "--grid", "5", "--examples", "256"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    why = json.loads((study / "why.json").read_text())
+    grid = sorted(pd.read_csv(study / "trials.csv")["batch_size"].unique().tolist())
+    assert why["batch_sizes"] == grid  # every batch size's best trial had its weights kept
+    for row in why["sharpness"]:
+        assert math.isfinite(row["top_hessian_eigenvalue"]) and row["top_hessian_eigenvalue"] > 0
+        assert row["epsilon_sharpness"] >= 0
+    points = {p["alpha"]: p for p in why["interpolation"]["points"]}
+    assert min(points) == -1.0 and max(points) == 2.0 and len(points) == 13
+    # At a = 0 and 1 the weights are the two trials' own: their final validation accuracy.
+    by_batch = {r["batch_size"]: r["val_acc"] for r in why["sharpness"]}
+    assert points[0.0]["val_acc"] == pytest.approx(by_batch[grid[0]], abs=1e-9)
+    assert points[1.0]["val_acc"] == pytest.approx(by_batch[grid[-1]], abs=1e-9)
+    for scape in why["landscapes"].values():
+        assert len(scape["loss_1d"]) == 5 and len(scape["loss_2d"]) == 5
+        assert scape["loss_1d"][2] == min(scape["loss_1d"])  # the solution is the lowest point
+    curves = why["noise_scale"]["curves"]
+    assert set(curves) == {str(b) for b in grid}
+    assert all(v > 0 for c in curves.values() for v in c["b_simple"] if math.isfinite(v))
+
+    report = (study / "report.md").read_text()
+    assert "## Why large batches degrade" in report and "why_landscape_2d.png" in report
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    acc = ea.EventAccumulator(
+        str(study / "summary" / "why"), size_guidance={ea.IMAGES: 0, ea.SCALARS: 0}
+    )
+    acc.Reload()
+    images = set(acc.Tags()["images"])
+    assert {"why/why_sharpness", "why/why_interpolation", "why/why_landscape_2d"} <= images
+    steps = [e.step for e in acc.Scalars("why/top_hessian_eigenvalue")]
+    assert steps == grid

@@ -1,0 +1,217 @@
+"""Why large batches degrade, measured on a study's saved weights (no Ray; files only).
+
+For the best finished trial of each batch size (highest final validation accuracy; its weights
+are the last checkpoint Ray Train kept, `train_runs/trial-<id>/checkpoint_*/state.pt`):
+
+- sharpness: the top Hessian eigenvalue of the training loss and Keskar et al.'s
+  epsilon-sharpness on a fixed training subset (`--examples`, the same for every batch size);
+- Li et al.'s 1-D and 2-D landscapes along filter-normalised random directions (the same seeds
+  for every batch size), BatchNorm statistics recomputed at every point;
+- Keskar et al.'s interpolation between the smallest and the largest batch size's solutions,
+  a in [-1, 2];
+- the gradient noise scale B_simple the trials logged while training, against the critical
+  batch size the report fitted (McCandlish et al. expect agreement within about 10x).
+
+A checkpoint that vanishes while being read (a running study keeps only each trial's latest)
+skips that batch size with a note, so the command is safe on a running study.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from trainables import geometry
+from trainables.batchnorm import apply_bn_mode
+from trainables.data import load_dataset
+from trainables.loop import synthetic_shape
+from trainables.models import build_model
+from trainables.workloads import get_workload
+from tuner.analysis.trials import FINAL, trial_summary
+from tuner.errors import InputError
+from tuner.explain.write import write_outputs
+from tuner.spec import StudySpec, load_spec
+from tuner.store.names import TRAIN_RUNS
+from tuner.store.table import collect_trials
+
+ALPHAS = [round(a, 2) for a in np.linspace(-1.0, 2.0, 13)]
+BATCH = 128  # examples per forward pass of the measurements
+
+
+def best_trials(table: pd.DataFrame, batch_sizes: tuple[int, ...] | None) -> pd.DataFrame:
+    """The best finished trial of every batch size (highest final validation accuracy)."""
+    summary = trial_summary(table)
+    finished = summary[summary["outcome"].isin(FINAL) & summary["final_val_acc"].notna()]
+    if batch_sizes:
+        finished = finished[finished["batch_size"].isin(batch_sizes)]
+    order = finished.sort_values("final_val_acc", ascending=False)
+    return order.groupby("batch_size", sort=True).head(1).sort_values("batch_size")
+
+
+def checkpoint_of(study_dir: Path, trial_id: str) -> Path | None:
+    """The latest checkpoint file of a trial, None when it has none (yet)."""
+    runs = sorted((study_dir / TRAIN_RUNS / f"trial-{trial_id}").glob("checkpoint_*/state.pt"))
+    return runs[-1] if runs else None
+
+
+def _model(spec: StudySpec, input_shape, classes: int) -> torch.nn.Module:
+    workload = get_workload(spec.workload)
+    model = build_model(workload.model, input_shape, classes)
+    return apply_bn_mode(model, spec.bn_mode, spec.ghost_batch, spec.workers_per_trial)
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, size: int, device: str):
+    return [
+        (x[i : i + size].to(device), y[i : i + size].to(device)) for i in range(0, len(y), size)
+    ]
+
+
+def explain(
+    study_dir: Path,
+    batch_sizes: tuple[int, ...] | None = None,
+    grid: int = 11,
+    examples: int = 512,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Measure, write why.md / why.json / figures / TensorBoard, and return why.md's path."""
+    if not (study_dir / "study.json").exists():
+        raise InputError(f"{study_dir}: not a study directory (no study.json)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: this machine has no CUDA GPU; use --device cpu")
+    spec = load_spec(study_dir)
+    table = collect_trials(study_dir)
+    best = best_trials(table, batch_sizes)
+    if best.empty:
+        raise InputError(
+            f"{study_dir}: no finished trial{' at those batch sizes' if batch_sizes else ''} "
+            f"yet; run it again once trials have finished"
+        )
+    workload = get_workload(spec.workload)
+    splits = load_dataset(
+        spec.dataset,
+        spec.data_dir,
+        spec.seed,
+        synthetic_shape(workload.model),
+        spec.max_train_examples,
+    )
+    if not hasattr(splits.train, "x"):
+        raise InputError(f"--dataset {spec.dataset}: explain reads in-memory data sets only")
+    keep = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(spec.seed))
+    keep = keep[: min(examples, len(keep))]
+    train = _batches(splits.train.x[keep], splits.train.y[keep], BATCH, device)
+    val = _batches(splits.val.x, splits.val.y, BATCH, device)
+    # BatchNorm statistics are re-estimated in the BN batch the model trained with.
+    bn_size = spec.ghost_batch if spec.bn_mode == "ghost" else BATCH
+    bn = _batches(splits.train.x[keep], splits.train.y[keep], bn_size, device)
+
+    notes: list[str] = []
+    solutions: dict[int, dict[str, torch.Tensor]] = {}
+    rows: list[dict[str, Any]] = []
+    landscapes: dict[int, dict[str, Any]] = {}
+    line = np.linspace(-1.0, 1.0, grid)
+    steps = _progress(best, progress)
+    for _, trial in steps:
+        batch = int(trial["batch_size"])
+        path = checkpoint_of(study_dir, trial["trial_id"])
+        try:
+            state = torch.load(path, map_location=device, weights_only=False) if path else None
+        except (FileNotFoundError, RuntimeError, EOFError):
+            state = None
+        if state is None:
+            notes.append(f"batch {batch}: trial {trial['trial_id']} has no readable checkpoint")
+            continue
+        model = _model(spec, splits.input_shape, splits.num_classes).to(device)
+        model.load_state_dict(state["model"])
+        solutions[batch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        d1 = geometry.filter_normalised_direction(model, seed=1)
+        d2 = geometry.filter_normalised_direction(model, seed=2)
+        rows.append(
+            {
+                "batch_size": batch,
+                "trial_id": trial["trial_id"],
+                "val_acc": float(trial["final_val_acc"]),
+                "train_loss": geometry.mean_loss(model, train),
+                "top_hessian_eigenvalue": geometry.top_hessian_eigenvalue(
+                    model, train, iterations=30, tolerance=1e-3
+                ),
+                "epsilon_sharpness": geometry.epsilon_sharpness(model, train, epsilon=1e-3),
+            }
+        )
+        landscapes[batch] = {
+            "line": line.tolist(),
+            "loss_1d": geometry.landscape(model, train, [d1], [(a,) for a in line], bn),
+            "loss_2d": np.array(
+                geometry.landscape(model, train, [d1, d2], [(a, b) for a in line for b in line], bn)
+            )
+            .reshape(grid, grid)
+            .tolist(),
+            "val_acc": float(trial["final_val_acc"]),
+            "weight_decay": float(trial["weight_decay"]),
+        }
+    interpolation: list[dict[str, float]] = []
+    pair = (min(solutions), max(solutions)) if len(solutions) >= 2 else None
+    if pair:
+        model = _model(spec, splits.input_shape, splits.num_classes).to(device)
+        interpolation = geometry.interpolate(
+            model, solutions[pair[0]], solutions[pair[1]], ALPHAS, bn, val
+        )
+    noise = noise_scale_summary(table, best, study_dir)
+    result = {
+        "batch_sizes": [r["batch_size"] for r in rows],
+        "examples": int(len(keep)),
+        "sharpness": rows,
+        "interpolation": {
+            "small": pair[0] if pair else None,
+            "large": pair[1] if pair else None,
+            "points": interpolation,
+        },
+        "landscapes": {str(b): v for b, v in landscapes.items()},
+        "noise_scale": noise,
+        "notes": notes,
+    }
+    return write_outputs(study_dir, result)
+
+
+def _progress(best: pd.DataFrame, show: bool):
+    rows = list(best.iterrows())
+    if not show:
+        return rows
+    from tqdm import tqdm
+
+    return tqdm(rows, desc="explain", unit="batch size", leave=False)
+
+
+def noise_scale_summary(table: pd.DataFrame, best: pd.DataFrame, study_dir: Path) -> dict:
+    """B_simple over training for each best trial, and how its last value compares with B_crit."""
+    curves = {}
+    for _, trial in best.iterrows():
+        rows = table[(table["trial_id"] == trial["trial_id"]) & table["gns_b_simple"].notna()]
+        if not rows.empty:
+            curves[str(int(trial["batch_size"]))] = {
+                "steps": rows["optimizer_steps"].astype(float).tolist(),
+                "b_simple": rows["gns_b_simple"].astype(float).tolist(),
+            }
+    b_crit = None
+    frontier = study_dir / "frontier.json"
+    if frontier.exists():
+        critical = json.loads(frontier.read_text()).get("critical_batch", {})
+        if critical.get("status") == "fit" and math.isfinite(critical.get("b_crit", math.nan)):
+            b_crit = float(critical["b_crit"])
+    finals = [c["b_simple"][-1] for c in curves.values() if c["b_simple"]]
+    summary: dict[str, Any] = {"curves": curves, "b_crit": b_crit}
+    if finals and b_crit:
+        typical = float(np.median(finals))
+        ratio = typical / b_crit
+        summary |= {
+            "b_simple_final_median": typical,
+            "ratio_to_b_crit": ratio,
+            "agree_within_10x": bool(0.1 <= ratio <= 10),
+        }
+    return summary
