@@ -49,10 +49,18 @@ def test_deferred_norms_and_checkpointed_state():
     assert noise.steps == 1 and NoiseScale(**state).b_simple == pytest.approx(noise.b_simple)
 
 
-@pytest.mark.parametrize("max_device_batch", [64, 16])  # split backward; 4 micro-batches
-def test_loop_measures_b_simple_without_changing_training(monkeypatch, max_device_batch):
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"max_device_batch": 64},  # no BatchNorm: the halves run as two micro-batches
+        {"max_device_batch": 16},  # 4 micro-batches: the first against the step
+        # BatchNorm over the whole batch: one forward, two backward passes
+        {"max_device_batch": 64, "model": "resnet8", "bn_mode": "per_worker"},
+    ],
+)
+def test_loop_measures_b_simple_without_changing_training(monkeypatch, extra):
     over = {"budget_unit": "steps", "budget_amount": 24, "eval_every": 12, "batch_size": 64}
-    over |= {"max_device_batch": max_device_batch, "bn_mode": "ghost", "ghost_batch": 16}
+    over |= {"bn_mode": "ghost", "ghost_batch": 16} | extra
     monkeypatch.setattr(loop, "NOISE_SCALE_EVERY", 1)
     measured, _ = run(over)
     monkeypatch.setattr(loop, "NOISE_SCALE_EVERY", 10**9)  # step 0 only

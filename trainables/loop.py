@@ -170,6 +170,15 @@ def train(
     }
     if constants["bn_mode"] == "none":
         constants["bn_batch"] = 0  # no BatchNorm in the model
+    # A batch's two halves can be run as two micro-batches without changing what is computed
+    # when no BatchNorm statistic spans both: no BatchNorm, or ghost groups inside each half.
+    half = layout.micro_batch // 2
+    ghost_inside = (
+        config.bn_mode == "ghost" and half >= config.ghost_batch and half % config.ghost_batch == 0
+    )
+    halves_independent = layout.micro_batch % 2 == 0 and (
+        constants["bn_mode"] == "none" or ghost_inside
+    )
     constants |= speed.as_metrics()
 
     # [loss sum, steps, non-finite count] since the last evaluation and for the current check
@@ -196,6 +205,7 @@ def train(
                 speed,
                 noise if measure_noise and step % NOISE_SCALE_EVERY == 0 else None,
                 world,
+                halves_independent,
             )
             step += 1
             if not first_step_s:
@@ -260,18 +270,22 @@ def _train_step(
     speed: accel.Acceleration,
     noise: NoiseScale | None = None,
     world: int = 1,
+    halves_independent: bool = False,
 ) -> torch.Tensor:
     """One optimizer step over this worker's `count` micro-batches, accumulating gradients;
     returns [loss, 1, non-finite] to add to the divergence window (no host sync here).
 
     With `noise`, the step also yields the two gradients of the noise-scale estimator: with
-    accumulation, this worker's first micro-batch against the step's (all-reduced) gradient;
-    else (one worker) the first half of the batch against the whole, from one forward pass and
-    two backward passes (the sum is the usual gradient; with ghost BatchNorm groups inside each
-    half, the half's gradient is exactly that of its own examples).
+    accumulation, this worker's first micro-batch against the step's (all-reduced) gradient.
+    With one worker and one micro-batch, the first half of the batch against the whole: run as
+    two micro-batches when no BatchNorm statistic spans both halves (`halves_independent`: the
+    same computation), else from one forward and two backward passes (the first half's loss
+    then still sees the second half through BatchNorm; that costs a second backward pass).
     """
     step_loss = torch.zeros((), device=device, dtype=torch.float64)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    if noise is not None and count == 1 and world == 1 and halves_independent:
+        micro_batches, count = _halves(micro_batches), 2  # the accumulation path, below
     small = None  # (squared norm, examples) of the small-batch gradient
     batch = 0
     for i, (xm, ym) in enumerate(micro_batches):
@@ -312,6 +326,14 @@ def _train_step(
     return torch.stack(
         [torch.where(finite, step_loss, 0.0), torch.ones_like(step_loss), (~finite).double()]
     )
+
+
+def _halves(micro_batches: Iterator[tuple[torch.Tensor, torch.Tensor]]):
+    """The one micro-batch of a step as its two halves."""
+    for x, y in micro_batches:
+        half = len(y) // 2
+        yield x[:half], y[:half]
+        yield x[half:], y[half:]
 
 
 def _check_divergence(window: torch.Tensor, sums: torch.Tensor, loss_limit: float) -> bool:
