@@ -22,6 +22,9 @@ from tuner.explain.cli import main
         (["/tmp", "--examples", "8"], "--examples 8: use at least 64"),
         (["/tmp", "--device", "tpu"], "--device tpu: use cpu or cuda"),
         (["/tmp", "--batch-sizes", "8:4"], "empty range"),
+        (["/tmp", "--weight-decays", "0,x"], "--weight-decays 0,x: use numbers"),
+        (["/tmp", "--weight-decays", "0,0"], "give 1 to 4 distinct values"),
+        (["/tmp", "--weight-decays", "-1"], "each must be in [0, 1)"),
     ],
 )
 def test_bad_inputs_are_one_line(argv, fragment, capsys):
@@ -37,7 +40,8 @@ def test_explain_a_real_study(small_study, tmp_path):
     study = tmp_path / "e2e"
     shutil.copytree(small_study, study)
     proc = subprocess.run(
-        [sys.executable, "-m", "tuner.explain", str(study), "--grid", "5", "--examples", "256"],
+        [sys.executable, "-m", "tuner.explain", str(study), "--grid", "5", "--examples", "256"]
+        + ["--weight-decays", "0,1e-3"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -63,6 +67,10 @@ def test_explain_a_real_study(small_study, tmp_path):
     assert set(curves) == {str(b) for b in grid}
     assert all(v > 0 for c in curves.values() for v in c["b_simple"] if math.isfinite(v))
 
+    decays = {(d["batch_size"], d["weight_decay"]): d for d in why["weight_decay_grid"]}
+    assert set(decays) == {(b, wd) for b in (grid[0], grid[-1]) for wd in (0.0, 1e-3)}
+    assert all(0.5 < d["val_acc"] <= 1 and len(d["loss_2d"]) == 5 for d in decays.values())
+
     report = (study / "report.md").read_text()
     assert "## Why large batches degrade" in report and "why_landscape_2d.png" in report
     from tensorboard.backend.event_processing import event_accumulator as ea
@@ -72,6 +80,13 @@ def test_explain_a_real_study(small_study, tmp_path):
     )
     acc.Reload()
     images = set(acc.Tags()["images"])
-    assert {"why/why_sharpness", "why/why_interpolation", "why/why_landscape_2d"} <= images
+    assert {
+        "why/why_sharpness",
+        "why/why_interpolation",
+        "why/why_landscape_1d",
+        "why/why_landscape_2d",
+        "why/why_noise_scale",
+        "why/why_weight_decay_grid",
+    } <= images
     steps = [e.step for e in acc.Scalars("why/top_hessian_eigenvalue")]
     assert steps == grid

@@ -9,6 +9,21 @@ from tuner.errors import InputError
 from tuner.options import OneLineParser, parse_grid
 
 
+def _decays(text: str | None) -> tuple[float, ...]:
+    """`0,5e-4` -> (0.0, 0.0005): 1 to 4 distinct values in [0, 1)."""
+    if not text:
+        return ()
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--weight-decays {text}: use numbers such as 0,5e-4") from None
+    if not (1 <= len(values) <= 4) or len(set(values)) != len(values):
+        raise InputError(f"--weight-decays {text}: give 1 to 4 distinct values")
+    if not all(0 <= v < 1 for v in values):
+        raise InputError(f"--weight-decays {text}: each must be in [0, 1)")
+    return values
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(
         prog="python -m tuner.explain",
@@ -25,6 +40,11 @@ def main(argv: list[str] | None = None) -> None:
         "--examples", type=int, default=512, help="training examples the measures use (64+)"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--weight-decays",
+        help="e.g. 0,5e-4: train the smallest and the largest batch size's best configuration "
+        "again with each and draw their 2-D landscapes as a grid (Li et al.'s Figure 3)",
+    )
     try:
         args = parser.parse_args(argv)
         from tuner.explain.run import explain
@@ -33,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
             raise InputError(f"--grid {args.grid}: use 3 to 51 points per axis")
         if args.examples < 64:
             raise InputError(f"--examples {args.examples}: use at least 64")
+        decays = _decays(args.weight_decays)
         if args.device not in ("cpu", "cuda"):
             raise InputError(f"--device {args.device}: use cpu or cuda")
         path = explain(
@@ -41,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             grid=args.grid,
             examples=args.examples,
             device=args.device,
+            weight_decays=decays,
         )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -18,6 +18,7 @@ skips that batch size with a note, so the command is safe on a running study.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -79,6 +80,7 @@ def explain(
     examples: int = 512,
     device: str = "cpu",
     progress: bool = True,
+    weight_decays: tuple[float, ...] = (),
 ) -> Path:
     """Measure, write why.md / why.json / figures / TensorBoard, and return why.md's path."""
     if not (study_dir / "study.json").exists():
@@ -162,6 +164,11 @@ def explain(
         interpolation = geometry.interpolate(
             model, solutions[pair[0]], solutions[pair[1]], ALPHAS, bn, val
         )
+    decay_grid = []
+    if weight_decays:
+        decay_grid = weight_decay_grid(
+            spec, best, weight_decays, splits, (train, bn), line, device, progress
+        )
     noise = noise_scale_summary(table, best, study_dir)
     result = {
         "batch_sizes": [r["batch_size"] for r in rows],
@@ -174,9 +181,67 @@ def explain(
         },
         "landscapes": {str(b): v for b, v in landscapes.items()},
         "noise_scale": noise,
+        "weight_decay_grid": decay_grid,
         "notes": notes,
     }
     return write_outputs(study_dir, result)
+
+
+def weight_decay_grid(
+    spec: StudySpec,
+    best: pd.DataFrame,
+    weight_decays: tuple[float, ...],
+    splits,
+    data: tuple[list, list],
+    line: np.ndarray,
+    device: str,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Li et al.'s Figure 3: the smallest and the largest batch size's best configuration trained
+    again in-process (same budget and seed) with each weight decay, and the 2-D landscape of each
+    solution along the same two filter-normalised directions' seeds."""
+    from trainables.config import TrialConfig
+    from trainables.loop import train as train_trial
+
+    train, bn = data
+    ends = best.iloc[[0, -1]] if len(best) >= 2 else best
+    jobs = [(trial, wd) for _, trial in ends.iterrows() for wd in weight_decays]
+    if progress:
+        from tqdm import tqdm
+
+        jobs = tqdm(jobs, desc="batch x weight decay", leave=False)
+    out = []
+    for trial, wd in jobs:
+        seed = trial["seed"] if pd.notna(trial["seed"]) else spec.seed
+        params = {k: trial[k] for k in ("scaling_rule", "optimizer", "base_lr", "warmup_fraction")}
+        params |= {"batch_size": int(trial["batch_size"]), "weight_decay": wd, "seed": int(seed)}
+        values = spec.trial_config(params)
+        values |= {"use_gpu": device == "cuda", "decode": "cpu", "compile": False}
+        finals: list[tuple[dict, dict]] = []
+        train_trial(
+            TrialConfig.from_dict(values),
+            report=lambda m, s, into=finals: into.append((m, s)),
+            device=torch.device(device),
+            splits=dataclasses.replace(splits),
+        )
+        metrics, state = finals[-1]
+        model = _model(spec, splits.input_shape, splits.num_classes).to(device)
+        model.load_state_dict(state["model"])
+        d1 = geometry.filter_normalised_direction(model, seed=1)
+        d2 = geometry.filter_normalised_direction(model, seed=2)
+        coords = [(a, b) for a in line for b in line]
+        out.append(
+            {
+                "batch_size": int(trial["batch_size"]),
+                "weight_decay": float(wd),
+                "val_acc": float(metrics["val_acc"]),
+                "line": line.tolist(),
+                "loss_2d": np.array(geometry.landscape(model, train, [d1, d2], coords, bn))
+                .reshape(len(line), len(line))
+                .tolist(),
+            }
+        )
+    return out
 
 
 def _progress(best: pd.DataFrame, show: bool):

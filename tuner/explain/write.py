@@ -94,6 +94,25 @@ def figures(result: dict[str, Any]) -> dict[str, Figure]:
         fig.suptitle("2-D landscapes, log10 training loss", fontsize=9)
         fig.tight_layout()
         out["why_landscape_2d"] = fig
+    decays = result.get("weight_decay_grid") or []
+    if decays:
+        batches = sorted({d["batch_size"] for d in decays})
+        wds = sorted({d["weight_decay"] for d in decays})
+        fig = Figure(figsize=(3.2 * len(batches), 3.0 * len(wds)))
+        axes = np.array(fig.subplots(len(wds), len(batches), squeeze=False))
+        for d in decays:
+            ax = axes[wds.index(d["weight_decay"]), batches.index(d["batch_size"])]
+            loss = np.log10(np.maximum(np.array(d["loss_2d"]), 1e-12))
+            contour = ax.contour(d["line"], d["line"], loss, levels=12)
+            ax.clabel(contour, fontsize=6)
+            ax.set_title(
+                f"WD={d['weight_decay']:g}, batch {d['batch_size']}\n"
+                f"test error {100 * (1 - d['val_acc']):.1f}%",
+                fontsize=9,
+            )
+        fig.suptitle("Batch size x weight decay: 2-D landscapes, log10 training loss", fontsize=9)
+        fig.tight_layout()
+        out["why_weight_decay_grid"] = fig
     curves = result["noise_scale"]["curves"]
     if curves:
         fig = Figure(figsize=(6, 4))
@@ -160,6 +179,20 @@ def markdown(result: dict[str, Any], images: dict[str, Path]) -> str:
         lines += ["", "Gradient noise scale: logged, but no critical batch size was fitted."]
     else:
         lines += ["", "Gradient noise scale: the trials logged none (see docs)."]
+    decays = result.get("weight_decay_grid") or []
+    if decays:
+        lines += [
+            "",
+            "Batch size x weight decay (each trained again in-process with the batch size's best "
+            "configuration and that weight decay; the 2-D landscapes are in the grid figure):",
+            "",
+            "| batch | weight decay | val acc |",
+            "|---:|---:|---:|",
+        ]
+        for d in decays:
+            lines.append(
+                f"| {d['batch_size']} | {d['weight_decay']:g} | {100 * d['val_acc']:.1f}% |"
+            )
     for note in result["notes"]:
         lines.append(f"- {note}")
     lines.append("")
