@@ -55,3 +55,7 @@ def test_two_workers_split_the_batch_and_match_one_process(local_ray, tmp_path):
     metrics = result.metrics
     assert metrics["workers"] == 2 and metrics["per_worker_batch"] == 32
     assert metrics["global_batch"] == 64 and metrics["examples_seen"] == 512
+    # The noise scale was measured on steps 0 and 4 in both runs (a worker's first half, under
+    # no_sync, against the all-reduced step; one process: the batch's halves), without
+    # changing the weights (above).
+    assert metrics["gns_steps"] == reports[-1]["gns_steps"] == 2

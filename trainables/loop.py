@@ -134,9 +134,6 @@ def train(
     )
     step = 0
     noise = NoiseScale()
-    # Not measured across workers without accumulation (one worker's gradient is gone once DDP
-    # has all-reduced it), nor under torch.compile (its backward is not run twice).
-    measure_noise = (world == 1 or layout.accumulation_steps > 1) and not config.compile
     if resume_state:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
@@ -178,6 +175,13 @@ def train(
     )
     halves_independent = layout.micro_batch % 2 == 0 and (
         constants["bn_mode"] == "none" or ghost_inside
+    )
+    # The small gradient must be one worker's own: across workers it is taken before DDP's
+    # all-reduce (a first micro-batch or half run under no_sync), so a step of one micro-batch
+    # whose halves share BatchNorm statistics is not measured; nor under torch.compile (whose
+    # backward is not run twice).
+    measure_noise = not config.compile and (
+        world == 1 or layout.accumulation_steps > 1 or halves_independent
     )
     constants |= speed.as_metrics()
 
@@ -277,14 +281,15 @@ def _train_step(
 
     With `noise`, the step also yields the two gradients of the noise-scale estimator: with
     accumulation, this worker's first micro-batch against the step's (all-reduced) gradient.
-    With one worker and one micro-batch, the first half of the batch against the whole: run as
-    two micro-batches when no BatchNorm statistic spans both halves (`halves_independent`: the
-    same computation), else from one forward and two backward passes (the first half's loss
-    then still sees the second half through BatchNorm; that costs a second backward pass).
+    With one micro-batch, the first half of this worker's share against the step's gradient:
+    run as two micro-batches when no BatchNorm statistic spans both halves
+    (`halves_independent`: the same computation), else (one worker only) from one forward and
+    two backward passes (the first half's loss then still sees the second half through
+    BatchNorm; that costs a second backward pass).
     """
     step_loss = torch.zeros((), device=device, dtype=torch.float64)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    if noise is not None and count == 1 and world == 1 and halves_independent:
+    if noise is not None and count == 1 and halves_independent:
         micro_batches, count = _halves(micro_batches), 2  # the accumulation path, below
     small = None  # (squared norm, examples) of the small-batch gradient
     batch = 0
