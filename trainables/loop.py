@@ -288,7 +288,8 @@ def _train_step(
     BatchNorm; that costs a second backward pass).
     """
     step_loss = torch.zeros((), device=device, dtype=torch.float64)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    # Only a measured step needs the parameter list (kept off the hot path otherwise).
+    params = [p for g in optimizer.param_groups for p in g["params"]] if noise is not None else []
     if noise is not None and count == 1 and halves_independent:
         micro_batches, count = _halves(micro_batches), 2  # the accumulation path, below
     small = None  # (squared norm, examples) of the small-batch gradient

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,21 @@ from tensorboardX import SummaryWriter  # noqa: E402
 from tuner.report.figures import save_figure  # noqa: E402
 from tuner.report.names import FIGURES_DIR, REPORT_FILE, WHY_FILE, WHY_JSON  # noqa: E402
 from tuner.report.tensorboard import SUMMARY_DIR, WHY_DIR  # noqa: E402
+from tuner.report.write import _write_text  # noqa: E402
 
 HEADING = "## Why large batches degrade"
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _contour_panel(ax, scape: dict[str, Any], weight_decay: str, batch: int) -> None:
+    """One 2-D landscape as Li et al. draw it: log10 loss contours, titled with weight decay,
+    batch size and test error."""
+    loss = np.log10(np.maximum(np.array(scape["loss_2d"]), 1e-12))
+    contour = ax.contour(scape["line"], scape["line"], loss, levels=12)
+    ax.clabel(contour, fontsize=6)
+    ax.set_title(
+        f"WD={weight_decay}, batch {batch}\ntest error {100 * (1 - scape['val_acc']):.1f}%",
+        fontsize=9,
+    )
 
 
 def figures(result: dict[str, Any]) -> dict[str, Figure]:
@@ -82,15 +88,7 @@ def figures(result: dict[str, Any]) -> dict[str, Figure]:
         fig = Figure(figsize=(3.2 * len(scapes), 3.2))
         axes = np.atleast_1d(fig.subplots(1, len(scapes)))
         for ax, (batch, scape) in zip(axes, scapes.items(), strict=True):
-            line = scape["line"]
-            loss = np.log10(np.maximum(np.array(scape["loss_2d"]), 1e-12))
-            contour = ax.contour(line, line, loss, levels=12)
-            ax.clabel(contour, fontsize=6)
-            ax.set_title(
-                f"WD={scape['weight_decay']:.0e}, batch {batch}\n"
-                f"test error {100 * (1 - scape['val_acc']):.1f}%",
-                fontsize=9,
-            )
+            _contour_panel(ax, scape, f"{scape['weight_decay']:.0e}", batch)
         fig.suptitle("2-D landscapes, log10 training loss", fontsize=9)
         fig.tight_layout()
         out["why_landscape_2d"] = fig
@@ -102,14 +100,7 @@ def figures(result: dict[str, Any]) -> dict[str, Figure]:
         axes = np.array(fig.subplots(len(wds), len(batches), squeeze=False))
         for d in decays:
             ax = axes[wds.index(d["weight_decay"]), batches.index(d["batch_size"])]
-            loss = np.log10(np.maximum(np.array(d["loss_2d"]), 1e-12))
-            contour = ax.contour(d["line"], d["line"], loss, levels=12)
-            ax.clabel(contour, fontsize=6)
-            ax.set_title(
-                f"WD={d['weight_decay']:g}, batch {d['batch_size']}\n"
-                f"test error {100 * (1 - d['val_acc']):.1f}%",
-                fontsize=9,
-            )
+            _contour_panel(ax, d, f"{d['weight_decay']:g}", d["batch_size"])
         fig.suptitle("Batch size x weight decay: 2-D landscapes, log10 training loss", fontsize=9)
         fig.tight_layout()
         out["why_weight_decay_grid"] = fig
@@ -227,7 +218,7 @@ def _update_report(study_dir: Path, section: str) -> None:
     text = report.read_text()
     if HEADING in text:
         text = text[: text.index(HEADING)]
-    _atomic(report, text.rstrip() + "\n\n" + section)
+    _write_text(report, text.rstrip() + "\n\n" + section)
 
 
 def write_outputs(study_dir: Path, result: dict[str, Any]) -> Path:
@@ -236,10 +227,10 @@ def write_outputs(study_dir: Path, result: dict[str, Any]) -> Path:
         stem: save_figure(fig, study_dir / FIGURES_DIR / f"{stem}.png")
         for stem, fig in figures(result).items()
     }
-    _atomic(study_dir / WHY_JSON, json.dumps(result, indent=1, default=float))
+    _write_text(study_dir / WHY_JSON, json.dumps(result, indent=1, default=float))
     section = markdown(result, images)
     why = study_dir / WHY_FILE
-    _atomic(why, section)
+    _write_text(why, section)
     _update_report(study_dir, section)
     _tensorboard(study_dir, result, images)
     return why
