@@ -3,8 +3,8 @@
     python bench/noise_scale_overhead.py [--batch 128] [--steps 300] [--rounds 3]
 
 Runs the loop in-process on digits (the README study's data) with the measurement as shipped
-(one step in `loop.NOISE_SCALE_EVERY`) and with it off (first step only), alternating over rounds,
-and prints the median samples/s of each and their ratio as one JSON object.
+(one step in `loop.noise_scale_interval(batch)`) and with it off (first step only), alternating
+over rounds, and prints the median samples/s of each and their ratio as one JSON object.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def config(args) -> TrialConfig:
     return TrialConfig.from_dict(spec.trial_config(params))
 
 
-def rate(args, every: int) -> float:
-    loop.NOISE_SCALE_EVERY = every
+def rate(args, every: int, examples: int) -> float:
+    loop.NOISE_SCALE_EVERY, loop.NOISE_SCALE_EXAMPLES = every, examples
     rates: list[float] = []
     loop.train(config(args), report=lambda m, s: rates.append(m["samples_per_second"]))
     return statistics.median(rates[1:])
@@ -44,14 +44,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    shipped = loop.NOISE_SCALE_EVERY
+    shipped = loop.NOISE_SCALE_EVERY, loop.NOISE_SCALE_EXAMPLES
+    every = loop.noise_scale_interval(args.batch)
     on, off = [], []
     for _ in range(args.rounds):
-        off.append(rate(args, 10**9))
-        on.append(rate(args, shipped))
+        off.append(rate(args, 10**9, 0))
+        on.append(rate(args, *shipped))
     out = {
         "batch": args.batch,
-        "measure_every": shipped,
+        "measure_every": every,
         "off_samples_per_s": statistics.median(off),
         "on_samples_per_s": statistics.median(on),
     }

@@ -34,7 +34,8 @@ def base_config(**overrides):
         max_train_examples=0,
         split_seed=0,
         seed=0,
-        stop_at_accuracy=0.0,
+        metric="accuracy",
+        stop_at_target=0.0,
         use_gpu=False,
         compile=False,
         loader_workers=1,
@@ -73,7 +74,8 @@ def test_missing_key_fails_loudly():
         ("budget_amount", 0),
         ("warmup_fraction", 0.3),  # more than a quarter of the budget
         ("eval_every", -1),
-        ("stop_at_accuracy", 95.0),
+        ("stop_at_target", 95.0),
+        ("metric", "perplexity"),
     ],
 )
 def test_bad_values_rejected(key, value):

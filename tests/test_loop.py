@@ -89,10 +89,10 @@ def test_warmup_is_a_fraction_of_the_budget_and_the_peak_is_reached():
     assert reports[0]["lr"] < peak and reports[-1]["lr"] == pytest.approx(peak)
 
 
-def test_stop_at_accuracy_ends_a_trial_at_its_first_evaluation_there():
+def test_stop_at_target_ends_a_trial_at_its_first_evaluation_there():
     reports, states = run(
         {"budget_unit": "steps", "budget_amount": 400, "eval_every": 10, "base_lr": 0.05}
-        | {"stop_at_accuracy": 0.8}
+        | {"stop_at_target": 0.8}
     )
     assert reports[-1]["reached_target"] is True and reports[-1]["val_acc"] >= 0.8
     assert all(r["val_acc"] < 0.8 for r in reports[:-1])

@@ -49,6 +49,11 @@ def test_deferred_norms_and_checkpointed_state():
     assert noise.steps == 1 and NoiseScale(**state).b_simple == pytest.approx(noise.b_simple)
 
 
+def test_measurements_are_rarer_at_small_batches():
+    """At least 4 steps apart, and at least 512 of a worker's examples apart."""
+    assert [loop.noise_scale_interval(b) for b in (8, 32, 128, 512, 4096)] == [64, 16, 4, 4, 4]
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -62,6 +67,7 @@ def test_loop_measures_b_simple_without_changing_training(monkeypatch, extra):
     over = {"budget_unit": "steps", "budget_amount": 24, "eval_every": 12, "batch_size": 64}
     over |= {"bn_mode": "ghost", "ghost_batch": 16} | extra
     monkeypatch.setattr(loop, "NOISE_SCALE_EVERY", 1)
+    monkeypatch.setattr(loop, "NOISE_SCALE_EXAMPLES", 0)
     measured, _ = run(over)
     monkeypatch.setattr(loop, "NOISE_SCALE_EVERY", 10**9)  # step 0 only
     plain, _ = run(over)

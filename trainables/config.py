@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.budget import UNITS, Budget
+from trainables.metrics import METRICS, get_metric
 from trainables.optim import OPTIMIZERS, SCALING_RULES, SCHEDULES, scaled_lr
 
 BN_MODES = ("per_worker", "sync", "ghost")
@@ -92,7 +93,8 @@ class TrialConfig:
     max_train_examples: int  # 0: the whole training split; else a seeded subset (smoke runs)
     split_seed: int  # the held-out validation split: the same for every trial of a study
     seed: int  # initial weights and batch order: varied only by confirmation runs
-    stop_at_accuracy: float  # end the trial once validation accuracy reaches this (0: never)
+    metric: str  # how a trial is judged: accuracy or loss (trainables.metrics)
+    stop_at_target: float  # end the trial once the metric reaches this (0: never)
     use_gpu: bool
     compile: bool  # torch.compile the model (trainables.accel)
     loader_workers: int  # DataLoader processes for streamed (ImageFolder) data
@@ -129,7 +131,13 @@ class TrialConfig:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.budget_unit in UNITS, f"budget_unit must be one of {UNITS}"),
             (self.eval_every >= 0, "eval_every must be >= 0 (0: about 20 evaluations)"),
-            (0 <= self.stop_at_accuracy <= 1, "stop_at_accuracy must be in [0, 1]"),
+            (self.metric in METRICS, f"metric must be one of {tuple(METRICS)}"),
+            (
+                self.stop_at_target == 0
+                or self.metric not in METRICS
+                or get_metric(self.metric).target_problem(self.stop_at_target) is None,
+                "stop_at_target must be 0 (never) or a target of the metric",
+            ),
             (self.reference_batch >= 1, "reference_batch must be >= 1"),
             (0 <= self.final_lr_factor <= 1, "final_lr_factor must be in [0, 1]"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),

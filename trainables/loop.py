@@ -25,16 +25,27 @@ from trainables.batchnorm import apply_bn_mode, bn_batch, bn_label
 from trainables.budget import default_eval_every, evaluation_steps, warmup_steps
 from trainables.config import TrialConfig
 from trainables.data import BatchSource, Splits, load_dataset
+from trainables.metrics import get_metric
 from trainables.models import build_model
 from trainables.noise_scale import NoiseScale, squared_norm
 from trainables.optim import build_optimizer, lr_at_step, param_groups, set_lr
 
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 DIVERGENCE_CHECK_EVERY = 16  # steps between cross-worker divergence checks (one tiny all-reduce)
-# Steps between gradient-noise-scale measurements (trainables.noise_scale): a measurement costs
-# a second backward pass through a retained graph (one worker, no accumulation) or one gradient
-# norm (accumulation), so measuring one step in 4 keeps the overhead small.
+# Steps between gradient-noise-scale measurements (trainables.noise_scale): at least
+# NOISE_SCALE_EVERY, and at least NOISE_SCALE_EXAMPLES of a worker's examples. A measurement
+# runs a step as two half-size passes (or a second backward pass through a retained graph), and
+# a pass has a fixed cost whatever its size, so it costs a small batch relatively more:
+# measured on digits (CPU), a measured step costs +64% at batch 8, +45% at 32, +12% at 128 and
+# 512. Every 4th step, that was 16% / 11% / 3% / 3% of training time; with the examples floor
+# (every 64th step at batch 8, 16th at 32), bench/noise_scale_overhead.py gives <= 5% at each.
 NOISE_SCALE_EVERY = 4
+NOISE_SCALE_EXAMPLES = 512
+
+
+def noise_scale_interval(per_worker_batch: int) -> int:
+    """Optimizer steps between two noise-scale measurements at this per-worker batch."""
+    return max(NOISE_SCALE_EVERY, math.ceil(NOISE_SCALE_EXAMPLES / max(per_worker_batch, 1)))
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -49,22 +60,39 @@ def evaluate(
     batch: int,
     device: torch.device,
     speed: accel.Acceleration | None = None,
-) -> tuple[float, float, int]:
-    """Validation loss, accuracy and example count over the whole held-out split, summed
-    across workers."""
+) -> dict[str, float]:
+    """Validation loss (nats per predicted token or label), accuracy and example count over the
+    whole held-out split, summed across workers, and the spread of the per-example loss.
+
+    A language model's example is a sequence: its loss and accuracy are over every token, and
+    the spread (`val_loss_sd`) is that of the per-sequence mean loss, whose sampling error
+    over `val_examples` sequences is what the verdict's bounds need.
+    """
     speed = speed or accel.choose(model, device, 0, False)
     model.eval()
-    totals = torch.zeros(3, device=device, dtype=torch.float64)
-    criterion = nn.CrossEntropyLoss(reduction="sum")
+    # [loss sum, correct, predictions, examples, sum of squared per-example mean losses]
+    totals = torch.zeros(5, device=device, dtype=torch.float64)
+    criterion = nn.CrossEntropyLoss(reduction="none")
     with torch.no_grad(), accel.autocast(speed):
         for x, y in source.val_batches(batch):
             logits = model(accel.prepare_input(x, speed)).float()
-            totals[0] += criterion(logits, y).double()
+            losses = criterion(logits, y).double().reshape(len(y), -1)
+            per_example = losses.mean(1)
+            totals[0] += losses.sum()
             totals[1] += (logits.argmax(1) == y).sum()
-            totals[2] += len(y)
-    loss_sum, correct, count = _all_reduce_sum(totals).tolist()
+            totals[2] += y.numel()
+            totals[3] += len(y)
+            totals[4] += (per_example**2).sum()
+    loss_sum, correct, predictions, count, squares = _all_reduce_sum(totals).tolist()
     model.train()
-    return loss_sum / count, correct / count, int(count)
+    mean = loss_sum / predictions
+    variance = max(squares / count - mean**2, 0.0) * count / max(count - 1, 1)
+    return {
+        "val_loss": mean,
+        "val_acc": correct / predictions,
+        "val_examples": int(count),
+        "val_loss_sd": math.sqrt(variance),
+    }
 
 
 def train(
@@ -81,8 +109,8 @@ def train(
     """Train one trial for its budget; call `report(metrics, state)` after every evaluation.
 
     Stops early, reporting `diverged=True`, when the training loss turns non-finite or exceeds
-    `divergence_factor` x the chance-level loss ln(num_classes); and, with `stop_at_accuracy`,
-    once validation accuracy reaches it (`reached_target=True`).
+    `divergence_factor` x the chance-level loss ln(num_classes); and, with `stop_at_target`,
+    once the study metric reaches it (`reached_target=True`).
     """
     device = device or torch.device("cpu")
     layout = config.layout()
@@ -150,6 +178,7 @@ def train(
         schedule=config.schedule,
         final_factor=config.final_lr_factor,
     )
+    metric = get_metric(config.metric)
     loss_limit = config.divergence_factor * math.log(splits.num_classes)
     eval_batch = min(max(layout.micro_batch, 256), config.max_device_batch)
     constants = {
@@ -160,6 +189,7 @@ def train(
         "per_worker_batch": layout.per_worker,
         "accumulation_steps": layout.accumulation_steps,
         "micro_batch": layout.micro_batch,
+        "tokens_per_example": splits.tokens_per_example,
         "workers": layout.workers,
         # BN statistics change what is measured (per worker, synchronised, ghost groups).
         "bn_mode": bn_label(model, config.bn_mode, config.ghost_batch, layout.micro_batch, world),
@@ -183,6 +213,7 @@ def train(
     measure_noise = not config.compile and (
         world == 1 or layout.accumulation_steps > 1 or halves_independent
     )
+    noise_every = noise_scale_interval(layout.per_worker)
     constants |= speed.as_metrics()
 
     # [loss sum, steps, non-finite count] since the last evaluation and for the current check
@@ -207,7 +238,7 @@ def train(
                 source.per_step,
                 device,
                 speed,
-                noise if measure_noise and step % NOISE_SCALE_EVERY == 0 else None,
+                noise if measure_noise and step % noise_every == 0 else None,
                 world,
                 halves_independent,
             )
@@ -222,21 +253,24 @@ def train(
             if step != due and not diverged:
                 continue
             train_time = time.perf_counter() - started
-            val_loss, val_acc, val_examples = evaluate(ddp_model, source, eval_batch, device, speed)
+            scores = evaluate(ddp_model, source, eval_batch, device, speed)
             loss_sum, steps, _ = sums.tolist()
             examples = step * config.batch_size
-            reached = 0 < config.stop_at_accuracy <= val_acc
+            reached = bool(config.stop_at_target) and metric.reached(
+                scores[metric.key], config.stop_at_target
+            )
+            samples_per_second = (step - since) * config.batch_size / max(train_time, 1e-9)
             metrics = {
                 "optimizer_steps": step,
                 "examples_seen": examples,
                 "epoch": examples / n_train,
                 "progress": step / total,
                 "train_loss": loss_sum / max(steps, 1),
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "val_examples": val_examples,
+                **scores,
                 "lr": lr,
-                "samples_per_second": (step - since) * config.batch_size / max(train_time, 1e-9),
+                "samples_per_second": samples_per_second,
+                # An example of a language model is a sequence of this many tokens.
+                "tokens_per_second": samples_per_second * splits.tokens_per_example,
                 "window_time_s": time.perf_counter() - started,
                 "first_step_s": first_step_s,
                 "gns_b_simple": noise.b_simple,
