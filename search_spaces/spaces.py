@@ -156,6 +156,25 @@ SPACES: dict[str, SearchSpace] = {
         warmup_fraction=(0.0, 0.15),
         optimizers=("sgd", "lars"),
     ),
+    # Byte-level language models, base_lr at a reference batch of 32 sequences of 128 bytes.
+    # AdamW: transformers of this size train at 1e-3 to 3e-3 (GPT-2 small used 6e-4 at batch
+    # 512); the range spans a decade around that. The LSTM has no attention softmax to
+    # saturate and tolerates larger steps (char-RNNs use 2e-3 to 1e-2). timm's LAMB scales each
+    # layer's step to lr * ||w|| / ||update||, a relative change of about lr per step, so its
+    # lr is on its own scale (You et al. 2020). Weight decay is AdamW's decoupled one (scaled
+    # by the lr), hence the range up to 0.1 (GPT-2, LLaMA); no BatchNorm anywhere.
+    "transformer_lm": SearchSpace(
+        base_lr={"adamw": (3e-4, 1e-2), "lamb": (1e-3, 5e-2)},
+        weight_decay=(1e-5, 1e-1),
+        warmup_fraction=(0.0, 0.2),
+        optimizers=("adamw", "lamb"),
+    ),
+    "lstm_lm": SearchSpace(
+        base_lr={"adamw": (1e-3, 3e-2), "lamb": (1e-3, 5e-2)},
+        weight_decay=(1e-5, 1e-1),
+        warmup_fraction=(0.0, 0.2),
+        optimizers=("adamw", "lamb"),
+    ),
 }
 
 

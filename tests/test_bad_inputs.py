@@ -35,7 +35,7 @@ BAD_OPTIONS = [
     (["--grace-epochs", "0"], "--grace-epochs 0: must be at least 1"),
     (["--seed", "-1"], "--seed -1: must be at least 0 and at most 4294967295"),
     (["--seed", "4294967296"], "--seed 4294967296: must be at least 0"),
-    (["--target", "95"], "--target 95: must be above 0 and at most 1"),
+    (["--target", "95"], "--target 95 is not an accuracy in (0, 1] (write 0.95, not 95)"),
     (["--target", "0"], "--target 0: must be above 0"),
     (["--name", "../../x"], "--name '../../x': use letters, digits"),
     (["--name", ""], "--name '': use letters"),
@@ -175,7 +175,7 @@ RESUME_CONTRADICTIONS = [
     (["mnist1d"], "the workload mnist1d contradicts its workload simple_cnn"),
     (["--seed", "3"], "--seed 3 contradicts its seed 0"),
     (["--smoke"], "--smoke contradicts its budget epochs:6"),
-    (["--target", "0.5"], "--target 0.5 contradicts its target_accuracy 0.95"),
+    (["--target", "0.5"], "--target 0.5 contradicts its target 0.95"),
 ]
 
 

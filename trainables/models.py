@@ -1,7 +1,9 @@
 """Model registry: the small models of Shallue et al. and torchvision's ImageNet models.
 
 `build_model(name, input_shape, num_classes)` is the only entry point; every model takes
-(C, H, W) images, or (C, L) signals for the 1-D model.
+(C, H, W) images, or (C, L) signals for the 1-D model. The language models (`TOKEN_MODELS`)
+take (N, L) integer tokens, input shape (L,) and the vocabulary as `num_classes`, and return
+logits (N, V, L): class dimension second, as `nn.CrossEntropyLoss` and `argmax(1)` expect.
 """
 
 from __future__ import annotations
@@ -97,6 +99,74 @@ class ResNet8(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
+def _init_small(module: nn.Module) -> None:
+    """GPT-2's initialisation: N(0, 0.02) weights, zero biases. With the head tied to the
+    embedding, torch's N(0, 1) embedding would start the logits at a std of ~sqrt(d)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class TransformerLM(nn.Module):
+    """Decoder-only pre-norm transformer: learned positions, causal self-attention, GELU MLP
+    (4d), final LayerNorm, output head tied to the token embedding; no dropout."""
+
+    def __init__(self, input_shape: Shape, num_classes: int, d: int, layers: int, heads: int):
+        super().__init__()
+        (self.max_len,) = input_shape
+        self.embed = nn.Embedding(num_classes, d)
+        self.position = nn.Embedding(self.max_len, d)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
+            for _ in range(layers)
+        )
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, num_classes, bias=False)
+        self.apply(_init_small)
+        self.head.weight = self.embed.weight
+        mask = nn.Transformer.generate_square_subsequent_mask(self.max_len)
+        self.register_buffer("causal_mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        h = self.embed(x.long()) + self.position(torch.arange(length, device=x.device))
+        mask = self.causal_mask[:length, :length].to(h.dtype)
+        for block in self.blocks:
+            h = block(h, src_mask=mask, is_causal=True)
+        return self.head(self.norm(h)).transpose(1, 2)
+
+
+class LSTMLM(nn.Module):
+    """Byte embedding, a stacked LSTM, a linear head; no dropout."""
+
+    def __init__(self, input_shape: Shape, num_classes: int, hidden: int = 256, layers: int = 2):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, hidden)
+        self.lstm = nn.LSTM(hidden, hidden, layers, batch_first=True)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(x.long()))
+        return self.head(out).transpose(1, 2)
+
+
+def _transformer_lm(d: int, layers: int, heads: int) -> Callable[[Shape, int], nn.Module]:
+    def build(input_shape: Shape, num_classes: int) -> nn.Module:
+        return TransformerLM(input_shape, num_classes, d, layers, heads)
+
+    return build
+
+
+def _lstm_lm(hidden: int, layers: int = 2) -> Callable[[Shape, int], nn.Module]:
+    def build(input_shape: Shape, num_classes: int) -> nn.Module:
+        return LSTMLM(input_shape, num_classes, hidden, layers)
+
+    return build
+
+
 def _torchvision(name: str) -> Callable[[Shape, int], nn.Module]:
     def build(input_shape: Shape, num_classes: int) -> nn.Module:
         import torchvision
@@ -114,7 +184,15 @@ MODELS: dict[str, Callable[[Shape, int], nn.Module]] = {
     "resnet8": ResNet8,
     "resnet50": _torchvision("resnet50"),
     "vgg11": _torchvision("vgg11"),
+    "transformer_lm_tiny": _transformer_lm(64, 2, 2),
+    "transformer_lm_small": _transformer_lm(128, 4, 4),
+    "transformer_lm_base": _transformer_lm(512, 8, 8),
+    "lstm_lm": _lstm_lm(256),
 }
+# Models of (N, L) tokens that return (N, V, L) logits.
+TOKEN_MODELS = frozenset(
+    {"transformer_lm_tiny", "transformer_lm_small", "transformer_lm_base", "lstm_lm"}
+)
 
 
 def build_model(name: str, input_shape: Shape, num_classes: int) -> nn.Module:

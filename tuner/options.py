@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from search_spaces.cells import STRATA, default_strata, study_cells
 from trainables.budget import Budget, BudgetError
 from trainables.config import BN_MODES, ConfigError
+from trainables.metrics import get_metric
 from trainables.workloads import get_workload
 from tuner.cluster.address import address_problem
 from tuner.cluster.capacity import check_fits
@@ -161,7 +162,12 @@ def build_parser(description: str = "") -> OneLineParser:
         type=int,
         help="restarts of a trial's worker group from its last checkpoint (default 2)",
     )
-    add("--target", type=float, help="target validation accuracy in (0, 1] for steps-to-target")
+    add(
+        "--target",
+        type=float,
+        help="target for steps-to-target: a validation accuracy in (0, 1] "
+        "(classification) or a validation loss in nats (language models)",
+    )
     add(
         "--storage",
         help="where studies live (default: studies): a directory (shared by all nodes on a "
@@ -248,7 +254,8 @@ BOUNDS: dict[str, Bound] = {
     "divergence_factor": Bound(1, None, "multiples of the chance-level loss", low_open=True),
     "worker_retries": Bound(0, None, "restarts of a failed worker group; 0 means none"),
     "loader_workers": Bound(1, 64, "DataLoader processes per worker"),
-    "target": Bound(0, 1, "a validation accuracy as a fraction (0.95, not 95)", low_open=True),
+    # Its upper end depends on the workload's metric (an accuracy <= 1, a loss in nats).
+    "target": Bound(0, None, "a target accuracy or validation loss", low_open=True),
     "seed": Bound(0, SEED_MAX, "the seed"),
 }
 
@@ -401,6 +408,9 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
     unknown = [s for s in strata if s not in STRATA]
     if unknown:
         raise InputError(f"--stratify {','.join(unknown)}: use rule, optimizer, both or none")
+    metric = get_metric(workload.metric)
+    if args.target is not None and (problem := metric.target_problem(args.target)):
+        raise InputError(f"{problem}: {workload.name} is judged by {metric.label}")
     budget, min_steps = resolve_budget(args, settings, args.smoke)
     cells = len(study_cells(grid, space, strata))
     per_cell = max(MIN_TRIALS_PER_CELL, math.ceil(TRIALS_PER_BATCH * len(grid) / cells))
@@ -431,8 +441,9 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         reduction_factor=pick(args.reduction_factor, 3),
         divergence_factor=pick(args.divergence_factor, 5.0),
         worker_retries=pick(args.worker_retries, 2),
-        target_accuracy=pick(args.target, settings.target_accuracy),
+        target=pick(args.target, settings.target),
         stop_at_target=bool(args.stop_at_target),
+        metric=metric.name,
         strata=strata,
         seeds=pick(args.seeds, SMOKE["seeds"] if args.smoke else SEEDS),
         search_ranges=space.ranges(),
@@ -465,7 +476,7 @@ DECIDES: dict[str, tuple[str, ...]] = {
     "grace_epochs": ("grace",),
     "reduction_factor": ("reduction_factor",),
     "divergence_factor": ("divergence_factor",),
-    "target": ("target_accuracy",),
+    "target": ("target",),
     "stop_at_target": ("stop_at_target",),
     "stratify": ("strata",),
     "rules": ("search_ranges",),

@@ -21,6 +21,7 @@ import os
 import sys
 
 from trainables.data import NEEDS_FILES, DataUnavailable, check_data
+from trainables.metrics import get_metric
 from trainables.workloads import WORKLOADS
 from tuner import options as opts
 from tuner.errors import InputError
@@ -32,7 +33,8 @@ from tuner.store.names import SPEC_FILE
 def list_workloads() -> str:
     lines = []
     for w in WORKLOADS.values():
-        lines.append(f"{w.name}: {w.description}")
+        label = get_metric(w.metric).label
+        lines.append(f"{w.name}: {w.description}; judged by {label}")
         for name, s in w.datasets.items():
             files = " (needs files)" if name in NEEDS_FILES else ""
             grid = ",".join(str(b) for b in s.batch_sizes)
@@ -40,7 +42,7 @@ def list_workloads() -> str:
             how = "measured" if s.measured else "estimated"
             lines.append(
                 f"    --dataset {name}{files}: budget {s.budget}{floor} per trial ({how} to "
-                f"reach the target), batch sizes {grid}, target acc {s.target_accuracy}"
+                f"reach the target), batch sizes {grid}, target {label} {s.target:g}"
             )
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from search_spaces.cells import STRATA, Cell, study_cells
 from search_spaces.spaces import SearchSpace
 from trainables.budget import Budget, BudgetError
 from trainables.config import BatchLayout, ConfigError, TrialConfig, batch_layout
+from trainables.metrics import StudyMetric, get_metric
 from trainables.workloads import get_workload
 from tuner.store import objects as store
 from tuner.store.names import SPEC_FILE
@@ -76,13 +77,14 @@ class StudySpec:
     reduction_factor: int
     divergence_factor: float
     worker_retries: int
-    target_accuracy: float
+    target: float  # of steps-to-target: an accuracy, or a validation loss in nats
     stop_at_target: bool
     strata: tuple[str, ...]  # dimensions with a cell each: "rule", "optimizer"
     seeds: int  # confirmation runs of each cell's best configuration
     search_ranges: dict[str, Any]
     compile: bool = False  # torch.compile every trial's model (trainables.accel)
     loader_workers: int = 0  # DataLoader processes per worker for streamed data; 0: its CPUs
+    metric: str = "accuracy"  # how trials are judged (trainables.metrics): accuracy or loss
     decode: str = "auto"  # JPEG decoding for ImageFolder data: gpu, cpu or auto (gpu on GPUs)
 
     @property
@@ -238,12 +240,17 @@ class StudySpec:
             "max_train_examples": self.max_train_examples,
             "split_seed": self.seed,
             "seed": int(params.get("seed", self.seed)),
-            "stop_at_accuracy": self.target_accuracy if self.stop_at_target else 0.0,
+            "metric": self.metric,
+            "stop_at_target": self.target if self.stop_at_target else 0.0,
             "use_gpu": self.use_gpu,
             "compile": self.compile,
             "loader_workers": self.loader_workers or max(1, int(self.cpus_per_worker)),
             "decode": self.decode_on(),
         }
+
+    @property
+    def study_metric(self) -> StudyMetric:
+        return get_metric(self.metric)
 
     def decode_on(self) -> str:
         """Where ImageFolder JPEGs are decoded: `gpu` (nvJPEG) on GPU workers unless asked."""
@@ -260,6 +267,9 @@ class StudySpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudySpec:
         fields = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        if "target_accuracy" in data:  # studies written before language models were added
+            data.setdefault("target", data.pop("target_accuracy"))
         values = {k: v for k, v in data.items() if k in fields}
         values["batch_sizes"] = tuple(values["batch_sizes"])
         values["strata"] = tuple(values.get("strata", ()))

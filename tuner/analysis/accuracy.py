@@ -1,18 +1,22 @@
-"""Accuracy per cell and batch size, with honest uncertainty, and degradation against the baseline.
+"""Accuracy (or, for language models, validation loss) per cell and batch size, with honest
+uncertainty, and degradation against the baseline.
+
+Everything here is in the study metric's own values (`trainables.metrics`); "better" and a
+"drop" follow its direction: a drop is a fall in accuracy or a rise in loss.
 
 - A cell's accuracy is the mean over its *confirmation runs*: its best search configuration
   trained again with fresh seeds. The best search trial itself is the maximum of several noisy
   runs and reads high (and a bootstrap of a best-of-k only reproduces the observed maximum,
   science.md section 8); it is used, flagged, only where no confirmation ran.
 - Its uncertainty has two parts: the spread over seeds (s^2 / n) and the validation set's own
-  sampling error (p (1 - p) / n_val, which more seeds do not shrink: every run is scored on the
-  same examples).
+  sampling error (p (1 - p) / n_val for an accuracy; for a loss, the per-example loss's
+  variance / n_val; more seeds do not shrink it: every run is scored on the same examples).
 - A batch size's drop below the baseline (the smallest batch size measured) is judged against
   the tolerance with one-sided 95% bounds, as an equivalence test (TOST) does: *holds* when the
   drop's upper bound is within the tolerance, *degraded* when its lower bound exceeds it, and
   *unresolved* otherwise: the study cannot tell, and says how large a drop it could resolve.
-  Degrees of freedom are Welch-Satterthwaite's over the seed terms (the validation terms are
-  binomial and count as known).
+  Degrees of freedom are Welch-Satterthwaite's over the seed terms (the validation terms count
+  as known).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import stats
 
+from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.trials import FINAL
 
 CONFIDENCE = 0.95  # one-sided, for the bounds of a drop (a 90% two-sided interval)
@@ -33,19 +38,26 @@ STATUSES = ("holds", "unresolved", "degraded")
 
 @dataclass(frozen=True)
 class Estimate:
-    """An accuracy with what its uncertainty is made of."""
+    """A value of the study metric with what its uncertainty is made of."""
 
     mean: float
     std: float  # over seeds; NaN with fewer than two
     n: int  # runs averaged
     val_examples: int
     source: str  # "confirmed": fresh-seed runs; "search": the best search trial (reads high)
+    # Standard deviation of the per-example metric over the validation set (a loss); NaN for
+    # an accuracy, whose per-example values are 0/1 (binomial).
+    val_sd: float = math.nan
 
     @property
     def val_var(self) -> float:
-        """Variance of an accuracy from the validation set's finite sample."""
+        """Variance of the value from the validation set's finite sample."""
+        if self.val_examples <= 0:
+            return math.nan
+        if math.isfinite(self.val_sd):
+            return self.val_sd**2 / self.val_examples
         p = min(max(self.mean, 0.0), 1.0)
-        return p * (1 - p) / self.val_examples if self.val_examples > 0 else math.nan
+        return p * (1 - p) / self.val_examples
 
     @property
     def seed_var(self) -> float:
@@ -59,7 +71,8 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Comparison:
-    """A batch size's (or cell's) drop below the baseline, its one-sided bounds, the verdict."""
+    """A batch size's (or cell's) drop from the baseline (positive: worse), its one-sided
+    bounds, the verdict."""
 
     drop: float
     low: float
@@ -69,19 +82,26 @@ class Comparison:
     status: str  # holds, unresolved or degraded
 
 
-def estimate(final_accuracies: list[float], val_examples: int, source: str) -> Estimate:
-    values = [v for v in final_accuracies if math.isfinite(v)]
+def estimate(
+    final_values: list[float], val_examples: int, source: str, val_sd: float = math.nan
+) -> Estimate:
+    values = [v for v in final_values if math.isfinite(v)]
     n = len(values)
     mean = sum(values) / n if n else math.nan
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n >= 2 else math.nan
-    return Estimate(mean, std, n, int(val_examples), source)
+    return Estimate(mean, std, n, int(val_examples), source, val_sd)
 
 
 def compare(
-    base: Estimate, other: Estimate, tolerance: float, confidence: float = CONFIDENCE
+    base: Estimate,
+    other: Estimate,
+    tolerance: float,
+    confidence: float = CONFIDENCE,
+    metric: StudyMetric = ACCURACY,
 ) -> Comparison:
-    """The drop base - other with one-sided `confidence` bounds, and what it says."""
-    drop = base.mean - other.mean
+    """The drop (base - other for an accuracy, other - base for a loss) with one-sided
+    `confidence` bounds, and what it says."""
+    drop = metric.sign * (base.mean - other.mean)
     terms = [(base.val_var, math.inf), (other.val_var, math.inf)]
     for e in (base, other):
         if math.isfinite(e.seed_var):
@@ -100,7 +120,9 @@ def compare(
     return Comparison(drop, low, high, half, df, status)
 
 
-def cell_accuracy(trials: pd.DataFrame, by: str = "cell") -> pd.DataFrame:
+def cell_accuracy(
+    trials: pd.DataFrame, by: str = "cell", metric: StudyMetric = ACCURACY
+) -> pd.DataFrame:
     """Per cell: the best search trial, its confirmation runs, and the cell's estimate."""
     columns = [
         by,
@@ -124,11 +146,18 @@ def cell_accuracy(trials: pd.DataFrame, by: str = "cell") -> pd.DataFrame:
         done = confirm[confirm["final"]]
         val_examples = group["val_examples"].max()
         val_examples = int(val_examples) if pd.notna(val_examples) else 0
-        best = best_row(search) if len(search) else None
+        best = best_row(search, metric) if len(search) else None
         if len(done):
-            est = estimate(done["final_val_acc"].tolist(), val_examples, "confirmed")
+            est = estimate(
+                done["final_value"].tolist(), val_examples, "confirmed", _val_sd(done, metric)
+            )
         elif best is not None:
-            est = estimate([float(best["final_val_acc"])], val_examples, "search")
+            est = estimate(
+                [float(best["final_value"])],
+                val_examples,
+                "search",
+                _val_sd(search[search["trial_id"] == best["trial_id"]], metric),
+            )
         else:
             est = None
         rows.append(
@@ -140,7 +169,7 @@ def cell_accuracy(trials: pd.DataFrame, by: str = "cell") -> pd.DataFrame:
                 else _only(group, "scaling_rule"),
                 "optimizer": best["optimizer"] if best is not None else _only(group, "optimizer"),
                 "final_search": len(search),
-                "search_best": float(best["final_val_acc"]) if best is not None else math.nan,
+                "search_best": float(best["final_value"]) if best is not None else math.nan,
                 "best_trial": best["trial_id"] if best is not None else None,
                 "confirmed_n": len(done),
                 "confirmed_mean": est.mean if est and est.source == "confirmed" else math.nan,
@@ -160,12 +189,22 @@ def _only(group: pd.DataFrame, column: str):
     return values[0] if len(values) == 1 else None
 
 
-def best_row(group: pd.DataFrame) -> pd.Series:
-    """The best trial of a group: highest final accuracy; ties go to the earliest trial."""
-    ordered = group.sort_values(
-        ["final_val_acc", "optuna_number"], ascending=[False, True], kind="stable"
+def _val_sd(runs: pd.DataFrame, metric: StudyMetric) -> float:
+    """The per-example spread of a loss on the validation set (mean over the runs); NaN for an
+    accuracy (binomial)."""
+    if metric.name != "loss" or "final_val_loss_sd" not in runs:
+        return math.nan
+    sd = pd.to_numeric(runs["final_val_loss_sd"], errors="coerce").dropna()
+    return float(sd.mean()) if len(sd) else math.nan
+
+
+def best_row(group: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.Series:
+    """The best trial of a group: best final value (highest accuracy, lowest loss); ties go to
+    the earliest trial."""
+    ordered = group.assign(_score=group["final_value"] * metric.sign).sort_values(
+        ["_score", "optuna_number"], ascending=[False, True], kind="stable"
     )
-    return ordered.iloc[0]
+    return ordered.drop(columns="_score").iloc[0]
 
 
 def final_search_trials(trials: pd.DataFrame) -> pd.DataFrame:

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import (
     MIN_EVIDENCE,
     N_BOOT,
@@ -82,9 +83,16 @@ class DegradationMap:
     b_crit_ci: tuple[float, float]
     b_crit_replicates: int
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    metric: StudyMetric = ACCURACY  # what the values, target and tolerance are of
+    tokens_per_example: int = 0  # a batch counts sequences of this many tokens (0: not text)
 
 
-def _judge(table: pd.DataFrame, base: tuple[int, Estimate] | None, tolerance: float) -> None:
+def _judge(
+    table: pd.DataFrame,
+    base: tuple[int, Estimate] | None,
+    tolerance: float,
+    metric: StudyMetric = ACCURACY,
+) -> None:
     """Add the comparison columns (drop, bounds, resolution, status) to a table of estimates."""
     values: dict[str, list] = {k: [] for k in ("drop", "drop_low", "drop_high", "resolution")}
     values["status"] = []
@@ -92,7 +100,7 @@ def _judge(table: pd.DataFrame, base: tuple[int, Estimate] | None, tolerance: fl
         est: Estimate | None = row.estimate
         result: Comparison | None = None
         if base is not None and est is not None and math.isfinite(est.mean):
-            result = compare(base[1], est, tolerance)
+            result = compare(base[1], est, tolerance, metric=metric)
         is_base = base is not None and int(row.batch_size) == base[0] and est is base[1]
         values["drop"].append(result.drop if result else math.nan)
         values["drop_low"].append(result.low if result else math.nan)
@@ -112,23 +120,27 @@ def _estimate_columns(table: pd.DataFrame) -> None:
     table["val_se"] = [e.val_se if e else math.nan for e in table["estimate"]]
 
 
-def _best_cells(cells: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+def _best_cells(
+    cells: pd.DataFrame, keys: Sequence[str], metric: StudyMetric = ACCURACY
+) -> pd.DataFrame:
     """Per group of `keys`, the cell with the best search result (ties: the first cell)."""
     if cells.empty:
         return cells
-    ranked = cells.assign(_rank=cells["search_best"].fillna(-math.inf))
+    ranked = cells.assign(_rank=(cells["search_best"] * metric.sign).fillna(-math.inf))
     ranked = ranked.sort_values([*keys, "_rank"], ascending=[True] * len(keys) + [False])
     return ranked.groupby(list(keys), sort=True).head(1).drop(columns="_rank")
 
 
-def _rule_view(trials: pd.DataFrame, cells: pd.DataFrame, stratified: bool) -> pd.DataFrame:
+def _rule_view(
+    trials: pd.DataFrame, cells: pd.DataFrame, stratified: bool, metric: StudyMetric = ACCURACY
+) -> pd.DataFrame:
     """Per batch size x rule: the rule's cell (its best one, stratified), or the rule's best
     search trial inside unstratified cells (no confirmation runs: flagged `search`)."""
     if stratified:
-        return _best_cells(cells, ["batch_size", "scaling_rule"]).reset_index(drop=True)
+        return _best_cells(cells, ["batch_size", "scaling_rule"], metric).reset_index(drop=True)
     keyed = trials.assign(rule_cell=trials["batch_size"].astype(str) + "-" + trials["scaling_rule"])
     keyed = keyed[keyed["phase"] != "confirm"]
-    return cell_accuracy(keyed, by="rule_cell")
+    return cell_accuracy(keyed, by="rule_cell", metric=metric)
 
 
 def _rule_verdicts(by_rule: pd.DataFrame, rules: Sequence[str]) -> list[RuleVerdict]:
@@ -154,10 +166,12 @@ def _rule_verdicts(by_rule: pd.DataFrame, rules: Sequence[str]) -> list[RuleVerd
     return verdicts
 
 
-def _frontier(trials: pd.DataFrame, cells: pd.DataFrame, grid: list[int]) -> pd.DataFrame:
+def _frontier(
+    trials: pd.DataFrame, cells: pd.DataFrame, grid: list[int], metric: StudyMetric = ACCURACY
+) -> pd.DataFrame:
     frontier = pd.DataFrame({"batch_size": grid})
     frontier = frontier.merge(outcome_counts(trials), on="batch_size", how="left")
-    best = _best_cells(cells, ["batch_size"])
+    best = _best_cells(cells, ["batch_size"], metric)
     best = best.rename(
         columns={"cell": "best_cell", "scaling_rule": "best_rule", "optimizer": "best_optimizer"}
     )
@@ -197,18 +211,20 @@ def degradation_map(
     rule_stratified: bool = True,
     n_boot: int = N_BOOT,
     seed: int = 0,
+    metric: StudyMetric = ACCURACY,
 ) -> DegradationMap:
-    """Run the whole analysis on a trial table (see the module docstring for definitions)."""
-    trials = trial_summary(table)
+    """Run the whole analysis on a trial table (see the module docstring for definitions);
+    `target` and `tolerance` are in the units of `metric` (accuracy: a fraction; loss: nats)."""
+    trials = trial_summary(table, metric)
     grid = sorted(set(int(b) for b in batch_sizes) | set(trials["batch_size"].astype(int)))
-    cells = cell_accuracy(trials) if len(trials) else cell_accuracy(trials.assign(cell=[]))
-    frontier = _frontier(trials, cells, grid)
+    cells = cell_accuracy(trials if len(trials) else trials.assign(cell=[]), metric=metric)
+    frontier = _frontier(trials, cells, grid, metric)
     measured = frontier[[e is not None for e in frontier["estimate"]]]
     base = None
     if len(measured):
         first = measured.sort_values("batch_size").iloc[0]
         base = (int(first["batch_size"]), first["estimate"])
-    _judge(frontier, base, tolerance)
+    _judge(frontier, base, tolerance, metric)
     _estimate_columns(frontier)
     holds_up_to = None
     for row in frontier.sort_values("batch_size").itertuples(index=False):
@@ -217,8 +233,8 @@ def degradation_map(
         elif row.status is not None:
             break
 
-    by_rule = _rule_view(trials, cells, rule_stratified) if len(trials) else cells.copy()
-    _judge(by_rule, base, tolerance)
+    by_rule = _rule_view(trials, cells, rule_stratified, metric) if len(trials) else cells.copy()
+    _judge(by_rule, base, tolerance, metric)
     if len(by_rule):
         _estimate_columns(by_rule)
     rules = list(
@@ -226,7 +242,7 @@ def degradation_map(
     )
     verdicts = _rule_verdicts(by_rule, rules) if len(by_rule) else []
 
-    crossings = first_crossings(table, target)
+    crossings = first_crossings(table, target, metric)
     steps = steps_to_target(crossings, trials)
     frontier = frontier.merge(steps, on="batch_size", how="left")
     fit = fit_critical_batch(frontier["batch_size"], frontier["steps"], frontier["censored_at"])
@@ -246,7 +262,9 @@ def degradation_map(
     frontier["steps_fit"] = fit.steps(frontier["batch_size"].to_numpy()) if fit else math.nan
     frontier["regime"] = [regime(b, fit.b_crit if fit else None) for b in frontier["batch_size"]]
 
-    hparams = best_hyperparameters(trials[trials["cell"].isin(set(frontier["best_cell"].dropna()))])
+    hparams = best_hyperparameters(
+        trials[trials["cell"].isin(set(frontier["best_cell"].dropna()))], metric=metric
+    )
     frontier = frontier.merge(
         hparams[
             [
@@ -276,6 +294,12 @@ def degradation_map(
         else pd.Series(dtype=float)
     )
     frontier["samples_per_second"] = frontier["batch_size"].map(per_batch).astype(float)
+    tokens = (
+        speed.groupby("batch_size")["tokens_per_second"].max()
+        if len(speed)
+        else pd.Series(dtype=float)
+    )
+    frontier["tokens_per_second"] = frontier["batch_size"].map(tokens).astype(float)
     return DegradationMap(
         target=target,
         tolerance=tolerance,
@@ -294,4 +318,14 @@ def degradation_map(
         b_crit_ci=(low, high),
         b_crit_replicates=replicates,
         warnings=boundary_warnings(hparams, ranges or {}),
+        metric=metric,
+        tokens_per_example=_tokens_per_example(table),
     )
+
+
+def _tokens_per_example(table: pd.DataFrame) -> int:
+    """The sequence length of a language model's examples, as its trials reported it."""
+    if "tokens_per_example" not in table:
+        return 0
+    tokens = pd.to_numeric(table["tokens_per_example"], errors="coerce").dropna()
+    return int(tokens.max()) if len(tokens) else 0

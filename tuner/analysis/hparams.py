@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import best_row
 from tuner.analysis.trials import PARAMS
 
@@ -17,7 +18,9 @@ LOG_PARAMS = ("base_lr", "weight_decay")
 EDGE_FRACTION = 0.05  # a best value within 5% of its range's width from a bound is "on the edge"
 
 
-def best_hyperparameters(trials: pd.DataFrame, by: Sequence[str] = ("batch_size",)) -> pd.DataFrame:
+def best_hyperparameters(
+    trials: pd.DataFrame, by: Sequence[str] = ("batch_size",), metric: StudyMetric = ACCURACY
+) -> pd.DataFrame:
     """The best search trial's hyperparameters per group (of those that ran their whole
     budget), with lr predictions per batch size.
 
@@ -26,19 +29,20 @@ def best_hyperparameters(trials: pd.DataFrame, by: Sequence[str] = ("batch_size"
     """
     by = list(by)
     params = [p for p in PARAMS if p not in by]
-    columns = [*by, "trial_id", "val_acc", *params, "lr_linear", "lr_sqrt"]
+    columns = [*by, "trial_id", "val_acc", "value", *params, "lr_linear", "lr_sqrt"]
     scored = (
         trials[trials["final"] & (trials["phase"] != "confirm")] if not trials.empty else trials
     )
     rows = []
     for key, group in scored.groupby(by, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        best = best_row(group)
+        best = best_row(group, metric)
         rows.append(
             {
                 **dict(zip(by, key, strict=True)),
                 "trial_id": best["trial_id"],
                 "val_acc": float(best["final_val_acc"]),
+                "value": float(best["final_value"]),  # of the study metric
                 **{p: best[p] for p in params},
             }
         )

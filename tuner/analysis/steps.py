@@ -1,7 +1,8 @@
 """Steps and examples to target, pooled over the trials of a batch size (Shallue et al.).
 
 Of every evaluation of every non-diverged trial of a batch size (search and confirmation runs
-alike), the first, in optimizer steps, whose validation accuracy reaches the target. A batch
+alike), the first, in optimizer steps, whose study metric reaches the target (an accuracy at or
+above it, a validation loss at or below it). A batch
 size where none does is *censored*: its steps to target are more than the most steps any of its
 trials ran, and it enters the critical-batch fit as that lower bound, not as a gap. Trials
 evaluate every `eval_every` steps, so a crossing is known to that resolution, which is kept.
@@ -15,12 +16,16 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.trials import flag
 
 
-def first_crossings(table: pd.DataFrame, target: float) -> pd.DataFrame:
-    """Per non-diverged trial with at least one evaluation: its first point at or above target
-    (infinite steps if none), the most steps it ran, and its evaluation interval there."""
+def first_crossings(
+    table: pd.DataFrame, target: float, metric: StudyMetric = ACCURACY
+) -> pd.DataFrame:
+    """Per non-diverged trial with at least one evaluation: its first point at the target or
+    beyond (infinite steps if none), the most steps it ran, and its evaluation interval
+    there."""
     columns = [
         "trial_id",
         "batch_size",
@@ -36,13 +41,13 @@ def first_crossings(table: pd.DataFrame, target: float) -> pd.DataFrame:
     diverged = table.groupby("trial_id")["diverged"].transform(lambda s: flag(s).any())
     told = table["outcome"] == "diverged"
     points = table[~diverged.astype(bool) & ~told].copy()
-    points["val_acc"] = pd.to_numeric(points["val_acc"], errors="coerce")
+    points["_value"] = pd.to_numeric(points[metric.key], errors="coerce")
     points["optimizer_steps"] = pd.to_numeric(points["optimizer_steps"], errors="coerce")
-    points = points[points["val_acc"].notna() & points["optimizer_steps"].notna()]
+    points = points[points["_value"].notna() & points["optimizer_steps"].notna()]
     rows = []
     for trial_id, group in points.groupby("trial_id", sort=False):
         group = group.sort_values("optimizer_steps")
-        reached = group[group["val_acc"] >= target]
+        reached = group[[metric.reached(v, target) for v in group["_value"]]]
         steps = group["optimizer_steps"].to_numpy(dtype=float)
         first = reached.iloc[0] if len(reached) else None
         if first is not None:

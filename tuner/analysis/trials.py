@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from trainables.metrics import ACCURACY, StudyMetric
+
 OUTCOMES = ("completed", "target", "stopped", "diverged", "errored", "running")
 FINAL = ("completed", "target")  # ran the whole budget, or ended at the target
 PARAMS = (
@@ -29,7 +31,10 @@ NUMERIC = (
     "val_examples",
     "bn_batch",
     "final_val_loss",
+    "final_val_loss_sd",
     "final_train_loss",
+    "final_value",
+    "best_value",
     "seed",
 )
 
@@ -39,11 +44,12 @@ def flag(series: pd.Series) -> pd.Series:
     return series.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
 
 
-def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per trial: cell, phase, config, outcome, its last evaluation, best accuracy.
+def trial_summary(table: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.DataFrame:
+    """One row per trial: cell, phase, config, outcome, its last evaluation, and the study
+    metric's final and best value (`final_value`, `best_value`: accuracy, or validation loss).
 
     `final` is true for a trial that ran its whole budget (or ended at the target) without
-    diverging: only those have a final accuracy that answers "how good is this configuration".
+    diverging: only those have a final value that answers "how good is this configuration".
     """
     columns = [
         "trial_id",
@@ -61,8 +67,12 @@ def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
         "bn_batch",
         "final_val_acc",
         "final_val_loss",
+        "final_val_loss_sd",
         "final_train_loss",
         "best_val_acc",
+        "best_val_loss",
+        "final_value",
+        "best_value",
         "diverged",
         "final",
     ]
@@ -77,6 +87,9 @@ def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
         # running trial's outcome is only written when it ends).
         diverged = last["outcome"] == "diverged" or bool(group["_diverged"].any())
         accuracy = pd.to_numeric(group["val_acc"], errors="coerce")
+        loss = pd.to_numeric(group["val_loss"], errors="coerce")
+        values = pd.to_numeric(group[metric.key], errors="coerce")
+        scores = values * metric.sign
         row = {
             "trial_id": trial_id,
             "optuna_number": last["optuna_number"],
@@ -93,12 +106,16 @@ def trial_summary(table: pd.DataFrame) -> pd.DataFrame:
             "bn_batch": last["bn_batch"],
             "final_val_acc": float(accuracy.iloc[-1]),
             "final_val_loss": last["val_loss"],
+            "final_val_loss_sd": last.get("val_loss_sd", math.nan),
             "final_train_loss": last["train_loss"],
             "best_val_acc": float(accuracy.max()) if accuracy.notna().any() else math.nan,
+            "best_val_loss": float(loss.min()) if loss.notna().any() else math.nan,
+            "final_value": float(values.iloc[-1]),
+            "best_value": metric.value(float(scores.max())) if scores.notna().any() else math.nan,
             "diverged": diverged,
         }
         row["final"] = (
-            row["outcome"] in FINAL and not diverged and math.isfinite(row["final_val_acc"])
+            row["outcome"] in FINAL and not diverged and math.isfinite(row["final_value"])
         )
         rows.append(row)
     trials = pd.DataFrame(rows, columns=columns)

@@ -32,6 +32,7 @@ from trainables import geometry
 from trainables.batchnorm import apply_bn_mode
 from trainables.data import load_dataset
 from trainables.loop import synthetic_shape
+from trainables.metrics import ACCURACY, StudyMetric
 from trainables.models import build_model
 from trainables.workloads import get_workload
 from tuner.analysis.trials import FINAL, trial_summary
@@ -45,13 +46,17 @@ ALPHAS = [round(a, 2) for a in np.linspace(-1.0, 2.0, 13)]
 BATCH = 128  # examples per forward pass of the measurements
 
 
-def best_trials(table: pd.DataFrame, batch_sizes: tuple[int, ...] | None) -> pd.DataFrame:
-    """The best finished trial of every batch size (highest final validation accuracy)."""
-    summary = trial_summary(table)
-    finished = summary[summary["outcome"].isin(FINAL) & summary["final_val_acc"].notna()]
+def best_trials(
+    table: pd.DataFrame, batch_sizes: tuple[int, ...] | None, metric: StudyMetric = ACCURACY
+) -> pd.DataFrame:
+    """The best finished trial of every batch size (highest final validation accuracy, or
+    lowest validation loss)."""
+    summary = trial_summary(table, metric)
+    finished = summary[summary["outcome"].isin(FINAL) & summary["final_value"].notna()]
     if batch_sizes:
         finished = finished[finished["batch_size"].isin(batch_sizes)]
-    order = finished.sort_values("final_val_acc", ascending=False)
+    order = finished.assign(_score=finished["final_value"] * metric.sign)
+    order = order.sort_values("_score", ascending=False, kind="stable").drop(columns="_score")
     return order.groupby("batch_size", sort=True).head(1).sort_values("batch_size")
 
 
@@ -89,7 +94,7 @@ def explain(
         raise InputError("--device cuda: this machine has no CUDA GPU; use --device cpu")
     spec = load_spec(study_dir)
     table = collect_trials(study_dir)
-    best = best_trials(table, batch_sizes)
+    best = best_trials(table, batch_sizes, spec.study_metric)
     if best.empty:
         raise InputError(
             f"{study_dir}: no finished trial{' at those batch sizes' if batch_sizes else ''} "

@@ -22,9 +22,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainables.metrics import StudyMetric
+from tuner.errors import InputError
 from tuner.report.fetch import fetch_study
 from tuner.report.names import NotAStudy
 from tuner.report.write import write_report
+from tuner.spec import load_spec
+from tuner.store.names import SPEC_FILE
 from tuner.store.objects import StorageError, is_uri
 
 
@@ -51,16 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         type=float,
         metavar="T",
-        help="target validation ACCURACY as a fraction in (0, 1], e.g. 0.95, for "
-        "steps/examples to target (default: the study's)",
+        help="target for steps/examples to target (default: the study's): a validation "
+        "ACCURACY as a fraction in (0, 1], e.g. 0.95, or, for a language model, a validation "
+        "LOSS in nats, e.g. 1.5",
     )
     p.add_argument(
         "--tolerance",
         type=float,
-        default=1.0,
-        metavar="PTS",
-        help="degradation tolerance in accuracy PERCENTAGE POINTS below the baseline "
-        "(default 1, i.e. 1 pt; 0.5 means half a point)",
+        metavar="TOL",
+        help="degradation tolerance: accuracy PERCENTAGE POINTS below the baseline (default "
+        "1, i.e. 1 pt; 0.5 means half a point), or, for a language model, NATS of validation "
+        "loss above it (default 0.02)",
     )
     p.add_argument(
         "--no-tensorboard", action="store_true", help="do not (re)write the TensorBoard summary run"
@@ -68,28 +73,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check(args: argparse.Namespace, metric: StudyMetric) -> None:
+    """The target must be one of the study's metric (an accuracy, or a loss in nats)."""
+    if args.target is not None and (problem := metric.target_problem(args.target)):
+        raise InputError(f"{problem}: this study is judged by {metric.label}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.target is not None and not 0 < args.target <= 1:
-        print(
-            f"error: --target {args.target:g} is not an accuracy in (0, 1] (write 0.95, not 95)",
-            file=sys.stderr,
-        )
+    if (
+        args.target is not None and not args.target > 0
+    ):  # NaN too; the rest once the metric is known
+        print(f"error: --target {args.target:g} must be above 0", file=sys.stderr)
         return 2
-    if not 0 <= args.tolerance < 100:
+    if args.tolerance is not None and not 0 <= args.tolerance < 100:
         print(
-            f"error: --tolerance {args.tolerance:g} must be in [0, 100) percentage points",
+            f"error: --tolerance {args.tolerance:g} must be in [0, 100) (percentage points, "
+            f"or nats for a language model)",
             file=sys.stderr,
         )
         return 2
     try:
         study_dir = args.study_dir
+        if not is_uri(study_dir) and not (Path(study_dir) / SPEC_FILE).exists():
+            raise NotAStudy(f"{study_dir} is not a study directory (no {SPEC_FILE})")
+        metric = None if is_uri(study_dir) else load_spec(study_dir).study_metric
+        if metric is not None:
+            _check(args, metric)
         if is_uri(study_dir):
             study_dir = fetch_study(study_dir, Path(args.into) if args.into else None)
+            metric = load_spec(study_dir).study_metric
+            _check(args, metric)
+        tolerance = args.tolerance
+        if tolerance is not None and metric.unit == "pt":
+            tolerance /= 100
         report = write_report(
-            study_dir, args.target, args.tolerance / 100, tensorboard=not args.no_tensorboard
+            study_dir, args.target, tolerance, tensorboard=not args.no_tensorboard
         )
-    except (NotAStudy, StorageError) as error:
+    except (NotAStudy, StorageError, InputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     text = report.read_text()

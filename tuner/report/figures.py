@@ -76,7 +76,7 @@ def accuracy_vs_batch(m: DegradationMap, budget: str | None = None) -> Figure:
     fig, ax = _figure()
     best = m.frontier[m.frontier["accuracy"].notna()]
     if best.empty:
-        _no_data(ax, "no trial has run its whole budget yet: no accuracy to show")
+        _no_data(ax, f"no trial has run its whole budget yet: no {m.metric.noun} to show")
         return fig
     rules = m.by_rule[m.by_rule["accuracy"].notna()] if "accuracy" in m.by_rule else m.by_rule
     if rules["scaling_rule"].nunique() < 2:
@@ -116,19 +116,22 @@ def accuracy_vs_batch(m: DegradationMap, budget: str | None = None) -> Figure:
             ax.plot(rows["batch_size"], rows["accuracy"], marker, color=color, ms=8, label=status)
     if m.baseline is not None:
         batch, base = m.baseline
+        worst = base.mean - m.metric.sign * m.tolerance  # the tolerance's far end
+        tolerance = (
+            f"{m.tolerance * 100:g} pt" if m.metric.unit == "pt" else f"{m.tolerance:g} nats"
+        )
         ax.axhspan(
-            base.mean - m.tolerance,
-            base.mean,
+            min(worst, base.mean),
+            max(worst, base.mean),
             color="tab:orange",
             alpha=0.15,
-            label=f"within {m.tolerance * 100:g} pt of batch-{batch} baseline",
+            label=f"within {tolerance} of batch-{batch} baseline",
         )
         ax.axhline(base.mean, color="tab:orange", lw=1)
     _batch_axis(ax, m.batch_sizes)
-    ax.set_ylabel("final validation accuracy")
-    ax.set_title(
-        f"Accuracy vs batch size (budget {budget})" if budget else "Accuracy vs batch size"
-    )
+    ax.set_ylabel(f"final {m.metric.label}")
+    title = f"{m.metric.noun.capitalize()} vs batch size"
+    ax.set_title(f"{title} (budget {budget})" if budget else title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return fig
@@ -142,7 +145,7 @@ def steps_to_target(m: DegradationMap) -> Figure:
     if measured.empty:
         _no_data(
             ax,
-            f"no trial reached the target accuracy {m.target:.3g}:\n"
+            f"no trial reached the target {m.metric.noun} {m.target:.3g}:\n"
             "no steps-to-target (lower it with --target, or give a larger --budget)",
         )
         return fig
@@ -288,8 +291,10 @@ def accuracy_heatmap(m: DegradationMap) -> Figure:
     ax.set_yticks(range(grid.shape[0]), list(grid.index))
     ax.set_xlabel("batch size")
     ax.set_ylabel("lr scaling rule")
-    ax.set_title("Accuracy per batch size x rule (n = runs of the whole budget)")
-    fig.colorbar(image, ax=ax, label="final validation accuracy")
+    ax.set_title(
+        f"{m.metric.noun.capitalize()} per batch size x rule (n = runs of the whole budget)"
+    )
+    fig.colorbar(image, ax=ax, label=f"final {m.metric.label}")
     return fig
 
 
@@ -316,8 +321,8 @@ def throughput(m: DegradationMap) -> Figure:
 
 
 def validation_curves(m: DegradationMap, table: pd.DataFrame) -> Figure:
-    """Validation accuracy of each batch size's best search trial, against epochs (equal data)
-    and against optimizer steps (equal updates)."""
+    """The study metric (validation accuracy or loss) of each batch size's best search trial,
+    against epochs (equal data) and against optimizer steps (equal updates)."""
     fig = Figure(figsize=(11.0, 4.5), layout="constrained")
     by_epoch, by_step = fig.subplots(1, 2)
     best = m.best_hparams
@@ -329,13 +334,12 @@ def validation_curves(m: DegradationMap, table: pd.DataFrame) -> Figure:
     for color, row in zip(colors, best.itertuples(index=False), strict=True):
         curve = table[table["trial_id"] == row.trial_id].sort_values("optimizer_steps")
         label = f"batch {int(row.batch_size)} ({row.scaling_rule})"
-        by_epoch.plot(curve["epoch"], curve["val_acc"], "o-", ms=2, color=color, label=label)
-        by_step.plot(
-            curve["optimizer_steps"], curve["val_acc"], "o-", ms=2, color=color, label=label
-        )
+        values = curve[m.metric.key]
+        by_epoch.plot(curve["epoch"], values, "o-", ms=2, color=color, label=label)
+        by_step.plot(curve["optimizer_steps"], values, "o-", ms=2, color=color, label=label)
     for ax in (by_epoch, by_step):
         ax.axhline(m.target, color="0.4", ls=":", label=f"target {m.target:.3g}")
-        ax.set_ylabel("validation accuracy")
+        ax.set_ylabel(m.metric.label)
         ax.grid(alpha=0.3)
     by_epoch.set_xlabel("epochs (passes over the training set)")
     by_epoch.set_xscale("log")

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from trainables.metrics import ACCURACY, StudyMetric
+
 
 def finite(value: Any) -> bool:
     try:
@@ -24,6 +26,30 @@ def pct(value: Any) -> str:
 def pts(value: Any) -> str:
     """A difference of accuracies in percentage points: 0.0123 -> '1.2 pt'; missing -> '-'."""
     return f"{100 * float(value):.1f} pt" if finite(value) else "-"
+
+
+def nats(value: Any) -> str:
+    """A validation loss: 1.2345 -> '1.235 nats'; missing -> '-'."""
+    return f"{float(value):.3f} nats" if finite(value) else "-"
+
+
+def value_text(metric: StudyMetric, value: Any) -> str:
+    """A value of the study metric: '96.2%', or '1.235 nats' for a loss."""
+    return pct(value) if metric.unit == "pt" else nats(value)
+
+
+def long_value_text(metric: StudyMetric, value: Any) -> str:
+    """As `value_text`, and a loss also as perplexity and bits per byte (the language models'
+    tokens are bytes): '1.235 nats (perplexity 3.44, 1.78 bits/byte)'."""
+    if metric.unit == "pt" or not finite(value):
+        return value_text(metric, value)
+    loss = float(value)
+    return f"{nats(loss)} (perplexity {math.exp(loss):.3g}, {loss / math.log(2):.3g} bits/byte)"
+
+
+def diff_text(metric: StudyMetric, value: Any) -> str:
+    """A difference of the study metric: '1.2 pt', or '0.012 nats' for a loss."""
+    return pts(value) if metric.unit == "pt" else nats(value)
 
 
 def num(value: Any, digits: int = 3) -> str:
@@ -66,7 +92,7 @@ def text(value: Any) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
-# Columns both report tables share: outcome counts, then the accuracy and its judgement.
+# Columns both report tables share: outcome counts, then the metric's value and its judgement.
 OUTCOME_COLUMNS = [
     ("trials", "search trials", count),
     ("completed", "full", count),
@@ -75,15 +101,24 @@ OUTCOME_COLUMNS = [
     ("errored", "errored", count),
     ("confirmations", "confirm runs", count),
 ]
-ACCURACY_COLUMNS = [
-    ("accuracy", "accuracy", pct),
-    ("accuracy_runs", "runs", count),
-    ("accuracy_std", "sd", pts),
-    ("val_se", "val SE", pts),
-    ("drop", "drop", pts),
-    ("drop_high", "drop upper", pts),
-    ("status", "status", lambda v: "-" if v is None or v != v else str(v)),
-]
+
+
+def metric_columns(metric: StudyMetric = ACCURACY) -> list[tuple[str, str, Callable]]:
+    """The value of the study metric (accuracy or loss), its spread and its judgement."""
+    value = lambda v: value_text(metric, v)  # noqa: E731
+    diff = lambda v: diff_text(metric, v)  # noqa: E731
+    return [
+        ("accuracy", metric.name, value),
+        ("accuracy_runs", "runs", count),
+        ("accuracy_std", "sd", diff),
+        ("val_se", "val SE", diff),
+        ("drop", "drop" if metric.mode == "max" else "rise", diff),
+        ("drop_high", "drop upper" if metric.mode == "max" else "rise upper", diff),
+        ("status", "status", lambda v: "-" if v is None or v != v else str(v)),
+    ]
+
+
+ACCURACY_COLUMNS = metric_columns(ACCURACY)
 
 
 def runs(labels: Sequence[tuple[int, str]]) -> list[tuple[str, list[int]]]:

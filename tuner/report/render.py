@@ -15,16 +15,16 @@ from tuner.analysis.critical import MAXIMAL_PARALLELISM_MIN, MIN_POINTS_FOR_CI, 
 from tuner.analysis.frontier import DegradationMap
 from tuner.report.figures import FIGURE_TITLES
 from tuner.report.format import (
-    ACCURACY_COLUMNS,
     OUTCOME_COLUMNS,
     batch_list,
     count,
+    diff_text,
     finite,
     markdown_table,
+    metric_columns,
     num,
-    pct,
-    pts,
     text,
+    value_text,
 )
 from tuner.spec import StudySpec
 
@@ -97,8 +97,11 @@ def frontier_json(
                 "bn_mode": spec.bn_mode,
                 "ghost_batch": spec.ghost_batch,
             },
+            # The frontier's "accuracy" columns hold this metric's values ("drop": worse by).
+            "metric": {"name": m.metric.name, "key": m.metric.key, "mode": m.metric.mode},
             "target": m.target,
             "tolerance": m.tolerance,
+            "tokens_per_example": m.tokens_per_example,
             "verdict": lines,
             "missing": notes,
             "baseline": (
@@ -136,6 +139,21 @@ def _rungs(spec: StudySpec, m: DegradationMap) -> str:
     return f"ASHA rungs at {share} of the budget, in steps by batch size: " + "; ".join(parts)
 
 
+def _batch_unit(m: DegradationMap) -> list[str]:
+    """What a batch counts: examples, or sequences of tokens (a language model)."""
+    if not m.tokens_per_example:
+        return []
+    return [
+        f"- a batch size counts sequences of {m.tokens_per_example} tokens: batch B trains on "
+        f"B x {m.tokens_per_example} tokens per step"
+    ]
+
+
+def _token_columns(m: DegradationMap, header: str = "tokens/s") -> list[tuple]:
+    """Tokens per second beside samples per second, for language models."""
+    return [("tokens_per_second", header, lambda v: num(v, 4))] if m.tokens_per_example else []
+
+
 def render_markdown(
     m: DegradationMap,
     spec: StudySpec,
@@ -157,6 +175,8 @@ def render_markdown(
         out += ["## Missing or partial", "", *[f"- {note}" for note in notes], ""]
     budget = spec.budget_spec()
     bn = m.frontier.dropna(subset=["bn_mode"])
+    value = lambda v: value_text(m.metric, v)  # noqa: E731
+    diff = lambda v: diff_text(m.metric, v)  # noqa: E731
     out += [
         "## Study",
         "",
@@ -176,18 +196,21 @@ def render_markdown(
             )
             or "-"
         ),
-        f"- target validation accuracy {pct(m.target)}; tolerance {pts(m.tolerance)} below the "
-        f"baseline (the smallest batch size's confirmed accuracy), judged with one-sided 95% "
-        f"bounds on the drop",
+        f"- target {m.metric.label} {value_text(m.metric, m.target)}; tolerance "
+        f"{diff_text(m.metric, m.tolerance)} {'below' if m.metric.mode == 'max' else 'above'} "
+        f"the baseline (the smallest batch size's confirmed {m.metric.noun}), judged with "
+        f"one-sided 95% bounds on the {m.metric.worse}",
+        *_batch_unit(m),
         "- search ranges: " + "; ".join(f"{k} {v}" for k, v in spec.search_ranges.items()),
         "",
     ]
     out += [
         "## Frontier (per batch size)",
         "",
-        "Accuracy = the mean final validation accuracy of the batch size's best cell's "
-        "configuration, trained again with fresh seeds (runs; sd across them); val SE = the "
-        "validation set's own standard error. Drop = baseline minus accuracy; drop upper = its "
+        f"{m.metric.noun.capitalize()} = the mean final {m.metric.label} of the batch size's "
+        "best cell's configuration, trained again with fresh seeds (runs; sd across them); val "
+        f"SE = the validation set's own standard error. {m.metric.worse.capitalize()} = how "
+        f"much worse than the baseline; {m.metric.worse} upper = its "
         "one-sided 95% upper bound (seed spread and validation error together). Status: holds "
         "(upper bound within the tolerance), degraded (lower bound beyond it), unresolved. "
         "Steps to target are pooled over every non-diverged run of the batch size; '>' marks a "
@@ -199,13 +222,14 @@ def render_markdown(
                 ("batch_size", "batch", count),
                 *OUTCOME_COLUMNS,
                 ("best_cell", "best cell", text),
-                *ACCURACY_COLUMNS,
+                *metric_columns(m.metric),
                 ("budget_steps", "budget (steps)", count),
                 ("steps_shown", "steps to target", text),
                 ("steps_fit", "fit", num),
                 ("regime", "regime", text),
                 ("bn_batch", "BN batch", lambda v: count(v) if finite(v) and v else "-"),
                 ("samples_per_second", "samples/s", lambda v: num(v, 4)),
+                *_token_columns(m),
             ],
         ),
         "",
@@ -224,11 +248,11 @@ def render_markdown(
             [
                 ("cell", "cell", text),
                 ("final_search", "full search runs", count),
-                ("search_best", "search best", pct),
+                ("search_best", "search best", value),
                 ("best_trial", "best trial", text),
                 ("confirmed_n", "confirm runs", count),
-                ("confirmed_mean", "confirmed mean", pct),
-                ("confirmed_std", "sd", pts),
+                ("confirmed_mean", "confirmed mean", value),
+                ("confirmed_std", "sd", diff),
                 ("confirm_failed", "confirm failed", count),
                 ("evidence", "evidence", count),
             ],
@@ -242,7 +266,7 @@ def render_markdown(
                 ("batch_size", "batch", count),
                 ("scaling_rule", "rule", text),
                 ("evidence", "evidence", count),
-                *ACCURACY_COLUMNS,
+                *metric_columns(m.metric),
             ],
         ),
         "",
@@ -260,7 +284,7 @@ def render_markdown(
             [
                 ("batch_size", "batch", count),
                 ("trial_id", "trial", text),
-                ("val_acc", "search accuracy", pct),
+                ("value", f"search {m.metric.noun}", value),
                 ("scaling_rule", "rule", text),
                 ("optimizer", "optimizer", text),
                 ("base_lr", "base lr", num),
@@ -287,6 +311,7 @@ def render_markdown(
                 ("batch_size", "batch", count),
                 ("workers", "workers", count),
                 ("samples_per_second", "samples/s (median)", lambda v: num(v, 4)),
+                *_token_columns(m, "tokens/s (median)"),
                 ("windows", "windows", count),
                 ("trials", "trials", count),
             ],
@@ -296,7 +321,7 @@ def render_markdown(
     out += ["## Figures", ""]
     for stem, path in figures.items():
         out += [
-            f"### {FIGURE_TITLES.get(stem, stem)}",
+            f"### {FIGURE_TITLES.get(stem, stem).replace('Accuracy', m.metric.noun.capitalize())}",
             "",
             f"![{stem}]({path.relative_to(study_dir).as_posix()})",
             "",

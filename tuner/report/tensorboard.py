@@ -33,6 +33,7 @@ from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData, SessionEndI
 from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboardX.summary import hparams
 
+from trainables.metrics import StudyMetric
 from tuner.analysis.frontier import DegradationMap
 
 SUMMARY_DIR = "summary"
@@ -58,11 +59,29 @@ FRONTIER_SCALARS = {
     "lr_linear": "lr_linear_prediction",
     "lr_sqrt": "lr_sqrt_prediction",
     "samples_per_second": "samples_per_second",
+    "tokens_per_second": "tokens_per_second",
     "trials": "trials",
     "confirmations": "confirmation_runs",
     "diverged": "diverged",
 }
 RULE_SCALARS = {"accuracy": "accuracy", "evidence": "runs_of_the_whole_budget"}
+# A language model's map is of validation loss: its tags say so (the columns keep their names).
+LOSS_NAMES = {
+    "accuracy": "val_loss",
+    "accuracy_sd_over_seeds": "val_loss_sd_over_seeds",
+    "accuracy_val_se": "val_loss_val_se",
+    "search_best_val_acc": "search_best_val_loss",
+    "drop_below_baseline": "rise_above_baseline",
+    "drop_lower_bound": "rise_lower_bound",
+    "drop_upper_bound": "rise_upper_bound",
+}
+
+
+def scalar_name(name: str, metric: StudyMetric) -> str:
+    """The tag of a frontier scalar for this study's metric."""
+    return LOSS_NAMES.get(name, name) if metric.name == "loss" else name
+
+
 STATUS_VALUE = {"baseline": 0.0, "holds": 0.0, "unresolved": 0.5, "degraded": 1.0}
 HPARAMS = {
     "batch_size": float,
@@ -90,6 +109,7 @@ METRICS = (
     "final/samples_per_second",
     "final/diverged",
     "best/val_acc",
+    "best/val_loss",
     "target/steps",
     "target/examples",
 )
@@ -115,7 +135,8 @@ def _write_map(
         for column, name in FRONTIER_SCALARS.items():
             value = _float(row.get(column))
             if value is not None:
-                writer.add_scalar(f"frontier/{name}", value, global_step=int(row["batch_size"]))
+                tag = f"frontier/{scalar_name(name, m.metric)}"
+                writer.add_scalar(tag, value, global_step=int(row["batch_size"]))
         if row.get("status") in STATUS_VALUE:  # 0 holds, 0.5 unresolved, 1 degraded
             writer.add_scalar(
                 "frontier/degraded", STATUS_VALUE[row["status"]], global_step=int(row["batch_size"])
@@ -125,7 +146,7 @@ def _write_map(
             value = _float(row.get(column))
             if value is not None:
                 writer.add_scalar(
-                    f"frontier_by_rule/{row['scaling_rule']}/{name}",
+                    f"frontier_by_rule/{row['scaling_rule']}/{scalar_name(name, m.metric)}",
                     value,
                     global_step=int(row["batch_size"]),
                 )
@@ -141,7 +162,8 @@ def _write_map(
                 writer.add_scalar(f"critical_batch/{name}", float(value), global_step=0)
     if m.baseline is not None:
         batch, base = m.baseline
-        writer.add_scalar("frontier/baseline_accuracy", base.mean, global_step=batch)
+        name = scalar_name("accuracy", m.metric)
+        writer.add_scalar(f"frontier/baseline_{name}", base.mean, global_step=batch)
     if report_text:
         writer.add_text("report", report_text, global_step=0)
 
@@ -176,6 +198,7 @@ def trial_metrics(
         "final/samples_per_second": last.get("samples_per_second"),
         "final/diverged": float(bool(trial.get("diverged"))),
         "best/val_acc": trial.get("best_val_acc"),
+        "best/val_loss": trial.get("best_val_loss"),
         "target/steps": crossing.get("steps") if crossing else None,
         "target/examples": crossing.get("examples") if crossing else None,
     }

@@ -7,10 +7,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from trainables.metrics import StudyMetric
 from tuner.analysis.accuracy import MIN_EVIDENCE
 from tuner.analysis.frontier import DegradationMap
 from tuner.analysis.trials import OUTCOMES
-from tuner.report.format import batch_list, finite, num, pct, pts, runs, span
+from tuner.report.format import (
+    batch_list,
+    diff_text,
+    finite,
+    long_value_text,
+    num,
+    runs,
+    span,
+    value_text,
+)
 from tuner.spec import StudySpec
 
 
@@ -33,43 +43,51 @@ def _recipe(m: DegradationMap, batch: int, several_optimizers: bool) -> str:
     )
 
 
-def _accuracy(row: pd.Series) -> str:
-    """'98.1% (3 seeds, sd 0.4 pt)' or '97.5% (best search trial, unconfirmed)'."""
+def _accuracy(row: pd.Series, metric: StudyMetric) -> str:
+    """'98.1% (3 seeds, sd 0.4 pt)' or '97.5% (best search trial, unconfirmed: reads high)'
+    (for a loss, '1.234 nats (perplexity 3.43, ...) (3 seed(s), sd 0.004 nats)')."""
+    value = long_value_text(metric, row["accuracy"])
     if row["accuracy_source"] == "confirmed":
-        spread = f", sd {pts(row['accuracy_std'])}" if finite(row["accuracy_std"]) else ""
-        return f"{pct(row['accuracy'])} ({int(row['accuracy_runs'])} seed(s){spread})"
-    return f"{pct(row['accuracy'])} (best search trial, unconfirmed: reads high)"
+        spread = (
+            f", sd {diff_text(metric, row['accuracy_std'])}" if finite(row["accuracy_std"]) else ""
+        )
+        return f"{value} ({int(row['accuracy_runs'])} seed(s){spread})"
+    better = "high" if metric.mode == "max" else "low"
+    return f"{value} (best search trial, unconfirmed: reads {better})"
 
 
-def _drop(row: pd.Series) -> str:
+def _drop(row: pd.Series, metric: StudyMetric) -> str:
+    d = lambda v: diff_text(metric, v)  # noqa: E731
     return (
-        f"drop {pts(row['drop'])}, one-sided 95% bounds {pts(row['drop_low'])} to "
-        f"{pts(row['drop_high'])}"
+        f"{metric.worse} {d(row['drop'])}, one-sided 95% bounds {d(row['drop_low'])} to "
+        f"{d(row['drop_high'])}"
     )
 
 
 def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
-    """How far accuracy holds when every batch size is tuned on its own and confirmed."""
+    """How far accuracy (or loss) holds when every batch size is tuned on its own and
+    confirmed."""
+    metric = m.metric
     if m.baseline is None:
-        return ["No trial has run its whole budget yet, so there is no accuracy map."]
+        return [f"No trial has run its whole budget yet, so there is no {metric.noun} map."]
     base_batch, base = m.baseline
     frontier = m.frontier.set_index("batch_size")
     base_row = frontier.loc[base_batch]
     measured = m.frontier[m.frontier["status"].notna()]
-    tol = pts(m.tolerance)
+    tol = diff_text(metric, m.tolerance)
     several = len(spec.search_ranges.get("optimizer", [])) > 1
     if len(measured) == 1:
         return [
             f"Only batch {base_batch} has trials that ran their whole budget "
-            f"({_accuracy(base_row)}), so there is nothing to compare it with yet."
+            f"({_accuracy(base_row, metric)}), so there is nothing to compare it with yet."
         ]
     holds = m.holds_up_to
     degraded = measured[measured["status"] == "degraded"]["batch_size"].astype(int).tolist()
     unresolved = measured[measured["status"] == "unresolved"]["batch_size"].astype(int).tolist()
     lines = []
     opening = (
-        f"Tuned at every batch size and measured again with fresh seeds, accuracy holds within "
-        f"{tol} of the batch-{base_batch} baseline ({_accuracy(base_row)})"
+        f"Tuned at every batch size and measured again with fresh seeds, {metric.noun} holds "
+        f"within {tol} of the batch-{base_batch} baseline ({_accuracy(base_row, metric)})"
     )
     if holds == base_batch:
         lines.append(
@@ -81,21 +99,23 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
         at = frontier.loc[holds]
         tail = ", the largest measured" if holds == largest else ""
         lines.append(
-            f"{opening} up to batch {holds}{tail}: {_accuracy(at)} with "
-            f"{_recipe(m, holds, several)} ({_drop(at)})."
+            f"{opening} up to batch {holds}{tail}: {_accuracy(at, metric)} with "
+            f"{_recipe(m, holds, several)} ({_drop(at, metric)})."
         )
     for batch in degraded:
         row = frontier.loc[batch]
         lines.append(
-            f"Degraded at batch {batch}: {_accuracy(row)}, {_drop(row)}, beyond the {tol} "
+            f"Degraded at batch {batch}: {_accuracy(row, metric)}, {_drop(row, metric)}, beyond "
+            f"the {tol} "
             f"tolerance at 95% confidence."
         )
     if unresolved:
         row = frontier.loc[unresolved[0]]
         lines.append(
-            f"Unresolved at batch {batch_list(unresolved)}: the drop's bounds straddle the {tol} "
-            f"tolerance (batch {unresolved[0]}: {_accuracy(row)}, {_drop(row)}); this study "
-            f"resolves drops of about {pts(row['resolution'])} and no finer. More seeds "
+            f"Unresolved at batch {batch_list(unresolved)}: the {metric.worse}'s bounds straddle "
+            f"the {tol} tolerance (batch {unresolved[0]}: {_accuracy(row, metric)}, "
+            f"{_drop(row, metric)}); this study resolves {metric.worse}s of about "
+            f"{diff_text(metric, row['resolution'])} and no finer. More seeds "
             f"(--seeds) or a larger validation set would settle it."
         )
     better = measured[measured["drop_high"] < -m.tolerance]["batch_size"].astype(int).tolist()
@@ -119,16 +139,16 @@ def resolution_notes(m: DegradationMap) -> list[str]:
     """Say when the validation set alone cannot resolve the tolerance."""
     if m.baseline is None:
         return []
-    base = m.baseline[1]
-    # Two accuracies on the same number of examples: their difference has ~sqrt(2) x the SE.
+    base, metric = m.baseline[1], m.metric
+    # Two values on the same number of examples: their difference has ~sqrt(2) x the SE.
     floor = 1.645 * math.sqrt(2) * base.val_se if finite(base.val_se) else math.nan
     if not finite(floor) or floor <= m.tolerance:
         return []
     return [
-        f"The validation set is too small to resolve the {pts(m.tolerance)} tolerance: "
-        f"{base.val_examples} examples give one accuracy a standard error of "
-        f"{pts(base.val_se)} at {pct(base.mean)}, so no difference below about {pts(floor)} "
-        f"can be told from noise, however many seeds."
+        f"The validation set is too small to resolve the {diff_text(metric, m.tolerance)} "
+        f"tolerance: {base.val_examples} examples give one {metric.noun} a standard error of "
+        f"{diff_text(metric, base.val_se)} at {value_text(metric, base.mean)}, so no difference "
+        f"below about {diff_text(metric, floor)} can be told from noise, however many seeds."
     ]
 
 
@@ -136,7 +156,7 @@ def rule_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     """Per scaling rule, from cells with enough finished runs only."""
     if len(m.rules) < 2 or m.baseline is None:
         return []  # one rule: the accuracy verdict above is its verdict
-    tol = pts(m.tolerance)
+    tol = diff_text(m.metric, m.tolerance)
     parts = []
     for v in m.rules:
         rows = m.by_rule[m.by_rule["scaling_rule"] == v.rule]
@@ -171,7 +191,8 @@ def critical_verdict(m: DegradationMap) -> list[str]:
     """Steps-to-target, the critical batch size, its fit quality and the regimes."""
     reached = m.frontier[m.frontier["steps"].notna()]
     censored = m.frontier[m.frontier["steps"].isna() & m.frontier["censored_at"].notna()]
-    target = pct(m.target)
+    metric = m.metric
+    target = value_text(metric, m.target)
     lines = []
     if len(reached):
         points = ", ".join(
@@ -180,7 +201,7 @@ def critical_verdict(m: DegradationMap) -> list[str]:
             for r in reached.itertuples(index=False)
         )
         lines.append(
-            f"Steps to reach {target} validation accuracy (first evaluation at or above it, "
+            f"Steps to reach {target} {metric.label} (first evaluation {metric.beyond} it, "
             f"pooled over every run of the batch size; +- the evaluation interval): {points}."
         )
     if len(censored):
@@ -259,8 +280,8 @@ def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     totals["diverged"] = int(search["diverged"].sum())
     confirm = m.trials[m.trials["phase"] == "confirm"]
     stop = (
-        " Trials ended once they reached the target (--stop-at-target): accuracies are "
-        "those at the target, not what more steps would give."
+        f" Trials ended once they reached the target (--stop-at-target): the values of "
+        f"{m.metric.noun} are those at the target, not what more steps would give."
         if spec.stop_at_target
         else ""
     )
@@ -287,7 +308,7 @@ def missing_notes(m: DegradationMap, spec: StudySpec, study_dir: Path) -> list[s
         notes.append(
             f"{unfinished} trial(s) have not finished (the study is running or was "
             f"interrupted): their evaluations count toward steps to target, not toward "
-            f"accuracy. Rerun the report when the study is done."
+            f"{m.metric.noun}. Rerun the report when the study is done."
         )
     missing = m.frontier[m.frontier["status"].isna()]
     if len(missing) and not m.trials.empty:
@@ -304,8 +325,8 @@ def missing_notes(m: DegradationMap, spec: StudySpec, study_dir: Path) -> list[s
     if len(unconfirmed) and spec.seeds > 0:
         notes.append(
             f"No confirmation run finished at batch "
-            f"{batch_list(unconfirmed['batch_size'].astype(int))}: its accuracy is the best "
-            f"search trial's, which reads high."
+            f"{batch_list(unconfirmed['batch_size'].astype(int))}: its {m.metric.noun} is the "
+            f"best search trial's, which reads {'high' if m.metric.mode == 'max' else 'low'}."
         )
     errored = int((m.trials["outcome"] == "errored").sum())
     if errored:

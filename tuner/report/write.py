@@ -54,21 +54,24 @@ def _write_text(path: Path, text: str) -> Path:
 def write_report(
     study_dir: str | Path,
     target: float | None = None,
-    tolerance: float = 0.01,
+    tolerance: float | None = None,
     *,
     n_boot: int = N_BOOT,
     tensorboard: bool = True,
 ) -> Path:
     """Write the degradation map of a study (see module docstring); return report.md's path.
 
-    `target` is a validation accuracy in (0, 1] (default: the study's); `tolerance` is a
-    fraction of accuracy (0.01 = 1 percentage point).
+    Both are in the study metric's units (`trainables.metrics`): `target` is a validation
+    accuracy in (0, 1] or a validation loss in nats (default: the study's); `tolerance` a
+    fraction of accuracy (0.01 = 1 percentage point) or nats (default: the metric's).
     """
     study_dir = Path(study_dir)
     if not (study_dir / SPEC_FILE).exists():
         raise NotAStudy(f"{study_dir} is not a study directory (no {SPEC_FILE})")
     spec = load_spec(study_dir)
-    target = spec.target_accuracy if target is None else float(target)
+    metric = spec.study_metric
+    target = spec.target if target is None else float(target)
+    tolerance = metric.default_tolerance if tolerance is None else float(tolerance)
     problems = []
     try:
         table = collect_trials(study_dir)
@@ -91,6 +94,7 @@ def write_report(
         rule_stratified="rule" in spec.strata,
         n_boot=n_boot,
         seed=spec.seed,
+        metric=metric,
     )
     figures = {
         stem: save_figure(fig, study_dir / FIGURES_DIR / f"{stem}.png")

@@ -9,6 +9,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 
+from trainables.metrics import ACCURACY, StudyMetric
 from tuner.outcomes import trial_outcome
 
 SCALARS = (
@@ -20,6 +21,7 @@ SCALARS = (
     "examples_seen",
     "progress",
     "samples_per_second",
+    "tokens_per_second",
     "window_time_s",
     "gns_b_simple",
     "diverged",
@@ -91,11 +93,13 @@ class StepTensorBoardCallback(TBXLoggerCallback):
 
 class ProgressCallback(Callback):
     """One line whenever the study's state changes (at most every `every_s` seconds): trials done
-    / running / stopped / diverged / errored, confirmation runs, and the best accuracy so far
-    per batch size."""
+    / running / stopped / diverged / errored, confirmation runs, and the best value of the study
+    metric so far per batch size."""
 
-    def __init__(self, batch_sizes: tuple[int, ...], every_s: float = 5.0):
-        self.batch_sizes, self.every_s = tuple(batch_sizes), every_s
+    def __init__(
+        self, batch_sizes: tuple[int, ...], metric: StudyMetric = ACCURACY, every_s: float = 5.0
+    ):
+        self.batch_sizes, self.metric, self.every_s = tuple(batch_sizes), metric, every_s
         self.best: dict[int, float] = {}
         self.outcomes: dict[str, str] = {}
         self.running: set[str] = set()
@@ -111,9 +115,10 @@ class ProgressCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
         batch = int(trial.config.get("batch_size", 0))
-        accuracy = result.get("val_acc")
-        if accuracy is not None and not result.get("diverged"):
-            self.best[batch] = max(self.best.get(batch, 0.0), float(accuracy))
+        value = result.get(self.metric.key)
+        if value is not None and not result.get("diverged"):
+            score = self.metric.score(float(value))
+            self.best[batch] = max(self.best.get(batch, -float("inf")), score)
         self._show()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -135,14 +140,16 @@ class ProgressCallback(Callback):
         for outcome in self.outcomes.values():
             counts[outcome] = counts.get(outcome, 0) + 1
         best = ", ".join(
-            f"{b}: {self.best[b]:.3f}" if b in self.best else f"{b}: -" for b in self.batch_sizes
+            f"{b}: {self.metric.value(self.best[b]):.3f}" if b in self.best else f"{b}: -"
+            for b in self.batch_sizes
         )
         target = f", at target {counts['target']}" if counts["target"] else ""
         confirm = f" (confirmation runs {len(self.confirming)})" if self.confirming else ""
         return (
             f"trials done {len(self.outcomes)}{confirm} (completed {counts['completed']}"
             f"{target}, stopped {counts['stopped']}, diverged {counts['diverged']}, errored "
-            f"{counts['errored']}), running {len(self.running)} | best val_acc by batch: {best}"
+            f"{counts['errored']}), running {len(self.running)} | best {self.metric.key} by "
+            f"batch: {best}"
         )
 
     def _show(self, force: bool = False) -> None:

@@ -23,8 +23,6 @@ from tuner.study.scheduler import PerCellASHA
 from tuner.study.searcher import CellSearcher
 from tuner.study.trial import CAN_REUSE_DRIVERS, trainable
 
-METRIC, MODE = "val_acc", "max"
-
 
 def study_storage(spec: StudySpec) -> optuna.storages.RDBStorage:
     """The study's Optuna storage where its working copy is *now*: evaluated on every call, so a
@@ -44,17 +42,22 @@ def make_search(spec: StudySpec) -> CellSearch:
         space=spec.space(),
         reference_batch=get_workload(spec.workload).reference_batch,
         seed=spec.seed,
-        mode=MODE,
+        mode=spec.study_metric.mode,
     )
 
 
 def make_searcher(spec: StudySpec) -> CellSearcher:
-    return CellSearcher(make_search(spec), partial(study_storage, spec), METRIC, MODE)
+    metric = spec.study_metric
+    return CellSearcher(make_search(spec), partial(study_storage, spec), metric.key, metric.mode)
 
 
 def make_scheduler(spec: StudySpec) -> PerCellASHA:
+    metric = spec.study_metric
     return PerCellASHA(
-        metric=METRIC, mode=MODE, grace=spec.grace, reduction_factor=spec.reduction_factor
+        metric=metric.key,
+        mode=metric.mode,
+        grace=spec.grace,
+        reduction_factor=spec.reduction_factor,
     )
 
 
@@ -68,7 +71,7 @@ def concurrency(spec: StudySpec) -> int:
 
 
 def callbacks(spec: StudySpec) -> list[tune.Callback]:
-    return [StepTensorBoardCallback(), ProgressCallback(spec.batch_sizes)]
+    return [StepTensorBoardCallback(), ProgressCallback(spec.batch_sizes, spec.study_metric)]
 
 
 def run_config(spec: StudySpec) -> tune.RunConfig:
