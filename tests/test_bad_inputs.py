@@ -147,7 +147,7 @@ def test_a_bad_option_is_one_line_and_writes_nothing(args, fragment, tmp_path, c
     "argv, fragment",
     [
         ([], "name a workload"),
-        (["resnet51"], "unknown workload 'resnet51'; known: mnist1d, resnet50"),
+        (["resnet51"], "unknown workload 'resnet51'; known: lstm_lm, mnist1d, resnet50"),
         (["--resume"], "--resume needs --name NAME"),
         (["resnet50", "--data-dir", "/nonexistent/imagenet"], "expected ImageFolder layout"),
     ],

@@ -13,7 +13,7 @@ from tests.conftest import run_cli
         (["simple_cnn", "--batch-sizes=0:512"], "batch sizes must be >= 1"),
         (["simple_cnn", "--seed", "4294967296"], "--seed 4294967296: must be at least 0"),
         (["simple_cnn", "--name", "../../x"], "--name '../../x': use letters"),
-        (["resnet51"], "unknown workload 'resnet51'; known: mnist1d, resnet50"),
+        (["resnet51"], "unknown workload 'resnet51'; known: lstm_lm, mnist1d, resnet50"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, expected, tmp_path):
@@ -33,6 +33,14 @@ def test_resnet50_without_imagenet_suggests_what_works():
 
 def test_list_names_every_workload():
     out = run_cli("tuner.search", "--list").stdout
-    for name in ("simple_cnn", "mnist1d", "resnet8", "resnet50", "vgg11"):
+    for name in (
+        "simple_cnn",
+        "mnist1d",
+        "resnet8",
+        "resnet50",
+        "vgg11",
+        "transformer_lm",
+        "lstm_lm",
+    ):
         assert f"{name}: " in out
     assert "--dataset imagenet (needs files)" in out
