@@ -335,7 +335,7 @@ def real_report(small_study, tmp_path_factory) -> tuple[Path, float]:
     """A copy of the shared real study, re-reported from the command line."""
     study = tmp_path_factory.mktemp("real") / "e2e"
     shutil.copytree(small_study, study)
-    target = load_spec(study).target_accuracy
+    target = load_spec(study).target
     proc = run_cli("tuner.report", str(study), "--target", f"{target:.2f}", timeout=300)
     assert "report:" in proc.stdout and "accuracy" in proc.stdout
     return study, target
