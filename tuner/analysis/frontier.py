@@ -288,18 +288,12 @@ def degradation_map(
         how="left",
     )
     speed = throughput(table)
-    per_batch = (
-        speed.groupby("batch_size")["samples_per_second"].max()
-        if len(speed)
-        else pd.Series(dtype=float)
-    )
-    frontier["samples_per_second"] = frontier["batch_size"].map(per_batch).astype(float)
-    tokens = (
-        speed.groupby("batch_size")["tokens_per_second"].max()
-        if len(speed)
-        else pd.Series(dtype=float)
-    )
-    frontier["tokens_per_second"] = frontier["batch_size"].map(tokens).astype(float)
+    # The fastest worker count of each batch size, in samples/s and (language models) tokens/s.
+    for column in ("samples_per_second", "tokens_per_second"):
+        fastest = (
+            speed.groupby("batch_size")[column].max() if len(speed) else pd.Series(dtype=float)
+        )
+        frontier[column] = frontier["batch_size"].map(fastest).astype(float)
     return DegradationMap(
         target=target,
         tolerance=tolerance,

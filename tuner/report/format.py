@@ -118,9 +118,6 @@ def metric_columns(metric: StudyMetric = ACCURACY) -> list[tuple[str, str, Calla
     ]
 
 
-ACCURACY_COLUMNS = metric_columns(ACCURACY)
-
-
 def runs(labels: Sequence[tuple[int, str]]) -> list[tuple[str, list[int]]]:
     """Consecutive batch sizes that share a label: [(label, [batches]), ...]."""
     runs: list[tuple[str, list[int]]] = []
