@@ -150,6 +150,9 @@ def test_a_bad_option_is_one_line_and_writes_nothing(args, fragment, tmp_path, c
         (["resnet51"], "unknown workload 'resnet51'; known: lstm_lm, mnist1d, resnet50"),
         (["--resume"], "--resume needs --name NAME"),
         (["resnet50", "--data-dir", "/nonexistent/imagenet"], "expected ImageFolder layout"),
+        (["lstm_lm", "--dataset", "text", "--data-dir", "/nonexistent"], "text: no folder at"),
+        (["transformer_lm", "--dataset", "digits"], "does not run on 'digits'"),
+        (["simple_cnn", "--dataset", "mnist5k", "--target", "95"], "not an accuracy in (0, 1]"),
     ],
 )
 def test_missing_or_unknown_workload_and_data(argv, fragment, tmp_path, capsys):
