@@ -1,0 +1,142 @@
+"""Where a trial's fixed cost goes: the phases of one-worker Ray Train runs, timed.
+
+Runs `--runs` TorchTrainer fits in a row on a fresh local Ray (as a study's trials do, through
+the same `StoppableTorchTrainer`) with a train function that only reports once, and prints, per
+run, seconds from `fit()` to each phase: the controller process up, the worker group asked
+for, the worker processes up (`before_init_train_context`), the group started (backend and
+callbacks set up), the train function entered, its report, the group shut down, the controller
+finished, `fit()` returned. A Train callback records the phases inside the controller process.
+
+    python bench/trial_startup.py [--runs 4] [--health-check-interval 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PHASES = [
+    "controller_up",
+    "group_asked",
+    "workers_up",
+    "group_started",
+    "fn_entered",
+    "reported",
+    "group_stopping",
+    "group_stopped",
+    "controller_done",
+    "fit_returned",
+]
+
+
+def train_fn(config: dict) -> None:
+    """Report once; stamp entry and report."""
+    entered = time.time()
+    import ray.train
+
+    _stamp(config["stamps"], "fn_entered", entered)
+    ray.train.report({"x": 1})
+    _stamp(config["stamps"], "reported")
+
+
+def _stamp(path: str, phase: str, at: float | None = None) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps({phase: at or time.time()}) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--health-check-interval", type=float, default=None)
+    args = parser.parse_args()
+
+    import ray
+    import ray.train
+    import ray.train._internal.session as train_session
+    from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
+
+    import tuner.study.trial as trial
+    from tuner.cluster.connect import WORKER_ENV, local_ray_kwargs
+
+    class Clock(ControllerCallback, WorkerGroupCallback):
+        """Stamps the controller's phases (runs in the controller process)."""
+
+        def __init__(self, path: str):
+            self.path = path
+
+        def after_controller_start(self, train_run_context):
+            _stamp(self.path, "controller_up")
+
+        def before_worker_group_start(self, worker_group_context):
+            _stamp(self.path, "group_asked")
+
+        def before_init_train_context(self, workers):
+            _stamp(self.path, "workers_up")
+            return {}
+
+        def after_worker_group_start(self, worker_group):
+            _stamp(self.path, "group_started")
+
+        def before_worker_group_shutdown(self, worker_group):
+            _stamp(self.path, "group_stopping")
+
+        def after_worker_group_shutdown(self, worker_group_context):
+            _stamp(self.path, "group_stopped")
+
+        def after_controller_finish(self, result):
+            _stamp(self.path, "controller_done")
+
+    kwargs = local_ray_kwargs()
+    env = {**WORKER_ENV, "RAY_TRAIN_V2_ENABLED": "1"}
+    if args.health_check_interval is not None:
+        env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(args.health_check_interval)
+    os.environ.update(env)
+    kwargs["runtime_env"]["env_vars"].update(env)
+    ray.init(**kwargs, log_to_driver=False, configure_logging=False, logging_level="ERROR")
+
+    # Outside Tune there is no session to say "stop": give the reusable trainer a quiet one.
+    class NoStop:
+        stop_event = threading.Event()
+
+    trial.get_session = train_session.get_session = lambda: NoStop
+    trainer_class = trial.StoppableTorchTrainer if trial.CAN_REUSE_DRIVERS else trial.TorchTrainer
+
+    print("seconds from fit() to: " + ", ".join(PHASES))
+    for run in range(args.runs):
+        stamps = tempfile.mktemp(suffix=".jsonl")
+        began = time.time()
+        trainer_class(
+            train_fn,
+            train_loop_config={"stamps": stamps},
+            scaling_config=ray.train.ScalingConfig(num_workers=1),
+            run_config=ray.train.RunConfig(
+                name=f"startup-{run}-{began}",
+                storage_path=tempfile.mkdtemp(),
+                callbacks=[Clock(stamps)],
+            ),
+        ).fit()
+        _stamp(stamps, "fit_returned")
+        at = {
+            k: v
+            for line in Path(stamps).read_text().splitlines()
+            for k, v in json.loads(line).items()
+        }
+        print(f"run {run}: " + " ".join(f"{p}={at[p] - began:.2f}" for p in PHASES if p in at))
+        print(
+            f"  to first report {at['reported'] - began:.2f} s, "
+            f"report to end {at['fit_returned'] - at['reported']:.2f} s",
+            flush=True,
+        )
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
