@@ -74,6 +74,14 @@ def main() -> None:
 
         def after_controller_start(self, train_run_context):
             _stamp(self.path, "controller_up")
+            # Ray Train logs each start-up step's seconds at debug level: keep those lines.
+            import logging
+
+            handler = logging.FileHandler(self.path + ".log")
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger = logging.getLogger("ray.train")
+            logger.setLevel(logging.DEBUG)
+            logger.addHandler(handler)
 
         def before_worker_group_start(self, worker_group_context):
             _stamp(self.path, "group_asked")
@@ -135,6 +143,10 @@ def main() -> None:
             f"report to end {at['fit_returned'] - at['reported']:.2f} s",
             flush=True,
         )
+        log = Path(stamps + ".log")
+        for line in log.read_text().splitlines() if log.exists() else []:
+            if line.startswith("[Worker Group") and "callbacks" not in line:
+                print("  " + line.strip())
     ray.shutdown()
 
 

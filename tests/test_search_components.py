@@ -125,3 +125,25 @@ def test_rungs_are_real_fractions_of_every_batch_sizes_budget():
     budget = spec.budget_spec()
     for batch in spec.batch_sizes:
         assert spec.rungs()[0] * budget.steps(1438, batch) >= 16
+
+
+def test_trials_start_no_dataset_manager_actor_without_datasets(tmp_path):
+    """Ray Train's datasets callback starts a DatasetManager actor (a process that imports Ray
+    Train) on every run, datasets or not; a trial of ours passes none, so it is dropped."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from tuner.study.trial import CAN_REUSE_DRIVERS, StoppableTorchTrainer
+
+    def kinds(trainer_class) -> set[type]:
+        trainer = trainer_class(
+            lambda config: None,
+            scaling_config=ray.train.ScalingConfig(num_workers=1),
+            run_config=ray.train.RunConfig(name="t", storage_path=str(tmp_path)),
+        )
+        return {type(c) for c in trainer._create_default_callbacks()}
+
+    assert CAN_REUSE_DRIVERS
+    assert DatasetsCallback in kinds(TorchTrainer)
+    assert DatasetsCallback not in kinds(StoppableTorchTrainer)
