@@ -7,6 +7,9 @@
 #   bash bench/device_bundle.sh            # writes .devsite/site.tar.xz (git-ignored, ~40 MB)
 #   # on the device:  mkdir -p /tmp/site && tar -xJf .devsite/site.tar.xz -C /tmp/site
 #   #                 PYTHONPATH=/tmp/site:. python bench/gpu_throughput.py
+#
+# Written from the recipe that worked before (docs: the device notes); not yet run end to end
+# from this script: check the size and an `import ray.train, optuna` on the device first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.devsite
