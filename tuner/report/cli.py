@@ -95,15 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         study_dir = args.study_dir
-        if not is_uri(study_dir) and not (Path(study_dir) / SPEC_FILE).exists():
-            raise NotAStudy(f"{study_dir} is not a study directory (no {SPEC_FILE})")
-        metric = None if is_uri(study_dir) else load_spec(study_dir).study_metric
-        if metric is not None:
-            _check(args, metric)
         if is_uri(study_dir):
             study_dir = fetch_study(study_dir, Path(args.into) if args.into else None)
-            metric = load_spec(study_dir).study_metric
-            _check(args, metric)
+        elif not (Path(study_dir) / SPEC_FILE).exists():
+            raise NotAStudy(f"{study_dir} is not a study directory (no {SPEC_FILE})")
+        metric = load_spec(study_dir).study_metric
+        _check(args, metric)
         tolerance = args.tolerance
         if tolerance is not None and metric.unit == "pt":
             tolerance /= 100
