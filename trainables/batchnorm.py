@@ -55,6 +55,48 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         return out.unflatten(1, (k, channels)).transpose(0, 1).flatten(0, 1)
 
 
+class PartsAsOneForward:
+    """Leaves BatchNorm's running statistics as one forward pass of a whole batch would, when
+    the batch runs as equal parts (the noise scale's two halves under ghost BatchNorm).
+
+    Every part after the first starts again from the statistics before the batch; `finish`
+    sets them to the parts' mean. Ghost BatchNorm moves its running statistics by the mean of
+    its groups' statistics, so with equal parts that mean is exactly one whole forward's update
+    (and `num_batches_tracked` moves by one), where running the parts one after the other
+    would have moved the statistics twice.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [
+            m
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+        self.before = [self._buffers(m) for m in self.layers]
+        self.after: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+
+    @staticmethod
+    def _buffers(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        return layer.running_mean.clone(), layer.running_var.clone()
+
+    def next_part(self) -> None:
+        """Call before every part after the first."""
+        self.after.append([self._buffers(m) for m in self.layers])
+        with torch.no_grad():
+            for layer, (mean, var) in zip(self.layers, self.before, strict=True):
+                layer.running_mean.copy_(mean)
+                layer.running_var.copy_(var)
+                layer.num_batches_tracked -= 1
+
+    def finish(self) -> None:
+        """Call after the last part's forward pass."""
+        ends = [*self.after, [self._buffers(m) for m in self.layers]]
+        with torch.no_grad():
+            for i, layer in enumerate(self.layers):
+                layer.running_mean.copy_(torch.stack([e[i][0] for e in ends]).mean(0))
+                layer.running_var.copy_(torch.stack([e[i][1] for e in ends]).mean(0))
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 

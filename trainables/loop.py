@@ -21,7 +21,13 @@ import torch.distributed as dist
 from torch import nn
 
 from trainables import accel
-from trainables.batchnorm import apply_bn_mode, bn_batch, bn_label
+from trainables.batchnorm import (
+    PartsAsOneForward,
+    apply_bn_mode,
+    bn_batch,
+    bn_label,
+    has_batchnorm,
+)
 from trainables.budget import default_eval_every, evaluation_steps, warmup_steps
 from trainables.config import TrialConfig
 from trainables.data import BatchSource, Splits, load_dataset
@@ -46,6 +52,14 @@ NOISE_SCALE_EXAMPLES = 512
 def noise_scale_interval(per_worker_batch: int) -> int:
     """Optimizer steps between two noise-scale measurements at this per-worker batch."""
     return max(NOISE_SCALE_EVERY, math.ceil(NOISE_SCALE_EXAMPLES / max(per_worker_batch, 1)))
+
+
+def halves_are_independent(micro_batch: int, bn_mode: str, ghost_batch: int, no_bn: bool) -> bool:
+    """Whether a micro-batch's two halves can run as two micro-batches without changing what is
+    computed: no BatchNorm statistic spans both (no BatchNorm, or ghost groups inside each half)."""
+    half = micro_batch // 2
+    ghost_inside = bn_mode == "ghost" and half >= ghost_batch and half % ghost_batch == 0
+    return micro_batch % 2 == 0 and (no_bn or ghost_inside)
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -197,14 +211,8 @@ def train(
     }
     if constants["bn_mode"] == "none":
         constants["bn_batch"] = 0  # no BatchNorm in the model
-    # A batch's two halves can be run as two micro-batches without changing what is computed
-    # when no BatchNorm statistic spans both: no BatchNorm, or ghost groups inside each half.
-    half = layout.micro_batch // 2
-    ghost_inside = (
-        config.bn_mode == "ghost" and half >= config.ghost_batch and half % config.ghost_batch == 0
-    )
-    halves_independent = layout.micro_batch % 2 == 0 and (
-        constants["bn_mode"] == "none" or ghost_inside
+    halves_independent = halves_are_independent(
+        layout.micro_batch, config.bn_mode, config.ghost_batch, constants["bn_mode"] == "none"
     )
     # The small gradient must be one worker's own: across workers it is taken before DDP's
     # all-reduce (a first micro-batch or half run under no_sync), so a step of one micro-batch
@@ -324,8 +332,10 @@ def _train_step(
     step_loss = torch.zeros((), device=device, dtype=torch.float64)
     # Only a measured step needs the parameter list (kept off the hot path otherwise).
     params = [p for g in optimizer.param_groups for p in g["params"]] if noise is not None else []
+    parts = None  # with BatchNorm, the halves leave its running statistics as one forward
     if noise is not None and count == 1 and halves_independent:
         micro_batches, count = _halves(micro_batches), 2  # the accumulation path, below
+        parts = PartsAsOneForward(ddp_model) if has_batchnorm(ddp_model) else None
     small = None  # (squared norm, examples) of the small-batch gradient
     batch = 0
     for i, (xm, ym) in enumerate(micro_batches):
@@ -338,6 +348,8 @@ def _train_step(
             else ddp_model.no_sync()
         )
         split = noise is not None and count == 1 and world == 1 and len(ym) >= 2
+        if parts is not None and i > 0:
+            parts.next_part()
         with sync, accel.autocast(speed):
             logits = ddp_model(accel.prepare_input(xm, speed)).float()
             if split:
@@ -346,6 +358,8 @@ def _train_step(
                 loss = first + criterion(logits[half:], ym[half:]) * (len(ym) - half) / len(ym)
             else:
                 loss = criterion(logits, ym) / count
+        if parts is not None and last:
+            parts.finish()
         if split:
             first.backward(retain_graph=True)
             grads = [p.grad for p in params if p.grad is not None]
