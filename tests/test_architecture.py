@@ -17,6 +17,7 @@ RAY_ALLOWED = (
     "tuner.cluster.connect",
     "tuner.cluster.config",
     "trainables.ray_worker",
+    "trainables.tune_trial",
 )
 
 

@@ -1,5 +1,6 @@
 """Faults: a training worker killed mid-trial restarts from its last checkpoint, and the
-trial ends exactly as an uninterrupted one (same metrics, same steps to any target)."""
+trial ends exactly as an uninterrupted one (same metrics, same steps to any target): a Ray
+Train worker (multi-worker trials) and a one-worker trial's own Tune actor."""
 
 import os
 import signal
@@ -9,6 +10,7 @@ import time
 import pytest
 import ray
 import ray.train
+from ray import tune
 from ray.train.torch import TorchTrainer
 
 from tests.test_config import base_config
@@ -87,7 +89,76 @@ def test_killed_worker_resumes_from_checkpoint_exactly(local_ray, tmp_path):
     final = result.metrics
     assert final["progress"] == 1.0
     assert final["optimizer_steps"] == expected["optimizer_steps"] == 1074
+    # the retry resumed from the checkpoint (a retry from step 0 ends with the same numbers)
+    assert final["resumed_at_step"] > 0 and expected["resumed_at_step"] == 0
     # Exact resumption: model, optimiser, lr schedule and data order all continue as if
     # nothing had happened, so the final validation numbers are the uninterrupted ones.
     assert final["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
     assert final["val_acc"] == expected["val_acc"]
+
+
+class KillAtFirstReport(tune.Callback):
+    """SIGKILL a trial's process at its first report (its checkpoint is already saved)."""
+
+    def __init__(self):
+        self.killed: list[int] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not self.killed:
+            os.kill(result["pid"], signal.SIGKILL)
+            self.killed.append(result["pid"])
+
+
+def tune_one_worker_trial(storage, name: str, callbacks=()) -> list[dict]:
+    """One one-worker trial of a real study spec, run by Tune as a study runs it (the study's
+    trainable, actor reuse, --worker-retries 2): every result it reported, in order."""
+    from tuner.options import build_parser, build_spec
+    from tuner.study.trial import trainable
+
+    cli = ["simple_cnn", "--dataset", "digits", "--budget", "steps:120", "--eval-every", "30"]
+    spec = build_spec(
+        build_parser().parse_args([*cli, "--storage", str(storage), "--name", name]), False
+    )
+    assert spec.workers_per_trial == 1 and spec.worker_retries == 2
+    params = {"batch_size": 32, "scaling_rule": "linear", "optimizer": "sgd", "base_lr": 0.05}
+    params |= {"warmup_fraction": 0.1, "weight_decay": 1e-4}
+    results = []
+
+    class Collect(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            results.append(result)
+
+    tuner = tune.Tuner(
+        trainable(spec),
+        param_space=params,
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=spec.study_uri.rsplit("/", 1)[0],
+            callbacks=[Collect(), *callbacks],
+            failure_config=tune.FailureConfig(max_failures=spec.worker_retries),
+            verbose=0,
+        ),
+    )
+    grid = tuner.fit()
+    assert not grid.errors
+    return results
+
+
+def test_killed_one_worker_trial_resumes_from_its_checkpoint_exactly(local_ray, tmp_path):
+    """A one-worker trial trains in its Tune actor: killed after its first evaluation, Tune
+    restarts it, it resumes at that evaluation's step (not at 0), and it ends exactly as an
+    uninterrupted trial."""
+    expected = tune_one_worker_trial(tmp_path, "uninterrupted")
+    killer = KillAtFirstReport()
+    got = tune_one_worker_trial(tmp_path, "killed", [killer])
+    assert killer.killed, "the trial was never killed"
+    steps = [r["optimizer_steps"] for r in got]
+    # the first report (step 30) came before the kill; the restarted process resumed there
+    assert steps == [30, 60, 90, 120]
+    assert [r["resumed_at_step"] for r in got] == [0, 30, 30, 30]
+    assert len({r["pid"] for r in got}) == 2  # a second process trained the rest
+    assert [r["resumed_at_step"] for r in expected] == [0, 0, 0, 0]
+    for a, b in zip(got, expected, strict=True):
+        assert a["val_loss"] == b["val_loss"] and a["val_acc"] == b["val_acc"]
+        assert a["train_loss"] == b["train_loss"]

@@ -162,6 +162,8 @@ def test_resume_in_the_middle_of_an_epoch_replays_the_same_run():
     full, states = run(config)
     resumed, _ = run(config, resume_state=states[0])
     assert [r["optimizer_steps"] for r in resumed] == [60, 90]
+    assert {r["resumed_at_step"] for r in full} == {0}
+    assert {r["resumed_at_step"] for r in resumed} == {30}
     for a, b in zip(resumed, full[1:], strict=True):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)

@@ -64,10 +64,9 @@ def choose(
 
 
 def configure_backends(accel: Acceleration) -> None:
-    """Process-wide backend flags (each trial's worker is its own process)."""
-    if accel.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    """Process-wide backend flags, set for every trial: a reused trial actor runs many."""
+    torch.backends.cuda.matmul.allow_tf32 = accel.tf32
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default; fp32 convolutions use TF32
     torch.backends.cudnn.benchmark = accel.cudnn_benchmark
 
 

@@ -82,19 +82,19 @@ class PartsAsOneForward:
     def next_part(self) -> None:
         """Call before every part after the first."""
         self.after.append([self._buffers(m) for m in self.layers])
-        with torch.no_grad():
-            for layer, (mean, var) in zip(self.layers, self.before, strict=True):
-                layer.running_mean.copy_(mean)
-                layer.running_var.copy_(var)
-                layer.num_batches_tracked -= 1
+        # Through `.data`: the forward passes' graphs hold these buffers (unused by a training
+        # backward), and an in-place change they can see would fail that backward.
+        for layer, (mean, var) in zip(self.layers, self.before, strict=True):
+            layer.running_mean.data.copy_(mean)
+            layer.running_var.data.copy_(var)
+            layer.num_batches_tracked.data -= 1
 
     def finish(self) -> None:
         """Call after the last part's forward pass."""
         ends = [*self.after, [self._buffers(m) for m in self.layers]]
-        with torch.no_grad():
-            for i, layer in enumerate(self.layers):
-                layer.running_mean.copy_(torch.stack([e[i][0] for e in ends]).mean(0))
-                layer.running_var.copy_(torch.stack([e[i][1] for e in ends]).mean(0))
+        for i, layer in enumerate(self.layers):
+            layer.running_mean.data.copy_(torch.stack([e[i][0] for e in ends]).mean(0))
+            layer.running_var.data.copy_(torch.stack([e[i][1] for e in ends]).mean(0))
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -181,6 +181,7 @@ def train(
         optimizer.load_state_dict(resume_state["optimizer"])
         step = resume_state["step"]
         noise = NoiseScale(**resume_state.get("noise_scale", {}))
+    resumed_at = step  # 0 for a fresh run: a retry that ignored its checkpoint shows here
     ddp_model = accel.compiled(wrap_model(model), speed)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -287,6 +288,7 @@ def train(
                 "gns_steps": noise.steps,
                 "diverged": diverged,
                 "reached_target": reached,
+                "resumed_at_step": resumed_at,
                 **constants,
             }
             finished = diverged or reached or step == total

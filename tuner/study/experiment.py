@@ -21,7 +21,7 @@ from tuner.store.optuna_db import optuna_storage
 from tuner.study.callbacks import ProgressCallback, StepTensorBoardCallback
 from tuner.study.scheduler import PerCellASHA
 from tuner.study.searcher import CellSearcher
-from tuner.study.trial import CAN_REUSE_DRIVERS, trainable
+from tuner.study.trial import reuses_actors, trainable
 
 
 def study_storage(spec: StudySpec) -> optuna.storages.RDBStorage:
@@ -80,9 +80,15 @@ def run_config(spec: StudySpec) -> tune.RunConfig:
         storage_path=spec.storage if spec.remote else os.path.abspath(spec.storage),
         callbacks=callbacks(spec),
         verbose=0,
-        # A failed trial is recorded and the study goes on (no retries of the driver; the
-        # Train run inside retries its workers from the last checkpoint).
-        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        # A failed trial is recorded and the study goes on. A one-worker trial trains in its
+        # Tune actor: Tune restarts it, --worker-retries times, and it resumes from its last
+        # checkpoint (trainables.checkpoint_dir). A
+        # multi-worker trial's driver is not retried: the Train run inside it restarts its
+        # worker group from its own checkpoint.
+        failure_config=tune.FailureConfig(
+            max_failures=spec.worker_retries if spec.workers_per_trial == 1 else 0,
+            fail_fast=False,
+        ),
     )
 
 
@@ -95,10 +101,10 @@ def make_tuner(spec: StudySpec) -> tune.Tuner:
             # Search trials, then each cell's confirmation runs (the searcher says when done).
             num_samples=spec.trials + spec.confirmation_trials,
             max_concurrent_trials=concurrency(spec),
-            # One driver process per concurrent slot, not per trial: each new one spent ~10 s
+            # One trial process per concurrent slot, not per trial: each new one spent ~10 s
             # of CPU starting Python and importing torch and Ray Train (measured here), and
             # Tune 2.60 starts a new one per trial by default.
-            reuse_actors=CAN_REUSE_DRIVERS,
+            reuse_actors=reuses_actors(spec),
         ),
         run_config=run_config(spec),
     )

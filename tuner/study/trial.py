@@ -1,8 +1,9 @@
-"""One trial: a Tune function trainable (the "driver") that builds and fits a Ray Train
-`TorchTrainer`, whose `TuneReportCallback` forwards every worker report to Tune.
-
-The driver holds a sliver of memory and no CPU; the workers get their own placement group from
-the `ScalingConfig`.
+"""One trial: a Tune function trainable. A one-worker trial trains in it directly
+(`trainables.tune_trial`: the actor holds the worker's CPUs and GPUs and is reused across
+trials, so a trial starts in about a second). A trial of two or more workers is a "driver"
+that builds and fits a Ray Train `TorchTrainer`, whose `TuneReportCallback` forwards every
+worker report to Tune; the driver holds a sliver of memory and no CPU, and the workers get
+their own placement group from the `ScalingConfig`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.config import TrialConfig
 from trainables.ray_worker import train_loop_per_worker
+from trainables.tune_trial import train_one_worker
 from tuner.spec import StudySpec
 from tuner.store import objects as store
 from tuner.store.names import TRAIN_RUNS
@@ -97,14 +99,27 @@ def _kill_when_stopped(controller: Any, stop: threading.Event, done: threading.E
             return
 
 
-def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Tune trainable: run one trial as a Ray Train `TorchTrainer` job."""
-    study = StudySpec.from_dict(spec)
-    config = TrialConfig.from_dict(study.trial_config(params)).to_dict()
-    context = tune.get_context()
+def worker_resources(study: StudySpec) -> dict[str, float]:
+    """What one training worker holds."""
     resources = {"CPU": study.cpus_per_worker}
     if study.use_gpu:
         resources["GPU"] = study.gpus_per_worker
+    return resources
+
+
+def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Tune trainable: run one trial, in this actor or as a Ray Train `TorchTrainer` job."""
+    study = StudySpec.from_dict(spec)
+    config = TrialConfig.from_dict(study.trial_config(params)).to_dict()
+    context = tune.get_context()
+    # A stable directory per Tune trial: a restarted trial resumes its own checkpoints, and
+    # concurrent trials never share one.
+    run_name = f"trial-{context.get_trial_id()}"
+    if study.workers_per_trial == 1:
+        checkpoints = store.join(study.study_uri, TRAIN_RUNS, run_name)
+        train_one_worker(config, study.cpus_per_worker, checkpoints)
+        return
+    resources = worker_resources(study)
     trainer_class = StoppableTorchTrainer if CAN_REUSE_DRIVERS else TorchTrainer
     trainer = trainer_class(
         train_loop_per_worker,
@@ -115,9 +130,7 @@ def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
             resources_per_worker=resources,
         ),
         run_config=ray.train.RunConfig(
-            # A stable name per Tune trial: a restarted driver resumes its own checkpoints,
-            # and concurrent trials never share a run directory.
-            name=f"trial-{context.get_trial_id()}",
+            name=run_name,
             storage_path=store.join(study.study_uri, TRAIN_RUNS),
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(
@@ -129,8 +142,13 @@ def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
     trainer.fit()
 
 
+def reuses_actors(spec: StudySpec) -> bool:
+    """Whether Tune may run a study's next trial in a finished trial's process."""
+    return spec.workers_per_trial == 1 or CAN_REUSE_DRIVERS
+
+
 def trainable(spec: StudySpec):
-    """The trial driver with the study's spec bound and its resources declared."""
-    return tune.with_resources(
-        tune.with_parameters(trial_driver, spec=spec.to_dict()), DRIVER_RESOURCES
-    )
+    """The trial function with the study's spec bound and its resources declared: a one-worker
+    trial's actor holds the worker's resources; a driver, a token."""
+    resources = worker_resources(spec) if spec.workers_per_trial == 1 else DRIVER_RESOURCES
+    return tune.with_resources(tune.with_parameters(trial_driver, spec=spec.to_dict()), resources)
