@@ -1,4 +1,14 @@
-"""Where a trial's fixed cost goes: the phases of one-worker Ray Train runs, timed.
+"""Where a trial's fixed cost goes.
+
+`--study`: trials of a real study spec (simple_cnn on digits, 60 steps, evaluated every 30) run
+one after another by Tune as a study runs them (the study's trainable, actor reuse); prints per
+trial the seconds from Tune starting it to its first report less the first evaluation window
+(the loop's own `window_time_s`: training and evaluation), and from its last report to its end.
+`--workers 1` is a one-worker trial in its own Tune actor; `--workers 2` a Ray Train run.
+
+    python bench/trial_startup.py --study [--runs 6] [--workers 1]
+
+Without `--study`: the phases of one-worker Ray Train runs, timed.
 
 Runs `--runs` TorchTrainer fits in a row on a fresh local Ray (as a study's trials do, through
 the same `StoppableTorchTrainer`) with a train function that only reports once, and prints, per
@@ -56,7 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--health-check-interval", type=float, default=None)
+    parser.add_argument("--study", action="store_true", help="time a real study's trials")
+    parser.add_argument("--workers", type=int, default=1, help="workers per trial (--study)")
     args = parser.parse_args()
+    if args.study:
+        study_trials(args.runs, args.workers)
+        return
 
     import ray
     import ray.train
@@ -147,6 +162,59 @@ def main() -> None:
         for line in log.read_text().splitlines() if log.exists() else []:
             if line.startswith("[Worker Group") and "callbacks" not in line:
                 print("  " + line.strip())
+    ray.shutdown()
+
+
+def study_trials(runs: int, workers: int) -> None:
+    """Time `runs` trials of a real study, one at a time, through Tune with actor reuse."""
+    import ray
+    from ray import tune
+
+    from tuner.cluster.connect import local_ray_kwargs
+    from tuner.options import build_parser, build_spec
+    from tuner.study.trial import reuses_actors, trainable
+
+    storage = tempfile.mkdtemp()
+    cli = ["simple_cnn", "--dataset", "digits", "--budget", "steps:60", "--eval-every", "30"]
+    cli += ["--workers-per-trial", str(workers), "--storage", storage, "--name", "bench"]
+    spec = build_spec(build_parser().parse_args(cli), gpus_available=False)
+    params = {"batch_size": 32, "scaling_rule": "linear", "optimizer": "sgd", "base_lr": 0.05}
+    params |= {"warmup_fraction": 0.1, "weight_decay": 1e-4, "seed": tune.grid_search(
+        list(range(runs)))}  # fmt: skip
+    times: dict[str, dict[str, float]] = {}
+
+    class Clock(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            times[trial.trial_id] = {"start": time.time()}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            stamp = times[trial.trial_id]
+            stamp.setdefault("first", time.time())
+            stamp.setdefault("window", result["window_time_s"])
+            stamp["last"] = time.time()
+            stamp["pid"] = result["pid"]
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            times[trial.trial_id]["end"] = time.time()
+
+    ray.init(**local_ray_kwargs(), log_to_driver=False, configure_logging=False)
+    began = time.time()
+    tune.Tuner(
+        trainable(spec),
+        param_space=params,
+        tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=reuses_actors(spec)),
+        run_config=tune.RunConfig(
+            name="bench", storage_path=storage, callbacks=[Clock()], verbose=0
+        ),
+    ).fit()
+    print(f"{runs} trials of {workers} worker(s), one at a time: {time.time() - began:.1f} s")
+    for i, stamp in enumerate(sorted(times.values(), key=lambda t: t["start"])):
+        to_first = stamp["first"] - stamp["start"] - stamp["window"]
+        print(
+            f"trial {i} (pid {stamp['pid']}): start to first report less its window "
+            f"{to_first:.2f} s (window {stamp['window']:.2f} s), "
+            f"last report to end {stamp['end'] - stamp['last']:.2f} s"
+        )
     ray.shutdown()
 
 
