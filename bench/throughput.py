@@ -1,5 +1,6 @@
-"""Samples/s of a bare PyTorch loop, of our loop in-process, and through Ray Train with 1 and 2
-workers; and the fixed cost of a trial (TorchTrainer start to first report, and end to return).
+"""Samples/s of a bare PyTorch loop, of our loop in-process, of a one-worker trial in its Tune
+actor (how a study runs one), and through Ray Train with 1 and 2 workers; and the fixed cost of
+a Ray Train run (TorchTrainer start to first report, and end to return).
 
     python bench/throughput.py [--model simple_cnn] [--batch 128] [--examples 8192] [--epochs 4]
 
@@ -123,6 +124,27 @@ def ray_train(args, workers: int) -> dict:
     }
 
 
+def tune_one_worker(args) -> list[float]:
+    """A one-worker trial as a study runs it: the loop in a Tune function trainable's actor."""
+    from ray import tune
+
+    from trainables.tune_trial import train_one_worker
+
+    cpus = os.cpu_count()
+    values = config(args, 1)
+
+    def trial(params):
+        train_one_worker(values, cpus, tempfile.mkdtemp())
+
+    grid = tune.Tuner(
+        tune.with_resources(trial, {"CPU": cpus}),
+        run_config=tune.RunConfig(
+            name=f"bench-tune-{time.time()}", storage_path=tempfile.mkdtemp(), verbose=0
+        ),
+    ).fit()
+    return grid[0].metrics_dataframe["samples_per_second"].tolist()
+
+
 def steady(rates: list[float]) -> float:
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
 
@@ -167,6 +189,9 @@ def main() -> None:
         configure_logging=False,
         logging_level="ERROR",
     )
+    tune_rates = [steady(tune_one_worker(args)) for _ in range(args.rounds)]
+    out["tune_1w_sps"] = statistics.median(tune_rates)
+    out["tune_1w_vs_bare"] = out["tune_1w_sps"] / out["bare_pytorch_sps"]
     for workers in (1, 2):
         result = ray_train(args, workers)
         out[f"ray_{workers}w_sps"] = steady(result["rates"])

@@ -208,6 +208,11 @@ def study_trials(runs: int, workers: int) -> None:
         ),
     ).fit()
     print(f"{runs} trials of {workers} worker(s), one at a time: {time.time() - began:.1f} s")
+    first = min(times.values(), key=lambda t: t["start"])
+    print(
+        f"fit() to the first trial's first report less its window (a new actor: process, "
+        f"imports, data set): {first['first'] - began - first['window']:.2f} s"
+    )
     for i, stamp in enumerate(sorted(times.values(), key=lambda t: t["start"])):
         to_first = stamp["first"] - stamp["start"] - stamp["window"]
         print(
