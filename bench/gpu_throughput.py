@@ -27,7 +27,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainables.config import TrialConfig  # noqa: E402
-from trainables.data import BatchSource, load_imagenet, load_synthetic  # noqa: E402
+from trainables.data import BatchSource  # noqa: E402
+from trainables.datasets import load_imagenet, load_synthetic  # noqa: E402
 from trainables.loop import train  # noqa: E402
 from trainables.models import build_model  # noqa: E402
 

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainables import loop  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
-from tuner.options import build_parser, build_spec  # noqa: E402
+from tuner.options import build_parser
+from tuner.resolve import build_spec  # noqa: E402
 
 
 def config(args) -> TrialConfig:

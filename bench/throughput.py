@@ -26,10 +26,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainables.config import TrialConfig  # noqa: E402
-from trainables.data import load_synthetic  # noqa: E402
+from trainables.datasets import load_synthetic  # noqa: E402
 from trainables.loop import synthetic_shape, train  # noqa: E402
 from trainables.models import build_model  # noqa: E402
-from tuner.options import build_parser, build_spec  # noqa: E402
+from tuner.options import build_parser
+from tuner.resolve import build_spec  # noqa: E402
 
 
 def config(args, workers: int) -> dict:

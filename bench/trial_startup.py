@@ -171,7 +171,8 @@ def study_trials(runs: int, workers: int) -> None:
     from ray import tune
 
     from tuner.cluster.connect import local_ray_kwargs
-    from tuner.options import build_parser, build_spec
+    from tuner.options import build_parser
+    from tuner.resolve import build_spec
     from tuner.study.trial import reuses_actors, trainable
 
     storage = tempfile.mkdtemp()

@@ -12,7 +12,8 @@ import pytest
 
 from tuner import search
 from tuner.cluster import config as cluster_config
-from tuner.options import build_parser, build_spec
+from tuner.options import build_parser
+from tuner.resolve import build_spec
 from tuner.spec import save_spec
 
 # (arguments after the workload, a fragment the one error line must hold)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables.data import DataUnavailable, check_data, crop_flip, load_dataset
+from trainables.data import crop_flip
+from trainables.datasets import DataUnavailable, check_data, load_dataset
 
 
 def write_idx(path, array: np.ndarray) -> None:

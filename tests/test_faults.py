@@ -112,7 +112,8 @@ class KillAtFirstReport(tune.Callback):
 def tune_one_worker_trial(storage, name: str, callbacks=()) -> list[dict]:
     """One one-worker trial of a real study spec, run by Tune as a study runs it (the study's
     trainable, actor reuse, --worker-retries 2): every result it reported, in order."""
-    from tuner.options import build_parser, build_spec
+    from tuner.options import build_parser
+    from tuner.resolve import build_spec
     from tuner.study.trial import trainable
 
     cli = ["simple_cnn", "--dataset", "digits", "--budget", "steps:120", "--eval-every", "30"]

@@ -14,7 +14,8 @@ from torchvision.transforms.v2 import functional as F
 from tests.test_config import base_config
 from trainables import images
 from trainables.config import TrialConfig
-from trainables.data import BatchSource, load_imagenet, worker_batches
+from trainables.data import BatchSource, worker_batches
+from trainables.datasets import load_imagenet
 from trainables.loop import train
 
 CPU = torch.device("cpu")

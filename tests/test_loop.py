@@ -10,7 +10,8 @@ from torch import nn
 
 from tests.test_config import base_config
 from trainables.config import TrialConfig
-from trainables.data import TensorSplit, load_synthetic, worker_batches
+from trainables.data import TensorSplit, worker_batches
+from trainables.datasets import load_synthetic
 from trainables.loop import train
 
 

@@ -12,7 +12,8 @@ from tests.test_loop import run
 from trainables import accel, loop
 from trainables.batchnorm import apply_bn_mode, bn_label
 from trainables.config import TrialConfig
-from trainables.data import BatchSource, load_dataset
+from trainables.data import BatchSource
+from trainables.datasets import load_dataset
 from trainables.models import build_model
 from trainables.noise_scale import NoiseScale, squared_norm, two_batch_estimates
 from trainables.optim import build_optimizer, param_groups

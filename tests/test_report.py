@@ -21,11 +21,12 @@ from tests.test_analysis import (
     table,
     trial,
 )
-from tuner.options import build_parser, build_spec
+from tuner.options import build_parser
 from tuner.report import write as report_module
 from tuner.report.cli import main
 from tuner.report.figures import FIGURE_TITLES
 from tuner.report.write import write_report
+from tuner.resolve import build_spec
 from tuner.spec import load_spec, save_spec
 from tuner.store.table import COLUMNS
 

@@ -7,7 +7,8 @@ import optuna
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from tuner.options import build_parser, build_spec
+from tuner.options import build_parser
+from tuner.resolve import build_spec
 from tuner.study.experiment import make_searcher
 from tuner.study.scheduler import PerCellASHA
 

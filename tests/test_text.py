@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from trainables.data import DataUnavailable, check_data, load_dataset
+from trainables.datasets import DataUnavailable, check_data, load_dataset
 from trainables.models import build_model
 from trainables.optim import build_optimizer, param_groups
 from trainables.text import (

@@ -5,7 +5,7 @@ import torch
 
 from search_spaces import SPACES
 from trainables.budget import Budget
-from trainables.data import DATASET_NAMES, NEEDS_FILES, load_dataset
+from trainables.datasets import DATASET_NAMES, NEEDS_FILES, load_dataset
 from trainables.loop import synthetic_shape
 from trainables.models import MODELS, TOKEN_MODELS, build_model
 from trainables.text import SEQ_LEN, VOCAB

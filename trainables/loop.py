@@ -30,7 +30,8 @@ from trainables.batchnorm import (
 )
 from trainables.budget import default_eval_every, evaluation_steps, warmup_steps
 from trainables.config import TrialConfig
-from trainables.data import BatchSource, Splits, load_dataset
+from trainables.data import BatchSource, Splits
+from trainables.datasets import load_dataset
 from trainables.metrics import get_metric
 from trainables.models import build_model
 from trainables.noise_scale import NoiseScale, squared_norm

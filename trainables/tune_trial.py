@@ -21,7 +21,8 @@ from ray import tune
 
 from trainables.checkpoint_dir import CheckpointDir
 from trainables.config import TrialConfig
-from trainables.data import Splits, load_dataset
+from trainables.data import Splits
+from trainables.datasets import load_dataset
 from trainables.loop import synthetic_shape, train
 
 # One data set per process, keyed by everything that decides its contents: a reused actor never

@@ -1,4 +1,5 @@
-"""The study CLI's options: the parser, every check on them, and the spec they resolve to.
+"""The study CLI's options: the parser and every check on the options themselves (the spec they
+resolve to is `tuner.resolve`).
 
 Everything here runs before Ray starts and before anything is written: a bad input is one
 `InputError` whose message names the option and what would work; `tuner.search` prints it as
@@ -12,25 +13,15 @@ saved study (`resume_spec`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
-import os
 import re
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from search_spaces.cells import STRATA, default_strata, study_cells
-from trainables.budget import Budget, BudgetError
-from trainables.config import BN_MODES, ConfigError
-from trainables.metrics import get_metric
-from trainables.workloads import get_workload
+from trainables.config import BN_MODES
 from tuner.cluster.address import address_problem
-from tuner.cluster.capacity import check_fits
 from tuner.errors import InputError
-from tuner.spec import StudySpec
 from tuner.store import objects as store
 
 # --smoke: 2 batch sizes, one rule, 2 trials per cell, 1 confirmation seed, small data, 16 steps.
@@ -270,9 +261,9 @@ def check_bounds(options: dict[str, Any]) -> None:
         high_ok = bound.high is None or value <= bound.high
         if math.isfinite(value) and low_ok and high_ok:
             continue
-        low = f"above {_show(bound.low)}" if bound.low_open else f"at least {_show(bound.low)}"
-        wanted = low if bound.high is None else f"{low} and at most {_show(bound.high)}"
-        raise InputError(f"{flag(name)} {_show(value)}: must be {wanted} ({bound.meaning})")
+        low = f"above {show(bound.low)}" if bound.low_open else f"at least {show(bound.low)}"
+        wanted = low if bound.high is None else f"{low} and at most {show(bound.high)}"
+        raise InputError(f"{flag(name)} {show(value)}: must be {wanted} ({bound.meaning})")
 
 
 def check_name_and_storage(options: dict[str, Any]) -> None:
@@ -321,247 +312,10 @@ def absolute_storage(storage: str) -> str:
     return storage if store.is_uri(storage) else str(Path(storage).resolve())
 
 
-def pick(value: Any, default: Any) -> Any:
-    """The given value, else the default (0 and False are given values, unlike with `or`)."""
-    return default if value is None else value
-
-
-def _choices(text: str | None, option: str) -> tuple[str, ...] | None:
-    """`linear,sqrt` -> ("linear", "sqrt"); None when not given."""
-    if text is None:
-        return None
-    chosen = tuple(c.strip() for c in text.split(",") if c.strip())
-    if not chosen:
-        raise InputError(f"{option} is empty: name at least one")
-    return chosen
-
-
-def resolve_budget(args: argparse.Namespace, settings: Any, smoke: bool) -> tuple[str, int]:
-    """The study's budget text and step floor from --budget / --epochs / --smoke / defaults."""
-    given = args.budget is not None or args.epochs is not None
-    if args.budget is not None:
-        text = args.budget
-    elif args.epochs is not None:
-        text = f"epochs:{args.epochs}"
-    else:
-        text = SMOKE["budget"] if smoke else settings.budget
-    # The workload's floor comes with its default budget; a budget the user gives means what it
-    # says (epochs:6 is equal data) unless --min-steps adds a floor.
-    min_steps = pick(args.min_steps, 0 if smoke or given else settings.min_steps)
-    try:
-        budget = Budget.parse(text, min_steps)
-    except BudgetError as error:
-        raise InputError(f"--budget {text}: {error}") from None
-    return f"{budget.unit}:{budget.amount:g}", min_steps
-
-
-def resolve_grace(args: argparse.Namespace, budget: str) -> float:
-    """ASHA's first rung as a fraction of the budget (--grace-epochs: epoch budgets only)."""
-    if args.grace_epochs is None:
-        return pick(args.grace, GRACE)
-    unit, _, amount = budget.partition(":")
-    if unit != "epochs":
-        raise InputError(
-            f"--grace-epochs needs an epochs budget (this study's is {budget}); use --grace "
-            f"FRACTION of the budget"
-        )
-    if args.grace_epochs >= float(amount):
-        raise InputError(
-            f"--grace-epochs {args.grace_epochs} is not before the end of the {amount}-epoch "
-            f"budget: ASHA's first rung must come before the end"
-        )
-    return args.grace_epochs / float(amount)
-
-
-def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySpec:
-    """Turn CLI options into a validated spec; `InputError` / `ConfigError` on bad input.
-
-    `gpus_available` is whether the cluster has GPUs, None when unknown before Ray starts (a
-    remote cluster): then GPU workers are not assumed, and the session decides once it knows.
-    """
-    from trainables.data import NEEDS_FILES
-
-    try:
-        workload = get_workload(args.workload)
-    except KeyError as error:
-        raise InputError(str(error).strip("'\"")) from None
-    dataset = args.dataset or workload.default_dataset
-    if args.smoke and not args.dataset and dataset in NEEDS_FILES:
-        dataset = "synthetic"
-    try:
-        settings = workload.settings(dataset)
-    except KeyError as error:
-        raise InputError(f"--dataset {dataset}: {str(error).strip(chr(39) + chr(34))}") from None
-    grid = tuple(args.batch_sizes or settings.batch_sizes)
-    max_train = pick(args.max_train_examples, 0)
-    rules = _choices(args.rules, "--rules")
-    if args.smoke:
-        grid = grid[: SMOKE["grid"]] if not args.batch_sizes else grid
-        max_train = max_train or SMOKE["max_train_examples"]
-        rules = rules or ("linear",)
-    try:
-        space = workload.space.restricted(rules, _choices(args.optimizers, "--optimizers"))
-    except ValueError as error:
-        raise InputError(str(error)) from None
-    strata = _choices(args.stratify, "--stratify")
-    strata = default_strata(space) if strata is None else tuple(s for s in strata if s != "none")
-    unknown = [s for s in strata if s not in STRATA]
-    if unknown:
-        raise InputError(f"--stratify {','.join(unknown)}: use rule, optimizer, both or none")
-    metric = get_metric(workload.metric)
-    if args.target is not None and (problem := metric.target_problem(args.target)):
-        raise InputError(f"{problem}: {workload.name} is judged by {metric.label}")
-    budget, min_steps = resolve_budget(args, settings, args.smoke)
-    cells = len(study_cells(grid, space, strata))
-    per_cell = max(MIN_TRIALS_PER_CELL, math.ceil(TRIALS_PER_BATCH * len(grid) / cells))
-    if args.smoke:
-        per_cell = SMOKE["trials_per_cell"]
-    gpus = pick(args.gpus_per_worker, 1.0 if gpus_available else 0.0)
-    spec = StudySpec(
-        workload=workload.name,
-        dataset=dataset,
-        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
-        batch_sizes=grid,
-        trials=pick(args.trials, per_cell * cells),
-        budget=budget,
-        min_steps=min_steps,
-        eval_every=pick(args.eval_every, SMOKE["eval_every"] if args.smoke else 0),
-        workers_per_trial=pick(args.workers_per_trial, 1),
-        cpus_per_worker=pick(args.cpus_per_worker, 1.0),
-        gpus_per_worker=gpus,
-        max_concurrent=pick(args.max_concurrent, 0),
-        storage=absolute_storage(pick(args.storage, "studies")),
-        name=args.name or f"{workload.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
-        seed=pick(args.seed, 0),
-        max_device_batch=pick(args.max_device_batch, settings.max_device_batch),
-        max_train_examples=max_train,
-        bn_mode=pick(args.bn_mode, "ghost"),
-        ghost_batch=pick(args.ghost_batch, workload.bn_batch),
-        grace=resolve_grace(args, budget),
-        reduction_factor=pick(args.reduction_factor, 3),
-        divergence_factor=pick(args.divergence_factor, 5.0),
-        worker_retries=pick(args.worker_retries, 2),
-        target=pick(args.target, settings.target),
-        stop_at_target=bool(args.stop_at_target),
-        metric=metric.name,
-        strata=strata,
-        seeds=pick(args.seeds, SMOKE["seeds"] if args.smoke else SEEDS),
-        search_ranges=space.ranges(),
-        compile=bool(args.compile),
-        loader_workers=pick(args.loader_workers, 0),
-        decode=pick(args.decode, "auto"),
-    )
-    spec.validate()
-    return spec
-
-
-# Which spec fields an option decides, to tell a contradiction on --resume.
-DECIDES: dict[str, tuple[str, ...]] = {
-    "workload": ("workload",),
-    "dataset": ("dataset",),
-    "batch_sizes": ("batch_sizes",),
-    "trials": ("trials",),
-    "budget": ("budget",),
-    "epochs": ("budget",),
-    "min_steps": ("min_steps",),
-    "eval_every": ("eval_every",),
-    "workers_per_trial": ("workers_per_trial",),
-    "cpus_per_worker": ("cpus_per_worker",),
-    "gpus_per_worker": ("gpus_per_worker",),
-    "max_device_batch": ("max_device_batch",),
-    "max_train_examples": ("max_train_examples",),
-    "bn_mode": ("bn_mode",),
-    "ghost_batch": ("ghost_batch",),
-    "grace": ("grace",),
-    "grace_epochs": ("grace",),
-    "reduction_factor": ("reduction_factor",),
-    "divergence_factor": ("divergence_factor",),
-    "target": ("target",),
-    "stop_at_target": ("stop_at_target",),
-    "stratify": ("strata",),
-    "rules": ("search_ranges",),
-    "optimizers": ("search_ranges",),
-    "seeds": ("seeds",),
-    "seed": ("seed",),
-    "compile": ("compile",),
-    "decode": ("decode",),
-    "smoke": ("budget", "batch_sizes", "trials", "max_train_examples", "seeds"),
-    **{name: (name,) for name in RESUMABLE},
-}
-
-
-def resume_spec(saved: StudySpec, args: argparse.Namespace) -> tuple[StudySpec, list[str]]:
-    """The saved spec with the options that may change on resume applied, and what changed.
-
-    Any other option given must agree with the saved study; else one `InputError` line.
-    """
-    options = {k: v for k, v in given(args).items() if k not in RUN_ONLY}
-    if args.workload and args.workload != saved.workload:
-        raise InputError(
-            f"--resume continues {saved.name} as it was saved: the workload {args.workload} "
-            f"contradicts its workload {saved.workload}; drop it"
-        )
-    fill = {
-        "workload": args.workload or saved.workload,
-        "dataset": args.dataset or saved.dataset,
-        "storage": saved.storage,
-        "name": saved.name,
-    }
-    candidate = build_spec(argparse.Namespace(**{**vars(args), **fill}), gpus_available=None)
-    for option in options:
-        if option in RESUMABLE:
-            continue
-        for field in DECIDES[option]:
-            new, old = getattr(candidate, field), getattr(saved, field)
-            if new != old:
-                shown = "" if isinstance(options[option], bool) else f" {_show(options[option])}"
-                raise InputError(
-                    f"--resume continues {saved.name} as it was saved: {flag(option)}{shown} "
-                    f"contradicts its {field} {_show(old)}; drop the option (those that may "
-                    f"change on resume: {', '.join(flag(n) for n in RESUMABLE)})"
-                )
-    changes = {n: getattr(candidate, n) for n in RESUMABLE if n in options}
-    said = [
-        f"{flag(n)} {_show(v)} (was {_show(getattr(saved, n))})"
-        for n, v in changes.items()
-        if v != getattr(saved, n)
-    ]
-    return dataclasses.replace(saved, **changes), said
-
-
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     """A value as the user would type it: 8,32 for a grid, 4294967296 not 4.29497e+09."""
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
         return str(int(value))
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-# --- the machine ----------------------------------------------------------------------------
-
-
-def local_cluster(address: str | None) -> bool:
-    """The study starts a Ray of its own on this machine (no address, or `local`)."""
-    return address in (None, "", "local")
-
-
-def this_machine() -> dict[str, float]:
-    """The resources a local Ray started here gets: every CPU and GPU of this machine."""
-    import torch
-
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-
-
-def check_local_fit(spec: StudySpec) -> None:
-    """On a local Ray, one trial's workers must fit this machine (known before Ray starts)."""
-    node = this_machine()
-    check_fits([node], spec.workers_per_trial, spec.cpus_per_worker, spec.gpus_per_worker)
-
-
-def run_checked(step: Callable[[], Any]) -> Any:
-    """Run a step whose errors are bad input: `ConfigError` becomes `InputError`."""
-    try:
-        return step()
-    except ConfigError as error:
-        raise InputError(str(error)) from None

@@ -20,10 +20,11 @@ from __future__ import annotations
 import os
 import sys
 
-from trainables.data import NEEDS_FILES, DataUnavailable, check_data
+from trainables.datasets import NEEDS_FILES, DataUnavailable, check_data
 from trainables.metrics import get_metric
 from trainables.workloads import WORKLOADS
 from tuner import options as opts
+from tuner import resolve
 from tuner.errors import InputError
 from tuner.spec import StudySpec, load_spec, study_location
 from tuner.store import objects as store
@@ -54,7 +55,7 @@ def fail(message: str) -> None:
 
 def saved_spec(storage_arg: str | None, name: str) -> StudySpec:
     """The spec of the study to continue; from an object store, fetched into the working copy."""
-    storage = opts.absolute_storage(opts.pick(storage_arg, "studies"))
+    storage = opts.absolute_storage(resolve.pick(storage_arg, "studies"))
     study_dir, study_uri = study_location(storage, name)
     if store.is_uri(storage):
         try:
@@ -98,7 +99,7 @@ def check_new_study(spec: StudySpec) -> None:
         )
 
 
-def resolve(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
+def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
     """Parse and check everything that can be checked before Ray starts; None for --list.
 
     Returns the spec and the run options for `tuner.study.session`; raises `InputError`.
@@ -108,27 +109,27 @@ def resolve(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
         return None
     opts.check_options(args)
     address = args.address or os.environ.get("RAY_ADDRESS")
-    local = opts.local_cluster(address)
+    local = resolve.local_cluster(address)
     run = {"address": address, "resume": args.resume, "report": not args.no_report}
     if args.resume:
-        spec, changed = opts.resume_spec(saved_spec(args.storage, args.name), args)
+        spec, changed = resolve.resume_spec(saved_spec(args.storage, args.name), args)
         for line in changed:
             print(f"resume: {line} applied", file=sys.stderr)
     else:
-        gpus = (opts.this_machine()["GPU"] > 0) if local else None
-        spec = opts.run_checked(lambda: opts.build_spec(args, gpus_available=gpus))
+        gpus = (resolve.this_machine()["GPU"] > 0) if local else None
+        spec = resolve.run_checked(lambda: resolve.build_spec(args, gpus_available=gpus))
         run["gpus_from_cluster"] = args.gpus_per_worker is None and gpus is None
         if not args.skip_data_check:
             check_data_fits(spec)
         check_new_study(spec)
     if local:
-        opts.check_local_fit(spec)
+        resolve.check_local_fit(spec)
     return spec, run
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        resolved = resolve(argv)
+        resolved = parse_and_check(argv)
     except InputError as error:
         fail(str(error))
     if resolved is None:
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     options = session.RunOptions(**run)
     try:
-        spec = opts.run_checked(lambda: session.prepare(spec, options))
+        spec = resolve.run_checked(lambda: session.prepare(spec, options))
     except InputError as error:
         fail(str(error))
     return session.run(spec, options)

@@ -30,7 +30,7 @@ import torch
 
 from trainables import geometry
 from trainables.batchnorm import apply_bn_mode
-from trainables.data import load_dataset
+from trainables.datasets import load_dataset
 from trainables.loop import synthetic_shape
 from trainables.metrics import ACCURACY, StudyMetric
 from trainables.models import build_model

