@@ -133,3 +133,44 @@ def s3(tmp_path_factory) -> dict[str, str]:
     yield env
     server.terminate()
     server.wait(timeout=30)
+
+
+def optuna_records(db: Path) -> dict[tuple[str, int], tuple]:
+    """Every Optuna trial in a study's database, read-only (the live file may be written to):
+    (cell study, number) -> (state, value, the Tune trial it records)."""
+    import sqlite3
+
+    if not db.exists():
+        return {}
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(
+            """SELECT s.study_name, t.number, t.state, v.value, a.value_json
+               FROM trials t JOIN studies s ON s.study_id = t.study_id
+               LEFT JOIN trial_values v ON v.trial_id = t.trial_id
+               LEFT JOIN trial_user_attributes a
+                 ON a.trial_id = t.trial_id AND a.key = 'tune_trial_id'"""
+        ).fetchall()
+    except sqlite3.Error:  # tables not created yet
+        return {}
+    finally:
+        connection.close()
+    return {
+        (study, number): (state, value, tune_id) for study, number, state, value, tune_id in rows
+    }
+
+
+FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def assert_resume_kept_the_record(before: dict, after: dict, trials: int) -> None:
+    """A resumed study keeps every trial that had finished before the kill as it was (state,
+    value, Tune trial), records each Tune trial in one Optuna trial only, and ends with every
+    one of its `trials` finished, none more."""
+    for key, record in before.items():
+        if record[0] in FINISHED_STATES:
+            assert after.get(key) == record, (key, record, after.get(key))
+    tune_ids = [r[2] for r in after.values() if r[2] is not None]
+    assert len(tune_ids) == len(set(tune_ids)), "a Tune trial recorded twice in Optuna"
+    finished = [r for r in after.values() if r[0] in FINISHED_STATES and r[2] is not None]
+    assert len(finished) == trials, (len(finished), trials, after)

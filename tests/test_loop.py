@@ -162,10 +162,12 @@ def test_resume_in_the_middle_of_an_epoch_replays_the_same_run():
     config = {"budget_unit": "steps", "budget_amount": 90, "eval_every": 30}
     full, states = run(config)
     resumed, _ = run(config, resume_state=states[0])
-    assert [r["optimizer_steps"] for r in resumed] == [60, 90]
+    # the checkpoint's evaluation is reported again as it was, then training goes on
+    assert [r["optimizer_steps"] for r in resumed] == [30, 60, 90]
+    assert resumed[0] == full[0]
     assert {r["resumed_at_step"] for r in full} == {0}
-    assert {r["resumed_at_step"] for r in resumed} == {30}
-    for a, b in zip(resumed, full[1:], strict=True):
+    assert {r["resumed_at_step"] for r in resumed[1:]} == {30}
+    for a, b in zip(resumed, full, strict=True):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
 
@@ -178,7 +180,7 @@ def test_resume_replays_augmentation_exactly():
     config |= {"reference_batch": 128, "max_train_examples": 0}
     full, states = run(config, splits=copy.deepcopy(splits))
     resumed, _ = run(config, splits=copy.deepcopy(splits), resume_state=states[0])
-    for a, b in zip(resumed, full[1:], strict=True):
+    for a, b in zip(resumed, full, strict=True):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
 
 

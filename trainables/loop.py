@@ -131,11 +131,14 @@ def train(
     layout = config.layout()
     if world != layout.workers:
         raise ValueError(f"config asks for {layout.workers} workers but {world} are running")
-    if resume_state and resume_state.get("finished"):
-        # The run had ended (full budget, diverged or at target) before its driver was
-        # restarted: report the final evaluation again instead of training anything twice.
+    if resume_state:
+        # The checkpoint's own evaluation first, again (the same numbers, nothing trained): a
+        # scheduler that never saw it (the process died between saving and reporting it, or
+        # the study was resumed) judges the trial at that step, as it would have. A run that
+        # had ended (full budget, diverged or at target) ends here.
         report(resume_state["metrics"], None)
-        return
+        if resume_state.get("finished"):
+            return
     torch.manual_seed(config.seed)  # same initial weights on every worker and every retry
     if splits is None:
         splits = load_dataset(

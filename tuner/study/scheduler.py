@@ -52,6 +52,16 @@ class PerCellASHA(FIFOScheduler):
             self.stopped[key] = 0
         return self._groups[key]
 
+    def state(self) -> dict[str, Any]:
+        """The rungs' recorded results, for the searcher's checkpoint: Tune 2.60 saves and
+        restores a searcher with its experiment state but never a scheduler, so a resumed study
+        would judge its first rungs against no peers and let trials through that an
+        uninterrupted study stops."""
+        return {"groups": self._groups, "stopped": self.stopped}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._groups, self.stopped = state["groups"], state["stopped"]
+
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return not (metric and metric != self._metric) and not (mode and mode != self._mode)
 

@@ -7,7 +7,8 @@ holds no storage and no path: `storage_factory` (the study spec's own) reopens t
 database wherever the study's working copy is now. Every searcher checkpoint also writes a
 consistent SQLite snapshot (`optuna-snapshot.db`) beside Tune's state, so Tune's sync carries
 the two to the study's storage together and a resume finds a database that knows every trial
-Tune's state names.
+Tune's state names. The checkpoint also holds the scheduler's rungs, which Tune itself never
+saves.
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ class CellSearcher(Searcher):
         storage_factory: Callable[[], optuna.storages.RDBStorage],
         metric: str,
         mode: str,
+        scheduler: Any = None,
     ):
         super().__init__(metric=metric, mode=mode)
         self._storage_factory = storage_factory
+        # The study's scheduler (PerCellASHA), saved and restored with this searcher: Tune
+        # pickles both in one Tuner, so this is the very object Tune schedules with.
+        self._scheduler = scheduler
         self._search = search
         self._search.attach(storage_factory())
 
@@ -81,12 +86,18 @@ class CellSearcher(Searcher):
         return self._search
 
     def save(self, checkpoint_path: str) -> None:
+        scheduler = self._scheduler.state() if self._scheduler is not None else None
         with open(checkpoint_path, "wb") as file:
-            pickle.dump(self._search, file)
+            pickle.dump({"search": self._search, "scheduler": scheduler}, file)
         database = Path(self._search.storage_url.removeprefix("sqlite:///"))
         snapshot_sqlite(database, Path(checkpoint_path).parent / OPTUNA_SNAPSHOT)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as file:
-            self._search = pickle.load(file)
+            saved = pickle.load(file)
+        if not isinstance(saved, dict):  # a checkpoint written before the scheduler's state
+            saved = {"search": saved, "scheduler": None}
+        self._search = saved["search"]
         self._search.attach(self._storage_factory())
+        if self._scheduler is not None and saved["scheduler"] is not None:
+            self._scheduler.load_state(saved["scheduler"])
