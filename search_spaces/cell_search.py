@@ -127,6 +127,40 @@ class CellSearch:
         """Reopen the studies in `storage` (after unpickling, on whichever machine)."""
         self._storage, self._studies = storage, {}
 
+    def reconcile(self) -> int:
+        """Take in what Optuna recorded after this search's state was saved; returns how many
+        trials it learned of.
+
+        A resumed study restores this state from the searcher's checkpoint and the database
+        from its snapshot, and on an object store the two can come from different moments
+        (a kill between their uploads). Optuna's record is the one to trust: every trial
+        it holds for a Tune trial is that Tune trial's (never asked for again), counts
+        towards its cell's share, and is finished if Optuna says so; a transfer already
+        enqueued is not enqueued again.
+        """
+        learned = 0
+        for cell in self.cells:
+            for trial in self.study(cell).get_trials(deepcopy=False):
+                if trial.user_attrs.get("transferred_from"):
+                    self.transferred.add(cell.key)
+                key = trial.user_attrs.get("tune_trial_id")
+                if key is None or key in self.trials:
+                    continue
+                phase = trial.user_attrs.get("phase", SEARCH)
+                self.trials[key] = (cell.key, trial.number, phase)
+                if phase == SEARCH:
+                    self.assigned[cell.key] += 1
+                else:  # a confirmation run handed out already
+                    self._queue_confirmations(only=cell)  # if this state had not yet
+                    seed = trial.user_attrs.get("seed")
+                    self.pending = [
+                        p for p in self.pending if not (p[0].key == cell.key and p[2] == seed)
+                    ]
+                if trial.state.is_finished():
+                    self.finished.add(key)
+                learned += 1
+        return learned
+
     @property
     def storage_url(self) -> str:
         return getattr(self._storage, "url", "")
@@ -233,13 +267,14 @@ class CellSearch:
         sign = 1 if self.direction == "maximize" else -1
         return max(done, key=lambda t: (sign * t.value, -t.number))
 
-    def _queue_confirmations(self) -> None:
-        """Queue `seeds` fresh-seed runs of each cell's best, once its search has finished."""
-        for cell in self.cells:
+    def _queue_confirmations(self, only: Cell | None = None) -> None:
+        """Queue `seeds` fresh-seed runs of each cell's best, once its search has finished
+        (`only`: that cell, whose search Optuna's record says has finished)."""
+        for cell in [only] if only else self.cells:
             if cell.key in self.confirmed:
                 continue
             keys = [k for k, (c, _, p) in self.trials.items() if c == cell.key and p == SEARCH]
-            if len(keys) < self.assigned[cell.key] or not set(keys) <= self.finished:
+            if not only and (len(keys) < self.assigned[cell.key] or not set(keys) <= self.finished):
                 continue
             self.confirmed.add(cell.key)
             best = self.best(cell)

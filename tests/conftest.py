@@ -163,14 +163,16 @@ def optuna_records(db: Path) -> dict[tuple[str, int], tuple]:
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
 
-def assert_resume_kept_the_record(before: dict, after: dict, trials: int) -> None:
+def assert_resume_kept_the_record(before: dict, after: dict, trials: int, lost: int = 0) -> None:
     """A resumed study keeps every trial that had finished before the kill as it was (state,
-    value, Tune trial), records each Tune trial in one Optuna trial only, and ends with every
-    one of its `trials` finished, none more."""
+    value, Tune trial), records each Tune trial in one Optuna trial only, and ends with its
+    `trials` trials run to an outcome, none more. With `lost`, up to that many trials handed
+    out in the instant of the kill may be missing (recorded failed, or not at all)."""
     for key, record in before.items():
         if record[0] in FINISHED_STATES:
             assert after.get(key) == record, (key, record, after.get(key))
     tune_ids = [r[2] for r in after.values() if r[2] is not None]
     assert len(tune_ids) == len(set(tune_ids)), "a Tune trial recorded twice in Optuna"
-    finished = [r for r in after.values() if r[0] in FINISHED_STATES and r[2] is not None]
-    assert len(finished) == trials, (len(finished), trials, after)
+    ran = [r for r in after.values() if r[0] in ("COMPLETE", "PRUNED") and r[2] is not None]
+    failed = [r for r in after.values() if r[0] == "FAIL"]
+    assert trials - lost <= len(ran) <= trials and len(failed) <= lost, (len(ran), trials, after)

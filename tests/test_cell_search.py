@@ -170,6 +170,48 @@ def test_a_search_pickles_without_its_storage_and_goes_on_after_attach(tmp_path)
     assert study.trials[0].value == 0.9
 
 
+def hand_out_everything(search: CellSearch, start: int = 0) -> list[tuple[str, int, str]]:
+    """Suggest and complete trials until the search says it is finished: (cell, seed, phase)."""
+    handed, i = [], start
+    while (s := search.suggest(f"t{i}")) not in (FINISHED, None):
+        search.complete(f"t{i}", "completed", 0.5 + 0.01 * i, 10)
+        handed.append((s.cell.key, s.seed, s.phase))
+        i += 1
+    return handed
+
+
+@pytest.mark.parametrize("saved_after", [2, 9, 14])
+def test_a_state_saved_before_the_database_takes_in_what_optuna_recorded(tmp_path, saved_after):
+    """A resumed search whose state is older than its database (an object store holding the
+    two from different moments) learns every trial Optuna recorded: none is asked for twice,
+    shares and confirmations come out as in a search that was never interrupted."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    search = make_search(storage=optuna.storages.RDBStorage(url), strata=(), trials_per_cell=2)
+    uninterrupted = make_search(strata=(), trials_per_cell=2)
+    expected = hand_out_everything(uninterrupted)
+    saved = None
+    for i, _ in enumerate(expected):
+        if i == saved_after:
+            saved = pickle.dumps(search)  # the state at this moment; Optuna goes on
+        search.suggest(f"t{i}")
+        search.complete(f"t{i}", "completed", 0.5 + 0.01 * i, 10)
+        if i == saved_after + 1:
+            break
+    restored = pickle.loads(saved)
+    restored.attach(optuna.storages.RDBStorage(url))
+    assert restored.reconcile() == 2  # the two trials recorded after the state was saved
+    handed = [(c, s, p) for c, s, p in expected[: saved_after + 2]]
+    handed += hand_out_everything(restored, start=saved_after + 2)
+    assert handed == expected
+    tune_ids = [
+        t.user_attrs["tune_trial_id"]
+        for name in optuna.get_all_study_names(url)
+        for t in optuna.load_study(study_name=name, storage=url).trials
+        if "tune_trial_id" in t.user_attrs
+    ]
+    assert sorted(tune_ids) == sorted(f"t{i}" for i in range(len(expected)))
+
+
 # --- the synthetic objective ------------------------------------------------------------------
 
 

@@ -99,5 +99,6 @@ class CellSearcher(Searcher):
             saved = {"search": saved, "scheduler": None}
         self._search = saved["search"]
         self._search.attach(self._storage_factory())
+        self._search.reconcile()  # the database may know trials this state does not
         if self._scheduler is not None and saved["scheduler"] is not None:
             self._scheduler.load_state(saved["scheduler"])
