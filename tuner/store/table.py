@@ -51,6 +51,7 @@ METRICS = (
     "gns_steps",
     "diverged",
     "reached_target",
+    "resumed_at_step",
     "global_batch",
     "per_worker_batch",
     "accumulation_steps",
