@@ -448,3 +448,23 @@ def test_an_estimate_knows_its_parts():
     assert e.val_var == pytest.approx(0.9 * 0.1 / 900)
     assert e.seed_var == pytest.approx(0.02**2 / 4)
     assert math.isnan(Estimate(0.9, math.nan, 1, 900, "search").seed_var)
+
+
+def test_a_loss_comparison_uses_the_per_example_spread_and_reads_a_rise_as_the_drop():
+    """Single runs of a loss study: the uncertainty is the validation set's own, from the
+    per-example loss spread (val_sd / sqrt(n)); a higher loss is worse."""
+    from trainables.metrics import get_metric
+
+    loss = get_metric("loss")
+    base = estimate([2.00], 10000, "confirmed", val_sd=0.5)
+    other = estimate([2.10], 10000, "confirmed", val_sd=0.5)
+    result = compare(base, other, tolerance=0.02, metric=loss)
+    half = stats.norm.ppf(0.95) * math.sqrt(2 * 0.5**2 / 10000)
+    assert result.drop == pytest.approx(0.10)
+    assert (result.low, result.high) == pytest.approx((0.10 - half, 0.10 + half))
+    assert result.status == "degraded"
+    # the other way round the loss fell: not a drop
+    assert compare(other, base, tolerance=0.02, metric=loss).status == "holds"
+    # a small rise within the tolerance, resolved by 10000 examples
+    near = estimate([2.005], 10000, "confirmed", val_sd=0.5)
+    assert compare(base, near, tolerance=0.02, metric=loss).status == "holds"

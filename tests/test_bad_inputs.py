@@ -144,18 +144,18 @@ def test_a_bad_option_is_one_line_and_writes_nothing(args, fragment, tmp_path, c
     assert not ray_started()
 
 
-@pytest.mark.parametrize(
-    "argv, fragment",
-    [
-        ([], "name a workload"),
-        (["resnet51"], "unknown workload 'resnet51'; known: lstm_lm, mnist1d, resnet50"),
-        (["--resume"], "--resume needs --name NAME"),
-        (["resnet50", "--data-dir", "/nonexistent/imagenet"], "expected ImageFolder layout"),
-        (["lstm_lm", "--dataset", "text", "--data-dir", "/nonexistent"], "text: no folder at"),
-        (["transformer_lm", "--dataset", "digits"], "does not run on 'digits'"),
-        (["simple_cnn", "--dataset", "mnist5k", "--target", "95"], "not an accuracy in (0, 1]"),
-    ],
-)
+WORKLOAD_AND_DATA = [
+    ([], "name a workload"),
+    (["resnet51"], "unknown workload 'resnet51'; known: lstm_lm, mnist1d, resnet50"),
+    (["--resume"], "--resume needs --name NAME"),
+    (["resnet50", "--data-dir", "/nonexistent/imagenet"], "expected ImageFolder layout"),
+    (["lstm_lm", "--dataset", "text", "--data-dir", "/nonexistent"], "text: no folder at"),
+    (["transformer_lm", "--dataset", "digits"], "does not run on 'digits'"),
+    (["simple_cnn", "--dataset", "mnist5k", "--target", "95"], "not an accuracy in (0, 1]"),
+]
+
+
+@pytest.mark.parametrize("argv, fragment", WORKLOAD_AND_DATA)
 def test_missing_or_unknown_workload_and_data(argv, fragment, tmp_path, capsys):
     code, err = run_main([*argv, "--storage", str(tmp_path / "studies")], capsys)
     assert_one_error_line(code, err, fragment)
@@ -261,5 +261,6 @@ def test_a_bad_cluster_config_is_one_line(text, fragment, tmp_path, capsys):
 
 
 def test_the_table_covers_at_least_25_inputs():
-    total = len(BAD_OPTIONS) + 4 + len(RESUME_CONTRADICTIONS) + 2 + len(BAD_CLUSTER_CONFIGS)
+    tables = (BAD_OPTIONS, WORKLOAD_AND_DATA, RESUME_CONTRADICTIONS, BAD_CLUSTER_CONFIGS)
+    total = sum(len(table) for table in tables)
     assert total >= 25

@@ -26,9 +26,16 @@ def test_bad_input_is_one_clear_line(args, expected, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_resnet50_without_imagenet_suggests_what_works():
-    proc = run_cli("tuner.search", "resnet50", "--data-dir", "/nonexistent", check=False)
+def test_resnet50_without_imagenet_suggests_what_works(tmp_path):
+    proc = run_cli(
+        "tuner.search", "resnet50", "--data-dir", "/nonexistent", "--storage",
+        str(tmp_path / "s"), check=False, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "--dataset synthetic" in proc.stderr and "cifar10" in proc.stderr
+    assert not (tmp_path / "s").exists()
 
 
 def test_list_names_every_workload():

@@ -33,7 +33,7 @@ from tuner.store.table import COLUMNS
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def make_study(storage: Path, batch_sizes: str, name: str = "hand") -> Path:
+def make_study(storage: Path, batch_sizes: str, name: str = "hand", *extra: str) -> Path:
     """A study directory with a real study.json (no trials run)."""
     args = build_parser().parse_args(
         [
@@ -48,6 +48,7 @@ def make_study(storage: Path, batch_sizes: str, name: str = "hand") -> Path:
             name,
             "--target",
             "0.9",
+            *extra,
         ]
     )
     spec = build_spec(args, gpus_available=False)
@@ -110,6 +111,50 @@ def test_verdict_on_known_degradation(tmp_path, monkeypatch):
         "source": "confirmed",
         "val_examples": 10000,
     }
+
+
+def cell_of(batch: int, search: float, confirmed: list[float], **kwargs) -> list:
+    """A cell: one search trial that ran its budget and its confirmation runs (10000-example
+    validation set, so a 1 pt tolerance can be resolved)."""
+    first = trial(f"s{batch}", batch, [(50, search - 0.1), (100, search)], val_examples=10000)
+    return [first, *confirmations(batch, confirmed, val_examples=10000, **kwargs)]
+
+
+def test_a_larger_batch_that_beats_the_baseline_is_said_and_why(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32")
+    trials = table(*cell_of(8, 0.95, [0.949, 0.950, 0.951]), *cell_of(32, 0.99, [0.985] * 3))
+    verdict = verdict_of(report_on(study, trials, monkeypatch, tensorboard=False))
+    assert (
+        "Batch 32 beat the batch-8 baseline by more than 1.0 pt at 95% confidence: the baseline "
+        "may be short of steps or of tuning; check its curves." in verdict
+    )
+
+
+def test_a_baseline_nothing_is_shown_to_hold_with_is_said(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32,128")
+    trials = table(
+        *cell_of(8, 0.99, [0.980, 0.981, 0.982]),
+        *cell_of(32, 0.99, [0.965, 0.975, 0.985]),  # spread: unresolved
+        *cell_of(128, 0.99, [0.979, 0.980, 0.981]),  # holds, but after an unresolved one
+    )
+    verdict = verdict_of(report_on(study, trials, monkeypatch, tensorboard=False))
+    assert "accuracy is not shown to hold within 1.0 pt of the batch-8 baseline" in verdict
+    assert "beyond batch 8." in verdict
+    data = json.loads((study / "frontier.json").read_text())
+    statuses = {r["batch_size"]: r["status"] for r in data["frontier"]}
+    assert statuses == {8: "baseline", 32: "unresolved", 128: "holds"}
+    assert data["holds_up_to"] == 8  # an unresolved batch size ends "holds up to"
+
+
+def test_the_lr_growth_and_stop_at_target_are_said(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32,128,512", "hand", "--stop-at-target")
+    verdict = verdict_of(report_on(study, degradation_table(), monkeypatch, tensorboard=False))
+    # every best trial has base lr 0.01 under the linear rule: the peak lr grows with batch
+    assert (
+        "The best peak lr grows x64 from batch 8 to 512 (linear rule predicts x64, square "
+        "root x8)." in verdict
+    )
+    assert "Trials ended once they reached the target (--stop-at-target)" in verdict
 
 
 def test_tolerance_in_points_on_the_command_line(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.conftest import run_cli
 from tuner.spec import load_spec
 from tuner.store.table import collect_trials
 
@@ -45,8 +46,8 @@ def test_trial_table_is_complete(small_study):
     assert (small_study / "trials.csv").exists()
     for trial_id, rows in table.groupby("trial_id"):
         steps = rows["optimizer_steps"].tolist()
-        assert steps == sorted(set(steps)), trial_id  # no gaps in order, no duplicates
-        assert all(s % 10 == 0 for s in steps), trial_id  # ~20 evaluations of 200 steps
+        # every evaluation, once, in order, none missing: 10, 20, ... (~20 of 200 steps)
+        assert steps == list(range(10, steps[-1] + 1, 10)), (trial_id, steps)
         if rows["outcome"].iloc[0] == "completed":
             assert steps[-1] == 200 and rows["progress"].iloc[-1] == 1.0
         # examples seen = optimizer steps x global batch, whatever the batch size
@@ -97,12 +98,15 @@ def test_spec_saves_versions_and_revision(small_study):
     assert "git_revision" in saved["environment"]
 
 
-def test_under_a_step_budget_every_batch_size_reaches_the_target_and_512_holds(small_study):
+def test_under_a_step_budget_every_batch_size_reaches_the_target_and_512_is_not_degraded(
+    small_study,
+):
     """Issue 9's check: with 200 steps at every batch size (digits, Simple CNN), each batch
-    size of 8..512 reaches the target, and batch 512 is not reported degraded."""
+    size of 8..512 reaches the target, and batch 512 is not reported degraded. (Whether it
+    holds within 1 pt the study cannot resolve: 359 validation examples; see below.)"""
     frontier = pd.read_csv(small_study / "frontier.csv").set_index("batch_size")
     assert frontier["steps"].notna().all(), frontier[["steps", "censored_at"]]
-    assert frontier.loc[512, "status"] in ("holds", "unresolved"), frontier["status"]
+    assert frontier.loc[512, "status"] != "degraded", frontier["status"]
     assert (frontier["accuracy_source"] == "confirmed").all()
     spec = load_spec(small_study)
     verdict = (small_study / "report.md").read_text().split("## Verdict", 1)[1]
@@ -110,3 +114,52 @@ def test_under_a_step_budget_every_batch_size_reaches_the_target_and_512_holds(s
     assert "Degraded at batch 512" not in verdict
     data = json.loads((small_study / "frontier.json").read_text())
     assert data["study"]["budget"] == str(spec.budget_spec())
+
+
+def test_512_holds_within_a_tolerance_the_study_can_resolve(small_study, tmp_path):
+    """The study resolves drops of about 2 pt: within 3 pt, batch 512 holds (its drop's upper
+    bound is below the tolerance). `tuner.report --tolerance` re-judges a finished study."""
+    out = tmp_path / "report-3pt"
+    run_cli("tuner.report", str(small_study), "--tolerance", "3", "--into", str(out))
+    frontier = pd.read_csv(out / "frontier.csv").set_index("batch_size")
+    assert frontier.loc[512, "status"] == "holds", frontier[["drop", "drop_high", "status"]]
+    assert frontier.loc[512, "drop_high"] <= 0.03  # drops are fractions of accuracy
+
+
+def test_report_refuses_a_tolerance_out_of_range(small_study, tmp_path):
+    proc = run_cli(
+        "tuner.report", str(small_study), "--tolerance", "100", "--into", str(tmp_path / "x"),
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --tolerance 100"), proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_stop_at_target_ends_a_trial_at_its_first_evaluation_past_the_target(tmp_path):
+    """A real study with --stop-at-target: a trial that reaches 90% ends at that evaluation
+    (outcome `target`), before its budget; none goes on past the target."""
+    run_cli(
+        "tuner.search", "simple_cnn", "--dataset", "digits", "--batch-sizes", "32,128",
+        "--budget", "steps:150", "--eval-every", "10", "--rules", "sqrt", "--trials", "4",
+        "--seeds", "1", "--target", "0.9", "--stop-at-target", "--seed", "0",
+        "--storage", str(tmp_path), "--name", "at-target",
+    )  # fmt: skip
+    table = collect_trials(tmp_path / "at-target")
+    at_target = 0
+    for trial_id, rows in table.groupby("trial_id"):
+        rows = rows.sort_values("optimizer_steps")
+        past = rows[rows["val_acc"] >= 0.9]
+        if past.empty:
+            continue
+        # the last evaluation is the first one at or past the target
+        assert rows["optimizer_steps"].iloc[-1] == past["optimizer_steps"].iloc[0], trial_id
+        if rows["outcome"].iloc[0] != "stopped":  # ASHA may stop it at that same evaluation
+            assert rows["outcome"].iloc[0] == "target", rows["outcome"].iloc[0]
+            assert bool(rows["reached_target"].iloc[-1])
+            assert rows["optimizer_steps"].iloc[-1] < 150
+            at_target += 1
+    assert at_target >= 2, table.drop_duplicates("trial_id")[["trial_id", "outcome"]]
+    verdict = (tmp_path / "at-target" / "report.md").read_text().split("## Verdict", 1)[1]
+    assert "Trials ended once they reached the target (--stop-at-target)" in verdict
