@@ -68,9 +68,11 @@ def main() -> None:
     parser.add_argument("--health-check-interval", type=float, default=None)
     parser.add_argument("--study", action="store_true", help="time a real study's trials")
     parser.add_argument("--workers", type=int, default=1, help="workers per trial (--study)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="(--study) on a GPU")
+    parser.add_argument("--model", default="simple_cnn", help="(--study) resnet50 on a GPU")
     args = parser.parse_args()
     if args.study:
-        study_trials(args.runs, args.workers)
+        study_trials(args.runs, args.workers, args.gpus_per_worker, args.model)
         return
 
     import ray
@@ -165,8 +167,9 @@ def main() -> None:
     ray.shutdown()
 
 
-def study_trials(runs: int, workers: int) -> None:
-    """Time `runs` trials of a real study, one at a time, through Tune with actor reuse."""
+def study_trials(runs: int, workers: int, gpus: float = 0.0, model: str = "simple_cnn") -> None:
+    """Time `runs` trials of a real study, one at a time, through Tune with actor reuse
+    (`gpus` > 0: each worker on a GPU; `model` resnet50: synthetic ImageNet-size data)."""
     import ray
     from ray import tune
 
@@ -176,9 +179,12 @@ def study_trials(runs: int, workers: int) -> None:
     from tuner.study.trial import reuses_actors, trainable
 
     storage = tempfile.mkdtemp()
-    cli = ["simple_cnn", "--dataset", "digits", "--budget", "steps:60", "--eval-every", "30"]
+    data = ["--dataset", "digits"] if model == "simple_cnn" else ["--dataset", "synthetic"]
+    cli = [model, *data, "--budget", "steps:60", "--eval-every", "30"]
     cli += ["--workers-per-trial", str(workers), "--storage", storage, "--name", "bench"]
-    spec = build_spec(build_parser().parse_args(cli), gpus_available=False)
+    if gpus:
+        cli += ["--gpus-per-worker", str(gpus), "--max-train-examples", "4096"]
+    spec = build_spec(build_parser().parse_args(cli), gpus_available=gpus > 0)
     params = {"batch_size": 32, "scaling_rule": "linear", "optimizer": "sgd", "base_lr": 0.05}
     params |= {"warmup_fraction": 0.1, "weight_decay": 1e-4, "seed": tune.grid_search(
         list(range(runs)))}  # fmt: skip

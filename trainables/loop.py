@@ -141,14 +141,7 @@ def train(
             return
     torch.manual_seed(config.seed)  # same initial weights on every worker and every retry
     if splits is None:
-        splits = load_dataset(
-            config.dataset,
-            config.data_dir,
-            config.split_seed,
-            synthetic_shape(config.model),
-            config.max_train_examples,
-            config.decode,
-        )
+        splits = load_dataset(*dataset_args(config))
     source = BatchSource(
         splits,
         config.batch_size,
@@ -406,6 +399,18 @@ def _check_divergence(window: torch.Tensor, sums: torch.Tensor, loss_limit: floa
         return False
     # Both sums run over workers and steps, so their ratio is the mean per-step loss.
     return bad > 0 or loss_sum / steps > loss_limit
+
+
+def dataset_args(config: TrialConfig) -> tuple:
+    """`load_dataset`'s arguments for a trial: everything that decides its data set."""
+    return (
+        config.dataset,
+        config.data_dir,
+        config.split_seed,
+        synthetic_shape(config.model),
+        config.max_train_examples,
+        config.decode,
+    )
 
 
 def synthetic_shape(model: str) -> tuple[int, ...]:

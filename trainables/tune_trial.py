@@ -23,7 +23,7 @@ from trainables.checkpoint_dir import CheckpointDir
 from trainables.config import TrialConfig
 from trainables.data import Splits
 from trainables.datasets import load_dataset
-from trainables.loop import synthetic_shape, train
+from trainables.loop import dataset_args, train
 
 # One data set per process, keyed by everything that decides its contents: a reused actor never
 # hands one configuration's data to another, and holds at most one data set in memory.
@@ -32,14 +32,7 @@ _DATA: dict[tuple, Splits] = {}
 
 def cached_splits(config: TrialConfig) -> Splits:
     """The trial's data set, loaded once per process for as long as trials ask for the same."""
-    key = (
-        config.dataset,
-        config.data_dir,
-        config.split_seed,
-        synthetic_shape(config.model),
-        config.max_train_examples,
-        config.decode,
-    )
+    key = dataset_args(config)
     if key not in _DATA:
         _DATA.clear()  # drop the previous data set before loading the next
         _DATA[key] = load_dataset(*key)
