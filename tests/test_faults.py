@@ -30,7 +30,7 @@ def local_ray():
 def kill_worker_after_first_checkpoint(
     dashboard: str, run_dir, done: threading.Event, killed: list
 ) -> None:
-    """SIGKILL the training worker process as soon as its first checkpoint is on disk."""
+    """SIGKILL the training worker process once Train has registered a checkpoint of it."""
     from ray.util.state import list_actors
 
     pid = None
@@ -43,7 +43,11 @@ def kill_worker_after_first_checkpoint(
         pid = workers[0].pid if workers else None
         time.sleep(0.2)
     while not done.is_set():
-        if any(run_dir.glob("**/checkpoint_*")):
+        # Once Train's controller has registered a checkpoint (it writes its snapshot then):
+        # it polls the workers' reports every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, and a worker
+        # killed before a poll takes its unread reports with it, so the retry rightly starts
+        # from step 0 (the kill right after the first checkpoint file always did, unnoticed).
+        if (run_dir / "checkpoint_manager_snapshot.json").exists():
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             return
@@ -65,7 +69,7 @@ def fit(values: dict, storage, name: str):
 
 def test_killed_worker_resumes_from_checkpoint_exactly(local_ray, tmp_path):
     # Batch 8 on all of digits for 6 epochs: 1074 steps, evaluated (and checkpointed) every 54,
-    # so the kill after the first checkpoint lands a third of the way into the first epoch
+    # so the kill after the first registered checkpoint lands in the first epoch (180 steps)
     # and the retry resumes mid-epoch.
     values = base_config(budget_amount=6, batch_size=8, reference_batch=8, base_lr=0.02)
     # The reference runs in the same kind of worker (one CPU, so one thread: an in-process
