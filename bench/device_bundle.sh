@@ -4,12 +4,13 @@
 # file to carry there: Ray, Optuna, tensorboardX, mnist1d, mlxtend and the dependencies the
 # device lacks, as cp312 manylinux wheels unzipped into one folder.
 #
-#   bash bench/device_bundle.sh            # writes .devsite/site.tar.xz (git-ignored, ~40 MB)
+#   bash bench/device_bundle.sh            # writes .devsite/site.tar.xz (git-ignored, 79 MB)
+#   LEAN=1 bash bench/device_bundle.sh     # without what the GPU benches do not use
 #   # on the device:  mkdir -p /tmp/site && tar -xJf .devsite/site.tar.xz -C /tmp/site
 #   #                 PYTHONPATH=/tmp/site:. python bench/gpu_throughput.py
 #
-# Written from the recipe that worked before (docs: the device notes); not yet run end to end
-# from this script: check the size and an `import ray.train, optuna` on the device first.
+# Measured December 2026: 79 MB in full (mlxtend brings scikit-learn and matplotlib), over the
+# 64 MiB a device call carries; LEAN=1 leaves those out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.devsite
@@ -29,6 +30,13 @@ for wheel in "$work"/wheels/*.whl; do
   case "$name" in
     torch|torchvision|triton|nvidia_*|numpy|pandas|scipy|pyarrow|tensorboard|timm|pytest) continue ;;
   esac
+  # LEAN=1: what the GPU benches do not use (digits and mnist5k, the report's figures, py-spy;
+  # pillow comes with the device's torchvision), to fit the 64 MiB a device call carries.
+  if [ "${LEAN:-0}" = 1 ]; then
+    case "$name" in
+      scikit_learn|mlxtend|matplotlib|fonttools|kiwisolver|contourpy|py_spy|virtualenv|pillow) continue ;;
+    esac
+  fi
   "$py" -m zipfile -e "$wheel" "$work/site"
 done
 rm -rf "$work"/site/ray/jars "$work"/site/ray/rllib "$work"/site/ray/serve "$work"/site/ray/llm
