@@ -39,6 +39,8 @@ for wheel in "$work"/wheels/*.whl; do
   fi
   "$py" -m zipfile -e "$wheel" "$work/site"
 done
+# python -m zipfile drops the executable bits: Ray's own servers need theirs back.
+chmod +x "$work"/site/ray/core/src/ray/gcs/gcs_server "$work"/site/ray/core/src/ray/raylet/raylet
 rm -rf "$work"/site/ray/jars "$work"/site/ray/rllib "$work"/site/ray/serve "$work"/site/ray/llm
 find "$work/site/ray/dashboard" -name '*.map' -delete
 mkdir -p "$out"
