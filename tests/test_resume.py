@@ -79,7 +79,7 @@ def mid_trial(study_dir, finished: int) -> bool:
     return any(any((study_dir / "train_runs" / f"trial-{t}").glob("*/state.pt")) for t in running)
 
 
-def first_run_killed_after(tmp_path, name: str, finished: int) -> dict:
+def first_run_killed_after(tmp_path, name: str, finished: int, extra: list[str]) -> dict:
     """Start the study, SIGKILL its whole process group in the middle of a trial once
     `finished` trials are done (a crash: no clean shutdown), and return Optuna's record as the
     kill left it."""
@@ -87,7 +87,7 @@ def first_run_killed_after(tmp_path, name: str, finished: int) -> dict:
     log = tmp_path / "first-run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.search", *ARGS, "--name", name,
+            [sys.executable, "-m", "tuner.search", *ARGS, *extra, "--name", name,
              "--storage", str(tmp_path)],
             cwd=ROOT, start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -115,12 +115,14 @@ def final_rows(study_dir) -> pd.DataFrame:
     return last[columns].sort_values(["cell", "optuna_number"]).reset_index(drop=True)
 
 
-def test_killed_study_resumes_as_if_never_interrupted(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker-trials", "ray-train-trials"])
+def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
     """Killed once 2 trials had finished, resumed: the finished trials and their Optuna
     records are kept as they were, no trial is recorded twice, no step is trained twice, and
     (one trial at a time, so the order of trials is fixed) the final table is the one an
     uninterrupted study of the same options ends with."""
-    before = first_run_killed_after(tmp_path, "resumed", 2)
+    extra = ["--workers-per-trial", str(workers)]
+    before = first_run_killed_after(tmp_path, "resumed", 2, extra)
     assert sum(r[0] in FINISHED_STATES for r in before.values()) >= 2
     run_cli("tuner.search", "--resume", "--name", "resumed", "--storage", str(tmp_path))
     study_dir = tmp_path / "resumed"
@@ -134,5 +136,5 @@ def test_killed_study_resumes_as_if_never_interrupted(tmp_path):
     assert (table.groupby("trial_id")["optuna_number"].nunique() == 1).all()
     assert (table.groupby(["cell", "optuna_number"])["trial_id"].nunique() == 1).all()
 
-    run_cli("tuner.search", *ARGS, "--name", "uninterrupted", "--storage", str(tmp_path))
+    run_cli("tuner.search", *ARGS, *extra, "--name", "uninterrupted", "--storage", str(tmp_path))
     pd.testing.assert_frame_equal(final_rows(study_dir), final_rows(tmp_path / "uninterrupted"))
