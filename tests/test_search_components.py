@@ -148,3 +148,20 @@ def test_trials_start_no_dataset_manager_actor_without_datasets(tmp_path):
     assert CAN_REUSE_DRIVERS
     assert DatasetsCallback in kinds(TorchTrainer)
     assert DatasetsCallback not in kinds(StoppableTorchTrainer)
+
+
+def test_a_one_worker_trial_holds_its_workers_resources_and_a_driver_holds_a_token():
+    """A one-worker trial trains in its Tune actor, which asks for the worker's CPUs and
+    (fractional) GPUs; a multi-worker trial's driver holds no CPU (its workers have theirs)."""
+    from tuner.study.trial import DRIVER_RESOURCES, reuses_actors, trainable
+
+    one = build_spec(
+        build_parser().parse_args(["simple_cnn", "--gpus-per-worker", "0.25"]), gpus_available=True
+    )
+    assert trainable(one)._resources.bundles == [{"CPU": 1.0, "GPU": 0.25}]
+    assert reuses_actors(one)
+    two = build_spec(
+        build_parser().parse_args(["simple_cnn", "--workers-per-trial", "2"]), gpus_available=False
+    )
+    assert trainable(two)._resources.bundles == [{k: float(v) for k, v in DRIVER_RESOURCES.items()
+                                                  if v}]  # fmt: skip
