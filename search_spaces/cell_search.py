@@ -127,25 +127,36 @@ class CellSearch:
         """Reopen the studies in `storage` (after unpickling, on whichever machine)."""
         self._storage, self._studies = storage, {}
 
-    def reconcile(self) -> int:
-        """Take in what Optuna recorded after this search's state was saved; returns how many
-        trials it learned of.
+    def reconcile(self, known_to_tune: set[str] | None = None) -> int:
+        """Bring this state in line with Optuna's record and Tune's (the Tune trials of the
+        restored experiment, None when unknown); returns how many trials it changed.
 
-        A resumed study restores this state from the searcher's checkpoint and the database
-        from its snapshot, and on an object store the two can come from different moments
-        (a kill between their uploads). Optuna's record is the one to trust: every trial
-        it holds for a Tune trial is that Tune trial's (never asked for again), counts
-        towards its cell's share, and is finished if Optuna says so; a transfer already
-        enqueued is not enqueued again.
+        A resumed study restores this state from the searcher's checkpoint, the database from
+        its snapshot, and Tune's trials from its own state; on an object store the three can
+        come from different moments (Tune uploads them one file after another). Optuna's record
+        of a finished trial is taken in (never asked for again, counted in its cell's share); a
+        running one only where Tune will resume it (else nothing would ever finish it, and its
+        cell would wait for it forever: it is left to `close_lost_trials`, and its cell gets
+        another). A trial this state handed out that Tune never heard of is handed out again.
+        A transfer already enqueued is not enqueued again.
         """
-        learned = 0
+        changed = 0
         for cell in self.cells:
             for trial in self.study(cell).get_trials(deepcopy=False):
                 if trial.user_attrs.get("transferred_from"):
                     self.transferred.add(cell.key)
                 key = trial.user_attrs.get("tune_trial_id")
-                if key is None or key in self.trials:
+                if key is None:
                     continue
+                done = trial.state.is_finished()
+                tune_has = known_to_tune is None or key in known_to_tune
+                if key in self.trials:
+                    if not done and not tune_has and key not in self.finished:
+                        self._hand_back(key)
+                        changed += 1
+                    continue
+                if not done and not tune_has:
+                    continue  # lost in the interruption: never resumed, never finished
                 phase = trial.user_attrs.get("phase", SEARCH)
                 self.trials[key] = (cell.key, trial.number, phase)
                 if phase == SEARCH:
@@ -156,10 +167,24 @@ class CellSearch:
                     self.pending = [
                         p for p in self.pending if not (p[0].key == cell.key and p[2] == seed)
                     ]
-                if trial.state.is_finished():
+                if done:
                     self.finished.add(key)
-                learned += 1
-        return learned
+                changed += 1
+        return changed
+
+    def _hand_back(self, key: str) -> None:
+        """Undo the handing out of a trial Tune never started: its cell's share, or its
+        confirmation seed, goes to the next trial asked for."""
+        cell_key, number, phase = self.trials.pop(key)
+        cell = next(c for c in self.cells if c.key == cell_key)
+        if phase == SEARCH:
+            self.assigned[cell_key] -= 1
+            return
+        trial = self.study(cell).trials[number]
+        best = self.best(cell)
+        if best is not None:
+            seed = trial.user_attrs.get("seed")
+            self.pending.insert(0, (cell, self._params_of(cell, best), seed))
 
     @property
     def storage_url(self) -> str:

@@ -212,6 +212,29 @@ def test_a_state_saved_before_the_database_takes_in_what_optuna_recorded(tmp_pat
     assert sorted(tune_ids) == sorted(f"t{i}" for i in range(len(expected)))
 
 
+@pytest.mark.parametrize("handed", [5, 9], ids=["search-trial", "confirmation"])
+@pytest.mark.parametrize("saved", ["before", "after"])
+def test_a_trial_tune_never_started_neither_blocks_the_search_nor_is_lost(tmp_path, handed, saved):
+    """Killed just after trial `handed` was handed out and before Tune saved it: whether the
+    searcher's saved state is from before that (Optuna alone knows the trial) or after (the
+    state knows it, Tune does not), the resumed search hands its cell's slot out again and
+    ends with every share and confirmation, as an uninterrupted search does."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    search = make_search(storage=optuna.storages.RDBStorage(url), strata=(), trials_per_cell=2)
+    expected = hand_out_everything(make_search(strata=(), trials_per_cell=2))
+    for i in range(handed):
+        search.suggest(f"t{i}")
+        search.complete(f"t{i}", "completed", 0.5 + 0.01 * i, 10)
+    before = pickle.dumps(search)
+    search.suggest(f"t{handed}")  # running in Optuna; Tune's state never got it
+    restored = pickle.loads(before if saved == "before" else pickle.dumps(search))
+    restored.attach(optuna.storages.RDBStorage(url))
+    known = {f"t{i}" for i in range(handed)}
+    assert restored.reconcile(known) == (0 if saved == "before" else 1)
+    again = hand_out_everything(restored, start=handed + 1)
+    assert expected[:handed] + again == expected
+
+
 # --- the synthetic objective ------------------------------------------------------------------
 
 

@@ -19,9 +19,16 @@ def test_saves_keep_only_the_newest_and_it_loads_back(tmp_path):
     state = checkpoints.latest(CPU)
     assert state["step"] == 60 and torch.equal(state["weights"], torch.full((3,), 2.0))
     assert sorted(p.name for p in (tmp_path / "trial-x").iterdir()) == ["checkpoint_0000000060"]
-    # steps sort numerically, not as text (9 before 10)
-    checkpoints.save({"step": 9})
+
+
+def test_the_latest_is_the_highest_step_not_the_last_in_text_order(tmp_path):
+    """Two checkpoints on disk (a kill between writing one and deleting the other): the
+    higher step wins, 10 over 9."""
+    checkpoints = CheckpointDir(str(tmp_path / "trial-x"))
     checkpoints.save({"step": 10})
+    older = tmp_path / "trial-x" / "checkpoint_0000000009"
+    older.mkdir()
+    torch.save({"step": 9}, older / STATE_FILE)
     assert checkpoints.latest(CPU)["step"] == 10
 
 

@@ -71,7 +71,8 @@ def finished_trials(db) -> int:
 def mid_trial(study_dir, finished: int) -> bool:
     """`finished` trials are done and a running one has saved a checkpoint: a kill now lands in
     the middle of its training. (A kill within milliseconds of a trial's start, before Tune's
-    state is synced, loses that trial: the resumed study records it errored and runs another.)"""
+    state is saved, loses that trial: it is recorded errored and its cell runs another, so the
+    final table is not an uninterrupted study's; tests/test_cell_search.py checks that case.)"""
     records = optuna_records(study_dir / "optuna.db")
     if sum(r[0] in FINISHED_STATES for r in records.values()) < finished:
         return False

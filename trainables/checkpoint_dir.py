@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 
-STATE_FILE = "state.pt"  # the same file name as Ray Train runs' (trainables.ray_worker)
+STATE_FILE = "state.pt"  # Ray Train runs' checkpoints use it too (trainables.ray_worker)
 PREFIX = "checkpoint_"
 
 

@@ -15,10 +15,9 @@ import ray.train
 import ray.train.torch
 import torch
 
+from trainables.checkpoint_dir import STATE_FILE as CHECKPOINT_FILE
 from trainables.config import TrialConfig
 from trainables.loop import train
-
-CHECKPOINT_FILE = "state.pt"
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

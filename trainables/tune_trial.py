@@ -46,6 +46,10 @@ def train_one_worker(values: dict[str, Any], cpus: float, checkpoint_uri: str) -
     # A reused actor may have served a trial of another size; the threads follow this one's CPUs.
     torch.set_num_threads(max(1, int(cpus)))
     device = torch.device("cuda", 0) if trial.use_gpu else torch.device("cpu")
+    if trial.compile:
+        # Dynamo's caches outlive a trial: without a reset the next trial's first step would
+        # not include its compilation, and shapes piling up would hit the recompile limit.
+        torch._dynamo.reset()
     checkpoints = CheckpointDir(checkpoint_uri)
     node_id = ray.get_runtime_context().get_node_id()
 

@@ -13,6 +13,7 @@ saves.
 
 from __future__ import annotations
 
+import json
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,19 @@ from tuner.store.names import OPTUNA_SNAPSHOT
 from tuner.store.optuna_db import snapshot_sqlite
 
 STEP = "optimizer_steps"  # the x of Optuna's intermediate values
+
+
+def tune_trials(experiment_dir: Path) -> set[str] | None:
+    """The trial ids in the newest Tune experiment state of `experiment_dir` (the one Tune
+    restores from), None where it cannot be read (its format is Tune's own)."""
+    states = sorted(experiment_dir.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        data = json.loads(states[-1].read_text())
+        return {json.loads(entry[0])["trial_id"] for entry in data["trial_data"]}
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 class CellSearcher(Searcher):
@@ -99,6 +113,7 @@ class CellSearcher(Searcher):
             saved = {"search": saved, "scheduler": None}
         self._search = saved["search"]
         self._search.attach(self._storage_factory())
-        self._search.reconcile()  # the database may know trials this state does not
+        # The database and Tune's own state may be from other moments than this state.
+        self._search.reconcile(tune_trials(Path(checkpoint_path).parent))
         if self._scheduler is not None and saved["scheduler"] is not None:
             self._scheduler.load_state(saved["scheduler"])
