@@ -1,26 +1,33 @@
 """The search itself, without Ray: one Optuna study per cell, a fair share of trials for every
-cell, transfer from the neighbouring batch size, and a confirmation phase with fresh seeds.
+cell, a confirmation phase with fresh seeds, and the study's own checks of its answer.
 
-- **Per-cell tuning.** Each cell (`search_spaces.cells`) has its own Optuna study and sampler in
-  the study's storage (`NAME/b512-linear`): quasi-random (Sobol) points over the cell's space,
-  as Shallue et al. tune every batch size, so nothing at batch B comes from another batch
-  size's winners. (A joint TPE pins the batch size but draws the other parameters from a
-  candidate chosen on every batch size's accuracy, so large batches inherit small-batch winners;
-  tests/test_cell_search.py measures the difference on a synthetic objective.)
-- **Learning across batch sizes.** Once the next smaller batch size's cell has a finished best
-  trial, its parameters, in batch-independent units (base lr at the reference batch, scaled by
-  the cell's rule; weight decay; warmup as a fraction of the budget), are tried once in the
-  larger cell: the rule's own prediction, Goyal et al.'s recipe. Everything else the cell learns
-  from itself.
+- **Per-cell tuning.** Each cell (`search_spaces.cells`: a batch size, per optimiser) has its
+  own Optuna study in the study's storage (`NAME/b512`): scrambled Sobol points over the cell's
+  space, as Shallue et al. tune every batch size, so nothing at batch B comes from another batch
+  size's winners. The points are scipy's Sobol sequence, drawn here and enqueued: trial k of a
+  cell gets point k whatever the concurrency and whatever finished first (Optuna's QMCSampler
+  samples at random until a trial has completed, so its first points depended on timing).
+- **Range edges.** When a cell's best trial leaves its search open on one side (no lr tried
+  beyond it, and it lies in the outer fifth of the lr range: `spaces.lr_edge`), the cell gets an
+  extra search trial: that best configuration one step (x3) further out, and its range grows
+  to include it for its remaining points; again while the best keeps moving, up to
+  `EDGE_TRIALS`: a line search out of the range. A best still open at the end is
+  under-searched, not degraded.
 - **Fair shares.** Search trials go round robin over the cells, batch size first.
 - **Confirmation.** When a cell's search trials have all finished, its best completed
   configuration is run again with `seeds` fresh seeds (initial weights and batch order). Their
   mean and spread are the cell's unbiased accuracy: the best search trial itself is the maximum
   of several and reads high (science.md section 8).
+- **Checks** (`search_spaces.checks`). A cell confirmed short of the baseline by more than the
+  tolerance runs its best configuration again with twice the budget, same seeds, and again
+  while doubling helps, up to the cap (`extend` runs). Once the baseline's search is done, the
+  rule test runs its best configuration moved to every batch size by each rule (`rule` runs).
+  Both are recorded in the study's `checks` Optuna study (they are no point of any cell's
+  search).
 
 Outcomes reach Optuna honestly: a trial that ran its full budget is COMPLETE with its final
-value; one stopped early by ASHA or diverged is PRUNED (with its intermediate values), so the
-sampler never takes a truncated accuracy for a final one; an errored one is FAIL.
+value; one stopped early by ASHA or diverged is PRUNED (with its intermediate values), so a
+search never takes a truncated accuracy for a final one; an errored one is FAIL.
 """
 
 from __future__ import annotations
@@ -35,14 +42,24 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
+from scipy.stats import qmc
 
-from search_spaces.cells import Cell, neighbour_below
-from search_spaces.spaces import SearchSpace, lr_param, suggest, warmup_acts
-from trainables.optim import scaled_lr, scaling_factor
+from search_spaces import checks
+from search_spaces.cells import Cell
+from search_spaces.spaces import SearchSpace, lr_edge, lr_param, search_rule, suggest, warmup_acts
 
-SEARCH, CONFIRM = "search", "confirm"
+SEARCH, CONFIRM, EXTEND, RULE = "search", "confirm", "extend", "rule"
+PROBES = (EXTEND, RULE)  # runs of the checks, recorded in the `checks` Optuna study
+CHECKS_STUDY = "checks"
 FINISHED = "FINISHED"  # suggest() has nothing more to give, now or later
 FINAL = ("completed", "target")  # outcomes with a final value (full budget, or at the target)
+EDGE_STEP = 3.0  # a range extension tries the best lr this factor beyond the edge
+# Range extensions come on top of a cell's share, at most this many per cell, and only once it
+# has this many finished search trials: taken from its share instead, they cut the synthetic
+# searches of tests/test_cell_search.py landing within 2x of every optimum from 90% to 70-85%
+# (an optimum inside the outer fifth of the range cost a Sobol point for nothing).
+EDGE_TRIALS = 3
+EDGE_EVIDENCE = 4
 
 
 @dataclass(frozen=True)
@@ -50,34 +67,49 @@ class Suggestion:
     """What one trial runs: its cell, its parameters, its phase and its training seed."""
 
     cell: Cell
-    params: dict[str, Any]
+    params: dict[str, Any]  # with `budget_steps` for a run of another budget than the study's
     phase: str
     seed: int
-    number: int  # the trial's number in its cell's Optuna study
+    number: int  # the trial's number in its Optuna study (the cell's, or `checks`)
 
 
-def default_sampler(seed: int) -> optuna.samplers.BaseSampler:
-    """A cell's sampler: scrambled Sobol points, Shallue et al.'s quasi-random search.
+@dataclass(frozen=True)
+class Pending:
+    """A run waiting to be handed out: a confirmation or a check."""
 
-    Measured on the synthetic objective of tests/test_cell_search.py (40 seeded searches, 8
-    trials per batch size): every batch size's best lr within 2x of its optimum in 93% of
-    searches, against 35% for a per-cell TPE (it needs more points than a cell has to model)
-    and 82% for one joint TPE over all batch sizes.
-    """
-    with warnings.catch_warnings():  # experimental since Optuna 3.0, and stable in use
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.QMCSampler(
-            qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False
+    cell: Cell
+    params: dict[str, Any]
+    seed: int
+    phase: str
+
+    def same_run(self, cell_key: str, seed: int, phase: str, params: dict[str, Any]) -> bool:
+        return (self.cell.key, self.seed, self.phase) == (cell_key, seed, phase) and all(
+            self.params.get(k) == params.get(k) for k in ("scaling_rule", "budget_steps")
         )
 
 
+def default_sampler(seed: int) -> optuna.samplers.BaseSampler:
+    """A cell study's sampler: never asked for a search point (every point is enqueued, see
+    `CellSearch._sobol_point`); seeded, so that nothing in a study is left to chance."""
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def sobol_unit(seed: int, index: int, dims: int) -> list[float]:
+    """Point `index` of a scrambled Sobol sequence in [0, 1)^dims (scipy; the first 2^m points
+    are drawn, so the sequence keeps its balance properties)."""
+    m = max(0, math.ceil(math.log2(index + 1)))
+    return qmc.Sobol(dims, scramble=True, seed=seed).random_base2(m)[index].tolist()
+
+
 def trial_params(space: SearchSpace, cell: Cell, trial: Any) -> dict[str, Any]:
-    """An Optuna trial's parameters (its cell's names) in the trial config's names."""
+    """An Optuna trial's parameters in the trial config's names (a check's: as it ran)."""
+    if "run_params" in trial.user_attrs:
+        return dict(trial.user_attrs["run_params"])
     optimizer = cell.optimizer or trial.params["optimizer"]
     per_optimizer = cell.optimizer is None and len(space.optimizers) > 1
     return {
         "batch_size": cell.batch_size,
-        "scaling_rule": cell.rule or trial.params["scaling_rule"],
+        "scaling_rule": cell.rule or trial.params.get("scaling_rule") or search_rule(space),
         "optimizer": optimizer,
         "base_lr": trial.params[lr_param(optimizer, per_optimizer)],
         "weight_decay": trial.params["weight_decay"],
@@ -100,19 +132,30 @@ class CellSearch:
         reference_batch: int,
         seed: int,
         mode: str = "max",
+        tolerance: float = 0.01,
+        max_steps: int = 0,
+        rule_test: bool = True,
         sampler: Callable[[int], optuna.samplers.BaseSampler] = default_sampler,
     ):
         self.study_name, self.cells = study_name, list(cells)
         self.search_trials, self.seeds = search_trials, seeds
         self.space, self.ref, self.seed = space, reference_batch, seed
         self.direction = "maximize" if mode == "max" else "minimize"
+        self.sign = 1 if mode == "max" else -1
+        # Checks: a batch size short of the baseline by more than `tolerance` gets more steps,
+        # up to `max_steps` (0: twice the longest budget any trial of the study had).
+        self.tolerance, self.max_steps, self.rule_test = tolerance, max_steps, rule_test
         self.sampler = sampler
         self.assigned = {c.key: 0 for c in self.cells}  # search trials per cell
         self.trials: dict[str, tuple[str, int, str]] = {}  # key -> (cell key, number, phase)
         self.finished: set[str] = set()
-        self.transferred: set[str] = set()  # cells whose neighbour's best was tried
         self.confirmed: set[str] = set()  # cells whose confirmation runs were handed out
-        self.pending: list[tuple[Cell, dict[str, Any], int]] = []  # confirmations to hand out
+        self.pending: list[Pending] = []  # confirmations and checks to hand out
+        # Each cell's lr range per optimiser, as range extensions have grown it.
+        self.ranges = {c.key: {o: tuple(space.base_lr[o]) for o in space.optimizers} for c in cells}
+        self.edge_trials = {c.key: 0 for c in self.cells}  # range extensions handed out
+        self.extended_to: dict[str, int] = {}  # cell -> the longest budget queued for it
+        self.rule_queued = False
         self._storage = storage
         self._studies: dict[str, optuna.Study] = {}
 
@@ -138,16 +181,19 @@ class CellSearch:
         running one only where Tune will resume it (else nothing would ever finish it, and its
         cell would wait for it forever: it is left to `close_lost_trials`, and its cell gets
         another). A trial this state handed out that Tune never heard of is handed out again.
-        A transfer already enqueued is not enqueued again.
         """
         changed = 0
-        for cell in self.cells:
-            for trial in self.study(cell).get_trials(deepcopy=False):
-                if trial.user_attrs.get("transferred_from"):
-                    self.transferred.add(cell.key)
+        records = [(cell, self.study(cell)) for cell in self.cells]
+        by_key = {c.key: c for c in self.cells}
+        for holder, study in [*records, (None, self.checks_study())]:
+            for trial in study.get_trials(deepcopy=False):
+                cell = holder or by_key.get(trial.user_attrs.get("cell", ""))
                 key = trial.user_attrs.get("tune_trial_id")
-                if key is None:
+                if cell is None or key is None:
                     continue
+                for optimizer, bounds in trial.user_attrs.get("lr_range", {}).items():
+                    low, high = self.ranges[cell.key][optimizer]
+                    self.ranges[cell.key][optimizer] = (min(low, bounds[0]), max(high, bounds[1]))
                 done = trial.state.is_finished()
                 tune_has = known_to_tune is None or key in known_to_tune
                 if key in self.trials:
@@ -159,13 +205,22 @@ class CellSearch:
                     continue  # lost in the interruption: never resumed, never finished
                 phase = trial.user_attrs.get("phase", SEARCH)
                 self.trials[key] = (cell.key, trial.number, phase)
-                if phase == SEARCH:
+                if phase == SEARCH and trial.user_attrs.get("edge"):
+                    self.edge_trials[cell.key] += 1
+                elif phase == SEARCH:
                     self.assigned[cell.key] += 1
-                else:  # a confirmation run handed out already
-                    self._queue_confirmations(only=cell)  # if this state had not yet
+                else:  # a confirmation or check handed out already
+                    if phase == CONFIRM:
+                        self._queue_confirmations(only=cell)  # if this state had not yet
+                    elif phase == RULE:
+                        self._queue_rule_test(force=True)
+                    else:
+                        steps = int(trial.user_attrs["run_params"]["budget_steps"])
+                        self.extended_to[cell.key] = max(self.extended_to.get(cell.key, 0), steps)
                     seed = trial.user_attrs.get("seed")
+                    params = trial_params(self.space, cell, trial)
                     self.pending = [
-                        p for p in self.pending if not (p[0].key == cell.key and p[2] == seed)
+                        p for p in self.pending if not p.same_run(cell.key, seed, phase, params)
                     ]
                 if done:
                     self.finished.add(key)
@@ -174,17 +229,19 @@ class CellSearch:
 
     def _hand_back(self, key: str) -> None:
         """Undo the handing out of a trial Tune never started: its cell's share, or its
-        confirmation seed, goes to the next trial asked for."""
+        confirmation or check, goes to the next trial asked for."""
         cell_key, number, phase = self.trials.pop(key)
         cell = next(c for c in self.cells if c.key == cell_key)
+        study = self.checks_study() if phase in PROBES else self.study(cell)
         if phase == SEARCH:
-            self.assigned[cell_key] -= 1
+            edge = study.trials[number].user_attrs.get("edge")
+            self.edge_trials[cell_key] -= 1 if edge else 0
+            self.assigned[cell_key] -= 0 if edge else 1
             return
-        trial = self.study(cell).trials[number]
-        best = self.best(cell)
-        if best is not None:
-            seed = trial.user_attrs.get("seed")
-            self.pending.insert(0, (cell, self._params_of(cell, best), seed))
+        study = self.checks_study() if phase in PROBES else self.study(cell)
+        trial = study.trials[number]
+        params = trial_params(self.space, cell, trial)
+        self.pending.insert(0, Pending(cell, params, trial.user_attrs.get("seed"), phase))
 
     @property
     def storage_url(self) -> str:
@@ -204,6 +261,18 @@ class CellSearch:
             )
         return self._studies[cell.key]
 
+    def checks_study(self) -> optuna.Study:
+        """Where the checks' runs are recorded (`NAME/checks`)."""
+        if CHECKS_STUDY not in self._studies:
+            self._studies[CHECKS_STUDY] = optuna.create_study(
+                study_name=f"{self.study_name}/{CHECKS_STUDY}",
+                storage=self._storage,
+                sampler=self.sampler(self.seed),
+                direction=self.direction,
+                load_if_exists=True,
+            )
+        return self._studies[CHECKS_STUDY]
+
     def cell_of(self, key: str) -> Cell:
         return next(c for c in self.cells if c.key == self.trials[key][0])
 
@@ -211,28 +280,64 @@ class CellSearch:
 
     def suggest(self, key: str) -> Suggestion | str | None:
         """The next trial for Tune trial `key`; None: nothing yet (try later); FINISHED."""
+        for cell in self.cells:
+            params = self._edge_point(cell)
+            if params is not None:
+                self.edge_trials[cell.key] += 1
+                return self._ask_search(key, cell, params, edge=True)
         if sum(self.assigned.values()) < self.search_trials:
             cell = min(self.cells, key=lambda c: (self.assigned[c.key], self.cells.index(c)))
+            index = self.assigned[cell.key]
             self.assigned[cell.key] += 1
-            self._offer_transfer(cell)
-            return self._ask(key, cell, SEARCH, self.seed)
+            return self._ask_search(key, cell, self._sobol_point(cell, index))
         self._queue_confirmations()
+        self._queue_rule_test()
+        self._queue_extensions()
         if self.pending:
-            cell, params, seed = self.pending.pop(0)
-            self.study(cell).enqueue_trial(self._optuna_params(cell, params))
-            return self._ask(key, cell, CONFIRM, seed)
-        if len(self.confirmed) == len(self.cells):
-            return FINISHED
+            run = self.pending.pop(0)
+            if run.phase == CONFIRM:
+                self.study(run.cell).enqueue_trial(self._optuna_params(run.cell, run.params))
+                return self._ask(key, run.cell, CONFIRM, run.seed)
+            return self._ask_check(key, run)
+        if len(self.confirmed) == len(self.cells) and set(self.trials) <= self.finished:
+            return FINISHED  # everything ran and nothing it showed calls for another run
         return None
+
+    def _ask_search(
+        self, key: str, cell: Cell, params: dict[str, Any], edge: bool = False
+    ) -> Suggestion:
+        ranges = {o: list(r) for o, r in self.ranges[cell.key].items()}
+        self.study(cell).enqueue_trial(
+            self._optuna_params(cell, params), user_attrs={"lr_range": ranges, "edge": edge}
+        )
+        return self._ask(key, cell, SEARCH, self.seed)
 
     def _ask(self, key: str, cell: Cell, phase: str, seed: int) -> Suggestion:
         trial = self.study(cell).ask()
-        params = suggest(trial, self.space, cell.batch_size, self.ref, cell.rule, cell.optimizer)
+        with warnings.catch_warnings():  # an extended range's lr is "out of range": meant
+            warnings.simplefilter("ignore", UserWarning)
+            params = suggest(
+                trial, self.space, cell.batch_size, self.ref, cell.rule, cell.optimizer
+            )
         for name, value in (("tune_trial_id", key), ("phase", phase), ("seed", seed)):
             trial.set_user_attr(name, value)
         trial.set_user_attr("cell", cell.key)
         self.trials[key] = (cell.key, trial.number, phase)
         return Suggestion(cell, params, phase, seed, trial.number)
+
+    def _ask_check(self, key: str, run: Pending) -> Suggestion:
+        trial = self.checks_study().ask()
+        attrs = {
+            "tune_trial_id": key,
+            "phase": run.phase,
+            "seed": run.seed,
+            "cell": run.cell.key,
+            "run_params": run.params,
+        }
+        for name, value in attrs.items():
+            trial.set_user_attr(name, value)
+        self.trials[key] = (run.cell.key, trial.number, run.phase)
+        return Suggestion(run.cell, dict(run.params), run.phase, run.seed, trial.number)
 
     def _optuna_params(self, cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
         """A trial's parameters under the names its cell's study uses."""
@@ -241,41 +346,62 @@ class CellSearch:
             lr_param(params["optimizer"], per_optimizer): params["base_lr"],
             "weight_decay": params["weight_decay"],
         }
-        if cell.rule is None:
-            named["scaling_rule"] = params["scaling_rule"]
         if cell.optimizer is None:
             named["optimizer"] = params["optimizer"]
-        rule = cell.rule or params["scaling_rule"]
-        if warmup_acts(rule, cell.batch_size, self.ref) and "warmup_fraction" in params:
+        rule = cell.rule or search_rule(self.space)
+        if warmup_acts(rule, cell.batch_size, self.ref) and self.space.warmup_fraction[1] > 0:
             named["warmup_fraction"] = params["warmup_fraction"]
         return named
 
-    def _offer_transfer(self, cell: Cell) -> None:
-        """Once the smaller neighbour has a best finished trial, try its recipe here once, at
-        the lr theory puts in the middle of where the optimum can be.
+    def _sobol_point(self, cell: Cell, index: int) -> dict[str, Any]:
+        """The cell's `index`-th Sobol point over its space (its lr range as extended)."""
+        optimizers = [cell.optimizer] if cell.optimizer else list(self.space.optimizers)
+        u = sobol_unit(self.seed * 1009 + self.cells.index(cell), index, 4)
+        optimizer = optimizers[min(int(u[3] * len(optimizers)), len(optimizers) - 1)]
+        rule = cell.rule or search_rule(self.space)
 
-        The optimal lr never falls as the batch grows and grows at most linearly with it
-        (lr_opt = lr_max / (1 + B_noise / B), McCandlish et al.): from the neighbour's best
-        lr at B' it lies in [lr, lr * B / B'] at B, and lr * sqrt(B / B') is within a factor
-        sqrt(B / B') of anywhere in that bracket (2 for the usual 4x grid steps).
-        """
-        below = neighbour_below(cell, self.cells)
-        if below is None or cell.key in self.transferred:
-            return
-        best = self.best(below)
+        def log_uniform(unit: float, bounds: tuple[float, float]) -> float:
+            low, high = math.log(bounds[0]), math.log(bounds[1])
+            return math.exp(low + unit * (high - low))
+
+        low, high = self.space.warmup_fraction
+        acts = warmup_acts(rule, cell.batch_size, self.ref) and high > 0
+        return {
+            "batch_size": cell.batch_size,
+            "scaling_rule": rule,
+            "optimizer": optimizer,
+            "base_lr": log_uniform(u[0], self.ranges[cell.key][optimizer]),
+            "weight_decay": log_uniform(u[1], self.space.weight_decay),
+            "warmup_fraction": low + u[2] * (high - low) if acts else 0.0,
+        }
+
+    def _edge_point(self, cell: Cell, peek: bool = False) -> dict[str, Any] | None:
+        """The cell's best configuration one step (x3) further out, when the best leaves the
+        search open on that side (`spaces.lr_edge`); the range grows to include it. None
+        otherwise."""
+        if self.edge_trials[cell.key] >= EDGE_TRIALS or cell.key in self.confirmed:
+            return None
+        mine = [t for t in self.study(cell).get_trials(deepcopy=False) if t.params]
+        searched = [t for t in mine if t.user_attrs.get("phase") == SEARCH]
+        if any(t.user_attrs.get("edge") and not t.state.is_finished() for t in searched):
+            return None  # the last step out is still running
+        searched = [t for t in searched if t.state.is_finished()]
+        if len(searched) < EDGE_EVIDENCE:
+            return None  # a best among few points is on an edge by chance as often as not
+        best = self.best(cell)
         if best is None:
-            return
-        params = self._params_of(below, best)
-        lr = scaled_lr(params["base_lr"], params["scaling_rule"], below.batch_size, self.ref)
-        lr *= math.sqrt(cell.batch_size / below.batch_size)
-        if cell.rule is not None:
-            params["scaling_rule"] = cell.rule
-        low, high = self.space.base_lr[params["optimizer"]]
-        factor = scaling_factor(params["scaling_rule"], cell.batch_size, self.ref)
-        params["base_lr"] = min(max(lr / factor, low), high)
-        named = self._optuna_params(cell, params)
-        self.study(cell).enqueue_trial(named, user_attrs={"transferred_from": below.key})
-        self.transferred.add(cell.key)
+            return None
+        params = self._params_of(cell, best)
+        optimizer, lr = params["optimizer"], params["base_lr"]
+        tried = [self._params_of(cell, t)["base_lr"] for t in searched]
+        low, high = self.ranges[cell.key][optimizer]
+        side = lr_edge(lr, tried, low, high)
+        if side is None:
+            return None
+        lr = lr / EDGE_STEP if side == "lower" else lr * EDGE_STEP
+        if not peek:
+            self.ranges[cell.key][optimizer] = (min(low, lr), max(high, lr))
+        return {**params, "base_lr": lr}
 
     def _params_of(self, cell: Cell, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         return trial_params(self.space, cell, trial)
@@ -289,50 +415,183 @@ class CellSearch:
         ]
         if not done:
             return None
-        sign = 1 if self.direction == "maximize" else -1
-        return max(done, key=lambda t: (sign * t.value, -t.number))
+        return max(done, key=lambda t: (self.sign * t.value, -t.number))
+
+    def _search_done(self, cell: Cell) -> bool:
+        keys = [k for k, (c, _, p) in self.trials.items() if c == cell.key and p == SEARCH]
+        return (
+            len(keys) >= self.assigned[cell.key] + self.edge_trials[cell.key]
+            and set(keys) <= self.finished
+            and self._edge_point(cell, peek=True) is None
+        )
 
     def _queue_confirmations(self, only: Cell | None = None) -> None:
         """Queue `seeds` fresh-seed runs of each cell's best, once its search has finished
         (`only`: that cell, whose search Optuna's record says has finished)."""
         for cell in [only] if only else self.cells:
-            if cell.key in self.confirmed:
-                continue
-            keys = [k for k, (c, _, p) in self.trials.items() if c == cell.key and p == SEARCH]
-            if not only and (len(keys) < self.assigned[cell.key] or not set(keys) <= self.finished):
+            if cell.key in self.confirmed or (not only and not self._search_done(cell)):
                 continue
             self.confirmed.add(cell.key)
             best = self.best(cell)
             if best is None or self.seeds < 1:
                 continue  # nothing finished its budget in this cell: nothing to confirm
             params = self._params_of(cell, best)
-            self.pending += [(cell, params, self.seed + s) for s in range(1, self.seeds + 1)]
+            self.pending += [
+                Pending(cell, params, self.seed + s, CONFIRM) for s in range(1, self.seeds + 1)
+            ]
+
+    # --- the checks --------------------------------------------------------------------------
+
+    def baseline_cell(self) -> Cell | None:
+        """The best searched cell of the smallest batch size, once all its cells are searched."""
+        smallest = min(c.batch_size for c in self.cells)
+        first = [c for c in self.cells if c.batch_size == smallest]
+        if not all(c.key in self.confirmed for c in first):
+            return None
+        scored = [(c, self.best(c)) for c in first]
+        scored = [(c, b) for c, b in scored if b is not None]
+        if not scored:
+            return None
+        return max(scored, key=lambda cb: self.sign * cb[1].value)[0]
+
+    def _queue_rule_test(self, force: bool = False) -> None:
+        """Once the baseline's search is done: its best configuration moved to every other
+        batch size by each rule, with the confirmation seeds (`search_spaces.checks`)."""
+        if self.rule_queued or not self.rule_test or self.seeds < 1:
+            return
+        smallest = min(c.batch_size for c in self.cells)
+        base = self.baseline_cell()
+        if base is None:
+            if force:  # a resumed state whose database has rule runs: the baseline is known
+                for c in self.cells:
+                    if c.batch_size == smallest:
+                        self._queue_confirmations(only=c)
+                base = self.baseline_cell()
+            if base is None:
+                return
+        self.rule_queued = True
+        best = self._params_of(base, self.best(base))
+        for rule in self.space.scaling_rules:
+            for cell in self.cells:
+                if cell.batch_size == smallest or cell.optimizer not in (None, best["optimizer"]):
+                    continue
+                if cell.rule not in (None, rule):
+                    continue
+                params = checks.rule_test_params(best, smallest, cell.batch_size, rule, self.ref)
+                self.pending += [
+                    Pending(cell, params, self.seed + s, RULE) for s in range(1, self.seeds + 1)
+                ]
+
+    def _runs(self, cell: Cell, phase: str) -> list[optuna.trial.FrozenTrial]:
+        """The cell's handed-out runs of a phase (confirm: its study; checks: `checks`)."""
+        study = self.checks_study() if phase in PROBES else self.study(cell)
+        return [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("phase") == phase
+            and t.user_attrs.get("cell", cell.key) == cell.key
+            and t.user_attrs.get("tune_trial_id") in self.trials
+        ]
+
+    def _mean(self, runs: list[optuna.trial.FrozenTrial]) -> float:
+        values = [t.value for t in runs if t.state == TrialState.COMPLETE]
+        return sum(values) / len(values) if values else math.nan
+
+    def levels(self, cell: Cell) -> list[tuple[int, float]] | None:
+        """The cell's budget levels so far: (steps, mean value) of its confirmation runs, then
+        of each longer budget; None while a level still has a run going."""
+        confirm = self._runs(cell, CONFIRM)
+        if not confirm or not all(t.state.is_finished() for t in confirm):
+            return None
+        steps = [t.user_attrs.get("budget_steps") for t in confirm]
+        steps = [int(s) for s in steps if s]
+        if not steps:
+            return None  # every run errored before its first report
+        levels = [(max(steps), self._mean(confirm))]
+        longer: dict[int, list[optuna.trial.FrozenTrial]] = {}
+        for t in self._runs(cell, EXTEND):
+            longer.setdefault(int(t.user_attrs["run_params"]["budget_steps"]), []).append(t)
+        for budget in sorted(longer):
+            runs = longer[budget]
+            if len(runs) < self.seeds or not all(t.state.is_finished() for t in runs):
+                return None
+            levels.append((budget, self._mean(runs)))
+        return levels
+
+    def step_cap(self) -> int:
+        """The most steps a check may give a run: `max_steps`, else twice the longest budget
+        any trial of the study has had."""
+        if self.max_steps:
+            return self.max_steps
+        longest = [
+            int(t.user_attrs["budget_steps"])
+            for c in self.cells
+            for t in self.study(c).get_trials(deepcopy=False)
+            if t.user_attrs.get("budget_steps")
+        ]
+        return 2 * max(longest, default=0)
+
+    def _queue_extensions(self) -> None:
+        """Give more steps to every confirmed cell short of the baseline, while they help."""
+        base = self.baseline_cell()
+        base_levels = self.levels(base) if base is not None else None
+        if not base_levels or not math.isfinite(base_levels[0][1]):
+            return
+        baseline = base_levels[0][1]
+        for cell in self.cells:
+            if cell.batch_size == base.batch_size or cell.key not in self.confirmed:
+                continue
+            levels = self.levels(cell)
+            if levels is None:
+                continue
+            check = checks.budget_check(
+                baseline, levels, self.tolerance, self.step_cap(), self.sign
+            )
+            if (
+                check.state != checks.EXTEND
+                or self.extended_to.get(cell.key, 0) >= check.next_steps
+            ):
+                continue
+            self.extended_to[cell.key] = check.next_steps
+            best = self._params_of(cell, self.best(cell))
+            params = {**best, "budget_steps": check.next_steps}
+            self.pending += [
+                Pending(cell, params, self.seed + s, EXTEND) for s in range(1, self.seeds + 1)
+            ]
 
     # --- outcomes --------------------------------------------------------------------------
 
-    def _trial(self, key: str) -> optuna.Trial:
-        cell_key, number, _ = self.trials[key]
-        study = self.study(self.cell_of(key))
+    def _trial(self, key: str) -> tuple[optuna.Study, optuna.Trial]:
+        _, number, phase = self.trials[key]
+        study = self.checks_study() if phase in PROBES else self.study(self.cell_of(key))
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-        return optuna.Trial(study, trial_id)
+        return study, optuna.Trial(study, trial_id)
 
     def report(self, key: str, value: float, step: int) -> None:
         """An intermediate value (one evaluation) of a running trial."""
         if key in self.trials and key not in self.finished:
             with contextlib.suppress(UpdateFinishedTrialError):  # told before an interruption
-                self._trial(key).report(value, step)
+                self._trial(key)[1].report(value, step)
 
-    def complete(self, key: str, outcome: str, value: float | None, step: int | None) -> None:
+    def complete(
+        self,
+        key: str,
+        outcome: str,
+        value: float | None,
+        step: int | None,
+        budget_steps: int | None = None,
+    ) -> None:
         """A trial has ended: completed / target (final value), stopped / diverged (pruned,
         with its last value as an intermediate one; Optuna ignores a step reported twice),
-        errored (failed)."""
+        errored (failed). `budget_steps`: the steps its budget gave it, as it reported."""
         if key not in self.trials or key in self.finished:
             return
         self.finished.add(key)
-        trial = self._trial(key)
-        study = self.study(self.cell_of(key))
+        study, trial = self._trial(key)
         try:
             trial.set_user_attr("outcome", outcome)
+            if budget_steps:
+                trial.set_user_attr("budget_steps", int(budget_steps))
             if outcome in FINAL and value is not None:
                 study.tell(trial, value, state=TrialState.COMPLETE)
             elif outcome in ("stopped", "diverged"):

@@ -1,9 +1,10 @@
-"""The cells of a study: batch size x (stratified) scaling rule x (stratified) optimiser.
+"""The cells of a study: batch size x (stratified) optimiser x (only if asked) scaling rule.
 
 Every cell gets its share of the trials and is tuned from its own evidence (its own Optuna
 study), so a batch size's lr is learned from that batch size's trials, never copied from small
-batch winners; rules and optimisers compared cell by cell rest on equal evidence. A dimension
-that is not stratified is searched inside each cell.
+batch winners; optimisers compared cell by cell rest on equal evidence. An optimiser that is not
+stratified is searched inside each cell; a rule that is not places the cell's lr range
+(`search_spaces.spaces.search_rule`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,11 @@ class Cell:
 
 
 def default_strata(space: SearchSpace) -> tuple[str, ...]:
-    """Stratify every dimension that has more than one choice."""
-    chosen = []
-    if len(space.scaling_rules) > 1:
-        chosen.append("rule")
-    if len(space.optimizers) > 1:
-        chosen.append("optimizer")
-    return tuple(chosen)
+    """Cells per batch size and optimiser. Rules are not split into cells: at one batch size a
+    rule only rescales the lr, so the tuned map needs one search per batch size, with all its
+    trials; which rule keeps accuracy without retuning is the rule test's question
+    (`search_spaces.checks`). `--stratify rule` still splits them."""
+    return ("optimizer",) if len(space.optimizers) > 1 else ()
 
 
 def study_cells(

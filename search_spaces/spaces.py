@@ -15,6 +15,7 @@ The batch size is not sampled: the search gives every cell (batch size x rule x 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,54 @@ class SearchSpace:
         )
 
 
+EDGE_FRACTION = 0.05  # a best value within 5% of its (log) range's width from a bound: on the edge
+
+
+def search_rule(space: SearchSpace) -> str:
+    """The rule that places a cell's lr range when the rule is not a cell of its own.
+
+    At one batch size a rule only rescales the lr, so searching it inside a cell spends trials
+    on a reparametrisation; the rules are compared by the rule test instead
+    (`search_spaces.checks`). Square root sits between no scaling and linear, where the optimum
+    usually grows (science.md section 3), so the range follows the optimum from batch to batch.
+    """
+    return "sqrt" if "sqrt" in space.scaling_rules else space.scaling_rules[0]
+
+
+def range_position(value: float, low: float, high: float, log: bool) -> float:
+    """Where `value` sits in [low, high]: 0 at the lower bound, 1 at the upper one."""
+    if log:
+        value, low, high = math.log(value), math.log(low), math.log(high)
+    return (value - low) / (high - low) if high > low else 0.5
+
+
+def edge_side(value: float, low: float, high: float, zone: float = EDGE_FRACTION) -> str | None:
+    """'lower' / 'upper' when `value` sits within `zone` (a fraction of the log range's width)
+    of that bound of [low, high], else None."""
+    position = range_position(value, low, high, log=True)
+    if position <= zone:
+        return "lower"
+    if position >= 1 - zone:
+        return "upper"
+    return None
+
+
+EDGE_ZONE = 0.2  # the outer fifth of a (log) lr range, at either end
+
+
+def lr_edge(best_lr: float, tried: list[float], low: float, high: float) -> str | None:
+    """The side on which a cell's best lr leaves its search open: no lr was tried beyond it, and
+    it lies in the outer fifth of the range there (the optimum may be past the range). The
+    search moves its range that way (`CellSearch`); at the end, the report calls such a cell
+    under-searched."""
+    side = edge_side(best_lr, low, high, EDGE_ZONE)
+    if side == "upper" and best_lr >= max(tried):
+        return side
+    if side == "lower" and best_lr <= min(tried):
+        return side
+    return None
+
+
 def warmup_acts(rule: str, batch_size: int, reference_batch: int) -> bool:
     """Goyal et al.'s warmup ramps from the reference lr up to the scaled lr: it acts only
     where the rule scales the lr up."""
@@ -102,9 +151,9 @@ def suggest(
     optimizer: str | None = None,
 ) -> dict[str, Any]:
     """One point for a trial of `batch_size` (Optuna define-by-run: only `suggest_*` calls);
-    `rule` / `optimizer` fixed by the cell, else searched. Returns the trial's parameters."""
-    if rule is None:
-        rule = trial.suggest_categorical("scaling_rule", list(space.scaling_rules))
+    `optimizer` fixed by the cell, else searched; `rule` fixed by the cell, else the search
+    rule (`search_rule`). Returns the trial's parameters."""
+    rule = rule or search_rule(space)
     if optimizer is None:
         optimizer = trial.suggest_categorical("optimizer", list(space.optimizers))
         per_optimizer = len(space.optimizers) > 1

@@ -1,5 +1,6 @@
-"""The per-cell search without Ray: fair shares, honest outcomes, transfer, warmup where it acts,
-per-optimizer lr ranges, confirmation runs, pickling, and the synthetic objective on which
+"""The per-cell search without Ray: fair shares, honest outcomes, Sobol points whatever the order,
+range extension at an edge, warmup where it acts, per-optimizer lr ranges, confirmation runs,
+the checks (more steps, the rule test), pickling, and the synthetic objective on which
 per-batch-size tuning beats one joint TPE."""
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import pytest
 from optuna.trial import TrialState
 
 from search_spaces import get_space
-from search_spaces.cell_search import CONFIRM, FINISHED, SEARCH, CellSearch
+from search_spaces.cell_search import (
+    CONFIRM,
+    EDGE_TRIALS,
+    EXTEND,
+    FINISHED,
+    RULE,
+    SEARCH,
+    CellSearch,
+)
 from search_spaces.cells import default_strata, study_cells
 from trainables.optim import scaled_lr
 
@@ -24,10 +33,22 @@ REF = 32
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def make_search(space=None, *, trials_per_cell=4, seeds=2, strata=None, storage=None, seed=0):
+def make_search(
+    space=None,
+    *,
+    trials_per_cell=4,
+    seeds=2,
+    strata=None,
+    storage=None,
+    seed=0,
+    rule_test=False,
+    max_steps=0,
+):
     space = space or get_space("simple_cnn")
     cells = study_cells(GRID, space, default_strata(space) if strata is None else strata)
     return CellSearch(
+        rule_test=rule_test,
+        max_steps=max_steps,
         study_name="t",
         storage=storage or optuna.storages.InMemoryStorage(),
         cells=cells,
@@ -50,8 +71,11 @@ def run_search_phase(search: CellSearch, score) -> list:
 
 
 def test_every_cell_gets_its_share_in_round_robin():
-    search = make_search()
+    search = make_search()  # default: a cell per batch size, the rule only places the range
     cells = Counter(search.suggest(f"t{i}").cell.key for i in range(search.search_trials))
+    assert cells == {"b8": 4, "b32": 4, "b128": 4, "b512": 4}
+    split = make_search(strata=("rule",))
+    cells = Counter(split.suggest(f"t{i}").cell.key for i in range(split.search_trials))
     assert len(cells) == 12 and set(cells.values()) == {4}  # 4 batch sizes x 3 rules
 
 
@@ -79,23 +103,30 @@ def test_outcomes_reach_optuna_honestly():
     assert b32.intermediate_values == {11: 0.5}
 
 
+def finish(search: CellSearch, keys, value: float = 0.9, steps: int = 100) -> None:
+    for key in keys:
+        search.complete(key, "completed", value, steps, steps)
+
+
 def test_confirmations_follow_each_cells_search_with_fresh_seeds():
     search = make_search(strata=(), trials_per_cell=2, seeds=3, seed=7)
     suggestions = [search.suggest(f"t{i}") for i in range(8)]
     for i, s in enumerate(suggestions[:-1]):
-        search.complete(f"t{i}", "completed", s.params["base_lr"], 100)
+        search.complete(f"t{i}", "completed", s.params["base_lr"], 100, 100)
     assert search.suggest("c0").cell.batch_size == 8  # batch 8's search is done: confirm it
     confirm = [search.suggest(f"c{i}") for i in range(1, 9)]
     assert [c.cell.batch_size for c in confirm if c] == [8, 8, 32, 32, 32, 128, 128, 128]
     assert search.suggest("w") is None  # batch 512 still searching: wait
-    search.complete("t7", "completed", 0.5, 100)
+    search.complete("t7", "completed", 0.5, 100, 100)
     last = [search.suggest(f"d{i}") for i in range(3)]
     assert {c.seed for c in last} == {8, 9, 10} and {c.phase for c in last} == {CONFIRM}
     best_512 = max(
         (s for s in suggestions if s.cell.batch_size == 512), key=lambda s: s.params["base_lr"]
     )
     assert all(c.params == best_512.params for c in last)
-    assert search.suggest("done") == FINISHED
+    assert search.suggest("x") is None  # confirmations still running: their values may call
+    finish(search, [f"c{i}" for i in range(9)] + [f"d{i}" for i in range(3)])  # for checks
+    assert search.suggest("done") == FINISHED  # all within the tolerance: nothing to check
 
 
 def test_a_cell_without_a_finished_trial_is_not_confirmed():
@@ -105,23 +136,116 @@ def test_a_cell_without_a_finished_trial_is_not_confirmed():
         search.complete(f"t{i}", "diverged" if i == 3 else "completed", 0.9, 10)
     handed = [search.suggest(f"c{i}") for i in range(6)]
     assert [c.cell.batch_size for c in handed] == [8, 8, 32, 32, 128, 128]
+    finish(search, [f"c{i}" for i in range(6)])
     assert search.suggest("x") == FINISHED
 
 
-def test_the_neighbours_best_is_tried_once_at_the_middle_of_the_theory_bracket():
-    space = get_space("simple_cnn").restricted(rules=("linear",))
-    search = make_search(space, strata=(), trials_per_cell=3)
-    first = [search.suggest(f"t{i}") for i in range(4)]  # one per batch size, nothing finished
-    for i, _s in enumerate(first):
-        search.complete(f"t{i}", "completed", 0.9 + i / 100, 100)
-    transferred = search.suggest("t4")  # batch 8 again: no neighbour below
-    assert transferred.cell.batch_size == 8
-    search.complete("t4", "completed", 0.0, 100)
-    nxt = search.suggest("t5")  # batch 32: batch 8's best (t0) moves up by sqrt(32 / 8)
-    lr8 = scaled_lr(first[0].params["base_lr"], "linear", 8, REF)
-    assert scaled_lr(nxt.params["base_lr"], "linear", 32, REF) == pytest.approx(lr8 * 2)
-    trial = search.study(nxt.cell).trials[-1]
-    assert trial.user_attrs["transferred_from"] == "b8"
+def test_sobol_points_are_the_same_whatever_order_trials_finish_in():
+    def points(order):
+        search = make_search(strata=(), trials_per_cell=6, seed=3)
+        handed = {}
+        for i in range(search.search_trials):
+            s = search.suggest(f"t{i}")
+            handed.setdefault(s.cell.key, []).append(s.params)
+            if order == "each":  # finished at once; else none finishes before all are out
+                search.complete(f"t{i}", "completed", 0.5, 100, 100)
+        return handed
+
+    assert points("each") == points("none")
+    lrs = sorted(math.log(p["base_lr"]) for p in points("none")["b128"])
+    low, high = (math.log(v) for v in get_space("simple_cnn").base_lr["sgd"])
+    # Six scrambled Sobol points cover the range: none of its sixths is left far from a point.
+    assert max(b - a for a, b in zip([low, *lrs], [*lrs, high], strict=True)) < (high - low) / 3
+
+
+def test_a_best_on_the_range_edge_moves_the_range_while_the_best_follows():
+    """The optimum lies 10x above the range: once 4 trials have finished, extra search trials
+    try the best x3 beyond the edge, and the range grows with it."""
+    search = make_search(strata=(), trials_per_cell=8, seeds=1)
+    high = get_space("simple_cnn").base_lr["sgd"][1]
+    handed = []
+    for i in range(100):
+        s = search.suggest(f"t{i}")
+        if s.phase != SEARCH:
+            break
+        value = -abs(math.log(s.params["base_lr"] / (10 * high)))  # best: the largest lr
+        search.complete(f"t{i}", "completed", value, 100, 100)
+        handed.append(s)
+    b8 = [s.params["base_lr"] for s in handed if s.cell.batch_size == 8]
+    beyond = [lr for lr in b8 if lr > high]
+    edges = [t for t in search.study(search.cells[0]).trials if t.user_attrs.get("edge")]
+    assert len(edges) == EDGE_TRIALS == 3 and len(b8) == 8 + 3  # on top of its share
+    steps = [t.params["base_lr"] for t in edges]  # x3 from the best each time
+    assert steps == sorted(steps) and steps[-1] > 9 * high
+    assert len(beyond) > 3  # later Sobol points fall in the grown range too
+    assert search.ranges["b8"]["sgd"][1] == pytest.approx(steps[-1])
+    assert search.best(search.cells[0]).params["base_lr"] == pytest.approx(steps[-1])
+
+
+def confirmed_search(values: dict[int, float], *, rule_test=False, max_steps=0, seeds=2):
+    """A search whose every cell has searched (value 0.9 at 100 steps) and confirmed its best at
+    `values[batch]`; returns it and the next free trial number."""
+    search = make_search(
+        strata=(), trials_per_cell=1, seeds=seeds, rule_test=rule_test, max_steps=max_steps
+    )
+    for i in range(4):
+        search.suggest(f"t{i}")
+        search.complete(f"t{i}", "completed", 0.9, 100, 100)
+    n = 0
+    while True:
+        s = search.suggest(f"c{n}")
+        if not s or s == FINISHED or s.phase != CONFIRM:
+            break
+        search.complete(f"c{n}", "completed", values[s.cell.batch_size], 100, 100)
+        n += 1
+    return search, s, n
+
+
+def test_a_cell_short_of_the_baseline_gets_twice_the_steps_until_doubling_stops_helping():
+    search, first, n = confirmed_search({8: 0.95, 32: 0.95, 128: 0.945, 512: 0.80}, max_steps=1000)
+    assert first.phase == EXTEND and first.cell.batch_size == 512
+    assert first.params["budget_steps"] == 200 and first.seed == 1
+    second = search.suggest("e1")
+    assert (second.phase, second.seed, second.params["budget_steps"]) == (EXTEND, 2, 200)
+    assert search.suggest("w") is None  # waits for both
+    search.complete(first and "c" + str(n), "completed", 0.90, 200, 200)  # +10 pt: helped
+    search.complete("e1", "completed", 0.90, 200, 200)
+    again = [search.suggest(f"f{i}") for i in range(2)]
+    assert [a.params["budget_steps"] for a in again] == [400, 400]
+    finish(search, ["f0", "f1"], value=0.905, steps=400)  # +0.5 pt: a plateau, degraded
+    assert search.suggest("done") == FINISHED
+    assert search.levels(search.cells[-1]) == [(100, 0.8), (200, 0.9), (400, 0.905)]
+
+
+def test_more_steps_stop_at_the_cap():
+    search, first, n = confirmed_search({8: 0.95, 32: 0.95, 128: 0.95, 512: 0.80}, max_steps=300)
+    assert first.params["budget_steps"] == 200
+    search.complete(f"c{n}", "completed", 0.9, 200, 200)
+    search.complete("e1", "completed", 0.9, 200, 200) if search.suggest("e1") else None
+    assert search.suggest("done") == FINISHED  # 400 would pass --max-steps 300
+
+
+def test_the_rule_test_runs_the_baselines_best_moved_by_each_rule():
+    search, first, n = confirmed_search({8: 0.95, 32: 0.95, 128: 0.95, 512: 0.95}, rule_test=True)
+    runs = [first]
+    while (s := search.suggest(f"r{len(runs)}")) not in (None, FINISHED):
+        runs.append(s)
+    rules = [r for r in runs if r.phase == RULE]
+    assert len(rules) == 3 * 3 * 2  # rules x batch sizes above the baseline x seeds
+    base = search.best(search.cells[0])
+    base_peak = scaled_lr(base.params["base_lr"], "sqrt", 8, REF)
+    for r in rules:
+        factor = {
+            "none": 1,
+            "sqrt": math.sqrt(r.cell.batch_size / 8),
+            "linear": r.cell.batch_size / 8,
+        }
+        peak = scaled_lr(r.params["base_lr"], r.params["scaling_rule"], r.cell.batch_size, REF)
+        assert peak == pytest.approx(base_peak * factor[r.params["scaling_rule"]])
+    assert search.suggest("w") is None  # the rule test is running
+    for i in range(len(runs)):
+        search.complete(f"r{i}" if i else f"c{n}", "completed", 0.95, 100, 100)
+    assert search.suggest("done") == FINISHED
 
 
 @pytest.mark.parametrize(
@@ -268,8 +392,11 @@ def per_cell_search(seed: int, space) -> list[tuple[int, float, float]]:
     per_cell = max(MIN_TRIALS_PER_CELL, math.ceil(TRIALS_PER_BATCH * len(GRID) / len(cells)))
     search = make_search(space, trials_per_cell=per_cell, seeds=0, seed=seed)
     rng, results = np.random.default_rng(seed), []
-    for i in range(search.search_trials):
-        p = search.suggest(f"t{i}").params
+    for i in range(10 * search.search_trials):  # range extensions come on top
+        s = search.suggest(f"t{i}")
+        if s == FINISHED or s is None or s.phase != SEARCH:
+            break
+        p = s.params
         lr = scaled_lr(p["base_lr"], p["scaling_rule"], p["batch_size"], REF)
         value = objective(p["batch_size"], lr, p["weight_decay"], p["warmup_fraction"], rng)
         search.complete(f"t{i}", "completed", value, 1)

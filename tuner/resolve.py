@@ -129,6 +129,11 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
     if args.target is not None and (problem := metric.target_problem(args.target)):
         raise InputError(f"{problem}: {workload.name} is judged by {metric.label}")
     budget, min_steps = resolve_budget(args, settings, args.smoke)
+    tolerance = pick(args.tolerance, None)
+    if tolerance is not None and metric.unit == "pt":
+        if tolerance >= 100:
+            raise InputError(f"--tolerance {tolerance:g}: percentage points below 100")
+        tolerance /= 100
     cells = len(study_cells(grid, space, strata))
     per_cell = max(MIN_TRIALS_PER_CELL, math.ceil(TRIALS_PER_BATCH * len(grid) / cells))
     if args.smoke:
@@ -167,6 +172,9 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         compile=bool(args.compile),
         loader_workers=pick(args.loader_workers, 0),
         decode=pick(args.decode, "auto"),
+        max_steps=pick(args.max_steps, 0),
+        tolerance=pick(tolerance, metric.default_tolerance),
+        rule_test=not args.no_rule_test,
     )
     spec.validate()
     return spec
@@ -201,6 +209,9 @@ DECIDES: dict[str, tuple[str, ...]] = {
     "seeds": ("seeds",),
     "seed": ("seed",),
     "compile": ("compile",),
+    "max_steps": ("max_steps",),
+    "tolerance": ("tolerance",),
+    "no_rule_test": ("rule_test",),
     "decode": ("decode",),
     "smoke": ("budget", "batch_sizes", "trials", "max_train_examples", "seeds"),
     **{name: (name,) for name in RESUMABLE},

@@ -86,6 +86,12 @@ class StudySpec:
     loader_workers: int = 0  # DataLoader processes per worker for streamed data; 0: its CPUs
     metric: str = "accuracy"  # how trials are judged (trainables.metrics): accuracy or loss
     decode: str = "auto"  # JPEG decoding for ImageFolder data: gpu, cpu or auto (gpu on GPUs)
+    # The checks (search_spaces.checks): a batch size short of the baseline by more than
+    # `tolerance` (the metric's units) gets more steps, up to `max_steps` (0: twice the longest
+    # budget of the study); `rule_test`: each rule's prediction from the baseline is run.
+    max_steps: int = 0
+    tolerance: float = 0.01
+    rule_test: bool = True
 
     @property
     def remote(self) -> bool:
@@ -125,6 +131,20 @@ class StudySpec:
         """The most confirmation runs the study can have (a cell without a finished best trial
         has none)."""
         return len(self.cells()) * self.seeds
+
+    @property
+    def rule_test_trials(self) -> int:
+        """The rule test's runs: every rule at every batch size above the smallest, per seed."""
+        if not self.rule_test:
+            return 0
+        return len(self.space().scaling_rules) * (len(self.batch_sizes) - 1) * self.seeds
+
+    @property
+    def most_trials(self) -> int:
+        """A bound on the trials of the study, for Tune's `num_samples` (the searcher says when
+        it is done): the more-steps check may double a cell's budget up to 16 times."""
+        extensions = len(self.cells()) * self.seeds * 16
+        return self.trials + self.confirmation_trials + self.rule_test_trials + extensions
 
     def rungs(self) -> list[float]:
         """ASHA's rungs as fractions of the budget, below its end: grace, grace * rf, ..."""
@@ -212,6 +232,9 @@ class StudySpec:
         training seed of a confirmation run)."""
         workload = get_workload(self.workload)
         budget = self.budget_spec()
+        steps = int(params.get("budget_steps") or 0)  # a check's run of its own length
+        if steps:
+            budget = Budget("steps", steps)
         return {
             "workload": self.workload,
             "model": workload.model,
@@ -227,7 +250,7 @@ class StudySpec:
             "weight_decay": float(params["weight_decay"]),
             "budget_unit": budget.unit,
             "budget_amount": budget.amount,
-            "min_steps": self.min_steps,
+            "min_steps": budget.min_steps,
             "eval_every": self.eval_every,
             "schedule": workload.schedule,
             "final_lr_factor": workload.final_lr_factor,
@@ -273,6 +296,8 @@ class StudySpec:
         values = {k: v for k, v in data.items() if k in fields}
         values["batch_sizes"] = tuple(values["batch_sizes"])
         values["strata"] = tuple(values.get("strata", ()))
+        if "tolerance" not in values:  # studies saved before the checks: the metric's default
+            values["tolerance"] = get_metric(values.get("metric", "accuracy")).default_tolerance
         return cls(**values)
 
 

@@ -33,7 +33,7 @@ from tuner.analysis.trials import FINAL
 CONFIDENCE = 0.95  # one-sided, for the bounds of a drop (a 90% two-sided interval)
 N_BOOT = 2000
 MIN_EVIDENCE = 3  # finished runs a cell needs before a per-rule verdict speaks of it
-STATUSES = ("holds", "unresolved", "degraded")
+STATUSES = ("holds", "unresolved", "degraded", "under-trained", "under-searched")
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def cell_accuracy(
     ]
     rows = []
     for key, group in trials.groupby(by, sort=False):
-        search = group[(group["phase"] != "confirm") & group["final"]]
+        search = group[(group["phase"] == "search") & group["final"]]
         confirm = group[group["phase"] == "confirm"]
         done = confirm[confirm["final"]]
         val_examples = group["val_examples"].max()
@@ -208,4 +208,4 @@ def best_row(group: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.Series:
 
 
 def final_search_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[(trials["phase"] != "confirm") & trials["outcome"].isin(FINAL) & trials["final"]]
+    return trials[(trials["phase"] == "search") & trials["outcome"].isin(FINAL) & trials["final"]]

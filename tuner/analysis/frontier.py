@@ -38,6 +38,13 @@ from tuner.analysis.accuracy import (
     cell_accuracy,
     compare,
 )
+from tuner.analysis.checks import (
+    budget_levels,
+    judge_levels,
+    lr_range_edge,
+    rule_test,
+    step_cap,
+)
 from tuner.analysis.critical import (
     MIN_POINTS_FOR_CI,
     CriticalFit,
@@ -85,6 +92,8 @@ class DegradationMap:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     metric: StudyMetric = ACCURACY  # what the values, target and tolerance are of
     tokens_per_example: int = 0  # a batch counts sequences of this many tokens (0: not text)
+    # The rule test (tuner.analysis.checks.rule_test): one row per rule and batch size.
+    rule_test: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _judge(
@@ -109,6 +118,65 @@ def _judge(
         values["status"].append("baseline" if is_base else result.status if result else None)
     for name, column in values.items():
         table[name] = column
+
+
+def _apply_budget_checks(
+    frontier: pd.DataFrame,
+    trials: pd.DataFrame,
+    base: tuple[int, Estimate] | None,
+    tolerance: float,
+    cap: int,
+    metric: StudyMetric,
+) -> dict[int, Any]:
+    """Judge each batch size at the last budget its checks ran (its estimate is replaced by that
+    level's), and keep each one's budget decision; adds `judged_steps` and `budget_check`."""
+    decisions: dict[int, Any] = {}
+    judged_steps, described = [], []
+    tol = f"{tolerance * 100:g} pt" if metric.unit == "pt" else f"{tolerance:g} nats"
+    for index, row in frontier.iterrows():
+        batch, steps, text = int(row["batch_size"]), math.nan, None
+        cell = row.get("best_cell")
+        if base is not None and batch != base[0] and isinstance(cell, str):
+            levels = budget_levels(trials, cell, metric)
+            judged = judge_levels(levels, base[1], tolerance, cap, metric)
+            if judged is not None and math.isfinite(judged.estimate.mean):
+                frontier.at[index, "estimate"] = judged.estimate
+                steps, decisions[batch] = judged.steps, judged.check
+                text = judged.check.describe(tol)
+        judged_steps.append(steps)
+        described.append(text)
+    frontier["judged_steps"] = judged_steps
+    frontier["budget_check"] = described
+    return decisions
+
+
+def _refine_statuses(
+    frontier: pd.DataFrame, trials: pd.DataFrame, decisions: dict[int, Any], ranges: dict
+) -> None:
+    """A batch size short of the baseline is `degraded` only where more steps stopped helping
+    and its best lr is inside the range searched; else `under-trained` (more steps still
+    helped at the cap, or were never run) or `under-searched` (best lr on a range edge)."""
+    statuses, edges = [], []
+    for row in frontier.itertuples(index=False):
+        status, edge = row.status, None
+        cell = getattr(row, "best_cell", None)
+        if status not in (None, "baseline", "holds") and isinstance(cell, str):
+            search = trials[(trials["cell"] == cell) & (trials["phase"] == "search")]
+            best = search[search["trial_id"] == row.best_trial]
+            if len(best):
+                edge = lr_range_edge(trials, cell, float(best["base_lr"].iloc[0]), ranges)
+        if status == "degraded":
+            check = decisions.get(int(row.batch_size))
+            if edge is not None:
+                status = "under-searched"
+            elif check is None or check.state not in ("degraded", "diverged"):
+                status = "under-trained"
+        elif status == "unresolved" and edge is not None:
+            status = "under-searched"
+        statuses.append(status)
+        edges.append(f"{edge[0]} edge of [{edge[1]:.3g}, {edge[2]:.3g}]" if edge else None)
+    frontier["status"] = statuses
+    frontier["lr_edge"] = edges
 
 
 def _estimate_columns(table: pd.DataFrame) -> None:
@@ -139,7 +207,7 @@ def _rule_view(
     if stratified:
         return _best_cells(cells, ["batch_size", "scaling_rule"], metric).reset_index(drop=True)
     keyed = trials.assign(rule_cell=trials["batch_size"].astype(str) + "-" + trials["scaling_rule"])
-    keyed = keyed[keyed["phase"] != "confirm"]
+    keyed = keyed[keyed["phase"] == "search"]
     return cell_accuracy(keyed, by="rule_cell", metric=metric)
 
 
@@ -209,6 +277,7 @@ def degradation_map(
     batch_sizes: Sequence[int] = (),
     ranges: dict[str, Any] | None = None,
     rule_stratified: bool = True,
+    max_steps: int = 0,
     n_boot: int = N_BOOT,
     seed: int = 0,
     metric: StudyMetric = ACCURACY,
@@ -224,8 +293,16 @@ def degradation_map(
     if len(measured):
         first = measured.sort_values("batch_size").iloc[0]
         base = (int(first["batch_size"]), first["estimate"])
+    cap = step_cap(trials, max_steps) if len(trials) else 0
+    checks = _apply_budget_checks(frontier, trials, base, tolerance, cap, metric)
     _judge(frontier, base, tolerance, metric)
+    _refine_statuses(frontier, trials, checks, ranges or {})
     _estimate_columns(frontier)
+    rules_tested = (
+        rule_test(trials, base, tolerance, metric)
+        if len(trials)
+        else rule_test(trials.assign(phase=[]), None, tolerance, metric)
+    )
     holds_up_to = None
     for row in frontier.sort_values("batch_size").itertuples(index=False):
         if row.status in ("baseline", "holds"):
@@ -312,6 +389,7 @@ def degradation_map(
         b_crit_ci=(low, high),
         b_crit_replicates=replicates,
         warnings=boundary_warnings(hparams, ranges or {}),
+        rule_test=rules_tested,
         metric=metric,
         tokens_per_example=_tokens_per_example(table),
     )

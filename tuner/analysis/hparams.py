@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from search_spaces.spaces import EDGE_FRACTION, range_position
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import best_row
 from tuner.analysis.trials import PARAMS
 
 # Searched ranges sampled on a log scale (search_spaces.spaces.suggest uses log=True for these).
 LOG_PARAMS = ("base_lr", "weight_decay")
-EDGE_FRACTION = 0.05  # a best value within 5% of its range's width from a bound is "on the edge"
 
 
 def best_hyperparameters(
@@ -30,9 +30,7 @@ def best_hyperparameters(
     by = list(by)
     params = [p for p in PARAMS if p not in by]
     columns = [*by, "trial_id", "val_acc", "value", *params, "lr_linear", "lr_sqrt"]
-    scored = (
-        trials[trials["final"] & (trials["phase"] != "confirm")] if not trials.empty else trials
-    )
+    scored = trials[trials["final"] & (trials["phase"] == "search")] if not trials.empty else trials
     rows = []
     for key, group in scored.groupby(by, sort=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -58,13 +56,6 @@ def best_hyperparameters(
         best.loc[group.index, "lr_linear"] = float(anchor["actual_lr"]) * ratio
         best.loc[group.index, "lr_sqrt"] = float(anchor["actual_lr"]) * np.sqrt(ratio)
     return best
-
-
-def range_position(value: float, low: float, high: float, log: bool) -> float:
-    """Where `value` sits in [low, high]: 0 at the lower bound, 1 at the upper one."""
-    if log:
-        value, low, high = math.log(value), math.log(low), math.log(high)
-    return (value - low) / (high - low) if high > low else 0.5
 
 
 def boundary_warnings(

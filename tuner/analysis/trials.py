@@ -134,7 +134,7 @@ def outcome_counts(trials: pd.DataFrame, by: Sequence[str] = ("batch_size",)) ->
         return pd.DataFrame(columns=[*by, *columns])
     index = trials[by].drop_duplicates().sort_values(by).set_index(by).index
     counts = pd.DataFrame(0, index=index, columns=columns)
-    search = trials[trials["phase"] != "confirm"]
+    search = trials[trials["phase"] == "search"]
     # A trial with a diverged evaluation counts as diverged even while it is still running.
     outcome = search["outcome"].where(~search["diverged"].astype(bool), "diverged")
     for name, size in search.assign(_outcome=outcome).groupby([*by, "_outcome"]).size().items():

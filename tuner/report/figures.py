@@ -67,6 +67,8 @@ STATUS_MARKERS = {
     "holds": ("o", "tab:green"),
     "unresolved": ("D", "tab:orange"),
     "degraded": ("X", "tab:red"),
+    "under-trained": ("v", "tab:purple"),
+    "under-searched": ("<", "tab:brown"),
 }
 
 
@@ -218,7 +220,7 @@ def lr_vs_batch(m: DegradationMap) -> Figure:
     if best.empty:
         _no_data(ax, "no finished trial yet: no best learning rate")
         return fig
-    scored = m.trials[m.trials["final"] & (m.trials["phase"] != "confirm")]
+    scored = m.trials[m.trials["final"] & (m.trials["phase"] == "search")]
     ax.scatter(
         scored["batch_size"],
         scored["actual_lr"],

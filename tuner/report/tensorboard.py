@@ -82,7 +82,15 @@ def scalar_name(name: str, metric: StudyMetric) -> str:
     return LOSS_NAMES.get(name, name) if metric.name == "loss" else name
 
 
-STATUS_VALUE = {"baseline": 0.0, "holds": 0.0, "unresolved": 0.5, "degraded": 1.0}
+# Under-trained and under-searched are unresolved too: the study could not tell.
+STATUS_VALUE = {
+    "baseline": 0.0,
+    "holds": 0.0,
+    "unresolved": 0.5,
+    "under-trained": 0.5,
+    "under-searched": 0.5,
+    "degraded": 1.0,
+}
 HPARAMS = {
     "batch_size": float,
     "cell": str,

@@ -9,6 +9,7 @@ import pandas as pd
 
 from trainables.metrics import StudyMetric
 from tuner.analysis.accuracy import MIN_EVIDENCE
+from tuner.analysis.checks import rule_holds_up_to
 from tuner.analysis.frontier import DegradationMap
 from tuner.analysis.trials import OUTCOMES
 from tuner.report.format import (
@@ -64,6 +65,15 @@ def _drop(row: pd.Series, metric: StudyMetric) -> str:
     )
 
 
+def _judged_at(row: pd.Series) -> str:
+    """' at 1200 steps (4x its budget)' where the more-steps check judged it at a longer
+    budget than the study's own; else nothing."""
+    judged, own = row.get("judged_steps"), row.get("budget_steps")
+    if not finite(judged) or not finite(own) or judged <= own:
+        return ""
+    return f" at {int(judged)} steps ({num(judged / own, 2)}x its budget)"
+
+
 def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     """How far accuracy (or loss) holds when every batch size is tuned on its own and
     confirmed."""
@@ -99,15 +109,31 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
         at = frontier.loc[holds]
         tail = ", the largest measured" if holds == largest else ""
         lines.append(
-            f"{opening} up to batch {holds}{tail}: {_accuracy(at, metric)} with "
-            f"{_recipe(m, holds, several)} ({_drop(at, metric)})."
+            f"{opening} up to batch {holds}{tail}: {_accuracy(at, metric)}{_judged_at(at)} "
+            f"with {_recipe(m, holds, several)} ({_drop(at, metric)})."
         )
     for batch in degraded:
         row = frontier.loc[batch]
         lines.append(
-            f"Degraded at batch {batch}: {_accuracy(row, metric)}, {_drop(row, metric)}, beyond "
-            f"the {tol} "
-            f"tolerance at 95% confidence."
+            f"Degraded at batch {batch}: {_accuracy(row, metric)}{_judged_at(row)}, "
+            f"{_drop(row, metric)}, beyond the {tol} tolerance at 95% confidence; "
+            f"{row['budget_check'] or 'more steps were not tried'}."
+        )
+    for batch in measured[measured["status"] == "under-trained"]["batch_size"].astype(int):
+        row = frontier.loc[batch]
+        lines.append(
+            f"Under-trained at batch {batch}, not shown degraded: {_accuracy(row, metric)}"
+            f"{_judged_at(row)}, {_drop(row, metric)}; "
+            f"{row['budget_check'] or 'more steps were not tried'}: more steps may still "
+            f"save it (--max-steps)."
+        )
+    for batch in measured[measured["status"] == "under-searched"]["batch_size"].astype(int):
+        row = frontier.loc[batch]
+        lines.append(
+            f"Under-searched at batch {batch}, not shown degraded: {_accuracy(row, metric)}"
+            f"{_judged_at(row)}, {_drop(row, metric)}; its best lr sits on the "
+            f"{row['lr_edge']} its search covered, so a better lr may save it (more --trials "
+            f"extend the range further)."
         )
     if unresolved:
         row = frontier.loc[unresolved[0]]
@@ -152,8 +178,45 @@ def resolution_notes(m: DegradationMap) -> list[str]:
     ]
 
 
+def rule_test_verdict(m: DegradationMap) -> list[str]:
+    """The rule test: the baseline's best moved to every batch size by each rule alone."""
+    table = m.rule_test
+    if table is None or table.empty or m.baseline is None:
+        return []
+    base_batch = m.baseline[0]
+    tol = diff_text(m.metric, m.tolerance)
+    parts = []
+    for rule in sorted(table["scaling_rule"].unique()):
+        rows = table[table["scaling_rule"] == rule].sort_values("batch_size")
+        holds = rule_holds_up_to(table, rule, base_batch)
+        first = rows[rows["batch_size"] > holds].head(1)
+        text = (
+            f"{rule} holds up to batch {holds}"
+            if holds > base_batch
+            else f"{rule} is not shown to hold beyond batch {base_batch}"
+        )
+        if len(first):
+            row = first.iloc[0]
+            why = (
+                f"every run diverged at batch {int(row.batch_size)}"
+                if row.status == "diverged"
+                else f"{row.status} at batch {int(row.batch_size)} ({m.metric.worse} "
+                f"{diff_text(m.metric, row.drop)}, peak lr {num(row.peak_lr, 2)})"
+            )
+            text += f", {why}"
+        parts.append(text)
+    runs = int(table["runs"].max())
+    return [
+        f"Rule test (the batch-{base_batch} baseline's best configuration moved to every batch "
+        f"size by the rule alone, no retuning, {runs} seed(s) each, within {tol} at 95% "
+        f"confidence): " + "; ".join(parts) + "."
+    ]
+
+
 def rule_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     """Per scaling rule, from cells with enough finished runs only."""
+    if m.rule_test is not None and not m.rule_test.empty:
+        return rule_test_verdict(m)
     if len(m.rules) < 2 or m.baseline is None:
         return []  # one rule: the accuracy verdict above is its verdict
     tol = diff_text(m.metric, m.tolerance)
@@ -275,10 +338,17 @@ def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     steps = ", ".join(
         f"{int(r.batch_size)}: {int(r.budget_steps)}" for r in per_batch.itertuples(index=False)
     )
-    search = m.trials[m.trials["phase"] != "confirm"]
+    search = m.trials[m.trials["phase"] == "search"]
     totals = {o: int((search["outcome"] == o).sum()) for o in OUTCOMES}
     totals["diverged"] = int(search["diverged"].sum())
     confirm = m.trials[m.trials["phase"] == "confirm"]
+    longer = int((m.trials["phase"] == "extend").sum())
+    rule_runs = int((m.trials["phase"] == "rule").sum())
+    checks = (
+        f" Checks: {longer} run(s) with more steps, {rule_runs} rule-test run(s)."
+        if longer or rule_runs
+        else ""
+    )
     stop = (
         f" Trials ended once they reached the target (--stop-at-target): the values of "
         f"{m.metric.noun} are those at the target, not what more steps would give."
@@ -291,7 +361,7 @@ def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
         f"({totals['completed'] + totals['target']} ran their budget, {totals['stopped']} "
         f"stopped early by ASHA, {totals['diverged']} diverged, {totals['errored']} errored, "
         f"{totals['running']} unfinished), and {len(confirm)} confirmation runs "
-        f"({spec.seeds} fresh seeds per cell).{stop}"
+        f"({spec.seeds} fresh seeds per cell).{checks}{stop}"
     ]
 
 

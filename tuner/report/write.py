@@ -63,7 +63,8 @@ def write_report(
 
     Both are in the study metric's units (`trainables.metrics`): `target` is a validation
     accuracy in (0, 1] or a validation loss in nats (default: the study's); `tolerance` a
-    fraction of accuracy (0.01 = 1 percentage point) or nats (default: the metric's).
+    fraction of accuracy (0.01 = 1 percentage point) or nats (default: the study's, which its
+    checks judged by).
     """
     study_dir = Path(study_dir)
     if not (study_dir / SPEC_FILE).exists():
@@ -71,7 +72,7 @@ def write_report(
     spec = load_spec(study_dir)
     metric = spec.study_metric
     target = spec.target if target is None else float(target)
-    tolerance = metric.default_tolerance if tolerance is None else float(tolerance)
+    tolerance = spec.tolerance if tolerance is None else float(tolerance)
     problems = []
     try:
         table = collect_trials(study_dir)
@@ -92,6 +93,7 @@ def write_report(
         batch_sizes=spec.batch_sizes,
         ranges=spec.search_ranges,
         rule_stratified="rule" in spec.strata,
+        max_steps=spec.max_steps,
         n_boot=n_boot,
         seed=spec.seed,
         metric=metric,

@@ -2,9 +2,10 @@
 and outcome.
 
 Built from files only (no Ray), so it works on a running, finished or interrupted study:
-- Optuna's storage (`optuna.db`) holds one study per cell (`NAME/b512-linear`) that knows every
+- Optuna's storage (`optuna.db`) holds one study per cell (`NAME/b512`) that knows every
   trial ever started there: its parameters, phase (search or confirm), seed, state and, once
-  finished, its outcome (`completed`, `target`, `stopped`, `diverged`, `errored`);
+  finished, its outcome (`completed`, `target`, `stopped`, `diverged`, `errored`); and one study
+  of the checks' runs (`NAME/checks`: phase `extend` or `rule`), each naming its cell;
 - Tune's per-trial `result.json` files hold every evaluation's metrics, keyed by the Tune trial
   id and the optimizer step.
 A trial that errored before its first report still gets one row, with empty metrics.
@@ -20,7 +21,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from search_spaces.cell_search import trial_params
+from search_spaces.cell_search import CHECKS_STUDY, trial_params
 from trainables.optim import scaled_lr
 from trainables.workloads import get_workload
 from tuner.spec import StudySpec, load_spec
@@ -76,7 +77,6 @@ COLUMNS = (
     "seed",
     "optuna_number",
     "outcome",
-    "transferred_from",
     *PARAMS,
     "actual_lr",
     *METRICS,
@@ -112,7 +112,11 @@ def read_cell_trials(
         except KeyError:
             continue  # no trial in this cell yet
         found += [(cell.key, t) for t in study.get_trials(deepcopy=False)]
-    return found
+    try:  # the checks' runs (more steps, the rule test), each naming its cell
+        checks = optuna.load_study(study_name=f"{spec.name}/{CHECKS_STUDY}", storage=storage)
+    except KeyError:
+        return found
+    return found + [(t.user_attrs.get("cell"), t) for t in checks.get_trials(deepcopy=False)]
 
 
 def collect_trials(study_dir: str | Path) -> pd.DataFrame:
@@ -128,7 +132,7 @@ def collect_trials(study_dir: str | Path) -> pd.DataFrame:
     records = []
     for cell_key, trial in trials:
         trial_id = trial.user_attrs.get("tune_trial_id")
-        if trial_id is None or not trial.params:
+        if trial_id is None or cell_key not in cells:
             continue  # enqueued but never handed to Tune
         params = trial_params(space, cells[cell_key], trial)
         base = {
@@ -138,7 +142,6 @@ def collect_trials(study_dir: str | Path) -> pd.DataFrame:
             "seed": trial.user_attrs.get("seed", spec.seed),
             "optuna_number": trial.number,
             "outcome": trial.user_attrs.get("outcome", "running"),
-            "transferred_from": trial.user_attrs.get("transferred_from"),
             **params,
             "actual_lr": scaled_lr(
                 params["base_lr"], params["scaling_rule"], params["batch_size"], reference

@@ -109,7 +109,7 @@ class ProgressCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)
-        if trial.config.get("phase") == "confirm":
+        if trial.config.get("phase", "search") != "search":
             self.confirming.add(trial.trial_id)
         self._show()
 
@@ -144,7 +144,7 @@ class ProgressCallback(Callback):
             for b in self.batch_sizes
         )
         target = f", at target {counts['target']}" if counts["target"] else ""
-        confirm = f" (confirmation runs {len(self.confirming)})" if self.confirming else ""
+        confirm = f" (confirmations and checks {len(self.confirming)})" if self.confirming else ""
         return (
             f"trials done {len(self.outcomes)}{confirm} (completed {counts['completed']}"
             f"{target}, stopped {counts['stopped']}, diverged {counts['diverged']}, errored "

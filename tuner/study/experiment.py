@@ -43,6 +43,9 @@ def make_search(spec: StudySpec) -> CellSearch:
         reference_batch=get_workload(spec.workload).reference_batch,
         seed=spec.seed,
         mode=spec.study_metric.mode,
+        tolerance=spec.tolerance,
+        max_steps=spec.max_steps,
+        rule_test=spec.rule_test,
     )
 
 
@@ -112,8 +115,9 @@ def make_tuner(spec: StudySpec) -> tune.Tuner:
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec, scheduler),  # saves the scheduler's rungs too
             scheduler=scheduler,
-            # Search trials, then each cell's confirmation runs (the searcher says when done).
-            num_samples=spec.trials + spec.confirmation_trials,
+            # Search trials, each cell's confirmation runs, then the checks: a bound, the
+            # searcher says when it is done.
+            num_samples=spec.most_trials,
             max_concurrent_trials=concurrency(spec),
             # One trial process per concurrent slot, not per trial: each new one spent ~10 s
             # of CPU starting Python and importing torch and Ray Train (measured here), and

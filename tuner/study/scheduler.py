@@ -1,4 +1,4 @@
-"""ASHA per cell, with rungs at fractions of the budget; confirmation runs are never stopped.
+"""ASHA per cell, with rungs at fractions of the budget; only search trials are ever stopped.
 
 One ASHA over all trials compares a batch-32768 trial with a batch-256 trial at the same epoch,
 where the large batch has taken 128x fewer steps, and stops large batches for the wrong reason
@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from search_spaces.cell_search import CONFIRM
+from search_spaces.cell_search import SEARCH
 from tuner.outcomes import FULL_BUDGET
 
 TIME_ATTR = "progress"
@@ -42,8 +42,9 @@ class PerCellASHA(FIFOScheduler):
 
     @staticmethod
     def _exempt(trial: Any) -> bool:
-        """Confirmation runs measure a chosen configuration: they always run to the end."""
-        return trial.config.get("phase") == CONFIRM
+        """Confirmation runs and checks measure a chosen configuration: they always run to the
+        end."""
+        return trial.config.get("phase", SEARCH) != SEARCH
 
     def _group(self, trial: Any) -> AsyncHyperBandScheduler:
         key = trial.config.get("cell", trial.config.get("batch_size"))

@@ -93,7 +93,8 @@ class CellSearcher(Searcher):
         outcome = trial_outcome(result, error=error)
         value = float(result[self._metric]) if result and self._metric in result else None
         step = int(result[STEP]) if result and STEP in result else None
-        self._search.complete(trial_id, outcome, value, step)
+        budget = int(result["budget_steps"]) if result and result.get("budget_steps") else None
+        self._search.complete(trial_id, outcome, value, step, budget)
 
     @property
     def search(self) -> CellSearch:

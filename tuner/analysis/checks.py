@@ -1,0 +1,161 @@
+"""What the study's checks showed (`search_spaces.checks`), read back from the trial table.
+
+- **More steps**: a batch size's budget levels (its confirmation runs, then each longer budget
+  of its `extend` runs), the one it is judged at, and the budget decision on them; a batch size
+  short of the baseline is *degraded* only where a doubling no longer helped, *under-trained*
+  where it still did at the cap.
+- **Search-range edges**: a batch size whose best lr leaves its cell's search open (nothing
+  tried beyond it, in the outer fifth of the range searched, extensions included) is
+  *under-searched*.
+- **The rule test**: per rule and batch size, the baseline's best moved by the rule alone,
+  judged against the baseline like any batch size; how far each rule holds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from search_spaces.checks import BudgetCheck, budget_check
+from search_spaces.spaces import lr_edge
+from trainables.metrics import ACCURACY, StudyMetric
+from tuner.analysis.accuracy import Estimate, _val_sd, compare, estimate
+
+
+def budget_levels(
+    trials: pd.DataFrame, cell: str, metric: StudyMetric = ACCURACY
+) -> list[tuple[int, Estimate]]:
+    """(steps, estimate) of a cell's confirmation runs and of each longer budget after them, in
+    increasing steps; only levels whose runs have all ended."""
+    rows = trials[(trials["cell"] == cell) & trials["phase"].isin(["confirm", "extend"])]
+    levels = []
+    confirm = rows[rows["phase"] == "confirm"]
+    groups = [(confirm["budget_steps"].max(), confirm)]
+    longer = rows[rows["phase"] == "extend"]
+    groups += list(longer.groupby("budget_steps", sort=True))
+    val = int(rows["val_examples"].max()) if rows["val_examples"].notna().any() else 0
+    for steps, group in groups:
+        if group.empty or not math.isfinite(steps) or (group["outcome"] == "running").any():
+            continue
+        done = group[group["final"]]
+        values = done["final_value"].tolist() or [math.nan]
+        levels.append((int(steps), estimate(values, val, "confirmed", _val_sd(done, metric))))
+    return levels
+
+
+def step_cap(trials: pd.DataFrame, max_steps: int) -> int:
+    """The cap the search's more-steps check had (`CellSearch.step_cap`)."""
+    if max_steps:
+        return max_steps
+    own = trials[trials["phase"].isin(["search", "confirm"])]["budget_steps"]
+    return 2 * int(own.max()) if own.notna().any() else 0
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A batch size judged at the budget the checks took it to."""
+
+    estimate: Estimate
+    steps: int
+    check: BudgetCheck | None  # None: the batch size was never short of the baseline
+
+
+def judge_levels(
+    levels: list[tuple[int, Estimate]],
+    baseline: Estimate,
+    tolerance: float,
+    cap: int,
+    metric: StudyMetric = ACCURACY,
+) -> Judged | None:
+    """The level a batch size is judged at (its last) and what the budget decision says."""
+    if not levels:
+        return None
+    check = budget_check(
+        baseline.mean, [(s, e.mean) for s, e in levels], tolerance, cap, metric.sign
+    )
+    return Judged(levels[-1][1], levels[-1][0], check)
+
+
+def lr_range_edge(
+    trials: pd.DataFrame, cell: str, best_lr: float, ranges: dict
+) -> tuple[str, float, float] | None:
+    """('lower'/'upper', low, high) where the cell's best base lr leaves its search open on that
+    side (`search_spaces.spaces.lr_edge`) of the range it covered (the space's range grown by
+    its extensions); else None."""
+    search = trials[(trials["cell"] == cell) & (trials["phase"] == "search")]
+    if search.empty or not math.isfinite(best_lr):
+        return None
+    optimizer = search["optimizer"].iloc[0]
+    bounds = (ranges.get("base_lr") or {}).get(optimizer)
+    if not bounds:
+        return None
+    tried = search["base_lr"].dropna().astype(float).tolist()
+    low, high = min(float(bounds[0]), *tried), max(float(bounds[1]), *tried)
+    side = lr_edge(best_lr, tried, low, high)
+    return (side, low, high) if side else None
+
+
+def rule_test(
+    trials: pd.DataFrame,
+    baseline: tuple[int, Estimate] | None,
+    tolerance: float,
+    metric: StudyMetric = ACCURACY,
+) -> pd.DataFrame:
+    """Per rule and batch size: the rule test's runs, their estimate and the comparison with
+    the baseline (status holds / unresolved / degraded, or diverged when no run ended)."""
+    columns = [
+        "scaling_rule",
+        "batch_size",
+        "runs",
+        "diverged_runs",
+        "peak_lr",
+        "warmup_fraction",
+        "accuracy",
+        "accuracy_std",
+        "drop",
+        "drop_low",
+        "drop_high",
+        "status",
+    ]
+    rows = trials[trials["phase"] == "rule"] if len(trials) else trials
+    out = []
+    for (rule, batch), group in rows.groupby(["scaling_rule", "batch_size"], sort=True):
+        if (group["outcome"] == "running").any():
+            continue
+        done = group[group["final"]]
+        val = int(group["val_examples"].max()) if group["val_examples"].notna().any() else 0
+        est = estimate(done["final_value"].tolist(), val, "confirmed", _val_sd(done, metric))
+        result = (
+            compare(baseline[1], est, tolerance, metric=metric)
+            if baseline is not None and est.n
+            else None
+        )
+        out.append(
+            {
+                "scaling_rule": rule,
+                "batch_size": int(batch),
+                "runs": len(group),
+                "diverged_runs": int(group["diverged"].sum()),
+                "peak_lr": float(group["actual_lr"].iloc[0]),
+                "warmup_fraction": float(group["warmup_fraction"].iloc[0]),
+                "accuracy": est.mean,
+                "accuracy_std": est.std,
+                "drop": result.drop if result else math.nan,
+                "drop_low": result.low if result else math.nan,
+                "drop_high": result.high if result else math.nan,
+                "status": result.status if result else "diverged",
+            }
+        )
+    return pd.DataFrame(out, columns=columns)
+
+
+def rule_holds_up_to(table: pd.DataFrame, rule: str, base_batch: int) -> int:
+    """The largest batch size up to which every rule-test batch size of `rule` holds."""
+    holds = base_batch
+    for row in table[table["scaling_rule"] == rule].sort_values("batch_size").itertuples():
+        if row.status != "holds":
+            break
+        holds = int(row.batch_size)
+    return holds
