@@ -115,6 +115,24 @@ def confirmations(
     ]
 
 
+def extensions(
+    batch: int, accuracies: list[float], steps: int, *, rule: str = "linear", **kwargs
+) -> list[list[dict]]:
+    """The more-steps check's runs of a cell's best at `steps`, one per confirmation seed."""
+    return [
+        trial(
+            f"e{batch}{rule}{steps}-{i}",
+            batch,
+            [(steps // 2, a - 0.05), (steps, a)],
+            phase="extend",
+            seed=i + 1,
+            rule=rule,
+            **kwargs,
+        )
+        for i, a in enumerate(accuracies)
+    ]
+
+
 def table(*trials: list[dict]) -> pd.DataFrame:
     rows = [row for t in trials for row in t]
     return pd.DataFrame.from_records(rows, columns=list(COLUMNS))
@@ -139,11 +157,14 @@ def synthetic_scaling_table(
     return table(*parts)
 
 
-def degradation_table() -> pd.DataFrame:
+def degradation_table(checked: bool = True) -> pd.DataFrame:
     """Batch 8 (baseline) and 32 hold, 128 is unresolved, 512 is degraded, with 3 confirmation
     seeds each on a 10000-example validation set (1000 could not resolve 1 pt at 98%: see
-    test_single_runs_carry_only_the_validation_error); search bests read high on purpose."""
+    test_single_runs_carry_only_the_validation_error); search bests read high on purpose.
+    `checked`: batch 512 ran twice its steps too and gained under the tolerance (a plateau)."""
     parts = []
+    if checked:
+        parts += extensions(512, [0.934, 0.941, 0.936], 200, val_examples=10000)
     for batch, search, confirmed in (
         (8, 0.99, [0.975, 0.980, 0.985]),
         (32, 0.99, [0.978, 0.980, 0.982]),
@@ -199,7 +220,7 @@ def test_confirmed_accuracy_judges_the_map_not_the_best_search_trial():
     m = degradation_map(degradation_table(), target=0.9, tolerance=0.01, n_boot=50)
     frontier = m.frontier.set_index("batch_size")
     assert frontier.loc[512, "search_best"] == pytest.approx(0.99)  # the search best reads high
-    assert frontier.loc[512, "accuracy"] == pytest.approx(0.935)  # what fresh seeds measure
+    assert frontier.loc[512, "accuracy"] == pytest.approx(0.937)  # fresh seeds, 2x the steps
     assert frontier.loc[512, "accuracy_source"] == "confirmed"
     assert frontier["status"].to_dict() == {
         8: "baseline",
@@ -209,6 +230,45 @@ def test_confirmed_accuracy_judges_the_map_not_the_best_search_trial():
     }
     assert m.baseline[0] == 8 and m.baseline[1].n == 3
     assert m.holds_up_to == 32
+    assert frontier.loc[512, "judged_steps"] == 200  # judged at the longer budget it ran
+
+
+def test_short_of_the_baseline_is_degraded_only_when_more_steps_stopped_helping():
+    def status(*extra):
+        trials = pd.concat([degradation_table(checked=False), table(*extra)], ignore_index=True)
+        m = degradation_map(trials, target=0.9, tolerance=0.01, n_boot=50, max_steps=400)
+        return m.frontier.set_index("batch_size").loc[512]
+
+    unchecked = status()
+    assert unchecked["status"] == "under-trained"
+    assert "being checked at 200 steps" in unchecked["budget_check"]
+    improving = status(
+        *extensions(512, [0.948, 0.948, 0.948], 200, val_examples=10000),
+        *extensions(512, [0.962, 0.962, 0.962], 400, val_examples=10000),  # +1.4 pt
+    )
+    assert improving["status"] == "under-trained" and improving["judged_steps"] == 400
+    assert "still improving at the cap" in improving["budget_check"]
+    saved = status(*extensions(512, [0.978, 0.98, 0.982], 200, val_examples=10000))
+    assert saved["status"] == "holds" and saved["budget_check"] == "holds at 200 steps"
+    plateau = status(*extensions(512, [0.934, 0.941, 0.936], 200, val_examples=10000))
+    assert plateau["status"] == "degraded" and "plateau" in plateau["budget_check"]
+
+
+def test_a_best_lr_that_leaves_the_search_open_is_under_searched():
+    ranges = {"base_lr": {"sgd": [1e-3, 0.3]}}
+    searched = [
+        trial(f"s512-{i}", 512, [(100, 0.991 + i / 1000)], base_lr=lr, val_examples=10000)
+        for i, lr in enumerate([0.003, 0.02, 0.1, 0.28])  # the best: the largest, near 0.3
+    ]
+    trials = pd.concat([degradation_table(), table(*searched)], ignore_index=True)
+    m = degradation_map(trials, target=0.9, tolerance=0.01, n_boot=50, ranges=ranges)
+    row = m.frontier.set_index("batch_size").loc[512]
+    assert row["status"] == "under-searched" and row["lr_edge"].startswith("upper edge")
+    inside = pd.concat(
+        [trials, table(trial("s512-x", 512, [(100, 0.5)], base_lr=0.9))], ignore_index=True
+    )
+    m = degradation_map(inside, target=0.9, tolerance=0.01, n_boot=50, ranges=ranges)
+    assert m.frontier.set_index("batch_size").loc[512, "status"] == "degraded"  # tried beyond
 
 
 def test_without_confirmations_the_search_best_is_flagged():

@@ -81,7 +81,7 @@ BAD_OPTIONS = [
     ),
     (
         ["--trials", "2"],
-        "2 trials cannot cover the 12 cells of this study (4 batch sizes x 3 rules)",
+        "2 trials cannot cover the 4 cells of this study (4 batch sizes)",
     ),
     (["--workers-per-trial", "3"], "cannot be split evenly across 3 workers"),
     (["--dataset", "cifar10"], "--dataset cifar10: workload 'simple_cnn' does not run on"),

@@ -256,7 +256,10 @@ def _frontier(
     extra = (
         pd.DataFrame(
             {
-                "budget_steps": per_batch["budget_steps"].max(),
+                # The study's own budget (the checks' longer runs are `judged_steps`).
+                "budget_steps": trials[trials["phase"].isin(["search", "confirm"])]
+                .groupby("batch_size")["budget_steps"]
+                .max(),
                 "bn_mode": per_batch["bn_mode"].agg(
                     lambda s: s.dropna().iloc[0] if s.notna().any() else None
                 ),
