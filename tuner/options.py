@@ -55,6 +55,17 @@ class OneLineParser(argparse.ArgumentParser):
         raise InputError(message)
 
 
+def parse_lr_range(text: str) -> tuple[float, float]:
+    """`0.001,0.3`: two positive finite numbers, the first below the second."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: write LOW,HIGH, e.g. 0.001,0.3") from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < LOW < HIGH, e.g. 0.001,0.3")
+    return low, high
+
+
 def parse_grid(text: str) -> tuple[int, ...]:
     """`8,32,128` (sorted here) or a doubling range `8:512`; positive, distinct, non-empty."""
     example = "use e.g. 8,32,128 or the doubling range 8:512"
@@ -143,6 +154,13 @@ def build_parser(description: str = "") -> OneLineParser:
     )
     add("--rules", help="scaling rules to search, e.g. linear,sqrt (default: the workload's)")
     add("--optimizers", help="optimizers to search, e.g. sgd,lars (default: the workload's)")
+    add(
+        "--lr-range",
+        type=parse_lr_range,
+        help="the base lr's search range LOW,HIGH (log scale; the lr at the workload's "
+        "reference batch) for every optimizer searched (default: the workload's); a best on "
+        "its edge still extends it",
+    )
     add("--seeds", type=int, help=f"confirmation runs of each cell's best (default {SEEDS})")
     add("--workers-per-trial", type=int, help="data-parallel workers per trial (default 1)")
     add("--cpus-per-worker", type=float, help="CPUs each worker holds (default 1)")

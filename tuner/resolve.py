@@ -120,6 +120,8 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         space = workload.space.restricted(rules, _choices(args.optimizers, "--optimizers"))
     except ValueError as error:
         raise InputError(str(error)) from None
+    if args.lr_range is not None:
+        space = dataclasses.replace(space, base_lr={o: args.lr_range for o in space.optimizers})
     strata = _choices(args.stratify, "--stratify")
     strata = default_strata(space) if strata is None else tuple(s for s in strata if s != "none")
     unknown = [s for s in strata if s not in STRATA]
@@ -206,6 +208,7 @@ DECIDES: dict[str, tuple[str, ...]] = {
     "stratify": ("strata",),
     "rules": ("search_ranges",),
     "optimizers": ("search_ranges",),
+    "lr_range": ("search_ranges",),
     "seeds": ("seeds",),
     "seed": ("seed",),
     "compile": ("compile",),

@@ -139,7 +139,8 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
         row = frontier.loc[unresolved[0]]
         lines.append(
             f"Unresolved at batch {batch_list(unresolved)}: the {metric.worse}'s bounds straddle "
-            f"the {tol} tolerance (batch {unresolved[0]}: {_accuracy(row, metric)}, "
+            f"the {tol} tolerance (batch {unresolved[0]}: {_accuracy(row, metric)}"
+            f"{_judged_at(row)}, "
             f"{_drop(row, metric)}); this study resolves {metric.worse}s of about "
             f"{diff_text(metric, row['resolution'])} and no finer. More seeds "
             f"(--seeds) or a larger validation set would settle it."
@@ -197,11 +198,12 @@ def rule_test_verdict(m: DegradationMap) -> list[str]:
         )
         if len(first):
             row = first.iloc[0]
+            batch = int(row["batch_size"])
             why = (
-                f"every run diverged at batch {int(row.batch_size)}"
-                if row.status == "diverged"
-                else f"{row.status} at batch {int(row.batch_size)} ({m.metric.worse} "
-                f"{diff_text(m.metric, row.drop)}, peak lr {num(row.peak_lr, 2)})"
+                f"every run diverged at batch {batch}"
+                if row["status"] == "diverged"
+                else f"{row['status']} at batch {batch} ({m.metric.worse} "
+                f"{diff_text(m.metric, row['drop'])}, peak lr {num(row['peak_lr'], 2)})"
             )
             text += f", {why}"
         parts.append(text)
@@ -357,8 +359,9 @@ def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     )
     return [
         f"Budget: {budget.describe()}; optimizer steps per trial by batch size: "
-        f"{steps or '-'}. {len(search)} of {spec.trials} search trials started "
-        f"({totals['completed'] + totals['target']} ran their budget, {totals['stopped']} "
+        f"{steps or '-'}. {len(search)} search trials started ({spec.trials} planned"
+        f"{', the rest extending an lr range' if len(search) > spec.trials else ''}; "
+        f"{totals['completed'] + totals['target']} ran their budget, {totals['stopped']} "
         f"stopped early by ASHA, {totals['diverged']} diverged, {totals['errored']} errored, "
         f"{totals['running']} unfinished), and {len(confirm)} confirmation runs "
         f"({spec.seeds} fresh seeds per cell).{checks}{stop}"

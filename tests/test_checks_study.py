@@ -1,0 +1,98 @@
+"""The study's checks in a real small study on local Ray (issue 18): a search range set too low
+is extended by the search itself, and a batch size given far too few steps is given more until
+it holds, instead of being called degraded.
+
+Digits with one epoch per trial: batch 8 trains 179 steps, batch 128 only 11 (its confirmed
+accuracy about 45%); the lr range 0.003-0.01 lies below the optimum (~0.07 at the reference
+batch). About 25 trials, 30 s of trials on 2 CPUs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pandas as pd
+import pytest
+
+from tests.conftest import run_cli
+from tuner.store.table import collect_trials
+
+pytestmark = pytest.mark.ray
+
+LOW, HIGH = 0.003, 0.01
+
+
+@pytest.fixture(scope="module")
+def checks_study(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("checks")
+    run_cli(
+        "tuner.search", "simple_cnn", "--dataset", "digits", "--batch-sizes", "8,128",
+        "--budget", "epochs:1", "--min-steps", "0", "--lr-range", f"{LOW},{HIGH}",
+        "--rules", "sqrt", "--trials", "8", "--seeds", "2", "--target", "0.9", "--seed", "0",
+        "--storage", str(storage), "--name", "checks",
+    )  # fmt: skip
+    return storage / "checks"
+
+
+def finals(study) -> pd.DataFrame:
+    table = collect_trials(study)
+    return table.sort_values("optimizer_steps").groupby("trial_id").tail(1)
+
+
+def test_a_best_on_the_edge_of_the_lr_range_moves_the_range(checks_study):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{checks_study / 'optuna.db'}")
+    stepped = 0
+    for cell in ("b8", "b128"):
+        trials = optuna.load_study(study_name=f"checks/{cell}", storage=storage).trials
+        search = [t for t in trials if t.user_attrs["phase"] == "search"]
+        edges = [t for t in search if t.user_attrs["edge"]]
+        assert len(search) == 4 + len(edges) and len(edges) <= 3  # on top of its 4 trials
+        for t in edges:  # x3 past the best lr finished before it
+            before = [u for u in search if u.number < t.number and u.state.name == "COMPLETE"]
+            best = max(before, key=lambda u: u.value)
+            assert t.params["base_lr"] == pytest.approx(3 * best.params["base_lr"])
+            stepped += t.params["base_lr"] > HIGH
+    assert stepped >= 2  # the search left the range that was set too low
+    b8 = finals(checks_study).query("cell == 'b8' and phase == 'confirm'")
+    assert (b8["base_lr"] > HIGH).all()  # and its best, confirmed, lies outside it
+    assert b8["val_acc"].mean() > 0.93
+
+
+def test_a_batch_size_short_of_steps_is_given_more_until_it_holds(checks_study):
+    runs = finals(checks_study)
+    b128 = runs[runs["cell"] == "b128"]
+    confirm = b128[b128["phase"] == "confirm"]
+    longer = b128[b128["phase"] == "extend"]
+    assert set(confirm["budget_steps"]) == {11}
+    budgets = sorted(set(longer["budget_steps"].astype(int)))
+    assert budgets[:3] == [22, 44, 88][: len(budgets)] and len(budgets) >= 2  # doubling
+    for steps in budgets:  # the confirmed configuration, its seeds, only the budget changes
+        level = longer[longer["budget_steps"] == steps]
+        assert sorted(level["seed"]) == [1, 2]
+        for name in ("base_lr", "weight_decay", "warmup_fraction", "scaling_rule"):
+            assert set(level[name]) == set(confirm[name]), name
+    baseline = runs.query("cell == 'b8' and phase == 'confirm'")["val_acc"].mean()
+    last = longer[longer["budget_steps"] == budgets[-1]]["val_acc"].mean()
+    assert confirm["val_acc"].mean() < baseline - 0.1  # far short at its own budget
+    assert last >= baseline - 0.01  # and within the tolerance once it had the steps
+    frontier = pd.read_csv(checks_study / "frontier.csv").set_index("batch_size")
+    assert frontier.loc[128, "judged_steps"] == budgets[-1]
+    assert frontier.loc[128, "budget_check"] == f"holds at {budgets[-1]} steps"
+    assert frontier.loc[128, "status"] in ("holds", "unresolved")  # never degraded
+    verdict = (checks_study / "report.md").read_text().split("## Verdict", 1)[1]
+    assert "Degraded" not in verdict.split("Rule test")[0]
+    assert f"at {budgets[-1]} steps (" in verdict and "x its budget)" in verdict
+    data = json.loads((checks_study / "frontier.json").read_text())
+    assert data["study"]["budget"].startswith("epochs:1")
+
+
+def test_the_rule_test_ran_at_the_baselines_recipe(checks_study):
+    runs = finals(checks_study)
+    rule = runs[runs["phase"] == "rule"]
+    base = runs.query("cell == 'b8' and phase == 'confirm'").iloc[0]
+    assert sorted(rule["seed"]) == [1, 2] and set(rule["batch_size"]) == {128}
+    assert set(rule["budget_steps"]) == {11}  # the batch size's own budget
+    for row in rule.itertuples():  # sqrt from batch 8 to 128: x4, with 5% warmup
+        assert row.actual_lr == pytest.approx(4 * base["actual_lr"])
+        assert row.warmup_fraction == pytest.approx(0.05)
