@@ -19,9 +19,10 @@ cell, a confirmation phase with fresh seeds, and the study's own checks of its a
   mean and spread are the cell's unbiased accuracy: the best search trial itself is the maximum
   of several and reads high (science.md section 8).
 - **Checks** (`search_spaces.checks`). A cell confirmed short of the baseline by more than the
-  tolerance runs its best configuration again with twice the budget, same seeds, and again
-  while doubling helps, up to the cap (`extend` runs). Once the baseline's search is done, the
-  rule test runs its best configuration moved to every batch size by each rule (`rule` runs).
+  tolerance runs its best configuration again, same seeds, at half and twice its lr and with
+  twice the steps, while they help, up to the cap (`extend` runs). Once the baseline's search
+  is done, the rule test runs its best configuration moved to every batch size by each rule
+  (`rule` runs).
   Both are recorded in the study's `checks` Optuna study (they are no point of any cell's
   search).
 
@@ -84,7 +85,7 @@ class Pending:
 
     def same_run(self, cell_key: str, seed: int, phase: str, params: dict[str, Any]) -> bool:
         return (self.cell.key, self.seed, self.phase) == (cell_key, seed, phase) and all(
-            self.params.get(k) == params.get(k) for k in ("scaling_rule", "budget_steps")
+            self.params.get(k) == params.get(k) for k in ("scaling_rule", "budget_steps", "lr_step")
         )
 
 
@@ -154,7 +155,7 @@ class CellSearch:
         # Each cell's lr range per optimiser, as range extensions have grown it.
         self.ranges = {c.key: {o: tuple(space.base_lr[o]) for o in space.optimizers} for c in cells}
         self.edge_trials = {c.key: 0 for c in self.cells}  # range extensions handed out
-        self.extended_to: dict[str, int] = {}  # cell -> the longest budget queued for it
+        self.queued_levels: set[tuple[str, int, int]] = set()  # (cell, steps, lr step) checked
         self.rule_queued = False
         self._storage = storage
         self._studies: dict[str, optuna.Study] = {}
@@ -215,8 +216,10 @@ class CellSearch:
                     elif phase == RULE:
                         self._queue_rule_test(force=True)
                     else:
-                        steps = int(trial.user_attrs["run_params"]["budget_steps"])
-                        self.extended_to[cell.key] = max(self.extended_to.get(cell.key, 0), steps)
+                        run = trial.user_attrs["run_params"]
+                        self.queued_levels.add(
+                            (cell.key, int(run["budget_steps"]), int(run.get("lr_step", 0)))
+                        )
                     seed = trial.user_attrs.get("seed")
                     params = trial_params(self.space, cell, trial)
                     self.pending = [
@@ -497,26 +500,29 @@ class CellSearch:
         values = [t.value for t in runs if t.state == TrialState.COMPLETE]
         return sum(values) / len(values) if values else math.nan
 
-    def levels(self, cell: Cell) -> list[tuple[int, float]] | None:
-        """The cell's budget levels so far: (steps, mean value) of its confirmation runs, then
-        of each longer budget; None while a level still has a run going."""
+    def levels(self, cell: Cell) -> tuple[int, dict[tuple[int, int], float]] | None:
+        """The cell's own budget and the mean value of each level run so far: (steps, k) ->
+        mean, its confirmation runs at (own budget, 0), the checks' runs at their budget and
+        lr x 2^k; None while a level still has a run going."""
         confirm = self._runs(cell, CONFIRM)
-        if not confirm or not all(t.state.is_finished() for t in confirm):
+        if len(confirm) < self.seeds or not all(t.state.is_finished() for t in confirm):
             return None
         steps = [t.user_attrs.get("budget_steps") for t in confirm]
         steps = [int(s) for s in steps if s]
         if not steps:
             return None  # every run errored before its first report
-        levels = [(max(steps), self._mean(confirm))]
-        longer: dict[int, list[optuna.trial.FrozenTrial]] = {}
+        own = max(steps)
+        results = {(own, 0): self._mean(confirm)}
+        checked: dict[tuple[int, int], list[optuna.trial.FrozenTrial]] = {}
         for t in self._runs(cell, EXTEND):
-            longer.setdefault(int(t.user_attrs["run_params"]["budget_steps"]), []).append(t)
-        for budget in sorted(longer):
-            runs = longer[budget]
+            run = t.user_attrs["run_params"]
+            level = (int(run["budget_steps"]), int(run.get("lr_step", 0)))
+            checked.setdefault(level, []).append(t)
+        for level, runs in checked.items():
             if len(runs) < self.seeds or not all(t.state.is_finished() for t in runs):
                 return None
-            levels.append((budget, self._mean(runs)))
-        return levels
+            results[level] = self._mean(runs)
+        return own, results
 
     def step_cap(self) -> int:
         """The most steps a check may give a run: `max_steps`, else twice the longest budget
@@ -532,12 +538,16 @@ class CellSearch:
         return 2 * max(longest, default=0)
 
     def _queue_extensions(self) -> None:
-        """Give more steps to every confirmed cell short of the baseline, while they help."""
+        """Check every confirmed cell short of the baseline: half and twice its lr, then twice
+        its steps, while they help (`checks.budget_check`)."""
         base = self.baseline_cell()
         base_levels = self.levels(base) if base is not None else None
-        if not base_levels or not math.isfinite(base_levels[0][1]):
+        if not base_levels:
             return
-        baseline = base_levels[0][1]
+        own, results = base_levels
+        baseline = results[(own, 0)]
+        if not math.isfinite(baseline):
+            return
         for cell in self.cells:
             if cell.batch_size == base.batch_size or cell.key not in self.confirmed:
                 continue
@@ -545,19 +555,22 @@ class CellSearch:
             if levels is None:
                 continue
             check = checks.budget_check(
-                baseline, levels, self.tolerance, self.step_cap(), self.sign
+                baseline, levels[1], levels[0], self.tolerance, self.step_cap(), self.sign
             )
-            if (
-                check.state != checks.EXTEND
-                or self.extended_to.get(cell.key, 0) >= check.next_steps
-            ):
-                continue
-            self.extended_to[cell.key] = check.next_steps
             best = self._params_of(cell, self.best(cell))
-            params = {**best, "budget_steps": check.next_steps}
-            self.pending += [
-                Pending(cell, params, self.seed + s, EXTEND) for s in range(1, self.seeds + 1)
-            ]
+            for steps, k in check.runs:
+                if (cell.key, steps, k) in self.queued_levels:
+                    continue
+                self.queued_levels.add((cell.key, steps, k))
+                params = {
+                    **best,
+                    "base_lr": best["base_lr"] * 2.0**k,
+                    "budget_steps": steps,
+                    "lr_step": k,
+                }
+                self.pending += [
+                    Pending(cell, params, self.seed + s, EXTEND) for s in range(1, self.seeds + 1)
+                ]
 
     # --- outcomes --------------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
 """The study's own checks of its answer, without Ray: would more steps have saved a batch size
 (budget doubling), and which scaling rule keeps accuracy without retuning (the rule test).
 
-- **More steps.** Under a schedule that decays to zero every run looks flat at its end, so a
-  flat curve is no evidence that a batch size has trained enough. When a batch size's confirmed
-  value falls short of the baseline's by more than the tolerance, its best configuration runs
-  again with twice the budget, with the same seeds. If that closes the gap by more than the
-  tolerance, the batch size was under-trained and the budget doubles again, up to the cap; it
-  is *degraded* only when a doubling no longer helps (a plateau). `budget_check` is that
-  decision, on the means of each budget level.
+- **A better lr, more steps.** Under a schedule that decays to zero every run looks flat at
+  its end, so a flat curve is no evidence that a batch size has trained enough; and a search
+  of a few points can land next to an lr that trains unstably (mnist1d's loss spikes at peak lr
+  ~0.15 ruined single seeds). When a batch size's confirmed value falls short of the
+  baseline's by more than the tolerance, its best configuration runs again, with the same
+  seeds, at half and at twice its lr (the better moves it, as long as one gains more than the
+  tolerance), then with twice the steps, doubling while that helps, up to the cap. It is
+  *degraded* only where neither helps. `budget_check` is that decision, on the mean value of
+  each (steps, lr) level.
 - **The rule test.** For each rule, the baseline's best configuration (its peak lr, warmup and
   weight decay) is moved to every batch size by the rule alone, no retuning, and run with the
   confirmation seeds: "under sqrt scaling with no retuning, accuracy holds up to B".
@@ -26,64 +28,106 @@ from trainables.optim import scaled_lr, scaling_factor
 # batch Goyal et al.'s ramp does nothing): their 5 of 90 epochs.
 RULE_TEST_WARMUP = 0.05
 
-HOLDS = "holds"  # within the tolerance of the baseline at this budget
-DEGRADED = "degraded"  # short of it, and the last doubling gained no more than the tolerance
-EXTEND = "extend"  # short of it, and twice the budget may still save it: run it
-CAPPED = "capped"  # short of it, and the next doubling would pass the cap
-DIVERGED = "diverged"  # no run of the last budget ended with a value
+HOLDS = "holds"  # within the tolerance of the baseline at this budget and lr
+DEGRADED = "degraded"  # short of it; half or twice the lr and twice the steps did not help
+RUN = "run"  # short of it, and these levels may still save it: run them
+CAPPED = "capped"  # short of it, and the next doubling of the steps would pass the cap
+DIVERGED = "diverged"  # no run of its own budget ended with a value
+
+Level = tuple[int, int]  # (optimizer steps, k): the confirmed configuration with its lr x 2^k
 
 
 @dataclass(frozen=True)
 class BudgetCheck:
-    """What the budget levels of one batch size say (see the module docstring)."""
+    """What the levels of one batch size say (see `budget_check`)."""
 
     state: str
-    steps: int  # the budget it is judged at: its last level's
-    next_steps: int | None = None  # the budget to run next (state EXTEND)
-    gain: float = math.nan  # the last doubling's improvement (positive: better)
+    center: Level  # the level it is judged at: its best so far
+    runs: tuple[Level, ...] = ()  # the levels to run next (state RUN)
+    gain: float = math.nan  # the last doubling of the steps' improvement (positive: better)
 
     @property
-    def improving(self) -> bool:
-        """The last doubling still helped by more than the tolerance (or nothing was doubled)."""
-        return self.state == CAPPED
+    def steps(self) -> int:
+        return self.center[0]
+
+    @property
+    def lr_factor(self) -> float:
+        return 2.0 ** self.center[1]
 
     def describe(self, tolerance_text: str) -> str:
+        lr = "" if self.center[1] == 0 else f" with the lr x{self.lr_factor:g}"
         if self.state == HOLDS:
-            return f"holds at {self.steps} steps"
+            return f"holds at {self.steps} steps{lr}"
         if self.state == DEGRADED:
-            return f"plateau: twice the steps gained no more than {tolerance_text}"
+            return (
+                f"a plateau at {self.steps} steps{lr}: neither half nor twice the lr gained more "
+                f"than {tolerance_text}, nor did twice the steps at any of the three"
+            )
         if self.state == CAPPED:
             if math.isnan(self.gain):
-                return f"not checked with more steps: {2 * self.steps} would pass --max-steps"
-            return f"still improving at the cap ({self.steps} steps, --max-steps)"
+                return (
+                    f"not checked with more steps ({self.steps}{lr}): "
+                    f"{2 * self.steps} would pass --max-steps"
+                )
+            return f"still improving at the cap ({self.steps} steps{lr}, --max-steps)"
         if self.state == DIVERGED:
             return f"diverged at {self.steps} steps"
-        return f"being checked at {self.next_steps} steps"
+        return f"being checked ({', '.join(f'{s} steps, lr x{2.0**k:g}' for s, k in self.runs)})"
 
 
 def budget_check(
     baseline: float,
-    levels: list[tuple[int, float]],
+    results: dict[Level, float],
+    own_steps: int,
     tolerance: float,
     cap: int,
     sign: int = 1,
 ) -> BudgetCheck:
-    """Decide one batch size from its budget levels: (steps, mean value) in increasing steps,
-    the first the study's own budget. `sign` is +1 where higher is better (accuracy), -1 for a
-    loss; `tolerance` in the metric's units; `cap` the most steps a run may have."""
-    if not levels:
-        raise ValueError("budget_check needs at least one budget level")
-    steps, value = levels[-1]
-    if not math.isfinite(value):
-        return BudgetCheck(DIVERGED, steps)
-    gain = sign * (value - levels[-2][1]) if len(levels) > 1 else math.nan
-    if sign * (baseline - value) <= tolerance:
-        return BudgetCheck(HOLDS, steps, gain=gain)
-    if len(levels) > 1 and math.isfinite(gain) and gain <= tolerance:
-        return BudgetCheck(DEGRADED, steps, gain=gain)
-    if 2 * steps > cap:
-        return BudgetCheck(CAPPED, steps, gain=gain)
-    return BudgetCheck(EXTEND, steps, next_steps=2 * steps, gain=gain)
+    """Decide one batch size from the mean values of its levels (`results`: its confirmation
+    runs at (own_steps, 0), then the checks' runs), as a sceptic would: before it is called
+    degraded, half and twice its lr are tried at its budget (a better lr moves it there, and
+    the line search goes on), then twice the steps (at the best of three lrs there); it is
+    degraded only where neither helps by more than the tolerance. `sign` +1 where higher is better (accuracy), -1 for a loss; `cap`
+    the most steps a run may have."""
+
+    def score(level: Level) -> float:
+        value = results.get(level, math.nan)
+        return sign * value if math.isfinite(value) else -math.inf
+
+    center, gain = (own_steps, 0), math.nan
+    if not math.isfinite(results.get(center, math.nan)):
+        return BudgetCheck(DIVERGED, center)
+    while True:
+        steps, k = center
+        if sign * (baseline - results[center]) <= tolerance:
+            return BudgetCheck(HOLDS, center, gain=gain)
+        neighbours = [(steps, k - 1), (steps, k + 1)]
+        missing = tuple(n for n in neighbours if n not in results)
+        if missing:
+            return BudgetCheck(RUN, center, missing, gain)
+        best = max(neighbours, key=score)
+        if score(best) - score(center) > tolerance:
+            center = best  # a better lr: go on from there
+            continue
+        longer = (2 * steps, k)
+        if longer not in results:
+            if 2 * steps > cap:
+                return BudgetCheck(CAPPED, center, gain=gain)
+            return BudgetCheck(RUN, center, (longer,), gain)
+        gain = score(longer) - score(center)
+        if gain <= tolerance:
+            # Twice the steps may want another lr (a high lr that suits a short run can be
+            # unstable over a longer one): the longer budget's neighbours decide.
+            around = [(2 * steps, k - 1), (2 * steps, k + 1)]
+            missing = tuple(n for n in around if n not in results)
+            if missing:
+                return BudgetCheck(RUN, center, missing, gain)
+            best = max([longer, *around], key=score)
+            gain = score(best) - score(center)
+            if gain <= tolerance:
+                return BudgetCheck(DEGRADED, best if gain > 0 else center, gain=gain)
+            longer = best
+        center = longer
 
 
 def rule_test_params(

@@ -116,20 +116,37 @@ def confirmations(
 
 
 def extensions(
-    batch: int, accuracies: list[float], steps: int, *, rule: str = "linear", **kwargs
+    batch: int,
+    accuracies: list[float],
+    steps: int,
+    k: int = 0,
+    *,
+    rule: str = "linear",
+    **kwargs,
 ) -> list[list[dict]]:
-    """The more-steps check's runs of a cell's best at `steps`, one per confirmation seed."""
+    """The checks' runs of a cell's best (base lr 0.01, as `trial` makes it) at `steps` and
+    its lr x 2^k, one per confirmation seed."""
     return [
         trial(
-            f"e{batch}{rule}{steps}-{i}",
+            f"e{batch}{rule}{steps}k{k}-{i}",
             batch,
             [(steps // 2, a - 0.05), (steps, a)],
             phase="extend",
             seed=i + 1,
             rule=rule,
+            base_lr=0.01 * 2.0**k,
             **kwargs,
         )
         for i, a in enumerate(accuracies)
+    ]
+
+
+def lr_checked(batch: int, accuracies: list[float], steps: int = 100) -> list[list[dict]]:
+    """Half and twice the lr at `steps`, each 2 pt below `accuracies`: the lr was right."""
+    worse = [a - 0.02 for a in accuracies]
+    return [
+        *extensions(batch, worse, steps, -1, val_examples=10000),
+        *extensions(batch, worse, steps, 1, val_examples=10000),
     ]
 
 
@@ -164,7 +181,9 @@ def degradation_table(checked: bool = True) -> pd.DataFrame:
     `checked`: batch 512 ran twice its steps too and gained under the tolerance (a plateau)."""
     parts = []
     if checked:
+        parts += lr_checked(512, [0.930, 0.940, 0.935])
         parts += extensions(512, [0.934, 0.941, 0.936], 200, val_examples=10000)
+        parts += lr_checked(512, [0.934, 0.941, 0.936], 200)
     for batch, search, confirmed in (
         (8, 0.99, [0.975, 0.980, 0.985]),
         (32, 0.99, [0.978, 0.980, 0.982]),
@@ -241,17 +260,34 @@ def test_short_of_the_baseline_is_degraded_only_when_more_steps_stopped_helping(
 
     unchecked = status()
     assert unchecked["status"] == "under-trained"
-    assert "being checked at 200 steps" in unchecked["budget_check"]
+    assert "being checked (100 steps, lr x0.5, 100 steps, lr x2)" in unchecked["budget_check"]
+    lr_only = status(*lr_checked(512, [0.930, 0.940, 0.935]))
+    assert lr_only["status"] == "under-trained"  # more steps not tried yet
     improving = status(
+        *lr_checked(512, [0.930, 0.940, 0.935]),
         *extensions(512, [0.948, 0.948, 0.948], 200, val_examples=10000),
+        *lr_checked(512, [0.948] * 3, 200),
         *extensions(512, [0.962, 0.962, 0.962], 400, val_examples=10000),  # +1.4 pt
+        *lr_checked(512, [0.962] * 3, 400),
     )
     assert improving["status"] == "under-trained" and improving["judged_steps"] == 400
     assert "still improving at the cap" in improving["budget_check"]
-    saved = status(*extensions(512, [0.978, 0.98, 0.982], 200, val_examples=10000))
+    saved = status(
+        *lr_checked(512, [0.930, 0.940, 0.935]),
+        *extensions(512, [0.978, 0.98, 0.982], 200, val_examples=10000),
+    )
     assert saved["status"] == "holds" and saved["budget_check"] == "holds at 200 steps"
-    plateau = status(*extensions(512, [0.934, 0.941, 0.936], 200, val_examples=10000))
-    assert plateau["status"] == "degraded" and "plateau" in plateau["budget_check"]
+    better_lr = status(
+        *extensions(512, [0.978, 0.98, 0.982], 100, -1, val_examples=10000),
+        *extensions(512, [0.90, 0.90, 0.90], 100, 1, val_examples=10000),
+    )
+    assert better_lr["status"] == "holds" and better_lr["judged_lr_factor"] == 0.5
+    plateau = status(
+        *lr_checked(512, [0.930, 0.940, 0.935]),
+        *extensions(512, [0.934, 0.941, 0.936], 200, val_examples=10000),
+        *lr_checked(512, [0.934, 0.941, 0.936], 200),
+    )
+    assert plateau["status"] == "degraded" and "a plateau" in plateau["budget_check"]
 
 
 def test_a_best_lr_that_leaves_the_search_open_is_under_searched():

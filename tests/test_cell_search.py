@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search_spaces import get_space
+from search_spaces import checks, get_space
 from search_spaces.cell_search import (
     CONFIRM,
     EDGE_TRIALS,
@@ -201,28 +201,69 @@ def confirmed_search(values: dict[int, float], *, rule_test=False, max_steps=0, 
     return search, s, n
 
 
-def test_a_cell_short_of_the_baseline_gets_twice_the_steps_until_doubling_stops_helping():
+def hand_out(search: CellSearch, prefix: str) -> list:
+    """Every trial the search hands out now."""
+    out = []
+    while (s := search.suggest(f"{prefix}{len(out)}")) not in (None, FINISHED):
+        out.append(s)
+    return out
+
+
+def level(s) -> tuple[int, float]:
+    return s.params["budget_steps"], s.params["lr_step"]
+
+
+def test_a_cell_short_of_the_baseline_tries_half_and_twice_its_lr_then_twice_the_steps():
     search, first, n = confirmed_search({8: 0.95, 32: 0.95, 128: 0.945, 512: 0.80}, max_steps=1000)
-    assert first.phase == EXTEND and first.cell.batch_size == 512
-    assert first.params["budget_steps"] == 200 and first.seed == 1
-    second = search.suggest("e1")
-    assert (second.phase, second.seed, second.params["budget_steps"]) == (EXTEND, 2, 200)
-    assert search.suggest("w") is None  # waits for both
-    search.complete(first and "c" + str(n), "completed", 0.90, 200, 200)  # +10 pt: helped
-    search.complete("e1", "completed", 0.90, 200, 200)
-    again = [search.suggest(f"f{i}") for i in range(2)]
-    assert [a.params["budget_steps"] for a in again] == [400, 400]
-    finish(search, ["f0", "f1"], value=0.905, steps=400)  # +0.5 pt: a plateau, degraded
+    best = search.best(search.cells[-1]).params["base_lr"]
+    lr = [first, *hand_out(search, "a")]
+    assert {c.phase for c in lr} == {EXTEND} and {c.cell.batch_size for c in lr} == {512}
+    assert sorted((level(c), c.seed) for c in lr) == [
+        ((100, -1), 1), ((100, -1), 2), ((100, 1), 1), ((100, 1), 2)
+    ]  # fmt: skip
+    for c in lr:
+        assert c.params["base_lr"] == pytest.approx(best * 2.0 ** c.params["lr_step"])
+    keys = [f"c{n}", "a0", "a1", "a2"]
+    finish(search, keys[:3], value=0.78)
+    assert search.suggest("w") is None  # a level waits for all its seeds
+    finish(search, keys[3:], value=0.78)  # neither lr helped: twice the steps
+    longer = hand_out(search, "b")
+    assert [level(c) for c in longer] == [(200, 0), (200, 0)]
+    finish(search, ["b0", "b1"], value=0.90, steps=200)  # +10 pt: it helped; lr again there
+    again = hand_out(search, "d")
+    assert sorted(level(c) for c in again) == [(200, -1), (200, -1), (200, 1), (200, 1)]
+    finish(search, [f"d{i}" for i in range(4)], value=0.88, steps=200)
+    last = hand_out(search, "e")
+    assert [level(c) for c in last] == [(400, 0), (400, 0)]
+    finish(search, ["e0", "e1"], value=0.905, steps=400)  # +0.5 pt: its lr there next
+    around = hand_out(search, "f")
+    assert sorted(level(c) for c in around) == [(400, -1), (400, -1), (400, 1), (400, 1)]
+    finish(search, [f"f{i}" for i in range(4)], value=0.9, steps=400)  # a plateau: degraded
     assert search.suggest("done") == FINISHED
-    assert search.levels(search.cells[-1]) == [(100, 0.8), (200, 0.9), (400, 0.905)]
+    own, results = search.levels(search.cells[-1])
+    assert own == 100 and results[(400, 0)] == pytest.approx(0.905)
+
+
+def test_a_better_lr_moves_the_check_there():
+    search, first, n = confirmed_search({8: 0.95, 32: 0.95, 128: 0.95, 512: 0.80})
+    runs = [first, *hand_out(search, "a")]
+    for key, c in zip([f"c{n}", "a0", "a1", "a2"], runs, strict=True):
+        value = 0.95 if c.params["lr_step"] == -1 else 0.7  # half the lr saves it
+        search.complete(key, "completed", value, 100, 100)
+    assert search.suggest("done") == FINISHED  # holds at (100 steps, lr x0.5)
 
 
 def test_more_steps_stop_at_the_cap():
     search, first, n = confirmed_search({8: 0.95, 32: 0.95, 128: 0.95, 512: 0.80}, max_steps=300)
-    assert first.params["budget_steps"] == 200
-    search.complete(f"c{n}", "completed", 0.9, 200, 200)
-    search.complete("e1", "completed", 0.9, 200, 200) if search.suggest("e1") else None
+    finish(search, [f"c{n}", *(f"a{i}" for i in range(len(hand_out(search, "a"))))], 0.78)
+    assert [level(c) for c in hand_out(search, "b")] == [(200, 0), (200, 0)]
+    finish(search, ["b0", "b1"], value=0.9, steps=200)
+    assert len(hand_out(search, "d")) == 4  # the lr at 200 steps
+    finish(search, [f"d{i}" for i in range(4)], value=0.85, steps=200)
     assert search.suggest("done") == FINISHED  # 400 would pass --max-steps 300
+    own, results = search.levels(search.cells[-1])
+    check = checks.budget_check(0.95, results, own, 0.01, 300)
+    assert check.state == checks.CAPPED and check.center == (200, 0)
 
 
 def test_the_rule_test_runs_the_baselines_best_moved_by_each_rule():

@@ -170,6 +170,10 @@ ARGS = [
     "1",
     "--budget",
     "steps:40",
+    # The checks off: these tests count the search's trials and confirmations.
+    "--no-rule-test",
+    "--max-steps",
+    "40",
     "--eval-every",
     "10",
     "--max-train-examples",

@@ -99,7 +99,10 @@ def test_verdict_on_known_degradation(tmp_path, monkeypatch):
         "Degraded at batch 512: 93.7% (3 seed(s), sd 0.4 pt) at 200 steps (2x its budget), "
         "drop 4.3 pt" in verdict
     )
-    assert "plateau: twice the steps gained no more than 1 pt" in verdict
+    assert (
+        "a plateau at 200 steps: neither half nor twice the lr gained more than 1 pt, nor did "
+        "twice the steps at any of the three" in verdict
+    )
     assert "Unresolved at batch 128: the drop's bounds straddle the 1.0 pt tolerance" in verdict
     assert_all_outputs(study)
     frontier = pd.read_csv(study / "frontier.csv")

@@ -41,6 +41,10 @@ ARGS = [
     "1",
     "--budget",
     "steps:60",
+    # The checks off: these tests count the search's trials and confirmations.
+    "--no-rule-test",
+    "--max-steps",
+    "60",
     "--eval-every",
     "15",
     "--max-concurrent",

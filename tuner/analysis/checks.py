@@ -1,9 +1,9 @@
 """What the study's checks showed (`search_spaces.checks`), read back from the trial table.
 
-- **More steps**: a batch size's budget levels (its confirmation runs, then each longer budget
-  of its `extend` runs), the one it is judged at, and the budget decision on them; a batch size
-  short of the baseline is *degraded* only where a doubling no longer helped, *under-trained*
-  where it still did at the cap.
+- **A better lr, more steps**: a batch size's levels (its confirmation runs, then each (steps,
+  lr) its `extend` runs tried), the one it is judged at, and the decision on them; a batch size
+  short of the baseline is *degraded* only where neither half nor twice the lr nor twice the
+  steps helped, *under-trained* where more steps still did at the cap.
 - **Search-range edges**: a batch size whose best lr leaves its cell's search open (nothing
   tried beyond it, in the outer fifth of the range searched, extensions included) is
   *under-searched*.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from search_spaces.checks import BudgetCheck, budget_check
+from search_spaces.checks import BudgetCheck, Level, budget_check
 from search_spaces.spaces import lr_edge
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import Estimate, _val_sd, compare, estimate
@@ -26,23 +26,31 @@ from tuner.analysis.accuracy import Estimate, _val_sd, compare, estimate
 
 def budget_levels(
     trials: pd.DataFrame, cell: str, metric: StudyMetric = ACCURACY
-) -> list[tuple[int, Estimate]]:
-    """(steps, estimate) of a cell's confirmation runs and of each longer budget after them, in
-    increasing steps; only levels whose runs have all ended."""
+) -> tuple[int, dict[Level, Estimate]] | None:
+    """A cell's own budget and an estimate per level whose runs have all ended: its
+    confirmation runs at (own budget, 0), the checks' runs at (their budget, k) where their lr
+    is the confirmed one x 2^k. None without confirmation runs."""
     rows = trials[(trials["cell"] == cell) & trials["phase"].isin(["confirm", "extend"])]
-    levels = []
     confirm = rows[rows["phase"] == "confirm"]
-    groups = [(confirm["budget_steps"].max(), confirm)]
-    longer = rows[rows["phase"] == "extend"]
-    groups += list(longer.groupby("budget_steps", sort=True))
+    if confirm.empty or not confirm["budget_steps"].notna().any():
+        return None
+    own, lr = int(confirm["budget_steps"].max()), float(confirm["base_lr"].iloc[0])
     val = int(rows["val_examples"].max()) if rows["val_examples"].notna().any() else 0
-    for steps, group in groups:
-        if group.empty or not math.isfinite(steps) or (group["outcome"] == "running").any():
+    longer = rows[rows["phase"] == "extend"]
+    steps = [round(math.log2(v / lr)) for v in longer["base_lr"]]
+    groups = [((own, 0), confirm)]
+    groups += [
+        ((int(b), int(k)), g)
+        for (b, k), g in longer.assign(_k=steps).groupby(["budget_steps", "_k"], sort=True)
+    ]
+    levels = {}
+    for level, group in groups:
+        if (group["outcome"] == "running").any():
             continue
         done = group[group["final"]]
         values = done["final_value"].tolist() or [math.nan]
-        levels.append((int(steps), estimate(values, val, "confirmed", _val_sd(done, metric))))
-    return levels
+        levels[level] = estimate(values, val, "confirmed", _val_sd(done, metric))
+    return own, levels
 
 
 def step_cap(trials: pd.DataFrame, max_steps: int) -> int:
@@ -55,27 +63,29 @@ def step_cap(trials: pd.DataFrame, max_steps: int) -> int:
 
 @dataclass(frozen=True)
 class Judged:
-    """A batch size judged at the budget the checks took it to."""
+    """A batch size judged at the level the checks took it to."""
 
     estimate: Estimate
     steps: int
-    check: BudgetCheck | None  # None: the batch size was never short of the baseline
+    lr_factor: float  # its lr against the confirmed configuration's
+    check: BudgetCheck
 
 
 def judge_levels(
-    levels: list[tuple[int, Estimate]],
+    levels: tuple[int, dict[Level, Estimate]] | None,
     baseline: Estimate,
     tolerance: float,
     cap: int,
     metric: StudyMetric = ACCURACY,
 ) -> Judged | None:
-    """The level a batch size is judged at (its last) and what the budget decision says."""
-    if not levels:
+    """The level a batch size is judged at (the checks' best) and what the decision says."""
+    if not levels or (levels[0], 0) not in levels[1]:
         return None
-    check = budget_check(
-        baseline.mean, [(s, e.mean) for s, e in levels], tolerance, cap, metric.sign
-    )
-    return Judged(levels[-1][1], levels[-1][0], check)
+    own, estimates = levels
+    means = {level: e.mean for level, e in estimates.items()}
+    check = budget_check(baseline.mean, means, own, tolerance, cap, metric.sign)
+    center = check.center if check.center in estimates else (own, 0)
+    return Judged(estimates[center], center[0], 2.0 ** center[1], check)
 
 
 def lr_range_edge(

@@ -131,10 +131,10 @@ def _apply_budget_checks(
     """Judge each batch size at the last budget its checks ran (its estimate is replaced by that
     level's), and keep each one's budget decision; adds `judged_steps` and `budget_check`."""
     decisions: dict[int, Any] = {}
-    judged_steps, described = [], []
+    judged_steps, judged_lr, described = [], [], []
     tol = f"{tolerance * 100:g} pt" if metric.unit == "pt" else f"{tolerance:g} nats"
     for index, row in frontier.iterrows():
-        batch, steps, text = int(row["batch_size"]), math.nan, None
+        batch, steps, factor, text = int(row["batch_size"]), math.nan, math.nan, None
         cell = row.get("best_cell")
         if base is not None and batch != base[0] and isinstance(cell, str):
             levels = budget_levels(trials, cell, metric)
@@ -142,10 +142,12 @@ def _apply_budget_checks(
             if judged is not None and math.isfinite(judged.estimate.mean):
                 frontier.at[index, "estimate"] = judged.estimate
                 steps, decisions[batch] = judged.steps, judged.check
-                text = judged.check.describe(tol)
+                factor, text = judged.lr_factor, judged.check.describe(tol)
         judged_steps.append(steps)
+        judged_lr.append(factor)
         described.append(text)
     frontier["judged_steps"] = judged_steps
+    frontier["judged_lr_factor"] = judged_lr
     frontier["budget_check"] = described
     return decisions
 

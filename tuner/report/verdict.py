@@ -66,12 +66,15 @@ def _drop(row: pd.Series, metric: StudyMetric) -> str:
 
 
 def _judged_at(row: pd.Series) -> str:
-    """' at 1200 steps (4x its budget)' where the more-steps check judged it at a longer
-    budget than the study's own; else nothing."""
+    """' at 1200 steps (4x its budget, its lr x0.5)' where the checks judged it at another
+    level than its confirmed configuration; else nothing."""
     judged, own = row.get("judged_steps"), row.get("budget_steps")
-    if not finite(judged) or not finite(own) or judged <= own:
+    factor = row.get("judged_lr_factor")
+    lr = f", its lr x{num(factor, 2)}" if finite(factor) and factor != 1 else ""
+    if not finite(judged) or not finite(own) or (judged <= own and not lr):
         return ""
-    return f" at {int(judged)} steps ({num(judged / own, 2)}x its budget)"
+    more = f" ({num(judged / own, 2)}x its budget{lr})" if judged > own else f" ({lr[2:]})"
+    return f" at {int(judged)} steps{more}"
 
 
 def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
