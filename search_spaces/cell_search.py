@@ -545,9 +545,13 @@ class CellSearch:
         if not base_levels:
             return
         own, results = base_levels
-        baseline = results[(own, 0)]
-        if not math.isfinite(baseline):
+        if not math.isfinite(results[(own, 0)]):
             return
+        center, runs = checks.baseline_check(results, own, self.tolerance, self.sign)
+        if runs:  # the baseline's own lr first: every other batch size is judged against it
+            self._queue_levels(base, runs)
+            return
+        baseline = results[center]
         for cell in self.cells:
             if cell.batch_size == base.batch_size or cell.key not in self.confirmed:
                 continue
@@ -557,20 +561,25 @@ class CellSearch:
             check = checks.budget_check(
                 baseline, levels[1], levels[0], self.tolerance, self.step_cap(), self.sign
             )
-            best = self._params_of(cell, self.best(cell))
-            for steps, k in check.runs:
-                if (cell.key, steps, k) in self.queued_levels:
-                    continue
-                self.queued_levels.add((cell.key, steps, k))
-                params = {
-                    **best,
-                    "base_lr": best["base_lr"] * 2.0**k,
-                    "budget_steps": steps,
-                    "lr_step": k,
-                }
-                self.pending += [
-                    Pending(cell, params, self.seed + s, EXTEND) for s in range(1, self.seeds + 1)
-                ]
+            self._queue_levels(cell, check.runs)
+
+    def _queue_levels(self, cell: Cell, levels: tuple[tuple[int, int], ...]) -> None:
+        """Queue the cell's best configuration at each (steps, k) level not queued yet: its
+        budget `steps`, its lr x 2^k, the confirmation seeds."""
+        best = self._params_of(cell, self.best(cell))
+        for steps, k in levels:
+            if (cell.key, steps, k) in self.queued_levels:
+                continue
+            self.queued_levels.add((cell.key, steps, k))
+            params = {
+                **best,
+                "base_lr": best["base_lr"] * 2.0**k,
+                "budget_steps": steps,
+                "lr_step": k,
+            }
+            self.pending += [
+                Pending(cell, params, self.seed + s, EXTEND) for s in range(1, self.seeds + 1)
+            ]
 
     # --- outcomes --------------------------------------------------------------------------
 

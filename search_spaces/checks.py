@@ -10,6 +10,8 @@
   tolerance), then with twice the steps, doubling while that helps, up to the cap. It is
   *degraded* only where neither helps. `budget_check` is that decision, on the mean value of
   each (steps, lr) level.
+- **The baseline** gets the same lr check (half and twice its lr): a weak baseline would make
+  every larger batch size look better than it is.
 - **The rule test.** For each rule, the baseline's best configuration (its peak lr, warmup and
   weight decay) is moved to every batch size by the rule alone, no retuning, and run with the
   confirmation seeds: "under sqrt scaling with no retuning, accuracy holds up to B".
@@ -87,8 +89,8 @@ def budget_check(
     runs at (own_steps, 0), then the checks' runs), as a sceptic would: before it is called
     degraded, half and twice its lr are tried at its budget (a better lr moves it there, and
     the line search goes on), then twice the steps (at the best of three lrs there); it is
-    degraded only where neither helps by more than the tolerance. `sign` +1 where higher is better (accuracy), -1 for a loss; `cap`
-    the most steps a run may have."""
+    degraded only where neither helps by more than the tolerance. `sign` +1 where higher is
+    better (accuracy), -1 for a loss; `cap` the most steps a run may have."""
 
     def score(level: Level) -> float:
         value = results.get(level, math.nan)
@@ -128,6 +130,30 @@ def budget_check(
                 return BudgetCheck(DEGRADED, best if gain > 0 else center, gain=gain)
             longer = best
         center = longer
+
+
+def baseline_check(
+    results: dict[Level, float], own_steps: int, tolerance: float, sign: int = 1
+) -> tuple[Level, tuple[Level, ...]]:
+    """The baseline's own lr check: half and twice its confirmed lr at its budget, moving to
+    the better while one gains more than the tolerance (the same line search as
+    `budget_check`'s). Returns the level the baseline is then measured at, and the levels still
+    to run (empty once it is settled). Every other batch size is judged against that level."""
+
+    def score(level: Level) -> float:
+        value = results.get(level, math.nan)
+        return sign * value if math.isfinite(value) else -math.inf
+
+    center = (own_steps, 0)
+    while True:
+        neighbours = [(own_steps, center[1] - 1), (own_steps, center[1] + 1)]
+        missing = tuple(n for n in neighbours if n not in results)
+        if missing:
+            return center, missing
+        best = max(neighbours, key=score)
+        if score(best) - score(center) <= tolerance:
+            return center, ()
+        center = best
 
 
 def rule_test_params(

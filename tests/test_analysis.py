@@ -564,3 +564,19 @@ def test_a_loss_comparison_uses_the_per_example_spread_and_reads_a_rise_as_the_d
     # a small rise within the tolerance, resolved by 10000 examples
     near = estimate([2.005], 10000, "confirmed", val_sd=0.5)
     assert compare(base, near, tolerance=0.02, metric=loss).status == "holds"
+
+
+def test_the_baseline_is_measured_at_the_lr_its_own_check_settled_on():
+    better = [
+        *extensions(8, [0.99, 0.99, 0.99], 100, 1, val_examples=10000),  # twice the lr: +1 pt
+        *extensions(8, [0.96, 0.96, 0.96], 100, -1, val_examples=10000),
+        *extensions(8, [0.97, 0.97, 0.97], 100, 2, val_examples=10000),
+    ]
+    trials = pd.concat([degradation_table(), table(*better)], ignore_index=True)
+    m = degradation_map(trials, target=0.9, tolerance=0.005, n_boot=50)
+    assert m.baseline[1].mean == pytest.approx(0.99)
+    row = m.frontier.set_index("batch_size").loc[8]
+    assert row["status"] == "baseline" and row["baseline_lr_factor"] == 2.0
+    assert row["accuracy"] == pytest.approx(0.99)
+    same = degradation_map(degradation_table(), target=0.9, tolerance=0.005, n_boot=50)
+    assert same.baseline[1].mean == pytest.approx(0.98)  # no check ran: as confirmed

@@ -126,6 +126,7 @@ def test_confirmations_follow_each_cells_search_with_fresh_seeds():
     assert all(c.params == best_512.params for c in last)
     assert search.suggest("x") is None  # confirmations still running: their values may call
     finish(search, [f"c{i}" for i in range(9)] + [f"d{i}" for i in range(3)])  # for checks
+    settle_baseline(search, 0.5)  # its half and twice lr are worse: the baseline stays
     assert search.suggest("done") == FINISHED  # all within the tolerance: nothing to check
 
 
@@ -137,6 +138,7 @@ def test_a_cell_without_a_finished_trial_is_not_confirmed():
     handed = [search.suggest(f"c{i}") for i in range(6)]
     assert [c.cell.batch_size for c in handed] == [8, 8, 32, 32, 128, 128]
     finish(search, [f"c{i}" for i in range(6)])
+    settle_baseline(search, 0.5)
     assert search.suggest("x") == FINISHED
 
 
@@ -194,11 +196,22 @@ def confirmed_search(values: dict[int, float], *, rule_test=False, max_steps=0, 
     n = 0
     while True:
         s = search.suggest(f"c{n}")
-        if not s or s == FINISHED or s.phase != CONFIRM:
+        if not s or s == FINISHED or s.phase == RULE:
             break
-        search.complete(f"c{n}", "completed", values[s.cell.batch_size], 100, 100)
+        if s.phase == EXTEND and s.cell.batch_size > 8:
+            break
+        # The baseline's lr check (half and twice its lr) comes first; both 2 pt worse.
+        value = values[8] - 0.02 if s.phase == EXTEND else values[s.cell.batch_size]
+        search.complete(f"c{n}", "completed", value, 100, 100)
         n += 1
     return search, s, n
+
+
+def settle_baseline(search: CellSearch, value: float) -> None:
+    """Run the baseline's lr check to its end, every run at `value`."""
+    for s in hand_out(search, "base"):
+        assert s.phase == EXTEND and s.cell.batch_size == 8, s
+    finish(search, [k for k in search.trials if k.startswith("base")], value=value)
 
 
 def hand_out(search: CellSearch, prefix: str) -> list:
@@ -264,6 +277,25 @@ def test_more_steps_stop_at_the_cap():
     own, results = search.levels(search.cells[-1])
     check = checks.budget_check(0.95, results, own, 0.01, 300)
     assert check.state == checks.CAPPED and check.center == (200, 0)
+
+
+def test_the_baseline_moves_to_a_better_lr_before_anything_is_judged_against_it():
+    search = make_search(strata=(), trials_per_cell=1, seeds=1)
+    for i in range(4):
+        search.suggest(f"t{i}")
+        search.complete(f"t{i}", "completed", 0.9, 100, 100)
+    confirm = hand_out(search, "c")
+    finish(search, [f"c{i}" for i in range(4)], value=0.9)
+    first = hand_out(search, "a")  # only the baseline's lr: the rest wait for it
+    assert sorted(level(c) for c in first) == [(100, -1), (100, 1)]
+    assert {c.cell.batch_size for c in first} == {8}
+    search.complete("a0", "completed", 0.95 if first[0].params["lr_step"] == 1 else 0.8, 100)
+    search.complete("a1", "completed", 0.95 if first[1].params["lr_step"] == 1 else 0.8, 100)
+    further = hand_out(search, "b")  # twice the lr won by 5 pt: on to four times
+    assert [level(c) for c in further] == [(100, 2)]
+    finish(search, ["b0"], value=0.7)
+    judged = hand_out(search, "d")  # the baseline is now 0.95: 0.9 elsewhere falls short
+    assert {c.cell.batch_size for c in judged} == {32, 128, 512} and len(confirm) == 4
 
 
 def test_the_rule_test_runs_the_baselines_best_moved_by_each_rule():

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from search_spaces.checks import baseline_check
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import (
     MIN_EVIDENCE,
@@ -118,6 +119,30 @@ def _judge(
         values["status"].append("baseline" if is_base else result.status if result else None)
     for name, column in values.items():
         table[name] = column
+
+
+def _checked_baseline(
+    frontier: pd.DataFrame,
+    trials: pd.DataFrame,
+    base: tuple[int, Estimate],
+    tolerance: float,
+    metric: StudyMetric,
+) -> tuple[int, Estimate]:
+    """The baseline at the level its own lr check settled on (`checks.baseline_check`): its
+    estimate in the frontier is replaced by that level's."""
+    index = frontier.index[frontier["batch_size"] == base[0]][0]
+    cell = frontier.at[index, "best_cell"]
+    levels = budget_levels(trials, cell, metric) if isinstance(cell, str) else None
+    if not levels:
+        return base
+    own, estimates = levels
+    means = {level: e.mean for level, e in estimates.items()}
+    center, _ = baseline_check(means, own, tolerance, metric.sign)
+    if center not in estimates or center == (own, 0):
+        return base
+    frontier.at[index, "estimate"] = estimates[center]
+    frontier.at[index, "baseline_lr_factor"] = 2.0 ** center[1]
+    return base[0], estimates[center]
 
 
 def _apply_budget_checks(
@@ -298,6 +323,7 @@ def degradation_map(
     if len(measured):
         first = measured.sort_values("batch_size").iloc[0]
         base = (int(first["batch_size"]), first["estimate"])
+        base = _checked_baseline(frontier, trials, base, tolerance, metric)
     cap = step_cap(trials, max_steps) if len(trials) else 0
     checks = _apply_budget_checks(frontier, trials, base, tolerance, cap, metric)
     _judge(frontier, base, tolerance, metric)

@@ -98,9 +98,12 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     degraded = measured[measured["status"] == "degraded"]["batch_size"].astype(int).tolist()
     unresolved = measured[measured["status"] == "unresolved"]["batch_size"].astype(int).tolist()
     lines = []
+    factor = base_row.get("baseline_lr_factor")
+    moved = f", its lr x{num(factor, 2)} after the lr check" if finite(factor) else ""
     opening = (
         f"Tuned at every batch size and measured again with fresh seeds, {metric.noun} holds "
-        f"within {tol} of the batch-{base_batch} baseline ({_accuracy(base_row, metric)})"
+        f"within {tol} of the batch-{base_batch} baseline ({_accuracy(base_row, metric)}"
+        f"{moved})"
     )
     if holds == base_batch:
         lines.append(
