@@ -141,7 +141,7 @@ def _checked_baseline(
     if center not in estimates or center == (own, 0):
         return base
     frontier.at[index, "estimate"] = estimates[center]
-    frontier.at[index, "baseline_lr_factor"] = 2.0 ** center[1]
+    frontier.loc[index, "baseline_lr_factor"] = 2.0 ** center[1]
     return base[0], estimates[center]
 
 
