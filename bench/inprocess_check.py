@@ -105,9 +105,7 @@ def main() -> None:
     p.add_argument("--json", help="also write every run's summary here")
     args = p.parse_args(argv)
     spec = study_spec(args.workload, extra)
-    budgets = [b if ":" in b else f"steps:{b}" for b in args.steps.split(",") if b] or [
-        spec.budget
-    ]
+    budgets = [b if ":" in b else f"steps:{b}" for b in args.steps.split(",") if b] or [spec.budget]
     jobs = [
         {
             "workload": args.workload,

@@ -136,6 +136,7 @@ class CellSearch:
         tolerance: float = 0.01,
         max_steps: int = 0,
         rule_test: bool = True,
+        checks: bool = True,
         sampler: Callable[[int], optuna.samplers.BaseSampler] = default_sampler,
     ):
         self.study_name, self.cells = study_name, list(cells)
@@ -146,6 +147,7 @@ class CellSearch:
         # Checks: a batch size short of the baseline by more than `tolerance` gets more steps,
         # up to `max_steps` (0: twice the longest budget any trial of the study had).
         self.tolerance, self.max_steps, self.rule_test = tolerance, max_steps, rule_test
+        self.run_checks = checks  # the lr and more-steps checks
         self.sampler = sampler
         self.assigned = {c.key: 0 for c in self.cells}  # search trials per cell
         self.trials: dict[str, tuple[str, int, str]] = {}  # key -> (cell key, number, phase)
@@ -540,6 +542,8 @@ class CellSearch:
     def _queue_extensions(self) -> None:
         """Check every confirmed cell short of the baseline: half and twice its lr, then twice
         its steps, while they help (`checks.budget_check`)."""
+        if not self.run_checks:
+            return
         base = self.baseline_cell()
         base_levels = self.levels(base) if base is not None else None
         if not base_levels:

@@ -523,3 +523,29 @@ def test_per_batch_size_tuning_finds_each_batch_sizes_own_lr_and_joint_tpe_does_
     assert all_within_2x(joint) <= all_within_2x(ours) - 0.1
     largest = GRID[-1]
     assert np.mean([run[largest] for run in joint]) > np.mean([run[largest] for run in ours])
+
+
+def test_without_checks_a_short_cell_is_left_as_confirmed():
+    search = make_search(strata=(), trials_per_cell=1, seeds=1)
+    search.run_checks = False  # --no-checks
+    for i in range(4):
+        search.suggest(f"t{i}")
+        search.complete(f"t{i}", "completed", 0.9, 100, 100)
+    handed = hand_out(search, "c")
+    assert [c.phase for c in handed] == [CONFIRM] * 4
+    finish(search, [f"c{i}" for i in range(4)], value=0.5)
+    assert search.suggest("done") == FINISHED
+
+
+def test_smoke_and_no_checks_turn_the_checks_off():
+    from tuner.options import build_parser
+    from tuner.resolve import build_spec
+
+    def spec(*extra):
+        args = build_parser("").parse_args(["simple_cnn", "--storage", "/tmp/x", *extra])
+        return build_spec(args, gpus_available=False)
+
+    assert (spec().checks, spec().rule_test) == (True, True)
+    assert (spec("--smoke").checks, spec("--smoke").rule_test) == (False, False)
+    assert (spec("--no-checks").checks, spec("--no-rule-test").rule_test) == (False, False)
+    assert spec("--no-rule-test").checks is True

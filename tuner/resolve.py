@@ -176,7 +176,8 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         decode=pick(args.decode, "auto"),
         max_steps=pick(args.max_steps, 0),
         tolerance=pick(tolerance, metric.default_tolerance),
-        rule_test=not args.no_rule_test,
+        rule_test=not (args.no_rule_test or args.no_checks or args.smoke),
+        checks=not (args.no_checks or args.smoke),
     )
     spec.validate()
     return spec
@@ -215,8 +216,9 @@ DECIDES: dict[str, tuple[str, ...]] = {
     "max_steps": ("max_steps",),
     "tolerance": ("tolerance",),
     "no_rule_test": ("rule_test",),
+    "no_checks": ("checks", "rule_test"),
     "decode": ("decode",),
-    "smoke": ("budget", "batch_sizes", "trials", "max_train_examples", "seeds"),
+    "smoke": ("budget", "batch_sizes", "trials", "max_train_examples", "seeds", "checks"),
     **{name: (name,) for name in RESUMABLE},
 }
 

@@ -92,6 +92,7 @@ class StudySpec:
     max_steps: int = 0
     tolerance: float = 0.01
     rule_test: bool = True
+    checks: bool = True  # the lr and more-steps checks (False: --no-checks, --smoke)
 
     @property
     def remote(self) -> bool:
@@ -142,9 +143,11 @@ class StudySpec:
     @property
     def most_trials(self) -> int:
         """A bound on the trials of the study, for Tune's `num_samples` (the searcher says when
-        it is done): the more-steps check may double a cell's budget up to 16 times."""
-        extensions = len(self.cells()) * self.seeds * 16
-        return self.trials + self.confirmation_trials + self.rule_test_trials + extensions
+        it is done): the checks run a cell's best at up to 64 levels (lr and steps); a cell's
+        range extensions add at most 3 search trials."""
+        extensions = len(self.cells()) * self.seeds * 64 if self.checks else 0
+        edges = 3 * len(self.cells())
+        return self.trials + edges + self.confirmation_trials + self.rule_test_trials + extensions
 
     def rungs(self) -> list[float]:
         """ASHA's rungs as fractions of the budget, below its end: grace, grace * rf, ..."""

@@ -46,6 +46,7 @@ def make_search(spec: StudySpec) -> CellSearch:
         tolerance=spec.tolerance,
         max_steps=spec.max_steps,
         rule_test=spec.rule_test,
+        checks=spec.checks,
     )
 
 
