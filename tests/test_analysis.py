@@ -580,3 +580,36 @@ def test_the_baseline_is_measured_at_the_lr_its_own_check_settled_on():
     assert row["accuracy"] == pytest.approx(0.99)
     same = degradation_map(degradation_table(), target=0.9, tolerance=0.005, n_boot=50)
     assert same.baseline[1].mean == pytest.approx(0.98)  # no check ran: as confirmed
+
+
+def rule_runs(batch: int, accuracies: list[float | None], rule: str = "sqrt") -> list[list[dict]]:
+    """The rule test's runs at `batch`, one per confirmation seed; None: that seed diverged."""
+    return [
+        trial(f"r{batch}{rule}{i}", batch, [(50, 0.5), (100, 0.1)], phase="rule", seed=i + 1,
+              rule=rule, outcome="diverged", diverged_last=True, val_examples=10000)
+        if a is None
+        else trial(f"r{batch}{rule}{i}", batch, [(50, a - 0.05), (100, a)], phase="rule",
+                   seed=i + 1, rule=rule, val_examples=10000)
+        for i, a in enumerate(accuracies)
+    ]  # fmt: skip
+
+
+def test_the_rule_test_says_how_far_each_rule_holds_and_where_it_diverges():
+    """Under sqrt with no retuning: 32 holds, 128 is short by 2 pt (degraded), one of three
+    seeds diverges at 512 (a finding, named, though the rule had stopped holding before)."""
+    from tuner.report.verdict import rule_test_verdict
+
+    parts = [
+        *rule_runs(32, [0.978, 0.981, 0.979]),
+        *rule_runs(128, [0.958, 0.962, 0.960]),
+        *rule_runs(512, [0.95, None, 0.949]),
+    ]
+    trials = pd.concat([degradation_table(), table(*parts)], ignore_index=True)
+    m = degradation_map(trials, target=0.9, tolerance=0.01, n_boot=50)
+    rows = m.rule_test.set_index("batch_size")
+    assert list(rows["status"]) == ["holds", "degraded", "diverged"]
+    assert list(rows["runs"]) == [3, 3, 3] and list(rows["diverged_runs"]) == [0, 0, 1]
+    assert rows.loc[128, "drop"] == pytest.approx(0.98 - 0.96)
+    line = rule_test_verdict(m)[0]
+    assert "sqrt holds up to batch 32, degraded at batch 128 (drop 2.0 pt" in line
+    assert "diverged at batch 512 (1 of 3 runs" in line

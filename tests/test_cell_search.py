@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import shutil
 import warnings
 from collections import Counter
 
@@ -549,3 +550,46 @@ def test_smoke_and_no_checks_turn_the_checks_off():
     assert (spec("--smoke").checks, spec("--smoke").rule_test) == (False, False)
     assert (spec("--no-checks").checks, spec("--no-rule-test").rule_test) == (False, False)
     assert spec("--no-rule-test").checks is True
+
+
+@pytest.mark.parametrize("order", ["database-older", "tune-newest"])
+def test_a_state_newer_than_its_database_loses_nothing_and_waits_for_nothing(tmp_path, order):
+    """The object store's three records from three moments, the other way round: the
+    database's snapshot is older than the searcher's state (a trial the state handed out and
+    saw finish is open or absent in Optuna), and Tune's state is as new as the searcher's or
+    newer (a trial neither of the others knows). Every trial Tune ran is recorded once, with
+    its value, and the search ends as an uninterrupted one (seen: a resumed study waiting
+    forever for a trial the state had seen finish and Optuna never heard the end of)."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    search = make_search(storage=optuna.storages.RDBStorage(url), strata=(), trials_per_cell=2)
+    expected = hand_out_everything(make_search(strata=(), trials_per_cell=2))
+    configs: dict[str, dict] = {}
+    db_at, state_at = 6, 9
+    tune_at = state_at if order == "database-older" else state_at + 1
+    for i in range(tune_at + 1):
+        s = search.suggest(f"t{i}")
+        configs[f"t{i}"] = {"cell": s.cell.key, "phase": s.phase, "seed": s.seed, **s.params}
+        if i == db_at:  # the snapshot: trial 6 handed out, not finished
+            shutil.copy(tmp_path / "o.db", tmp_path / "snapshot.db")
+        search.complete(f"t{i}", "completed", 0.5 + 0.01 * i, 10)
+        if i == state_at:
+            state = pickle.dumps(search)
+    restored = pickle.loads(state)
+    restored.attach(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'snapshot.db'}"))
+    assert restored.reconcile(configs) == tune_at - db_at + 1
+    for i in range(tune_at + 1):  # Tune's state has them all ended: the searcher tells them
+        restored.complete(f"t{i}", "completed", 0.5 + 0.01 * i, 10)
+    handed = expected[: tune_at + 1] + hand_out_everything(restored, start=tune_at + 1)
+    assert handed == expected
+    trials = [
+        t
+        for name in optuna.get_all_study_names(f"sqlite:///{tmp_path / 'snapshot.db'}")
+        for t in optuna.load_study(
+            study_name=name, storage=f"sqlite:///{tmp_path / 'snapshot.db'}"
+        ).trials
+    ]
+    ids = sorted(t.user_attrs["tune_trial_id"] for t in trials)
+    assert ids == sorted(f"t{i}" for i in range(len(expected)))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    values = {t.user_attrs["tune_trial_id"]: t.value for t in trials}
+    assert values["t7"] == pytest.approx(0.57) and values["t6"] == pytest.approx(0.56)

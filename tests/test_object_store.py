@@ -171,9 +171,7 @@ ARGS = [
     "--budget",
     "steps:40",
     # The checks off: these tests count the search's trials and confirmations.
-    "--no-rule-test",
-    "--max-steps",
-    "40",
+    "--no-checks",
     "--eval-every",
     "10",
     "--max-train-examples",

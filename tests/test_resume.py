@@ -42,9 +42,7 @@ ARGS = [
     "--budget",
     "steps:60",
     # The checks off: these tests count the search's trials and confirmations.
-    "--no-rule-test",
-    "--max-steps",
-    "60",
+    "--no-checks",
     "--eval-every",
     "15",
     "--max-concurrent",

@@ -114,7 +114,8 @@ def rule_test(
     metric: StudyMetric = ACCURACY,
 ) -> pd.DataFrame:
     """Per rule and batch size: the rule test's runs, their estimate and the comparison with
-    the baseline (status holds / unresolved / degraded, or diverged when no run ended)."""
+    the baseline (status holds / unresolved / degraded, or diverged when a run diverged or
+    none ended)."""
     columns = [
         "scaling_rule",
         "batch_size",
@@ -155,7 +156,10 @@ def rule_test(
                 "drop": result.drop if result else math.nan,
                 "drop_low": result.low if result else math.nan,
                 "drop_high": result.high if result else math.nan,
-                "status": result.status if result else "diverged",
+                # a run that diverged under the rule alone: the rule does not hold there
+                "status": "diverged"
+                if group["diverged"].any() or result is None
+                else result.status,
             }
         )
     return pd.DataFrame(out, columns=columns)

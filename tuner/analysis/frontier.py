@@ -198,7 +198,9 @@ def _refine_statuses(
                 status = "under-searched"
             elif check is None or check.state not in ("degraded", "diverged"):
                 status = "under-trained"
-        elif status == "unresolved" and edge is not None:
+        elif status == "unresolved" and edge is not None and row.drop > 0:
+            # short of the baseline, unresolved, and a better lr may lie beyond the edge (one
+            # at or above the baseline needs no saving: it stays unresolved)
             status = "under-searched"
         statuses.append(status)
         edges.append(f"{edge[0]} edge of [{edge[1]:.3g}, {edge[2]:.3g}]" if edge else None)

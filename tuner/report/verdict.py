@@ -185,6 +185,11 @@ def resolution_notes(m: DegradationMap) -> list[str]:
     ]
 
 
+def diverged_runs(row: pd.Series) -> str:
+    """'1 of 2 runs' diverged (a rule-test row)."""
+    return f"{int(row['diverged_runs'])} of {int(row['runs'])} runs"
+
+
 def rule_test_verdict(m: DegradationMap) -> list[str]:
     """The rule test: the baseline's best moved to every batch size by each rule alone."""
     table = m.rule_test
@@ -206,12 +211,21 @@ def rule_test_verdict(m: DegradationMap) -> list[str]:
             row = first.iloc[0]
             batch = int(row["batch_size"])
             why = (
-                f"every run diverged at batch {batch}"
+                f"diverged at batch {batch} ({diverged_runs(row)}, peak lr "
+                f"{num(row['peak_lr'], 2)})"
                 if row["status"] == "diverged"
                 else f"{row['status']} at batch {batch} ({m.metric.worse} "
                 f"{diff_text(m.metric, row['drop'])}, peak lr {num(row['peak_lr'], 2)})"
             )
             text += f", {why}"
+        # a run that diverges is a finding wherever it is, not only at the first failure
+        named = int(first.iloc[0]["batch_size"]) if len(first) else holds
+        later = rows[(rows["batch_size"] > named) & (rows["diverged_runs"] > 0)]
+        for _, row in later.iterrows():
+            text += (
+                f", diverged at batch {int(row['batch_size'])} ({diverged_runs(row)}, peak lr "
+                f"{num(row['peak_lr'], 2)})"
+            )
         parts.append(text)
     runs = int(table["runs"].max())
     return [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,40 @@ from tuner.store.optuna_db import snapshot_sqlite
 STEP = "optimizer_steps"  # the x of Optuna's intermediate values
 
 
-def tune_trials(experiment_dir: Path) -> set[str] | None:
-    """The trial ids in the newest Tune experiment state of `experiment_dir` (the one Tune
-    restores from), None where it cannot be read (its format is Tune's own)."""
+@dataclass(frozen=True)
+class TuneTrial:
+    """A trial as the newest Tune experiment state holds it."""
+
+    status: str  # Tune's: PENDING, RUNNING, PAUSED, TERMINATED, ERROR
+    config: dict[str, Any]  # what the searcher handed out (cell, phase, seed and parameters)
+    last_result: dict[str, Any] | None
+
+    @property
+    def ended(self) -> bool:
+        """Tune will not run it again on resume (errored trials are not resumed)."""
+        return self.status in ("TERMINATED", "ERROR")
+
+
+def tune_trials(experiment_dir: Path) -> dict[str, TuneTrial] | None:
+    """The trials in the newest Tune experiment state of `experiment_dir` (the one Tune
+    restores from), by id; None where it cannot be read (its format is Tune's own)."""
     states = sorted(experiment_dir.glob("experiment_state-*.json"))
     if not states:
         return None
     try:
         data = json.loads(states[-1].read_text())
-        return {json.loads(entry[0])["trial_id"] for entry in data["trial_data"]}
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        trials = {}
+        for entry in data["trial_data"]:
+            state = json.loads(entry[0])
+            runtime = json.loads(entry[1]) if len(entry) > 1 else {}
+            config = state.get("config")
+            trials[state["trial_id"]] = TuneTrial(
+                status=str(state.get("status", "")),
+                config=config if isinstance(config, dict) else {},
+                last_result=runtime.get("last_result") or None,
+            )
+        return trials
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
 
 
@@ -115,6 +140,13 @@ class CellSearcher(Searcher):
         self._search = saved["search"]
         self._search.attach(self._storage_factory())
         # The database and Tune's own state may be from other moments than this state.
-        self._search.reconcile(tune_trials(Path(checkpoint_path).parent))
+        tune = tune_trials(Path(checkpoint_path).parent)
+        configs = {k: t.config or None for k, t in tune.items()} if tune is not None else None
+        self._search.reconcile(configs)
+        # A trial Tune's state has ended is never run again, so its end is told here (a
+        # no-op where the searcher's state and Optuna already had it).
+        for key, trial in (tune or {}).items():
+            if trial.ended:
+                self.on_trial_complete(key, trial.last_result, error=trial.status == "ERROR")
         if self._scheduler is not None and saved["scheduler"] is not None:
             self._scheduler.load_state(saved["scheduler"])
