@@ -305,6 +305,17 @@ def test_a_best_lr_that_leaves_the_search_open_is_under_searched():
     )
     m = degradation_map(inside, target=0.9, tolerance=0.01, n_boot=50, ranges=ranges)
     assert m.frontier.set_index("batch_size").loc[512, "status"] == "degraded"  # tried beyond
+    # a batch size level with the baseline needs no better lr: on an edge, still unresolved
+    level = [
+        trial(f"s32-{i}", 32, [(100, 0.97 + i / 1000)], base_lr=lr, val_examples=300, cell="c32")
+        for i, lr in enumerate([0.003, 0.02, 0.1, 0.28])
+    ]
+    parts = [*level, *confirmations(32, [0.97, 0.995, 0.985], val_examples=300, cell="c32")]
+    trials = pd.concat([degradation_table(), table(*parts)], ignore_index=True)
+    trials = trials[(trials["batch_size"] != 32) | (trials["cell"] == "c32")]
+    m = degradation_map(trials, target=0.9, tolerance=0.01, n_boot=50, ranges=ranges)
+    row = m.frontier.set_index("batch_size").loc[32]
+    assert row["status"] == "unresolved" and row["lr_edge"].startswith("upper edge")
 
 
 def test_without_confirmations_the_search_best_is_flagged():
