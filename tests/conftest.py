@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,6 +59,41 @@ def run_cli(
             f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+def kill_study_when(
+    argv: list[str],
+    log: Path,
+    ready: Callable[[], bool],
+    env: dict | None = None,
+    interval: float = 0.2,
+    timeout: float = 400,
+) -> None:
+    """Start `python -m tuner.search ARGV` in a process group of its own and, once `ready()`,
+    SIGKILL the whole group, Ray's processes with it (a crash: no clean shutdown). Fails if
+    the study ends before, or `ready()` does not come within `timeout` seconds. The two
+    kill-and-resume tests (test_resume, test_object_store) both kill this way."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuner.search", *argv],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, (
+                f"the study ended before it could be interrupted:\n{log.read_text()[-3000:]}"
+            )
+            assert time.monotonic() < deadline, "the moment to interrupt never came"
+            time.sleep(interval)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # its Ray processes, if it died alone
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def assert_each_evaluation_trained_once(study_dir: Path) -> None:

@@ -112,10 +112,10 @@ def test_worker_node_killed_mid_study_study_completes_with_report(tmp_path):
                 str(TRIALS),
                 "--seeds",
                 "0",
+                # A step budget: 120 steps at both batch sizes (epochs:4 gave batch 8 718
+                # steps and batch 64 90, and the kill only needs a trial mid-way).
                 "--budget",
-                "epochs:4",
-                "--min-steps",
-                "0",
+                "steps:120",
                 "--cpus-per-worker",
                 "2",
                 # ASHA's only rung just before the end: no trial is stopped early, so a trial on

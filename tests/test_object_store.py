@@ -7,22 +7,16 @@ machine).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 
 import optuna
 import pytest
 
 from tests.conftest import (
-    ROOT,
     assert_each_evaluation_trained_once,
     assert_resume_kept_the_record,
+    kill_study_when,
     optuna_records,
     run_cli,
 )
@@ -206,28 +200,11 @@ def finished_in_snapshot(tmp_path) -> int:
 @pytest.mark.slow
 def test_a_study_killed_on_one_machine_resumes_on_another_from_the_bucket(aws, tmp_path):
     first = {**aws, store.CACHE_ENV: str(tmp_path / "machine-a")}
-    log = tmp_path / "first-run.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.search", *ARGS],
-            cwd=ROOT,
-            env={**os.environ, **first},
-            start_new_session=True,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 400
-        while finished_in_snapshot(tmp_path) < 2:
-            assert proc.poll() is None, (
-                f"the study ended before it could be interrupted:\n{log.read_text()[-3000:]}"
-            )
-            assert time.monotonic() < deadline, "no trial reached the bucket in time"
-            time.sleep(2)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # its Ray processes, if it died alone
-            os.killpg(proc.pid, signal.SIGKILL)  # the head is gone, and its disk with it
-        proc.wait()
+
+    def two_finished_in_the_bucket() -> bool:  # polled every 2 s: the kill lands at any moment
+        return finished_in_snapshot(tmp_path) >= 2
+
+    kill_study_when(ARGS, tmp_path / "first-run.log", two_finished_in_the_bucket, first, 2)
     assert not store.exists(store.join(STUDY, "report.md"))
     store.download_file(store.join(STUDY, "optuna-snapshot.db"), tmp_path / "at-kill.db")
     before = optuna_records(tmp_path / "at-kill.db")  # what the bucket knew at the kill

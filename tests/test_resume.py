@@ -1,14 +1,8 @@
 """An interrupted study continues with --resume: finished trials are kept as they were, none is
 recorded or trained twice, and it ends as an uninterrupted study would."""
 
-import contextlib
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections import Counter
 
 import pandas as pd
@@ -16,9 +10,9 @@ import pytest
 
 from tests.conftest import (
     FINISHED_STATES,
-    ROOT,
     assert_each_evaluation_trained_once,
     assert_resume_kept_the_record,
+    kill_study_when,
     optuna_records,
     run_cli,
 )
@@ -87,25 +81,8 @@ def first_run_killed_after(tmp_path, name: str, finished: int, extra: list[str])
     `finished` trials are done (a crash: no clean shutdown), and return Optuna's record as the
     kill left it."""
     study_dir = tmp_path / name
-    log = tmp_path / "first-run.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.search", *ARGS, *extra, "--name", name,
-             "--storage", str(tmp_path)],
-            cwd=ROOT, start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 400
-        while not mid_trial(study_dir, finished):
-            assert proc.poll() is None, (
-                f"the study ended before it could be interrupted:\n{log.read_text()[-3000:]}"
-            )
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.2)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # its Ray processes, if it died alone
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    argv = [*ARGS, *extra, "--name", name, "--storage", str(tmp_path)]
+    kill_study_when(argv, tmp_path / "first-run.log", lambda: mid_trial(study_dir, finished))
     return optuna_records(study_dir / "optuna.db")
 
 
