@@ -294,7 +294,8 @@ class CellSearch:
             ]
 
     def _forget(self, key: str) -> None:
-        """Undo the handing out of a trial that neither Optuna nor Tune ever recorded."""
+        """Undo the handing out of a trial (`handed` says what it ran): its cell's share, or
+        its confirmation or check, goes to the next trial asked for."""
         cell_key, _, phase = self.trials.pop(key)
         self.finished.discard(key)
         run, edge = self.handed.pop(key, (None, False))
@@ -305,20 +306,15 @@ class CellSearch:
             self.pending.insert(0, run)
 
     def _hand_back(self, key: str) -> None:
-        """Undo the handing out of a trial Tune never started: its cell's share, or its
-        confirmation or check, goes to the next trial asked for."""
-        cell_key, number, phase = self.trials.pop(key)
-        self.handed.pop(key, None)
+        """Undo the handing out of a trial Tune never started, as Optuna recorded it."""
+        cell_key, number, phase = self.trials[key]
         cell = next(c for c in self.cells if c.key == cell_key)
-        study = self.checks_study() if phase in PROBES else self.study(cell)
-        if phase == SEARCH:
-            edge = study.trials[number].user_attrs.get("edge")
-            self.edge_trials[cell_key] -= 1 if edge else 0
-            self.assigned[cell_key] -= 0 if edge else 1
-            return
-        trial = study.trials[number]
-        params = trial_params(self.space, cell, trial)
-        self.pending.insert(0, Pending(cell, params, trial.user_attrs.get("seed"), phase))
+        trial = (self.checks_study() if phase in PROBES else self.study(cell)).trials[number]
+        run = Pending(
+            cell, trial_params(self.space, cell, trial), trial.user_attrs.get("seed"), phase
+        )
+        self.handed[key] = (run, bool(trial.user_attrs.get("edge")))
+        self._forget(key)
 
     @property
     def storage_url(self) -> str:

@@ -125,22 +125,24 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
             f"{_drop(row, metric)}, beyond the {tol} tolerance at 95% confidence; "
             f"{row['budget_check'] or 'more steps were not tried'}."
         )
-    for batch in measured[measured["status"] == "under-trained"]["batch_size"].astype(int):
-        row = frontier.loc[batch]
-        lines.append(
-            f"Under-trained at batch {batch}, not shown degraded: {_accuracy(row, metric)}"
-            f"{_judged_at(row)}, {_drop(row, metric)}; "
-            f"{row['budget_check'] or 'more steps were not tried'}: more steps may still "
-            f"save it (--max-steps)."
-        )
-    for batch in measured[measured["status"] == "under-searched"]["batch_size"].astype(int):
-        row = frontier.loc[batch]
-        lines.append(
-            f"Under-searched at batch {batch}, not shown degraded: {_accuracy(row, metric)}"
-            f"{_judged_at(row)}, {_drop(row, metric)}; its best lr sits on the "
-            f"{row['lr_edge']} its search covered, so a better lr may save it (more --trials "
-            f"extend the range further)."
-        )
+    # short of the baseline, and what may still save it
+    why_not_degraded = {
+        "under-trained": lambda row: (
+            f"{row['budget_check'] or 'more steps were not tried'}: "
+            "more steps may still save it (--max-steps)"
+        ),
+        "under-searched": lambda row: (
+            f"its best lr sits on the {row['lr_edge']} its search "
+            "covered, so a better lr may save it (more --trials extend the range further)"
+        ),
+    }
+    for status, why in why_not_degraded.items():
+        for batch in measured[measured["status"] == status]["batch_size"].astype(int):
+            row = frontier.loc[batch]
+            lines.append(
+                f"{status.capitalize()} at batch {batch}, not shown degraded: "
+                f"{_accuracy(row, metric)}{_judged_at(row)}, {_drop(row, metric)}; {why(row)}."
+            )
     if unresolved:
         row = frontier.loc[unresolved[0]]
         lines.append(
