@@ -554,3 +554,20 @@ def test_real_tensorboard_server_serves_the_map(real_report):
                 finals.loc[trial_id, "val_acc"], rel=1e-6
             )
         assert group["hparams"]["batch_size"] in load_spec(study).batch_sizes
+
+
+def test_a_batch_size_never_checked_is_under_trained_not_degraded(tmp_path, monkeypatch):
+    """Batch 512 short of the baseline before its checks ran: the verdict says under-trained,
+    why, and what may still save it, and never 'degraded'."""
+    study = make_study(tmp_path, "8,32,128,512")
+    verdict = verdict_of(report_on(study, degradation_table(checked=False), monkeypatch))
+    assert (
+        "Under-trained at batch 512, not shown degraded: 93.5% (3 seed(s), sd 0.5 pt), drop "
+        in verdict
+    )
+    # the check the search would queue next: half and twice the lr at its budget
+    assert (
+        "; being checked (100 steps, lr x0.5, 100 steps, lr x2): more steps may still save it "
+        "(--max-steps)." in verdict
+    )
+    assert "Degraded at" not in verdict
