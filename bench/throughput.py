@@ -27,10 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.datasets import load_synthetic  # noqa: E402
-from trainables.loop import synthetic_shape, train  # noqa: E402
+from trainables.loop import train  # noqa: E402
 from trainables.models import build_model  # noqa: E402
-from tuner.options import build_parser
+from tuner.options import build_parser  # noqa: E402
 from tuner.resolve import build_spec  # noqa: E402
+
+SHAPES = {"conv1d": (1, 40), "simple_cnn": (1, 28, 28)}  # synthetic data per model
 
 
 def config(args, workers: int) -> dict:
@@ -46,7 +48,7 @@ def config(args, workers: int) -> dict:
 
 def bare_pytorch(args) -> list[float]:
     """The loop a user would write by hand: the same model, data, optimiser and batch."""
-    splits = load_synthetic(synthetic_shape(args.model), n_train=args.examples, n_val=256)
+    splits = load_synthetic(SHAPES.get(args.model, (3, 32, 32)), n_train=args.examples, n_val=256)
     torch.manual_seed(0)
     model = build_model(args.model, splits.input_shape, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)

@@ -1,6 +1,6 @@
-"""Search ranges per workload (`spaces`), the cells a study stratifies into (`cells`) and the
-per-cell Optuna search itself (`cell_search`); plain Python, no Ray."""
+"""Search ranges, the per-cell search and its checks (the ranges of each built-in workload are
+part of its definition, `trainables.workloads`)."""
 
-from search_spaces.spaces import SPACES, SearchSpace, get_space
+from search_spaces.spaces import SearchSpace
 
-__all__ = ["SPACES", "SearchSpace", "get_space"]
+__all__ = ["SearchSpace"]

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search_spaces import checks, get_space
+from search_spaces import checks
 from search_spaces.cell_search import (
     CONFIRM,
     EDGE_TRIALS,
@@ -28,10 +28,16 @@ from search_spaces.cell_search import (
 )
 from search_spaces.cells import default_strata, study_cells
 from trainables.optim import scaled_lr
+from trainables.workloads import find_workload
 
 GRID = (8, 32, 128, 512)
 REF = 32
 optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def get_space(name: str):
+    """A built-in workload's search ranges."""
+    return find_workload(name).search_space
 
 
 def make_search(

@@ -3,12 +3,27 @@
 import pytest
 
 from trainables.config import ConfigError, TrialConfig, batch_layout
+from trainables.datasets import DATASETS
+from trainables.models import MODELS
+from trainables.workload import Data, Workload
+from trainables.workloads import by_value
+
+
+def model_on(model: str, dataset: str, **data) -> str:
+    """A reference to a workload of one built-in model on one built-in data set (a pairing no
+    built-in workload has), for tests of the loop."""
+    load = data.pop("load", None) or DATASETS[dataset]
+    workload = Workload(
+        name=f"{model}-on-{dataset}",
+        model=MODELS[model],
+        datasets={dataset: Data(load=load, **data)},
+    )
+    return by_value(workload)
 
 
 def base_config(**overrides):
     values = dict(
         workload="simple_cnn",
-        model="simple_cnn",
         dataset="digits",
         data_dir=None,
         batch_size=64,
@@ -35,6 +50,7 @@ def base_config(**overrides):
         split_seed=0,
         seed=0,
         metric="accuracy",
+        metric_mode="",
         stop_at_target=0.0,
         use_gpu=False,
         compile=False,

@@ -11,12 +11,13 @@ from PIL import Image
 from torchvision.io import decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as F
 
-from tests.test_config import base_config
+from tests.test_config import base_config, model_on
 from trainables import images
 from trainables.config import TrialConfig
 from trainables.data import BatchSource, worker_batches
 from trainables.datasets import load_imagenet
 from trainables.loop import train
+from trainables.workloads import _imagenet
 
 CPU = torch.device("cpu")
 
@@ -138,7 +139,7 @@ def test_loop_trains_on_an_image_folder(folder, decode):
     here the CPU), gradient accumulation over micro-batches, mid-run resume."""
     config = TrialConfig.from_dict(
         base_config(
-            model="resnet8",
+            workload=model_on("resnet8", "imagenet", load=_imagenet, streamed=True),
             dataset="imagenet",
             data_dir=None,
             batch_size=12,

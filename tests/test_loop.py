@@ -175,7 +175,7 @@ def test_resume_in_the_middle_of_an_epoch_replays_the_same_run():
 def test_resume_replays_augmentation_exactly():
     splits = load_synthetic((3, 16, 16), n_train=640, n_val=64)
     splits.augment = "crop_flip"
-    config = {"model": "resnet8", "workload": "resnet8", "dataset": "synthetic"}
+    config = {"workload": "resnet8", "dataset": "synthetic"}
     config |= {"batch_size": 32, "budget_unit": "steps", "budget_amount": 30, "eval_every": 10}
     config |= {"reference_batch": 128, "max_train_examples": 0}
     full, states = run(config, splits=copy.deepcopy(splits))
@@ -223,7 +223,7 @@ def test_the_bn_batch_is_the_same_at_every_batch_size_with_ghost_batchnorm():
     splits = load_synthetic((3, 16, 16), n_train=512, n_val=64)
     seen = {}
     for batch in (64, 256):
-        config = {"model": "resnet8", "workload": "resnet8", "dataset": "synthetic"}
+        config = {"workload": "resnet8", "dataset": "synthetic"}
         config |= {"batch_size": batch, "budget_unit": "steps", "budget_amount": 1}
         config |= {"bn_mode": "ghost", "ghost_batch": 32, "reference_batch": 128}
         reports, _ = run(config, splits=copy.deepcopy(splits))

@@ -7,14 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from tests.test_config import base_config
+from tests.test_config import base_config, model_on
 from tests.test_loop import run
 from trainables import accel, loop
 from trainables.batchnorm import apply_bn_mode, bn_label
 from trainables.config import TrialConfig
 from trainables.data import BatchSource
-from trainables.datasets import load_dataset
-from trainables.models import build_model
 from trainables.noise_scale import NoiseScale, squared_norm, two_batch_estimates
 from trainables.optim import build_optimizer, param_groups
 
@@ -70,12 +68,16 @@ MEASURED_PATHS = [
     pytest.param({"max_device_batch": 64}, False, id="halves-as-micro-batches"),
     pytest.param({"max_device_batch": 16}, True, id="accumulation"),
     pytest.param(
-        {"max_device_batch": 64, "model": "resnet8", "bn_mode": "per_worker"},
+        {
+            "max_device_batch": 64,
+            "workload": model_on("resnet8", "digits"),
+            "bn_mode": "per_worker",
+        },
         False,
         id="bn-over-batch-two-backward",
     ),
     pytest.param(
-        {"max_device_batch": 64, "model": "resnet8", "bn_mode": "ghost"},
+        {"max_device_batch": 64, "workload": model_on("resnet8", "digits"), "bn_mode": "ghost"},
         False,
         id="ghost-bn-halves",
     ),
@@ -89,9 +91,9 @@ def _one_step(extra: dict, measure: bool, dtype: torch.dtype):
     gradients it applied, the state after it, and how many noise-scale measurements it made."""
     config = TrialConfig.from_dict(base_config(**(MEASURED_RUN | extra)))
     layout = config.layout()
-    splits = load_dataset(config.dataset, None, 0, loop.synthetic_shape(config.model))
+    splits = loop.open_splits(config)
     torch.manual_seed(0)
-    model = build_model(config.model, splits.input_shape, splits.num_classes)
+    model = loop.trial_workload(config).build_model(splits.input_shape, splits.num_classes)
     model = apply_bn_mode(model, config.bn_mode, config.ghost_batch, 1).to(dtype)
     cpu = torch.device("cpu")
     source = BatchSource(splits, config.batch_size, 0, 1, 0, cpu, micro_batch=layout.micro_batch)

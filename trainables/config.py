@@ -66,8 +66,7 @@ def batch_layout(global_batch: int, workers: int, max_device_batch: int) -> Batc
 class TrialConfig:
     """Everything one trial needs; built only through `from_dict`, which validates it."""
 
-    workload: str
-    model: str
+    workload: str  # a reference trainables.workloads.find_workload resolves, on every worker
     dataset: str
     data_dir: str | None
     batch_size: int
@@ -93,7 +92,8 @@ class TrialConfig:
     max_train_examples: int  # 0: the whole training split; else a seeded subset (smoke runs)
     split_seed: int  # the held-out validation split: the same for every trial of a study
     seed: int  # initial weights and batch order: varied only by confirmation runs
-    metric: str  # how a trial is judged: accuracy or loss (trainables.metrics)
+    metric: str  # how a trial is judged: accuracy, loss, or the workload's own metric
+    metric_mode: str  # the direction of the workload's own metric ("" for accuracy and loss)
     stop_at_target: float  # end the trial once the metric reaches this (0: never)
     use_gpu: bool
     compile: bool  # torch.compile the model (trainables.accel)
@@ -131,11 +131,15 @@ class TrialConfig:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.budget_unit in UNITS, f"budget_unit must be one of {UNITS}"),
             (self.eval_every >= 0, "eval_every must be >= 0 (0: about 20 evaluations)"),
-            (self.metric in METRICS, f"metric must be one of {tuple(METRICS)}"),
+            (
+                self.metric in METRICS or self.metric_mode in ("max", "min"),
+                f"metric must be one of {tuple(METRICS)}, or have metric_mode max or min",
+            ),
             (
                 self.stop_at_target == 0
-                or self.metric not in METRICS
-                or get_metric(self.metric).target_problem(self.stop_at_target) is None,
+                or (self.metric not in METRICS and not self.metric_mode)
+                or get_metric(self.metric, self.metric_mode).target_problem(self.stop_at_target)
+                is None,
                 "stop_at_target must be 0 (never) or a target of the metric",
             ),
             (self.reference_batch >= 1, "reference_batch must be >= 1"),

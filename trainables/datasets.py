@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from trainables.splits import DataUnavailable, Splits, TensorSplit, split_holdout
 from trainables.text import load_stdlib, load_text
+from trainables.workload import subset
 
 __all__ = ["DataUnavailable", "Splits", "TensorSplit", "split_holdout"]
 
@@ -281,7 +281,6 @@ DATASETS: dict[str, Callable[[str, int], Splits]] = {
     "stdlib": load_stdlib,
     "text": load_text,
 }
-NEEDS_FILES = {"mnist", "fashion_mnist", "cifar10", "imagenet", "text"}
 
 
 DATASET_NAMES = (*DATASETS, "synthetic")
@@ -310,18 +309,9 @@ def load_dataset(
     else:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASET_NAMES))}")
     if max_train_examples:
-        splits.train = _subset(splits.train, max_train_examples, seed)
-        splits.val = _subset(splits.val, max(max_train_examples // 4, 64), seed + 1)
+        splits.train = subset(splits.train, max_train_examples, seed)
+        splits.val = subset(splits.val, max(max_train_examples // 4, 64), seed + 1)
     return splits
-
-
-def _subset(split: TensorSplit | Dataset, size: int, seed: int) -> TensorSplit | Dataset:
-    if len(split) <= size:
-        return split
-    keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:size]
-    if isinstance(split, TensorSplit):
-        return TensorSplit(split.x[keep], split.y[keep])
-    return torch.utils.data.Subset(split, keep.tolist())
 
 
 def check_data(name: str, data_dir: str | None, max_train_examples: int = 0) -> int | None:

@@ -168,6 +168,7 @@ def interpolate(
     alphas: Sequence[float],
     train_batches: Batches,
     val_batches: Batches,
+    loss_fn: LossFn | None = None,
 ) -> list[dict[str, float]]:
     """Loss and accuracy on both splits at w(a) = a large + (1 - a) small, for every a.
 
@@ -187,9 +188,9 @@ def interpolate(
         rows.append(
             {
                 "alpha": float(alpha),
-                "train_loss": mean_loss(model, train_batches),
+                "train_loss": mean_loss(model, train_batches, loss_fn),
                 "train_acc": accuracy(model, train_batches),
-                "val_loss": mean_loss(model, val_batches),
+                "val_loss": mean_loss(model, val_batches, loss_fn),
                 "val_acc": accuracy(model, val_batches),
             }
         )
@@ -218,6 +219,7 @@ def landscape(
     directions: Sequence[list[torch.Tensor]],
     coordinates: Sequence[Sequence[float]],
     bn_batches: Batches | None = None,
+    loss_fn: LossFn | None = None,
 ) -> list[float]:
     """Loss at w + sum_k c_k d_k for every coordinate tuple c (1-D: (a,), 2-D: (a, b)).
 
@@ -236,7 +238,7 @@ def landscape(
                         origin[i] + sum(c * d[i] for c, d in zip(coords, directions, strict=True))
                     )
             recompute_bn(model, bn_batches or batches)
-            losses.append(mean_loss(model, batches))
+            losses.append(mean_loss(model, batches, loss_fn))
     finally:
         model.load_state_dict(saved)
     return losses

@@ -31,11 +31,11 @@ from trainables.batchnorm import (
 from trainables.budget import default_eval_every, evaluation_steps, warmup_steps
 from trainables.config import TrialConfig
 from trainables.data import BatchSource, Splits
-from trainables.datasets import load_dataset
+from trainables.datasets import DEFAULT_DATA_DIR
 from trainables.metrics import get_metric
-from trainables.models import build_model
 from trainables.noise_scale import NoiseScale, squared_norm
 from trainables.optim import build_optimizer, lr_at_step, param_groups, set_lr
+from trainables.workload import Workload, chance_loss
 
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 DIVERGENCE_CHECK_EVERY = 16  # steps between cross-worker divergence checks (one tiny all-reduce)
@@ -69,45 +69,106 @@ def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+LOSS_CHUNK = 4  # examples per call of a workload's own loss in evaluation (its spread)
+
+
 def evaluate(
     model: nn.Module,
     source: BatchSource,
     batch: int,
     device: torch.device,
     speed: accel.Acceleration | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
 ) -> dict[str, float]:
     """Validation loss (nats per predicted token or label), accuracy and example count over the
     whole held-out split, summed across workers, and the spread of the per-example loss.
 
     A language model's example is a sequence: its loss and accuracy are over every token, and
     the spread (`val_loss_sd`) is that of the per-sequence mean loss, whose sampling error
-    over `val_examples` sequences is what the verdict's bounds need.
+    over `val_examples` sequences is what the verdict's bounds need. A workload's own `loss`
+    (a mean over what it is given) is called on chunks of LOSS_CHUNK examples, whose spread
+    stands for the per-example one; accuracy is reported only for integer targets. A
+    workload's own `metric` gets every worker's outputs and targets at once (`val_metric`).
     """
     speed = speed or accel.choose(model, device, 0, False)
     model.eval()
     # [loss sum, correct, predictions, examples, sum of squared per-example mean losses]
     totals = torch.zeros(5, device=device, dtype=torch.float64)
     criterion = nn.CrossEntropyLoss(reduction="none")
+    outputs, targets = [], []
+    classes = True
     with torch.no_grad(), accel.autocast(speed):
         for x, y in source.val_batches(batch):
-            logits = model(accel.prepare_input(x, speed)).float()
-            losses = criterion(logits, y).double().reshape(len(y), -1)
-            per_example = losses.mean(1)
-            totals[0] += losses.sum()
-            totals[1] += (logits.argmax(1) == y).sum()
-            totals[2] += y.numel()
+            out = model(accel.prepare_input(x, speed)).float()
+            if metric is not None:
+                outputs.append(out.cpu())
+                targets.append(y.cpu())
+            if loss is None:
+                losses = criterion(out, y).double().reshape(len(y), -1)
+                per_example = losses.mean(1)
+                totals[0] += losses.sum()
+                totals[2] += y.numel()
+            else:
+                per_example = torch.stack(
+                    [
+                        loss(out[i : i + LOSS_CHUNK], y[i : i + LOSS_CHUNK]).double().reshape(())
+                        for i in range(0, len(y), LOSS_CHUNK)
+                    ]
+                )
+                sizes = torch.tensor(
+                    [min(LOSS_CHUNK, len(y) - i) for i in range(0, len(y), LOSS_CHUNK)],
+                    device=per_example.device,
+                    dtype=torch.float64,
+                )
+                totals[0] += (per_example * sizes).sum()
+                totals[2] += len(y)
+                # A chunk mean's variance is the per-example one over the chunk's size.
+                per_example = per_example * sizes.sqrt()
+            classes = classes and _has_classes(out, y)
+            if classes:
+                totals[1] += (out.argmax(1) == y).sum()
             totals[3] += len(y)
             totals[4] += (per_example**2).sum()
     loss_sum, correct, predictions, count, squares = _all_reduce_sum(totals).tolist()
     model.train()
     mean = loss_sum / predictions
-    variance = max(squares / count - mean**2, 0.0) * count / max(count - 1, 1)
-    return {
+    if loss is None:
+        variance = max(squares / count - mean**2, 0.0) * count / max(count - 1, 1)
+    else:  # squares are of sqrt(size) * chunk means: E = Var_example + size * mean^2
+        chunks = -(-count // LOSS_CHUNK)
+        variance = max(squares / chunks - LOSS_CHUNK * mean**2, 0.0) * chunks / max(chunks - 1, 1)
+    scores = {
         "val_loss": mean,
-        "val_acc": correct / predictions,
+        "val_acc": correct / predictions if classes else math.nan,
         "val_examples": int(count),
         "val_loss_sd": math.sqrt(variance),
     }
+    if metric is not None:
+        scores["val_metric"] = float(metric(*_gathered(outputs, targets)))
+    return scores
+
+
+def _has_classes(out: torch.Tensor, y: torch.Tensor) -> bool:
+    """Outputs are class scores (class dimension second) for integer targets."""
+    return (
+        not y.dtype.is_floating_point
+        and out.ndim == y.ndim + 1
+        and out.shape[0] == y.shape[0]
+        and out.shape[2:] == y.shape[1:]
+    )
+
+
+def _gathered(outputs: list[torch.Tensor], targets: list[torch.Tensor]):
+    """Every worker's validation outputs and targets, in the split's order (shards are
+    contiguous and ranked)."""
+    out, y = torch.cat(outputs), torch.cat(targets)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (out, y))
+        out = torch.cat([p[0] for p in parts])
+        y = torch.cat([p[1] for p in parts])
+    return out, y
 
 
 def train(
@@ -140,8 +201,9 @@ def train(
         if resume_state.get("finished"):
             return
     torch.manual_seed(config.seed)  # same initial weights on every worker and every retry
+    workload = trial_workload(config)
     if splits is None:
-        splits = load_dataset(*dataset_args(config))
+        splits = open_splits(config)
     source = BatchSource(
         splits,
         config.batch_size,
@@ -159,7 +221,7 @@ def train(
     total = config.budget().steps(n_train, config.batch_size)
     evaluations = evaluation_steps(total, config.eval_every or default_eval_every(total))
 
-    model = build_model(config.model, splits.input_shape, splits.num_classes)
+    model = workload.build_model(splits.input_shape, splits.num_classes)
     model = apply_bn_mode(model, config.bn_mode, config.ghost_batch, world).to(device)
     speed = accel.choose(model, device, total, config.compile)
     accel.configure_backends(speed)
@@ -171,6 +233,12 @@ def train(
         momentum=config.momentum,
         fused=speed.fused_optimizer,
     )
+    own_loss = workload.loss
+    criterion = own_loss or nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    own_metric = getattr(workload.metric, "fn", None)
+    # Divergence: the training loss beyond `divergence_factor` x chance (cross-entropy), or x
+    # the first checked window's loss (a workload's own loss, whose chance level is unknown).
+    loss_limit = math.nan if own_loss else config.divergence_factor * chance_loss(splits)
     step = 0
     noise = NoiseScale()
     if resume_state:
@@ -178,10 +246,10 @@ def train(
         optimizer.load_state_dict(resume_state["optimizer"])
         step = resume_state["step"]
         noise = NoiseScale(**resume_state.get("noise_scale", {}))
+        loss_limit = resume_state.get("loss_limit", loss_limit)
     resumed_at = step  # 0 for a fresh run: a retry that ignored its checkpoint shows here
     ddp_model = accel.compiled(wrap_model(model), speed)
 
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     schedule = dict(
         peak_lr=config.peak_lr,
         base_lr=config.base_lr,
@@ -190,8 +258,7 @@ def train(
         schedule=config.schedule,
         final_factor=config.final_lr_factor,
     )
-    metric = get_metric(config.metric)
-    loss_limit = config.divergence_factor * math.log(splits.num_classes)
+    metric = get_metric(config.metric, config.metric_mode)
     eval_batch = min(max(layout.micro_batch, 256), config.max_device_batch)
     constants = {
         "budget_steps": total,
@@ -254,12 +321,14 @@ def train(
                     torch.cuda.synchronize(device)
                 first_step_s = time.perf_counter() - began
             if step % DIVERGENCE_CHECK_EVERY == 0 or step == due:
-                diverged = _check_divergence(window, sums, loss_limit)
+                diverged, window_loss = _check_divergence(window, sums, loss_limit)
+                if math.isnan(loss_limit) and math.isfinite(window_loss):
+                    loss_limit = config.divergence_factor * max(window_loss, 1e-12)
                 noise.flush()  # its norms are read in the same host sync
             if step != due and not diverged:
                 continue
             train_time = time.perf_counter() - started
-            scores = evaluate(ddp_model, source, eval_batch, device, speed)
+            scores = evaluate(ddp_model, source, eval_batch, device, speed, own_loss, own_metric)
             loss_sum, steps, _ = sums.tolist()
             examples = step * config.batch_size
             reached = bool(config.stop_at_target) and metric.reached(
@@ -294,6 +363,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "noise_scale": noise.state(),
+                "loss_limit": loss_limit,
                 "metrics": metrics,
                 "finished": finished,
             }
@@ -389,30 +459,47 @@ def _halves(micro_batches: Iterator[tuple[torch.Tensor, torch.Tensor]]):
         yield x[half:], y[half:]
 
 
-def _check_divergence(window: torch.Tensor, sums: torch.Tensor, loss_limit: float) -> bool:
-    """All-reduce the window's [loss sum, steps, non-finite]; fold it into the running sums."""
+def _check_divergence(
+    window: torch.Tensor, sums: torch.Tensor, loss_limit: float
+) -> tuple[bool, float]:
+    """All-reduce the window's [loss sum, steps, non-finite]; fold it into the running sums.
+    Returns whether the run diverged and the window's mean loss (NaN: no step)."""
     totals = _all_reduce_sum(window.clone())
     sums += totals
     loss_sum, steps, bad = totals.tolist()
     window.zero_()
     if steps == 0:
-        return False
+        return False, math.nan
     # Both sums run over workers and steps, so their ratio is the mean per-step loss.
-    return bad > 0 or loss_sum / steps > loss_limit
+    mean = loss_sum / steps
+    return bad > 0 or mean > loss_limit, mean  # a NaN limit (not yet known) never trips
+
+
+def trial_workload(config: TrialConfig) -> Workload:
+    """The trial's workload, imported on this worker by its reference."""
+    from trainables.workloads import find_workload
+
+    return find_workload(config.workload)
 
 
 def dataset_args(config: TrialConfig) -> tuple:
-    """`load_dataset`'s arguments for a trial: everything that decides its data set."""
+    """Everything that decides a trial's data set (a key to cache it by)."""
     return (
+        config.workload,
         config.dataset,
         config.data_dir,
         config.split_seed,
-        synthetic_shape(config.model),
         config.max_train_examples,
         config.decode,
     )
 
 
-def synthetic_shape(model: str) -> tuple[int, ...]:
-    """Input shape of synthetic data for a model."""
-    return {"conv1d": (1, 40), "simple_cnn": (1, 28, 28)}.get(model, (3, 32, 32))
+def open_splits(config: TrialConfig) -> Splits:
+    """Load the trial's data set through its workload."""
+    return trial_workload(config).open(
+        config.dataset,
+        config.data_dir or DEFAULT_DATA_DIR,
+        config.split_seed,
+        config.max_train_examples,
+        config.decode,
+    )

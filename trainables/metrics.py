@@ -25,6 +25,10 @@ class StudyMetric:
     noun: str  # what holds or degrades: "accuracy", "validation loss"
     unit: str  # of a difference: "pt" (percentage points) or "nats"
     default_tolerance: float  # degradation tolerance, in the metric's own units (0.01 = 1 pt)
+    # How one value's validation-set sampling error is known: "binomial" (0/1 per example),
+    # "sd" (the per-example spread the loop reports), "" (a metric of the user's own: unknown,
+    # so only the spread over seeds counts).
+    sampling: str = "binomial"
 
     @property
     def sign(self) -> float:
@@ -81,11 +85,32 @@ LOSS = StudyMetric(
     noun="validation loss",
     unit="nats",
     default_tolerance=0.02,
+    sampling="sd",
 )
 METRICS = {m.name: m for m in (ACCURACY, LOSS)}
+CUSTOM_KEY = "val_metric"  # the loop's report of a workload's own metric
 
 
-def get_metric(name: str) -> StudyMetric:
+def custom_metric(name: str, mode: str, tolerance: float = 0.01) -> StudyMetric:
+    """A metric of a workload's own (`trainables.workload.Metric`), as the study judges it."""
+    if mode not in ("max", "min"):
+        raise KeyError(f"metric {name!r} has no direction (mode 'max' or 'min')")
+    return StudyMetric(
+        name=name,
+        key=CUSTOM_KEY,
+        mode=mode,
+        label=f"validation {name}",
+        noun=name,
+        unit="",
+        default_tolerance=tolerance,
+        sampling="",
+    )
+
+
+def get_metric(name: str, mode: str = "") -> StudyMetric:
+    """A built-in metric by name, or (with `mode`) a workload's own."""
+    if mode:
+        return custom_metric(name, mode)
     if name not in METRICS:
         raise KeyError(f"unknown study metric {name!r}; known: {', '.join(METRICS)}")
     return METRICS[name]

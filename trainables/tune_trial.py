@@ -22,8 +22,7 @@ from ray import tune
 from trainables.checkpoint_dir import CheckpointDir
 from trainables.config import TrialConfig
 from trainables.data import Splits
-from trainables.datasets import load_dataset
-from trainables.loop import dataset_args, train
+from trainables.loop import dataset_args, open_splits, train
 
 # One data set per process, keyed by everything that decides its contents: a reused actor never
 # hands one configuration's data to another, and holds at most one data set in memory.
@@ -35,7 +34,7 @@ def cached_splits(config: TrialConfig) -> Splits:
     key = dataset_args(config)
     if key not in _DATA:
         _DATA.clear()  # drop the previous data set before loading the next
-        _DATA[key] = load_dataset(*key)
+        _DATA[key] = open_splits(config)
     return _DATA[key]
 
 

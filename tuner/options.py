@@ -103,7 +103,12 @@ def build_parser(description: str = "") -> OneLineParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = p.add_argument
-    add("workload", nargs="?", help="registered workload (see --list)")
+    add(
+        "workload",
+        nargs="?",
+        help="a built-in or installed workload (see --list), or your own: MODULE:ATTRIBUTE or "
+        "FILE.py:ATTRIBUTE naming a tuner.Workload",
+    )
     add("--list", action="store_true", help="list the workloads and exit")
     add("--dataset", help="data set (default: the workload's first)")
     add("--data-dir", help="where data files live or are downloaded to")

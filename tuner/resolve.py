@@ -19,7 +19,6 @@ from search_spaces.cells import STRATA, default_strata, study_cells
 from trainables.budget import Budget, BudgetError
 from trainables.config import ConfigError
 from trainables.metrics import get_metric
-from trainables.workloads import get_workload
 from tuner.cluster.capacity import check_fits
 from tuner.errors import InputError
 from tuner.options import (
@@ -35,6 +34,7 @@ from tuner.options import (
     given,
     show,
 )
+from tuner.shipping import canonical_ref, source_to_ship
 from tuner.spec import StudySpec
 
 
@@ -96,14 +96,15 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
     `gpus_available` is whether the cluster has GPUs, None when unknown before Ray starts (a
     remote cluster): then GPU workers are not assumed, and the session decides once it knows.
     """
-    from trainables.datasets import NEEDS_FILES
-
-    try:
-        workload = get_workload(args.workload)
-    except KeyError as error:
-        raise InputError(str(error).strip("'\"")) from None
+    workload = load_workload(args.workload)
     dataset = args.dataset or workload.default_dataset
-    if args.smoke and not args.dataset and dataset in NEEDS_FILES:
+    if (
+        args.smoke
+        and not args.dataset
+        and dataset in workload.data_sets()
+        and workload.settings(dataset).needs_files
+        and "synthetic" in workload.data_sets()
+    ):
         dataset = "synthetic"
     try:
         settings = workload.settings(dataset)
@@ -117,7 +118,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         max_train = max_train or SMOKE["max_train_examples"]
         rules = rules or ("linear",)
     try:
-        space = workload.space.restricted(rules, _choices(args.optimizers, "--optimizers"))
+        space = workload.search_space.restricted(rules, _choices(args.optimizers, "--optimizers"))
     except ValueError as error:
         raise InputError(str(error)) from None
     if args.lr_range is not None:
@@ -127,9 +128,15 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
     unknown = [s for s in strata if s not in STRATA]
     if unknown:
         raise InputError(f"--stratify {','.join(unknown)}: use rule, optimizer, both or none")
-    metric = get_metric(workload.metric)
+    metric = get_metric(workload.metric_name, workload.metric_mode)
     if args.target is not None and (problem := metric.target_problem(args.target)):
         raise InputError(f"{problem}: {workload.name} is judged by {metric.label}")
+    target = pick(args.target, workload.default_target(settings))
+    if target is None:
+        raise InputError(
+            f"{workload.name} is judged by {metric.label}, which has no default target for "
+            f"steps-to-target: pass --target VALUE, or declare target= in the workload"
+        )
     budget, min_steps = resolve_budget(args, settings, args.smoke)
     tolerance = pick(args.tolerance, None)
     if tolerance is not None and metric.unit == "pt":
@@ -142,7 +149,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         per_cell = SMOKE["trials_per_cell"]
     gpus = pick(args.gpus_per_worker, 1.0 if gpus_available else 0.0)
     spec = StudySpec(
-        workload=workload.name,
+        workload=canonical_ref(args.workload),
         dataset=dataset,
         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
         batch_sizes=grid,
@@ -155,7 +162,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         gpus_per_worker=gpus,
         max_concurrent=pick(args.max_concurrent, 0),
         storage=absolute_storage(pick(args.storage, "studies")),
-        name=args.name or f"{workload.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
+        name=args.name or default_name(workload, dataset),
         seed=pick(args.seed, 0),
         max_device_batch=pick(args.max_device_batch, settings.max_device_batch),
         max_train_examples=max_train,
@@ -165,7 +172,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         reduction_factor=pick(args.reduction_factor, 3),
         divergence_factor=pick(args.divergence_factor, 5.0),
         worker_retries=pick(args.worker_retries, 2),
-        target=pick(args.target, settings.target),
+        target=target,
         stop_at_target=bool(args.stop_at_target),
         metric=metric.name,
         strata=strata,
@@ -175,12 +182,49 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         loader_workers=pick(args.loader_workers, 0),
         decode=pick(args.decode, "auto"),
         max_steps=pick(args.max_steps, 0),
-        tolerance=pick(tolerance, metric.default_tolerance),
+        tolerance=pick(tolerance, metric_tolerance(workload, metric)),
         rule_test=not (args.no_rule_test or args.no_checks or args.smoke),
         checks=not (args.no_checks or args.smoke),
+        workload_name=workload.name,
+        workload_source=shipped_source(args.workload),
+        metric_mode=workload.metric_mode,
+        own_loss=workload.own_loss,
+        reference_batch=workload.reference(grid),
     )
     spec.validate()
     return spec
+
+
+def load_workload(ref: str):
+    """The workload a CLI reference names, with every declaration problem as `InputError`."""
+    from trainables.workloads import WorkloadNotFound, find_workload
+
+    try:
+        workload = find_workload(ref)
+    except WorkloadNotFound as error:
+        raise InputError(str(error)) from None
+    problems = workload.problems()
+    if problems:
+        raise InputError(f"workload {workload.name or ref}: {'; '.join(problems)}")
+    return workload
+
+
+def default_name(workload: Any, dataset: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if dataset == "default":
+        return f"{workload.name}-{stamp}"
+    return f"{workload.name}-{dataset}-{stamp}"
+
+
+def metric_tolerance(workload: Any, metric: Any) -> float:
+    """The workload's own metric's declared tolerance, else the metric's default."""
+    own = getattr(workload.metric, "tolerance", None)
+    return own if own is not None else metric.default_tolerance
+
+
+def shipped_source(ref: str) -> str:
+    """What must travel to the workers for `ref` to import there (tuner.shipping)."""
+    return source_to_ship(ref)
 
 
 # Which spec fields an option decides, to tell a contradiction on --resume.

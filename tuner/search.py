@@ -9,6 +9,7 @@ and uploads the study's files at its end (tuner/store/objects.py).
 
 Examples:
     python -m tuner.search --list
+    python -m tuner.search examples/regression.py:workload --name my-regression
     python -m tuner.search simple_cnn --dataset digits --trials 16
     python -m tuner.search resnet50 --data-dir /data/imagenet --workers-per-trial 8
     python -m tuner.search simple_cnn --name my-study --resume
@@ -20,32 +21,49 @@ from __future__ import annotations
 import os
 import sys
 
-from trainables.datasets import NEEDS_FILES, DataUnavailable, check_data
 from trainables.metrics import get_metric
-from trainables.workloads import WORKLOADS
+from trainables.workloads import BUILTIN, entry_points
 from tuner import options as opts
 from tuner import resolve
 from tuner.errors import InputError
+from tuner.shipping import make_importable
 from tuner.spec import StudySpec, load_spec, study_location
 from tuner.store import objects as store
 from tuner.store.names import SPEC_FILE
+from tuner.workload_check import check_workload
 
 
 def list_workloads() -> str:
+    """The built-in workloads and those installed packages register, with their defaults."""
     lines = []
-    for w in WORKLOADS.values():
-        label = get_metric(w.metric).label
-        lines.append(f"{w.name}: {w.description}; judged by {label}")
-        for name, s in w.datasets.items():
-            files = " (needs files)" if name in NEEDS_FILES else ""
-            grid = ",".join(str(b) for b in s.batch_sizes)
-            floor = f" (at least {s.min_steps} steps)" if s.min_steps else ""
-            how = "measured" if s.measured else "estimated"
-            lines.append(
-                f"    --dataset {name}{files}: budget {s.budget}{floor} per trial ({how} to "
-                f"reach the target), batch sizes {grid}, target {label} {s.target:g}"
-            )
+    for w in BUILTIN:
+        lines += _describe(w, w.name)
+    for name, point in sorted(entry_points().items()):
+        try:
+            from trainables.workloads import find_workload
+
+            lines += _describe(find_workload(name), name, f" (from {point.value})")
+        except Exception as error:  # a broken package must not hide the others
+            lines.append(f"{name} (from {point.value}): does not load: {error}")
+    lines.append("your own: python -m tuner.search my_pkg.my_module:workload (docs/own-model.md)")
     return "\n".join(lines)
+
+
+def _describe(w, name: str, origin: str = "") -> list[str]:
+    label = get_metric(w.metric_name, w.metric_mode).label
+    lines = [f"{name}{origin}: {w.description or 'a workload of your own'}; judged by {label}"]
+    for dataset, s in w.data_sets().items():
+        files = " (needs files)" if s.needs_files else ""
+        grid = ",".join(str(b) for b in s.batch_sizes)
+        floor = f" (at least {s.min_steps} steps)" if s.min_steps else ""
+        how = "measured" if s.measured else "estimated"
+        target = w.default_target(s)
+        aim = f"target {label} {target:g}" if target is not None else "no default target"
+        lines.append(
+            f"    --dataset {dataset}{files}: budget {s.budget}{floor} per trial ({how} to "
+            f"reach the target), batch sizes {grid}, {aim}"
+        )
+    return lines
 
 
 def fail(message: str) -> None:
@@ -66,20 +84,6 @@ def saved_spec(storage_arg: str | None, name: str) -> StudySpec:
         return load_spec(study_dir)
     except FileNotFoundError:
         raise InputError(f"no study to resume at {study_dir} (no {SPEC_FILE} there)") from None
-
-
-def check_data_fits(spec: StudySpec) -> None:
-    """The data is there (or downloadable) and every batch size has a step per epoch."""
-    try:
-        n_train = check_data(spec.dataset, spec.data_dir, spec.max_train_examples)
-    except DataUnavailable as error:
-        raise InputError(str(error)) from None
-    too_big = [b for b in spec.batch_sizes if n_train is not None and b > n_train]
-    if too_big:
-        raise InputError(
-            f"--batch-sizes: {too_big} exceed the {n_train} training examples of "
-            f"{spec.dataset}; not one step per epoch would run"
-        )
 
 
 def check_new_study(spec: StudySpec) -> None:
@@ -112,7 +116,9 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
     local = resolve.local_cluster(address)
     run = {"address": address, "resume": args.resume, "report": not args.no_report}
     if args.resume:
-        spec, changed = resolve.resume_spec(saved_spec(args.storage, args.name), args)
+        saved = saved_spec(args.storage, args.name)
+        make_importable(saved.workload_source)
+        spec, changed = resolve.resume_spec(saved, args)
         for line in changed:
             print(f"resume: {line} applied", file=sys.stderr)
     else:
@@ -120,7 +126,7 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
         spec = resolve.run_checked(lambda: resolve.build_spec(args, gpus_available=gpus))
         run["gpus_from_cluster"] = args.gpus_per_worker is None and gpus is None
         if not args.skip_data_check:
-            check_data_fits(spec)
+            check_workload(spec, resolve.load_workload(spec.workload))
         check_new_study(spec)
     if local:
         resolve.check_local_fit(spec)

@@ -54,7 +54,7 @@ def study_location(storage: str, name: str) -> tuple[Path, str]:
 class StudySpec:
     """One batch-size study; every field has its final value (no hidden defaults downstream)."""
 
-    workload: str
+    workload: str  # a reference (trainables.workloads.find_workload): a name or MODULE:ATTR
     dataset: str
     data_dir: str | None
     batch_sizes: tuple[int, ...]
@@ -93,6 +93,14 @@ class StudySpec:
     tolerance: float = 0.01
     rule_test: bool = True
     checks: bool = True  # the lr and more-steps checks (False: --no-checks, --smoke)
+    # A user's own workload: its name, the file or package directory shipped to the workers
+    # when it is not installed (tuner.shipping), its metric's direction and whether its loss
+    # is its own; the batch size at which base_lr is defined (0: the built-in's, old studies).
+    workload_name: str = ""
+    workload_source: str = ""
+    metric_mode: str = ""
+    own_loss: bool = False
+    reference_batch: int = 0
 
     @property
     def remote(self) -> bool:
@@ -240,14 +248,13 @@ class StudySpec:
             budget = Budget("steps", steps)
         return {
             "workload": self.workload,
-            "model": workload.model,
             "dataset": self.dataset,
             "data_dir": self.data_dir,
             "batch_size": int(params["batch_size"]),
             "scaling_rule": params["scaling_rule"],
             "optimizer": params["optimizer"],
             "base_lr": float(params["base_lr"]),
-            "reference_batch": workload.reference_batch,
+            "reference_batch": self.reference,
             "momentum": workload.momentum,
             "warmup_fraction": float(params["warmup_fraction"]),
             "weight_decay": float(params["weight_decay"]),
@@ -267,6 +274,7 @@ class StudySpec:
             "split_seed": self.seed,
             "seed": int(params.get("seed", self.seed)),
             "metric": self.metric,
+            "metric_mode": self.metric_mode,
             "stop_at_target": self.target if self.stop_at_target else 0.0,
             "use_gpu": self.use_gpu,
             "compile": self.compile,
@@ -276,7 +284,20 @@ class StudySpec:
 
     @property
     def study_metric(self) -> StudyMetric:
-        return get_metric(self.metric)
+        metric = get_metric(self.metric, self.metric_mode)
+        if self.own_loss and metric.name == "loss":  # not cross-entropy: not in nats
+            metric = dataclasses.replace(metric, unit="", label="validation loss (its own)")
+        return metric
+
+    @property
+    def reference(self) -> int:
+        """The batch size at which base_lr is defined."""
+        return self.reference_batch or get_workload(self.workload).reference(self.batch_sizes)
+
+    @property
+    def title(self) -> str:
+        """The workload's name, for people (a reference may be a module path or a pickle)."""
+        return self.workload_name or self.workload
 
     def decode_on(self) -> str:
         """Where ImageFolder JPEGs are decoded: `gpu` (nvJPEG) on GPU workers unless asked."""

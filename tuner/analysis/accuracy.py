@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from scipy import stats
@@ -145,7 +146,7 @@ def cell_accuracy(
         confirm = group[group["phase"] == "confirm"]
         done = confirm[confirm["final"]]
         val_examples = group["val_examples"].max()
-        val_examples = int(val_examples) if pd.notna(val_examples) else 0
+        val_examples = sampled(val_examples, metric)
         best = best_row(search, metric) if len(search) else None
         if len(done):
             est = estimate(
@@ -187,6 +188,14 @@ def cell_accuracy(
 def _only(group: pd.DataFrame, column: str):
     values = group[column].dropna().unique()
     return values[0] if len(values) == 1 else None
+
+
+def sampled(val_examples: Any, metric: StudyMetric) -> int:
+    """The validation examples behind one value, 0 where its sampling error is unknown (a
+    workload's own metric: then only the spread over seeds bounds a drop)."""
+    if not metric.sampling or not pd.notna(val_examples):
+        return 0
+    return int(val_examples)
 
 
 def _val_sd(runs: pd.DataFrame, metric: StudyMetric) -> float:

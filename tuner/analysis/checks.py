@@ -21,7 +21,7 @@ import pandas as pd
 from search_spaces.checks import BudgetCheck, Level, budget_check
 from search_spaces.spaces import lr_edge
 from trainables.metrics import ACCURACY, StudyMetric
-from tuner.analysis.accuracy import Estimate, _val_sd, compare, estimate
+from tuner.analysis.accuracy import Estimate, _val_sd, compare, estimate, sampled
 
 
 def budget_levels(
@@ -35,7 +35,7 @@ def budget_levels(
     if confirm.empty or not confirm["budget_steps"].notna().any():
         return None
     own, lr = int(confirm["budget_steps"].max()), float(confirm["base_lr"].iloc[0])
-    val = int(rows["val_examples"].max()) if rows["val_examples"].notna().any() else 0
+    val = sampled(rows["val_examples"].max(), metric)
     longer = rows[rows["phase"] == "extend"]
     steps = [round(math.log2(v / lr)) for v in longer["base_lr"]]
     groups = [((own, 0), confirm)]
@@ -136,7 +136,7 @@ def rule_test(
         if (group["outcome"] == "running").any():
             continue
         done = group[group["final"]]
-        val = int(group["val_examples"].max()) if group["val_examples"].notna().any() else 0
+        val = sampled(group["val_examples"].max(), metric)
         est = estimate(done["final_value"].tolist(), val, "confirmed", _val_sd(done, metric))
         result = (
             compare(baseline[1], est, tolerance, metric=metric)

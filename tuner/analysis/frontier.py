@@ -157,7 +157,8 @@ def _apply_budget_checks(
     level's), and keep each one's budget decision; adds `judged_steps` and `budget_check`."""
     decisions: dict[int, Any] = {}
     judged_steps, judged_lr, described = [], [], []
-    tol = f"{tolerance * 100:g} pt" if metric.unit == "pt" else f"{tolerance:g} nats"
+    unit = f" {metric.unit}" if metric.unit else ""
+    tol = f"{tolerance * 100:g} pt" if metric.unit == "pt" else f"{tolerance:g}{unit}"
     for index, row in frontier.iterrows():
         batch, steps, factor, text = int(row["batch_size"]), math.nan, math.nan, None
         cell = row.get("best_cell")

@@ -68,13 +68,13 @@ def local_ray_kwargs(**kwargs: Any) -> dict[str, Any]:
     return {"address": "local", "dashboard_port": port, "runtime_env": {"env_vars": env}, **kwargs}
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, code: str = "") -> None:
     """Join the cluster at `address` / $RAY_ADDRESS, or start a local Ray of our own.
 
     Plain `ray.init()` joins any Ray instance already running on this machine (Ray scans for
     one): two studies would then share a cluster and the first to exit would take the other's
     trials down. Without an address we always start a fresh instance; `--address auto` joins
-    a running one.
+    a running one. `code`: a user's workload module to ship to every worker (tuner.shipping).
     """
     quiet()
     address = address or os.environ.get("RAY_ADDRESS")
@@ -86,9 +86,12 @@ def connect(address: str | None) -> None:
     common = {"log_to_driver": False, "configure_logging": False, "logging_level": "ERROR"}
     try:
         if address in (None, "", "local"):
-            ray.init(**local_ray_kwargs(**common))
+            kwargs = local_ray_kwargs(**common)
         else:
-            ray.init(address=address, runtime_env={"env_vars": dict(WORKER_ENV)}, **common)
+            kwargs = {"address": address, "runtime_env": {"env_vars": dict(WORKER_ENV)}, **common}
+        if code:
+            kwargs["runtime_env"]["py_modules"] = [code]
+        ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if address not in (None, "", "local") and os.environ.get("RAY_AUTH_MODE") != "token":

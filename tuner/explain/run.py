@@ -30,10 +30,8 @@ import torch
 
 from trainables import geometry
 from trainables.batchnorm import apply_bn_mode
-from trainables.datasets import load_dataset
-from trainables.loop import synthetic_shape
+from trainables.datasets import DEFAULT_DATA_DIR
 from trainables.metrics import ACCURACY, StudyMetric
-from trainables.models import build_model
 from trainables.workloads import get_workload
 from tuner.analysis.trials import FINAL, trial_summary
 from tuner.errors import InputError
@@ -67,8 +65,7 @@ def checkpoint_of(study_dir: Path, trial_id: str) -> Path | None:
 
 
 def _model(spec: StudySpec, input_shape, classes: int) -> torch.nn.Module:
-    workload = get_workload(spec.workload)
-    model = build_model(workload.model, input_shape, classes)
+    model = get_workload(spec.workload).build_model(input_shape, classes)
     return apply_bn_mode(model, spec.bn_mode, spec.ghost_batch, spec.workers_per_trial)
 
 
@@ -101,13 +98,10 @@ def explain(
             f"yet; run it again once trials have finished"
         )
     workload = get_workload(spec.workload)
-    splits = load_dataset(
-        spec.dataset,
-        spec.data_dir,
-        spec.seed,
-        synthetic_shape(workload.model),
-        spec.max_train_examples,
+    splits = workload.open(
+        spec.dataset, spec.data_dir or DEFAULT_DATA_DIR, spec.seed, spec.max_train_examples
     )
+    loss_fn = workload.loss  # None: cross-entropy
     if not hasattr(splits.train, "x"):
         raise InputError(f"--dataset {spec.dataset}: explain reads in-memory data sets only")
     keep = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(spec.seed))
@@ -144,18 +138,22 @@ def explain(
                 "batch_size": batch,
                 "trial_id": trial["trial_id"],
                 "val_acc": float(trial["final_val_acc"]),
-                "train_loss": geometry.mean_loss(model, train),
+                "train_loss": geometry.mean_loss(model, train, loss_fn),
                 "top_hessian_eigenvalue": geometry.top_hessian_eigenvalue(
-                    model, train, iterations=30, tolerance=1e-3
+                    model, train, iterations=30, tolerance=1e-3, loss_fn=loss_fn
                 ),
-                "epsilon_sharpness": geometry.epsilon_sharpness(model, train, epsilon=1e-3),
+                "epsilon_sharpness": geometry.epsilon_sharpness(
+                    model, train, epsilon=1e-3, loss_fn=loss_fn
+                ),
             }
         )
         landscapes[batch] = {
             "line": line.tolist(),
-            "loss_1d": geometry.landscape(model, train, [d1], [(a,) for a in line], bn),
+            "loss_1d": geometry.landscape(model, train, [d1], [(a,) for a in line], bn, loss_fn),
             "loss_2d": np.array(
-                geometry.landscape(model, train, [d1, d2], [(a, b) for a in line for b in line], bn)
+                geometry.landscape(
+                    model, train, [d1, d2], [(a, b) for a in line for b in line], bn, loss_fn
+                )
             )
             .reshape(grid, grid)
             .tolist(),
@@ -167,7 +165,7 @@ def explain(
     if pair:
         model = _model(spec, splits.input_shape, splits.num_classes).to(device)
         interpolation = geometry.interpolate(
-            model, solutions[pair[0]], solutions[pair[1]], ALPHAS, bn, val
+            model, solutions[pair[0]], solutions[pair[1]], ALPHAS, bn, val, loss_fn
         )
     decay_grid = []
     if weight_decays:
@@ -241,7 +239,11 @@ def weight_decay_grid(
                 "weight_decay": float(wd),
                 "val_acc": float(metrics["val_acc"]),
                 "line": line.tolist(),
-                "loss_2d": np.array(geometry.landscape(model, train, [d1, d2], coords, bn))
+                "loss_2d": np.array(
+                    geometry.landscape(
+                        model, train, [d1, d2], coords, bn, get_workload(spec.workload).loss
+                    )
+                )
                 .reshape(len(line), len(line))
                 .tolist(),
             }

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from tuner.analysis.critical import CriticalFit  # noqa: E402
 from tuner.analysis.frontier import DegradationMap  # noqa: E402
+from tuner.report.format import diff_text  # noqa: E402
 
 FIGURE_TITLES = {
     "accuracy_vs_batch": "Accuracy vs batch size",
@@ -119,9 +120,7 @@ def accuracy_vs_batch(m: DegradationMap, budget: str | None = None) -> Figure:
     if m.baseline is not None:
         batch, base = m.baseline
         worst = base.mean - m.metric.sign * m.tolerance  # the tolerance's far end
-        tolerance = (
-            f"{m.tolerance * 100:g} pt" if m.metric.unit == "pt" else f"{m.tolerance:g} nats"
-        )
+        tolerance = diff_text(m.metric, m.tolerance)
         ax.axhspan(
             min(worst, base.mean),
             max(worst, base.mean),

@@ -34,22 +34,28 @@ def nats(value: Any) -> str:
 
 
 def value_text(metric: StudyMetric, value: Any) -> str:
-    """A value of the study metric: '96.2%', or '1.235 nats' for a loss."""
-    return pct(value) if metric.unit == "pt" else nats(value)
+    """A value of the study metric: '96.2%', '1.235 nats' for a cross-entropy, '0.4321' for a
+    workload's own loss or metric."""
+    if metric.unit == "pt":
+        return pct(value)
+    return nats(value) if metric.unit == "nats" else num(value, 4)
 
 
 def long_value_text(metric: StudyMetric, value: Any) -> str:
     """As `value_text`, and a loss also as perplexity and bits per byte (the language models'
     tokens are bytes): '1.235 nats (perplexity 3.44, 1.78 bits/byte)'."""
-    if metric.unit == "pt" or not finite(value):
+    if metric.unit != "nats" or not finite(value):
         return value_text(metric, value)
     loss = float(value)
     return f"{nats(loss)} (perplexity {math.exp(loss):.3g}, {loss / math.log(2):.3g} bits/byte)"
 
 
 def diff_text(metric: StudyMetric, value: Any) -> str:
-    """A difference of the study metric: '1.2 pt', or '0.012 nats' for a loss."""
-    return pts(value) if metric.unit == "pt" else nats(value)
+    """A difference of the study metric: '1.2 pt', '0.012 nats' for a cross-entropy, '0.0123'
+    in a workload's own units."""
+    if metric.unit == "pt":
+        return pts(value)
+    return nats(value) if metric.unit == "nats" else num(value, 3)
 
 
 def num(value: Any, digits: int = 3) -> str:

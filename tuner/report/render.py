@@ -86,7 +86,7 @@ def frontier_json(
         {
             "study": {
                 "name": spec.name,
-                "workload": spec.workload,
+                "workload": spec.title,
                 "dataset": spec.dataset,
                 "batch_sizes": list(spec.batch_sizes),
                 "search_trials": spec.trials,
@@ -164,7 +164,7 @@ def render_markdown(
 ) -> str:
     """The report: verdict first, then the study, tables, warnings and figures."""
     out = [
-        f"# Degradation map: {spec.workload} on {spec.dataset} ({spec.name})",
+        f"# Degradation map: {spec.title} on {spec.dataset} ({spec.name})",
         "",
         "## Verdict",
         "",

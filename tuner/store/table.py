@@ -23,7 +23,6 @@ import pandas as pd
 
 from search_spaces.cell_search import CHECKS_STUDY, trial_params
 from trainables.optim import scaled_lr
-from trainables.workloads import get_workload
 from tuner.spec import StudySpec, load_spec
 from tuner.store.names import OPTUNA_DB, TABLE_FILE
 
@@ -123,7 +122,7 @@ def collect_trials(study_dir: str | Path) -> pd.DataFrame:
     """The tidy table of a study directory (see module docstring); sorted by trial and step."""
     study_dir = Path(study_dir)
     spec = load_spec(study_dir)
-    reference = get_workload(spec.workload).reference_batch
+    reference = spec.reference
     space, cells = spec.space(), {c.key: c for c in spec.cells()}
     # Optuna's states before the result files: a trial finishing between the two reads then
     # shows as running with all its evaluations, not as finished with its last ones missing.

@@ -13,7 +13,6 @@ import optuna
 from ray import tune
 
 from search_spaces.cell_search import CellSearch
-from trainables.workloads import get_workload
 from tuner.cluster.capacity import workers_that_fit
 from tuner.cluster.connect import cluster_nodes
 from tuner.spec import StudySpec
@@ -40,7 +39,7 @@ def make_search(spec: StudySpec) -> CellSearch:
         search_trials=spec.trials,
         seeds=spec.seeds,
         space=spec.space(),
-        reference_batch=get_workload(spec.workload).reference_batch,
+        reference_batch=spec.reference,
         seed=spec.seed,
         mode=spec.study_metric.mode,
         tolerance=spec.tolerance,

@@ -36,7 +36,7 @@ class RunOptions:
 def prepare(spec: StudySpec, options: RunOptions) -> StudySpec:
     """Join the cluster and return the spec as it will run; `InputError` / `ConfigError` when
     the cluster cannot run it. Nothing is written."""
-    connect(options.address)
+    connect(options.address, spec.workload_source)
     nodes = cluster_nodes()
     if options.gpus_from_cluster and any(n.get("GPU", 0) > 0 for n in nodes):
         spec = dataclasses.replace(spec, gpus_per_worker=1.0)
@@ -55,7 +55,7 @@ def run(spec: StudySpec, options: RunOptions) -> int:
         used = pull_optuna_db(spec.study_uri, spec.study_dir)
         print(f"resuming with the Optuna database from {used}", file=sys.stderr)
     print(
-        f"study {spec.name}: {spec.workload} on {spec.dataset}, batch sizes "
+        f"study {spec.name}: {spec.title} on {spec.dataset}, batch sizes "
         f"{list(spec.batch_sizes)}, {len(spec.cells())} cells, {spec.trials} search trials "
         f"+ up to {spec.confirmation_trials} confirmation runs + {spec.rule_test_trials} "
         f"rule-test runs + more steps where a batch size falls short (up to "
