@@ -66,7 +66,7 @@ def run_one(job: dict) -> dict:
     if unit == "steps":
         values["min_steps"] = 0
     config = TrialConfig.from_dict(values)
-    metric = get_metric(spec.metric)
+    metric = spec.study_metric
     curve: list[tuple[int, float]] = []
     ends = {}
 
@@ -139,7 +139,7 @@ def main() -> None:
                 flush=True,
             )
     print("\nbest lr per batch size and budget (mean over seeds of the final value):")
-    mode_max = "loss" not in str(spec.metric)
+    mode_max = spec.study_metric.mode == "max"
     for batch, b in itertools.product(args.batch_sizes.split(","), budgets):
         rows = [r for r in results if r["batch"] == int(batch) and r["budget"] == b]
         by_lr = {}

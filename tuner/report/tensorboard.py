@@ -78,8 +78,19 @@ LOSS_NAMES = {
 
 
 def scalar_name(name: str, metric: StudyMetric) -> str:
-    """The tag of a frontier scalar for this study's metric."""
-    return LOSS_NAMES.get(name, name) if metric.name == "loss" else name
+    """The tag of a frontier scalar for this study's metric (a workload's own metric by its
+    own name: `val_mae`, ...)."""
+    if metric.name == "loss":
+        return LOSS_NAMES.get(name, name)
+    if metric.name != "accuracy" and name in LOSS_NAMES:
+        own = f"val_{metric.name}"
+        return (
+            LOSS_NAMES[name]
+            .replace("val_loss", own)
+            .replace("rise_above", "worse_than")
+            .replace("rise", "worse")
+        )
+    return name
 
 
 # Under-trained and under-searched are unresolved too: the study could not tell.

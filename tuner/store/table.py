@@ -36,6 +36,7 @@ METRICS = (
     "train_loss",
     "val_loss",
     "val_acc",
+    "val_metric",  # a workload's own metric (trainables.workload.Metric)
     "val_examples",
     "val_loss_sd",
     "lr",

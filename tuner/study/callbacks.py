@@ -14,6 +14,7 @@ from tuner.outcomes import trial_outcome
 
 SCALARS = (
     "val_acc",
+    "val_metric",
     "val_loss",
     "train_loss",
     "lr",

@@ -1,0 +1,121 @@
+"""A user's own workload in real local-Ray studies (issue 19): a module in a directory outside
+the repository, not installed, with its own loss and metric, through ASHA, confirmation seeds,
+the checks, the report, TensorBoard and a resume from another directory; and a 2-worker study
+of a classifier through `tuner.run_study`, whose module is on the test process's path only, so
+that only Ray's runtime environment (`py_modules`) brings it to the workers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.test_own_workload import CLASSIFIER, REGRESSION
+from tuner.store.table import collect_trials
+
+pytestmark = pytest.mark.ray
+
+ARGS = ["--batch-sizes", "16,64", "--trials", "4", "--seeds", "2", "--eval-every", "20"]
+ARGS += ["--rules", "sqrt", "--seed", "0", "--name", "own"]
+
+
+def search(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tuner.search", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def own_study(tmp_path_factory):
+    code = tmp_path_factory.mktemp("user_code")
+    (code / "own_study_mod.py").write_text(textwrap.dedent(REGRESSION))
+    # From the module's directory, as a user runs it (a local Ray's workers see the driver's
+    # directory too; the 2-worker study below needs the shipping, and fails without it).
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    storage = tmp_path_factory.mktemp("studies")
+    proc = search("own_study_mod:workload", *ARGS, "--storage", str(storage), cwd=code)
+    study = storage / "own"
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return study, proc, elsewhere
+
+
+def test_the_study_judges_by_the_workloads_own_metric(own_study):
+    study, _, _ = own_study
+    spec = json.loads((study / "study.json").read_text())["spec"]
+    assert spec["workload_name"] == "tiny_regression" and spec["metric"] == "mae"
+    assert spec["workload_source"].endswith("own_study_mod.py")
+    table = collect_trials(study)
+    finished = table[table["val_metric"].notna()]
+    assert set(finished["batch_size"]) == {16, 64}
+    assert finished["val_acc"].isna().all()  # float targets: no accuracy
+    summary = table.groupby("trial_id")["val_metric"].last()
+    assert (summary < 2.0).any()  # it learned (MAE of predicting 0: about 2.4)
+
+
+def test_the_report_speaks_of_the_metric(own_study):
+    study, proc, _ = own_study
+    frontier = json.loads((study / "frontier.json").read_text())
+    assert frontier["metric"] == {"name": "mae", "key": "val_metric", "mode": "min"}
+    assert frontier["tolerance"] == pytest.approx(0.05)
+    rows = pd.DataFrame(frontier["frontier"]).set_index("batch_size")
+    assert rows.loc[16, "accuracy"] > 0 and rows.loc[64, "accuracy"] > 0  # MAE values
+    assert rows.loc[64, "drop"] == pytest.approx(
+        rows.loc[64, "accuracy"] - rows.loc[16, "accuracy"]
+    )
+    report = (study / "report.md").read_text()
+    assert "tiny_regression" in report and "mae" in report and "nats" not in report
+    assert frontier["verdict"], "no verdict"
+    acc = EventAccumulator(str(study / "summary"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert "frontier/val_mae" in tags and "frontier/accuracy" not in tags
+
+
+def test_resume_from_another_directory_finds_the_module_again(own_study):
+    study, _, elsewhere = own_study
+    before = len(collect_trials(study)["trial_id"].unique())
+    proc = search("--resume", "--name", "own", "--storage", str(study.parent), cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(collect_trials(study)["trial_id"].unique()) == before  # nothing left to run
+
+
+def test_run_study_with_two_workers_per_trial(tmp_path, monkeypatch):
+    """A Workload object from a module the test imports (not installed): run_study finds it as
+    module:attr and ships the module; every trial has two Ray Train workers."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "own_blobs_mod.py").write_text(textwrap.dedent(CLASSIFIER))
+    monkeypatch.syspath_prepend(str(code))
+    import own_blobs_mod
+
+    from tuner import run_study
+
+    result = run_study(
+        own_blobs_mod.workload,
+        workers_per_trial=2,
+        trials=2,
+        seeds=1,
+        no_checks=True,
+        budget="steps:20",
+        eval_every=10,
+        storage=str(tmp_path / "studies"),
+        name="blobs2",
+    )
+    assert result.exit_code == 0
+    spec = json.loads((result.study_dir / "study.json").read_text())["spec"]
+    assert spec["workload"] == "own_blobs_mod:workload"
+    assert spec["workload_source"] == str(code / "own_blobs_mod.py")
+    assert set(result.frontier["batch_size"]) == {16, 64}
+    assert result.verdict and any("batch" in line for line in result.verdict)
+    table = collect_trials(result.study_dir)
+    assert (table.dropna(subset=["val_acc"])["workers"] == 2).all()
+    assert table["val_acc"].max() > 0.5  # three separable blobs: well above chance (1/3)
