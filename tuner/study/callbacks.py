@@ -149,7 +149,7 @@ class ProgressCallback(Callback):
         return (
             f"trials done {len(self.outcomes)}{confirm} (completed {counts['completed']}"
             f"{target}, stopped {counts['stopped']}, diverged {counts['diverged']}, errored "
-            f"{counts['errored']}), running {len(self.running)} | best {self.metric.key} by "
+            f"{counts['errored']}), running {len(self.running)} | best {self.metric.label} by "
             f"batch: {best}"
         )
 
