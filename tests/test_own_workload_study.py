@@ -119,3 +119,18 @@ def test_run_study_with_two_workers_per_trial(tmp_path, monkeypatch):
     table = collect_trials(result.study_dir)
     assert (table.dropna(subset=["val_acc"])["workers"] == 2).all()
     assert table["val_acc"].max() > 0.5  # three separable blobs: well above chance (1/3)
+
+
+def test_explain_measures_the_workloads_own_loss(own_study):
+    """Sharpness and landscapes of its own (Huber) loss, the table in its own metric."""
+    study, _, elsewhere = own_study
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuner.explain", str(study), "--grid", "3"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    why = (study / "why.md").read_text()
+    assert "| batch | validation mae |" in why and "nan" not in why

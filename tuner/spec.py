@@ -20,7 +20,9 @@ from search_spaces.spaces import SearchSpace
 from trainables.budget import Budget, BudgetError
 from trainables.config import BatchLayout, ConfigError, TrialConfig, batch_layout
 from trainables.metrics import StudyMetric, get_metric
+from trainables.workload import Workload
 from trainables.workloads import get_workload
+from tuner.shipping import make_importable
 from tuner.store import objects as store
 from tuner.store.names import SPEC_FILE
 
@@ -241,7 +243,7 @@ class StudySpec:
     def trial_config(self, params: dict[str, Any]) -> dict[str, Any]:
         """The full trial config for one suggestion (`params`; its `seed`, when given, is the
         training seed of a confirmation run)."""
-        workload = get_workload(self.workload)
+        workload = self.load_workload()
         budget = self.budget_spec()
         steps = int(params.get("budget_steps") or 0)  # a check's run of its own length
         if steps:
@@ -289,10 +291,16 @@ class StudySpec:
             metric = dataclasses.replace(metric, unit="", label="validation loss (its own)")
         return metric
 
+    def load_workload(self) -> Workload:
+        """The study's workload, its module found again where the study shipped it from (a
+        report, `tuner.explain` or a resume run from another directory)."""
+        make_importable(self.workload_source)
+        return get_workload(self.workload)
+
     @property
     def reference(self) -> int:
         """The batch size at which base_lr is defined."""
-        return self.reference_batch or get_workload(self.workload).reference(self.batch_sizes)
+        return self.reference_batch or self.load_workload().reference(self.batch_sizes)
 
     @property
     def title(self) -> str:

@@ -32,10 +32,10 @@ from trainables import geometry
 from trainables.batchnorm import apply_bn_mode
 from trainables.datasets import DEFAULT_DATA_DIR
 from trainables.metrics import ACCURACY, StudyMetric
-from trainables.workloads import get_workload
 from tuner.analysis.trials import FINAL, trial_summary
 from tuner.errors import InputError
 from tuner.explain.write import write_outputs
+from tuner.report.format import value_text
 from tuner.spec import StudySpec, load_spec
 from tuner.store.names import TRAIN_RUNS
 from tuner.store.table import collect_trials
@@ -65,7 +65,7 @@ def checkpoint_of(study_dir: Path, trial_id: str) -> Path | None:
 
 
 def _model(spec: StudySpec, input_shape, classes: int) -> torch.nn.Module:
-    model = get_workload(spec.workload).build_model(input_shape, classes)
+    model = spec.load_workload().build_model(input_shape, classes)
     return apply_bn_mode(model, spec.bn_mode, spec.ghost_batch, spec.workers_per_trial)
 
 
@@ -97,7 +97,7 @@ def explain(
             f"{study_dir}: no finished trial{' at those batch sizes' if batch_sizes else ''} "
             f"yet; run it again once trials have finished"
         )
-    workload = get_workload(spec.workload)
+    workload = spec.load_workload()
     splits = workload.open(
         spec.dataset, spec.data_dir or DEFAULT_DATA_DIR, spec.seed, spec.max_train_examples
     )
@@ -138,6 +138,7 @@ def explain(
                 "batch_size": batch,
                 "trial_id": trial["trial_id"],
                 "val_acc": float(trial["final_val_acc"]),
+                "value_text": value_text(spec.study_metric, trial["final_value"]),
                 "train_loss": geometry.mean_loss(model, train, loss_fn),
                 "top_hessian_eigenvalue": geometry.top_hessian_eigenvalue(
                     model, train, iterations=30, tolerance=1e-3, loss_fn=loss_fn
@@ -186,6 +187,7 @@ def explain(
         "noise_scale": noise,
         "weight_decay_grid": decay_grid,
         "notes": notes,
+        "metric_label": spec.study_metric.label,
     }
     return write_outputs(study_dir, result)
 
@@ -241,7 +243,7 @@ def weight_decay_grid(
                 "line": line.tolist(),
                 "loss_2d": np.array(
                     geometry.landscape(
-                        model, train, [d1, d2], coords, bn, get_workload(spec.workload).loss
+                        model, train, [d1, d2], coords, bn, spec.load_workload().loss
                     )
                 )
                 .reshape(len(line), len(line))

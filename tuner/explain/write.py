@@ -123,6 +123,10 @@ def figures(result: dict[str, Any]) -> dict[str, Figure]:
     return out
 
 
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None or not math.isfinite(value):
         return "n/a"
@@ -137,12 +141,14 @@ def markdown(result: dict[str, Any], images: dict[str, Path]) -> str:
         f"Measured by `python -m tuner.explain` on each batch size's best finished trial, on "
         f"{result['examples']} fixed training examples.",
         "",
-        "| batch | val acc | train loss | top Hessian eigenvalue | epsilon-sharpness (%) |",
+        f"| batch | {result.get('metric_label', 'val acc')} | train loss | top Hessian eigenvalue "
+        "| epsilon-sharpness (%) |",
         "|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['batch_size']} | {100 * r['val_acc']:.1f}% | {_fmt(r['train_loss'])} | "
+            f"| {r['batch_size']} | {r.get('value_text', _pct(r['val_acc']))} | "
+            f"{_fmt(r['train_loss'])} | "
             f"{_fmt(r['top_hessian_eigenvalue'])} | {_fmt(r['epsilon_sharpness'])} |"
         )
     if len(rows) >= 2:
