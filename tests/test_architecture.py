@@ -129,6 +129,20 @@ def test_analysis_report_and_storage_never_reach_ray_through_the_project(package
     assert seen & ray_direct == set()
 
 
+def test_importing_the_analysis_or_the_public_types_loads_no_ray():
+    """At run time too: `tuner.run_study` (which reaches Ray) is loaded only when asked for."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tuner, tuner.analysis.frontier, tuner.report.write; "
+        "from tuner import Workload, Metric; assert 'ray' not in sys.modules, 'ray loaded'; "
+        "from tuner import run_study; assert callable(run_study)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_bench_imports_no_tests():
     offenders = [
         f"{path.name}:{line} imports {imported}"

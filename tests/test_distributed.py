@@ -61,3 +61,49 @@ def test_two_workers_split_the_batch_and_match_one_process(local_ray, tmp_path):
     # be 512 examples later, beyond these 8 steps), without changing the weights (above).
     assert metrics["gns_steps"] == reports[-1]["gns_steps"] == 1
     assert math.isfinite(metrics["gns_trace"]) and math.isfinite(metrics["gns_grad_sq"])
+
+
+def test_a_metric_of_its_own_sees_every_workers_validation_outputs(local_ray, tmp_path):
+    """Two workers each hold half the validation split; the workload's own metric (not a mean
+    of per-batch values) is computed on all of it, as one process computes it; its own loss
+    is averaged across both."""
+    import textwrap
+
+    from tests.test_own_workload import REGRESSION
+    from trainables.workloads import by_value
+
+    namespace: dict = {}
+    exec(textwrap.dedent(REGRESSION), namespace)
+    values = base_config(
+        workload=by_value(namespace["workload"]),
+        dataset="default",
+        batch_size=32,
+        num_workers=2,
+        budget_unit="steps",
+        budget_amount=20,
+        eval_every=10,
+        base_lr=0.05,
+        reference_batch=32,
+        metric="mae",
+        metric_mode="min",
+        bn_mode="per_worker",
+    )
+    result = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=values,
+        scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False),
+        run_config=ray.train.RunConfig(
+            name="own-metric",
+            storage_path=str(tmp_path),
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    ).fit()
+    assert result.error is None
+    reports = []
+    train(
+        TrialConfig.from_dict({**values, "num_workers": 1}), report=lambda m, s: reports.append(m)
+    )
+    metrics = result.metrics
+    assert metrics["val_examples"] == reports[-1]["val_examples"] == 120
+    assert metrics["val_metric"] == pytest.approx(reports[-1]["val_metric"], rel=1e-4)
+    assert metrics["val_loss"] == pytest.approx(reports[-1]["val_loss"], rel=1e-4)

@@ -17,9 +17,23 @@ Ray is imported only in `study/`, `cluster/connect.py` and `cluster/config.py` (
 package, `trainables/ray_worker.py`).
 """
 
+import importlib
+from typing import Any
+
 from search_spaces.spaces import SearchSpace
 from trainables.workload import Data, Metric, Workload
-from tuner.api import StudyResult, load_result, run_study
+
+# Loaded on first use (PEP 562): `tuner.api` reaches Ray, and every module of this package
+# imports the package itself, so an eager import here would load Ray into the analysis and the
+# report (tests/test_architecture.py checks both, statically and in a fresh interpreter).
+LAZY = {"run_study": "tuner.api", "StudyResult": "tuner.api", "load_result": "tuner.api"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in LAZY:
+        return getattr(importlib.import_module(LAZY[name]), name)
+    raise AttributeError(f"module 'tuner' has no attribute {name!r}")
+
 
 __all__ = [
     "Data",

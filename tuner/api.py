@@ -87,21 +87,18 @@ def run_study(workload: str | Workload, **options: Any) -> StudyResult:
 
     Bad input raises `tuner.errors.InputError` (a `ValueError`) before anything starts.
     """
-    from tuner import search
-
-    argv = _argv(reference(workload), options)
-    resolved = search.parse_and_check(argv)
-    spec, run = resolved
+    from tuner.cluster.connect import disconnect
+    from tuner.resolve import run_checked
+    from tuner.search import parse_and_check
     from tuner.study import session
 
+    spec, run = parse_and_check(_argv(reference(workload), options))
     run_options = session.RunOptions(**run)
-    spec = search.resolve.run_checked(lambda: session.prepare(spec, run_options))
+    spec = run_checked(lambda: session.prepare(spec, run_options))
     try:
         code = session.run(spec, run_options)
     finally:
-        import ray
-
-        ray.shutdown()  # the next study starts its own
+        disconnect()  # the next study starts its own Ray
     return load_result(spec.study_dir, code)
 
 

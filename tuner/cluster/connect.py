@@ -104,6 +104,11 @@ def connect(address: str | None, code: str = "") -> None:
         raise InputError(f"cannot connect to Ray at {address}: {message}") from None
 
 
+def disconnect() -> None:
+    """Leave the cluster (a local Ray of our own ends)."""
+    ray.shutdown()
+
+
 def cluster_nodes() -> list[dict[str, float]]:
     """The resources of every node the cluster has now or its autoscaler can add.
 
