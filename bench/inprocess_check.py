@@ -47,7 +47,6 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(1)
     from trainables.config import TrialConfig
     from trainables.loop import train
-    from trainables.metrics import get_metric
 
     spec = study_spec(job["workload"], job["extra"])
     values = spec.trial_config(

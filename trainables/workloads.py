@@ -117,6 +117,7 @@ def _lm_data(measured: bool) -> dict[str, Data]:
         "text": _files("text", needs_files=True, **settings),  # a corpus of the user's own
     }
 
+
 BUILTIN: list[Workload] = [
     Workload(
         name="simple_cnn",
