@@ -307,6 +307,11 @@ class StudySpec:
         """The workload's name, for people (a reference may be a module path or a pickle)."""
         return self.workload_name or self.workload
 
+    @property
+    def what(self) -> str:
+        """'mnist1d on mnist1d'; a workload with one data set of its own: its name alone."""
+        return self.title if self.dataset == "default" else f"{self.title} on {self.dataset}"
+
     def decode_on(self) -> str:
         """Where ImageFolder JPEGs are decoded: `gpu` (nvJPEG) on GPU workers unless asked."""
         if self.decode == "auto":

@@ -164,7 +164,7 @@ def render_markdown(
 ) -> str:
     """The report: verdict first, then the study, tables, warnings and figures."""
     out = [
-        f"# Degradation map: {spec.title} on {spec.dataset} ({spec.name})",
+        f"# Degradation map: {spec.what} ({spec.name})",
         "",
         "## Verdict",
         "",

@@ -55,7 +55,7 @@ def run(spec: StudySpec, options: RunOptions) -> int:
         used = pull_optuna_db(spec.study_uri, spec.study_dir)
         print(f"resuming with the Optuna database from {used}", file=sys.stderr)
     print(
-        f"study {spec.name}: {spec.title} on {spec.dataset}, batch sizes "
+        f"study {spec.name}: {spec.what}, batch sizes "
         f"{list(spec.batch_sizes)}, {len(spec.cells())} cells, {spec.trials} search trials "
         f"+ up to {spec.confirmation_trials} confirmation runs + {spec.rule_test_trials} "
         f"rule-test runs + more steps where a batch size falls short (up to "
