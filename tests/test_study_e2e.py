@@ -185,3 +185,19 @@ def test_stop_at_target_ends_a_trial_at_its_first_evaluation_past_the_target(tmp
     assert at_target >= 2, table.drop_duplicates("trial_id")[["trial_id", "outcome"]]
     verdict = (tmp_path / "at-target" / "report.md").read_text().split("## Verdict", 1)[1]
     assert "Trials ended once they reached the target (--stop-at-target)" in verdict
+
+
+def test_the_report_says_what_the_study_cost(small_study):
+    """Every trial's CPU time (1 CPU per worker, 1 worker) is its Optuna wall time; the total
+    and the split by batch size add up, and the verdict states it."""
+    table = collect_trials(small_study)
+    spans = table.groupby("trial_id").agg(started=("started", "min"), ended=("ended", "max"))
+    assert spans.notna().all().all() and (spans["ended"] > spans["started"]).all()
+    cost = json.loads((small_study / "frontier.json").read_text())["cost"]
+    assert cost["device"] == "CPU" and cost["trials"] == len(spans)
+    expected = float((spans["ended"] - spans["started"]).sum()) / 3600
+    assert cost["device_hours"] == pytest.approx(expected)
+    assert sum(cost["by_batch"].values()) == pytest.approx(expected)
+    assert set(cost["by_phase"]) >= {"search", "confirmation"}
+    verdict = (small_study / "report.md").read_text().split("## Verdict", 1)[1]
+    assert "- Cost: " in verdict and "of CPU time" in verdict

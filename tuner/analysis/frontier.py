@@ -46,6 +46,7 @@ from tuner.analysis.checks import (
     rule_test,
     step_cap,
 )
+from tuner.analysis.cost import StudyCost, study_cost
 from tuner.analysis.critical import (
     MIN_POINTS_FOR_CI,
     CriticalFit,
@@ -95,6 +96,7 @@ class DegradationMap:
     tokens_per_example: int = 0  # a batch counts sequences of this many tokens (0: not text)
     # The rule test (tuner.analysis.checks.rule_test): one row per rule and batch size.
     rule_test: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cost: StudyCost | None = None  # device time (tuner.analysis.cost)
 
 
 def _judge(
@@ -314,9 +316,11 @@ def degradation_map(
     n_boot: int = N_BOOT,
     seed: int = 0,
     metric: StudyMetric = ACCURACY,
+    resources: tuple[float, float, int] = (0.0, 1.0, 1),
 ) -> DegradationMap:
     """Run the whole analysis on a trial table (see the module docstring for definitions);
-    `target` and `tolerance` are in the units of `metric` (accuracy: a fraction; loss: nats)."""
+    `target` and `tolerance` are in the units of `metric` (accuracy: a fraction; loss: nats);
+    `resources`: GPUs and CPUs per worker and workers per trial, for the study's cost."""
     trials = trial_summary(table, metric)
     grid = sorted(set(int(b) for b in batch_sizes) | set(trials["batch_size"].astype(int)))
     cells = cell_accuracy(trials if len(trials) else trials.assign(cell=[]), metric=metric)
@@ -426,6 +430,7 @@ def degradation_map(
         rule_test=rules_tested,
         metric=metric,
         tokens_per_example=_tokens_per_example(table),
+        cost=study_cost(table, *resources),
     )
 
 

@@ -124,6 +124,7 @@ def frontier_json(
             "best_hyperparameters": _records(m.best_hparams),
             "throughput": _records(m.throughput),
             "warnings": m.warnings,
+            "cost": dataclasses.asdict(m.cost) if m.cost else None,
         }
     )
 

@@ -160,6 +160,12 @@ def _write_map(
             writer.add_scalar(
                 "frontier/degraded", STATUS_VALUE[row["status"]], global_step=int(row["batch_size"])
             )
+    if m.cost is not None and m.cost.trials:
+        unit = m.cost.device.lower()
+        for batch, device_hours in m.cost.by_batch.items():
+            writer.add_scalar(f"cost/{unit}_hours_by_batch", device_hours, global_step=batch)
+        writer.add_scalar(f"cost/{unit}_hours", m.cost.device_hours, global_step=0)
+        writer.add_scalar("cost/wall_hours", m.cost.wall_hours, global_step=0)
     for row in m.by_rule.to_dict(orient="records"):
         for column, name in RULE_SCALARS.items():
             value = _float(row.get(column))

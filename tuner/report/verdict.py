@@ -436,6 +436,29 @@ def missing_notes(m: DegradationMap, spec: StudySpec, study_dir: Path) -> list[s
     return notes
 
 
+def hours(value: float) -> str:
+    """0.0123 -> '44 s', 0.5 -> '30 min', 3.25 -> '3.25 h'."""
+    if value < 1 / 60:
+        return f"{value * 3600:.0f} s"
+    if value < 1:
+        return f"{value * 60:.0f} min"
+    return f"{value:.3g} h"
+
+
+def cost_verdict(m: DegradationMap) -> list[str]:
+    """What the study cost in device time, by phase and by batch size."""
+    cost = m.cost
+    if cost is None or not cost.trials:
+        return []
+    phases = ", ".join(f"{name} {hours(h)}" for name, h in cost.by_phase.items())
+    batches = ", ".join(f"{b}: {hours(h)}" for b, h in sorted(cost.by_batch.items()))
+    return [
+        f"Cost: {hours(cost.device_hours)} of {cost.device} time ({cost.device}s x wall time "
+        f"of each of its {cost.trials} trials, start-up included) over {hours(cost.wall_hours)} "
+        f"of wall time: {phases}; by batch size {batches}."
+    ]
+
+
 def verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     """The plain-language lines that open the report."""
     lines = [
@@ -444,6 +467,7 @@ def verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
         *critical_verdict(m),
         *lr_verdict(m),
         *budget_verdict(m, spec),
+        *cost_verdict(m),
     ]
     if m.warnings:
         batches = sorted({w["batch_size"] for w in m.warnings})

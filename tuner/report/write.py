@@ -97,6 +97,7 @@ def write_report(
         n_boot=n_boot,
         seed=spec.seed,
         metric=metric,
+        resources=(spec.gpus_per_worker, spec.cpus_per_worker, spec.workers_per_trial),
     )
     figures = {
         stem: save_figure(fig, study_dir / FIGURES_DIR / f"{stem}.png")

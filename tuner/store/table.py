@@ -77,6 +77,8 @@ COLUMNS = (
     "seed",
     "optuna_number",
     "outcome",
+    "started",  # when the search handed the trial to Tune, seconds since the epoch
+    "ended",  # when it was told the trial's outcome (NaN while it runs)
     *PARAMS,
     "actual_lr",
     *METRICS,
@@ -142,6 +144,8 @@ def collect_trials(study_dir: str | Path) -> pd.DataFrame:
             "seed": trial.user_attrs.get("seed", spec.seed),
             "optuna_number": trial.number,
             "outcome": trial.user_attrs.get("outcome", "running"),
+            "started": _seconds(trial.datetime_start),
+            "ended": _seconds(trial.datetime_complete),
             **params,
             "actual_lr": scaled_lr(
                 params["base_lr"], params["scaling_rule"], params["batch_size"], reference
@@ -161,6 +165,10 @@ def collect_trials(study_dir: str | Path) -> pd.DataFrame:
     table = pd.DataFrame.from_records(records, columns=list(COLUMNS))
     order = ["batch_size", "cell", "phase", "optuna_number", "optimizer_steps"]
     return table.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def _seconds(moment) -> float:
+    return moment.timestamp() if moment is not None else math.nan
 
 
 def write_trial_table(study_dir: str | Path) -> Path:

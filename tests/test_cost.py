@@ -1,0 +1,49 @@
+"""What a study cost (issue 21 item 1, in part): device time per trial from Optuna's start and
+completion times x workers x what each worker holds, by phase and batch size."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from tuner.analysis.cost import study_cost, trial_costs
+
+
+def table(rows):
+    """One evaluation row per (trial, start, end, batch, phase, workers)."""
+    return pd.DataFrame(
+        [
+            {"trial_id": t, "started": s, "ended": e, "batch_size": b, "phase": p, "workers": w}
+            for t, s, e, b, p, w in rows
+        ]
+    )
+
+
+def test_device_time_is_wall_time_times_workers_times_their_devices():
+    t = table(
+        [
+            ("a", 0.0, 60.0, 8, "search", 1),
+            ("a", 0.0, 60.0, 8, "search", 1),  # a second evaluation of the same trial
+            ("b", 30.0, 150.0, 512, "confirm", 2),
+            ("c", 100.0, 700.0, 512, "extend", math.nan),  # errored before reporting
+            ("d", 200.0, math.nan, 8, "search", 1),  # still running: not counted yet
+        ]
+    )
+    per_trial = trial_costs(t, per_worker=0.5, workers=4).set_index("trial_id")
+    assert list(per_trial.index) == ["a", "b", "c"]
+    assert per_trial.loc["a", "device_s"] == 60 * 1 * 0.5
+    assert per_trial.loc["b", "device_s"] == 120 * 2 * 0.5
+    assert per_trial.loc["c", "device_s"] == 600 * 4 * 0.5  # the study's workers per trial
+    cost = study_cost(t, gpus_per_worker=0.5, cpus_per_worker=8, workers=4)
+    assert cost.device == "GPU" and cost.trials == 3
+    assert cost.device_hours == pytest.approx((30 + 120 + 1200) / 3600)
+    assert cost.wall_hours == pytest.approx(700 / 3600)  # first start to last end
+    assert list(cost.by_phase) == ["search", "confirmation", "checks (lr and steps)"]
+    assert cost.by_batch == pytest.approx({8: 30 / 3600, 512: 1320 / 3600})
+    on_cpus = study_cost(t, gpus_per_worker=0, cpus_per_worker=2, workers=4)
+    assert on_cpus.device == "CPU" and on_cpus.device_hours == pytest.approx(4 * cost.device_hours)
+
+
+def test_a_study_without_times_costs_nothing_known():
+    cost = study_cost(pd.DataFrame(), 0, 1)
+    assert cost.trials == 0 and cost.device_hours == 0

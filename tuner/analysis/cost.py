@@ -1,0 +1,93 @@
+"""What a study cost: each trial's device time and the study's, by phase and by batch size.
+
+A trial's wall time runs from the moment the search handed it to Tune to the moment the search
+was told how it ended (Optuna's start and completion times), so it includes starting its
+processes, loading data and every evaluation, not only training. Its device time is that wall
+time x its workers x what each worker holds: GPUs on GPU workers, else CPUs (a 0.25-GPU worker
+costs a quarter of a GPU's time). The study's wall time is from its first trial's start to its
+last trial's end (a resumed study's pause included). Plain pandas, no Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+PHASES = {
+    "search": "search",
+    "confirm": "confirmation",
+    "extend": "checks (lr and steps)",
+    "rule": "rule test",
+}
+
+
+@dataclass(frozen=True)
+class StudyCost:
+    """Device time in hours ("GPU" or "CPU" hours), in total and by phase and batch size."""
+
+    device: str
+    device_hours: float
+    wall_hours: float
+    trials: int
+    by_phase: dict[str, float] = field(default_factory=dict)
+    by_batch: dict[int, float] = field(default_factory=dict)
+
+
+def trial_costs(table: pd.DataFrame, per_worker: float, workers: int = 1) -> pd.DataFrame:
+    """One row per trial with a start and an end: its batch size, phase, wall and device
+    seconds (`per_worker`: GPUs or CPUs each worker holds; `workers`: the study's workers per
+    trial, for a trial that ended before reporting how many it had)."""
+    columns = ["trial_id", "batch_size", "phase", "workers", "wall_s", "device_s"]
+    if table.empty or "started" not in table:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for trial_id, group in table.groupby("trial_id", sort=False):
+        started = pd.to_numeric(group["started"], errors="coerce").min()
+        ended = pd.to_numeric(group["ended"], errors="coerce").max()
+        if not (math.isfinite(started) and math.isfinite(ended)):
+            continue  # still running, or never started
+        reported = pd.to_numeric(group["workers"], errors="coerce").max()
+        count = int(reported) if math.isfinite(reported) else workers
+        wall = max(ended - started, 0.0)
+        rows.append(
+            {
+                "trial_id": trial_id,
+                "batch_size": int(group["batch_size"].iloc[0]),
+                "phase": group["phase"].iloc[0],
+                "workers": count,
+                "wall_s": wall,
+                "device_s": wall * count * per_worker,
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def study_cost(
+    table: pd.DataFrame, gpus_per_worker: float, cpus_per_worker: float, workers: int = 1
+) -> StudyCost:
+    """The study's cost from its trial table and what each worker holds."""
+    device = "GPU" if gpus_per_worker > 0 else "CPU"
+    per_worker = gpus_per_worker if gpus_per_worker > 0 else cpus_per_worker
+    trials = trial_costs(table, per_worker, workers)
+    if trials.empty:
+        return StudyCost(device, 0.0, 0.0, 0)
+    starts = pd.to_numeric(table["started"], errors="coerce")
+    ends = pd.to_numeric(table["ended"], errors="coerce")
+    by_phase = trials.groupby("phase")["device_s"].sum() / 3600
+    by_batch = trials.groupby("batch_size")["device_s"].sum() / 3600
+    return StudyCost(
+        device=device,
+        device_hours=float(trials["device_s"].sum() / 3600),
+        wall_hours=float((ends.max() - starts.min()) / 3600),
+        trials=len(trials),
+        by_phase={
+            PHASES.get(p, p): float(by_phase[p])
+            for p in [
+                *[p for p in PHASES if p in by_phase],
+                *sorted(set(by_phase.index) - set(PHASES)),
+            ]
+        },
+        by_batch={int(b): float(h) for b, h in by_batch.items()},
+    )
