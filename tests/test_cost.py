@@ -47,3 +47,23 @@ def test_device_time_is_wall_time_times_workers_times_their_devices():
 def test_a_study_without_times_costs_nothing_known():
     cost = study_cost(pd.DataFrame(), 0, 1)
     assert cost.trials == 0 and cost.device_hours == 0
+
+
+def test_time_to_target_is_steps_times_batch_over_throughput_per_worker_count():
+    from tuner.analysis.cost import time_to_target
+
+    steps = pd.DataFrame({"batch_size": [8, 512, 2048], "steps": [1000.0, 50.0, math.nan]})
+    speed = pd.DataFrame(
+        {"batch_size": [8, 512, 512], "workers": [1, 1, 4], "samples_per_second": [800, 1e4, 3e4]}
+    )
+    timing = time_to_target(steps, speed, per_worker=2.0)
+    assert list(zip(timing["batch_size"], timing["workers"], strict=True)) == [
+        (8, 1),
+        (512, 1),
+        (512, 4),
+    ]  # 2048 never reached the target: no time to it
+    hours = [1000 * 8 / 800 / 3600, 50 * 512 / 1e4 / 3600, 50 * 512 / 3e4 / 3600]
+    assert timing["hours_to_target"].tolist() == pytest.approx(hours)
+    assert timing["device_hours_to_target"].tolist() == pytest.approx(
+        [hours[0] * 2, hours[1] * 2, hours[2] * 4 * 2]
+    )

@@ -201,3 +201,6 @@ def test_the_report_says_what_the_study_cost(small_study):
     assert set(cost["by_phase"]) >= {"search", "confirmation"}
     verdict = (small_study / "report.md").read_text().split("## Verdict", 1)[1]
     assert "- Cost: " in verdict and "of CPU time" in verdict
+    timing = json.loads((small_study / "frontier.json").read_text())["time_to_target"]
+    assert {row["batch_size"] for row in timing} == {8, 32, 128, 512}  # all reach 0.9
+    assert (small_study / "figures" / "time_vs_compute.png").stat().st_size > 10_000

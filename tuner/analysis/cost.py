@@ -91,3 +91,21 @@ def study_cost(
         },
         by_batch={int(b): float(h) for b, h in by_batch.items()},
     )
+
+
+def time_to_target(steps: pd.DataFrame, speed: pd.DataFrame, per_worker: float) -> pd.DataFrame:
+    """Shallue et al.'s steps to target turned into the user's hardware: per batch size and
+    worker count, the training time to reach the target (steps x batch / measured samples/s)
+    and its device time (x workers x devices per worker). Training only: start-up and
+    evaluations come on top (they are in the study's cost)."""
+    columns = ["batch_size", "workers", "hours_to_target", "device_hours_to_target"]
+    if steps.empty or speed.empty:
+        return pd.DataFrame(columns=columns)
+    reached = steps[pd.to_numeric(steps["steps"], errors="coerce").notna()][["batch_size", "steps"]]
+    rows = reached.merge(speed[["batch_size", "workers", "samples_per_second"]], on="batch_size")
+    rows = rows[pd.to_numeric(rows["samples_per_second"], errors="coerce") > 0]
+    hours = rows["steps"] * rows["batch_size"] / rows["samples_per_second"] / 3600
+    out = rows.assign(
+        hours_to_target=hours, device_hours_to_target=hours * rows["workers"] * per_worker
+    )
+    return out[columns].sort_values(["batch_size", "workers"]).reset_index(drop=True)

@@ -46,7 +46,7 @@ from tuner.analysis.checks import (
     rule_test,
     step_cap,
 )
-from tuner.analysis.cost import StudyCost, study_cost
+from tuner.analysis.cost import StudyCost, study_cost, time_to_target
 from tuner.analysis.critical import (
     MIN_POINTS_FOR_CI,
     CriticalFit,
@@ -97,6 +97,8 @@ class DegradationMap:
     # The rule test (tuner.analysis.checks.rule_test): one row per rule and batch size.
     rule_test: pd.DataFrame = field(default_factory=pd.DataFrame)
     cost: StudyCost | None = None  # device time (tuner.analysis.cost)
+    # Per batch size and worker count: training hours and device-hours to the target.
+    time_to_target: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _judge(
@@ -409,6 +411,13 @@ def degradation_map(
             speed.groupby("batch_size")[column].max() if len(speed) else pd.Series(dtype=float)
         )
         frontier[column] = frontier["batch_size"].map(fastest).astype(float)
+    per_worker = resources[0] if resources[0] > 0 else resources[1]
+    timing = time_to_target(frontier, speed, per_worker)
+    quickest = timing.sort_values("hours_to_target").groupby("batch_size").head(1)
+    for column in ("hours_to_target", "device_hours_to_target"):
+        frontier[column] = (
+            frontier["batch_size"].map(quickest.set_index("batch_size")[column]).astype(float)
+        )
     return DegradationMap(
         target=target,
         tolerance=tolerance,
@@ -431,6 +440,7 @@ def degradation_map(
         metric=metric,
         tokens_per_example=_tokens_per_example(table),
         cost=study_cost(table, *resources),
+        time_to_target=timing,
     )
 
 

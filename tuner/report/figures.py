@@ -29,6 +29,7 @@ FIGURE_TITLES = {
     "lr_vs_batch": "Best learning rate vs batch size",
     "accuracy_heatmap": "Accuracy, batch size x scaling rule",
     "throughput": "Throughput vs batch size",
+    "time_vs_compute": "Time to target vs compute, on the study's hardware",
     "validation_curves": "Validation curves of the best search trial per batch size",
 }
 FIGSIZE = (7.0, 4.5)
@@ -321,6 +322,41 @@ def throughput(m: DegradationMap) -> Figure:
     return fig
 
 
+def time_vs_compute(m: DegradationMap) -> Figure:
+    """Hours of training to the target against the device-hours they take, one point per batch
+    size and worker count: what a larger batch buys in wall time and costs in device time on
+    the hardware the study ran on (training only; start-up and evaluations are extra)."""
+    fig, ax = _figure()
+    timing = m.time_to_target
+    if timing is None or timing.empty:
+        _no_data(ax, "no batch size reached the target with a measured throughput")
+        return fig
+    unit = m.cost.device if m.cost else "device"
+    for workers, group in timing.groupby("workers"):
+        ax.plot(
+            group["device_hours_to_target"],
+            group["hours_to_target"],
+            "o-",
+            label=f"{int(workers)} worker(s)",
+        )
+        for row in group.itertuples(index=False):
+            ax.annotate(
+                f"B={int(row.batch_size)}",
+                (row.device_hours_to_target, row.hours_to_target),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{unit}-hours to target (training)")
+    ax.set_ylabel("hours to target (training)")
+    ax.set_title("Time to target vs compute")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def validation_curves(m: DegradationMap, table: pd.DataFrame) -> Figure:
     """The study metric (validation accuracy or loss) of each batch size's best search trial,
     against epochs (equal data) and against optimizer steps (equal updates)."""
@@ -355,13 +391,14 @@ def validation_curves(m: DegradationMap, table: pd.DataFrame) -> Figure:
 def all_figures(
     m: DegradationMap, table: pd.DataFrame, budget: str | None = None
 ) -> dict[str, Figure]:
-    """The report's six figures by file stem, in the order the report shows them."""
+    """The report's figures by file stem, in the order the report shows them."""
     return {
         "accuracy_vs_batch": accuracy_vs_batch(m, budget),
         "steps_to_target": steps_to_target(m),
         "lr_vs_batch": lr_vs_batch(m),
         "accuracy_heatmap": accuracy_heatmap(m),
         "throughput": throughput(m),
+        "time_vs_compute": time_vs_compute(m),
         "validation_curves": validation_curves(m, table),
     }
 

@@ -58,6 +58,18 @@ def diff_text(metric: StudyMetric, value: Any) -> str:
     return nats(value) if metric.unit == "nats" else num(value, 3)
 
 
+def duration(hours: Any) -> str:
+    """A time in hours, readably: 0.0123 -> '44 s', 0.5 -> '30 min', 3.25 -> '3.25 h'."""
+    if not finite(hours):
+        return "-"
+    hours = float(hours)
+    if hours < 1 / 60:
+        return f"{hours * 3600:.3g} s"
+    if hours < 1:
+        return f"{hours * 60:.3g} min"
+    return f"{hours:.3g} h"
+
+
 def num(value: Any, digits: int = 3) -> str:
     """A compact number ('0.0123', '1.5e+03'); missing -> '-'."""
     return f"{float(value):.{digits}g}" if finite(value) else "-"

@@ -19,6 +19,7 @@ from tuner.report.format import (
     batch_list,
     count,
     diff_text,
+    duration,
     finite,
     markdown_table,
     metric_columns,
@@ -125,6 +126,7 @@ def frontier_json(
             "throughput": _records(m.throughput),
             "warnings": m.warnings,
             "cost": dataclasses.asdict(m.cost) if m.cost else None,
+            "time_to_target": _records(m.time_to_target),
         }
     )
 
@@ -319,6 +321,26 @@ def render_markdown(
         ),
         "",
     ]
+    if m.time_to_target is not None and len(m.time_to_target):
+        unit = m.cost.device if m.cost else "device"
+        out += [
+            "## Time to target vs compute",
+            "",
+            f"Steps to target x batch size / measured samples/s: the training time to the target "
+            f"at each batch size and worker count, and the {unit}-hours it takes (training only; "
+            f"start-up and evaluations are in the study's cost).",
+            "",
+            markdown_table(
+                m.time_to_target,
+                [
+                    ("batch_size", "batch", count),
+                    ("workers", "workers", count),
+                    ("hours_to_target", "time to target", duration),
+                    ("device_hours_to_target", f"{unit} time to target", duration),
+                ],
+            ),
+            "",
+        ]
     out += ["## Figures", ""]
     for stem, path in figures.items():
         out += [

@@ -60,6 +60,8 @@ FRONTIER_SCALARS = {
     "lr_sqrt": "lr_sqrt_prediction",
     "samples_per_second": "samples_per_second",
     "tokens_per_second": "tokens_per_second",
+    "hours_to_target": "hours_to_target",
+    "device_hours_to_target": "device_hours_to_target",
     "trials": "trials",
     "confirmations": "confirmation_runs",
     "diverged": "diverged",

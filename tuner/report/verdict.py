@@ -15,6 +15,7 @@ from tuner.analysis.trials import OUTCOMES
 from tuner.report.format import (
     batch_list,
     diff_text,
+    duration,
     finite,
     long_value_text,
     num,
@@ -436,25 +437,16 @@ def missing_notes(m: DegradationMap, spec: StudySpec, study_dir: Path) -> list[s
     return notes
 
 
-def hours(value: float) -> str:
-    """0.0123 -> '44 s', 0.5 -> '30 min', 3.25 -> '3.25 h'."""
-    if value < 1 / 60:
-        return f"{value * 3600:.0f} s"
-    if value < 1:
-        return f"{value * 60:.0f} min"
-    return f"{value:.3g} h"
-
-
 def cost_verdict(m: DegradationMap) -> list[str]:
     """What the study cost in device time, by phase and by batch size."""
     cost = m.cost
     if cost is None or not cost.trials:
         return []
-    phases = ", ".join(f"{name} {hours(h)}" for name, h in cost.by_phase.items())
-    batches = ", ".join(f"{b}: {hours(h)}" for b, h in sorted(cost.by_batch.items()))
+    phases = ", ".join(f"{name} {duration(h)}" for name, h in cost.by_phase.items())
+    batches = ", ".join(f"{b}: {duration(h)}" for b, h in sorted(cost.by_batch.items()))
     return [
-        f"Cost: {hours(cost.device_hours)} of {cost.device} time ({cost.device}s x wall time "
-        f"of each of its {cost.trials} trials, start-up included) over {hours(cost.wall_hours)} "
+        f"Cost: {duration(cost.device_hours)} of {cost.device} time ({cost.device}s x wall time "
+        f"of each of its {cost.trials} trials, start-up included) over {duration(cost.wall_hours)} "
         f"of wall time: {phases}; by batch size {batches}."
     ]
 
