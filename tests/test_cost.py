@@ -67,3 +67,29 @@ def test_time_to_target_is_steps_times_batch_over_throughput_per_worker_count():
     assert timing["device_hours_to_target"].tolist() == pytest.approx(
         [hours[0] * 2, hours[1] * 2, hours[2] * 4 * 2]
     )
+
+
+def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
+    """`--dry-run`: the plan and a cost from a real throughput probe; no Ray, no files."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tuner.search import main; "
+        "code = main(sys.argv[1:]); assert 'ray' not in sys.modules, 'ray started'; sys.exit(code)"
+    )
+    args = ["simple_cnn", "--dataset", "digits", "--batch-sizes", "8,128", "--seeds", "2"]
+    args += ["--rules", "sqrt", "--storage", str(tmp_path / "s"), "--name", "d", "--dry-run"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert (
+        "planned trials: 16 search (+ up to 6 range extensions), up to 4 confirmation runs" in out
+    )
+    assert "2 rule-test runs" in out and "steps per trial: 8: 358, 128: 150" in out
+    probe = out.split("samples/s")[0]
+    assert float(probe.rsplit("8: ", 1)[1]) > 0  # a measured speed
+    assert "of CPU time in all" in out
+    assert not (tmp_path / "s").exists()

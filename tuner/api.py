@@ -93,6 +93,11 @@ def run_study(workload: str | Workload, **options: Any) -> StudyResult:
     from tuner.study import session
 
     spec, run = parse_and_check(_argv(reference(workload), options))
+    if run.pop("dry_run"):
+        from tuner.search import dry_run
+
+        print("\n".join(dry_run(spec)))
+        return load_result(spec.study_dir, 0)
     run_options = session.RunOptions(**run)
     spec = run_checked(lambda: session.prepare(spec, run_options))
     try:

@@ -46,7 +46,7 @@ SEED_MAX = 2**32 - 1  # Optuna's samplers seed numpy, which takes 32 bits
 MAX_GRID = 64  # batch sizes in one grid: more is a typo, not a study
 # Options that may change when a study is resumed; every other one must match the saved study.
 RESUMABLE = ("max_concurrent", "worker_retries", "data_dir", "loader_workers")
-RUN_ONLY = ("address", "no_report", "skip_data_check", "storage", "name", "resume")
+RUN_ONLY = ("address", "no_report", "skip_data_check", "storage", "name", "resume", "dry_run")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -234,6 +234,12 @@ def build_parser(description: str = "") -> OneLineParser:
         help="do not check the data on this machine (it lives on the workers)",
     )
     add("--no-report", action="store_true", help="do not write the report at the end")
+    add(
+        "--dry-run",
+        action="store_true",
+        help="print the planned trials and their estimated cost (from a short throughput probe "
+        "on this machine) and exit: nothing trains, nothing is written, Ray does not start",
+    )
     add(
         "--compile",
         action="store_true",

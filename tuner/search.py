@@ -115,6 +115,7 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
     address = args.address or os.environ.get("RAY_ADDRESS")
     local = resolve.local_cluster(address)
     run = {"address": address, "resume": args.resume, "report": not args.no_report}
+    run["dry_run"] = bool(args.dry_run)
     if args.resume:
         saved = saved_spec(args.storage, args.name)
         make_importable(saved.workload_source)
@@ -133,6 +134,21 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
     return spec, run
 
 
+def dry_run(spec: StudySpec) -> list[str]:
+    """What `--dry-run` prints: the plan and its estimated cost (tuner.dry_run)."""
+    from trainables.datasets import DEFAULT_DATA_DIR
+    from tuner import dry_run as planner
+
+    data = spec.load_workload().settings(spec.dataset)
+    n_train = None
+    if not data.streamed:
+        splits = spec.load_workload().open(
+            spec.dataset, spec.data_dir or DEFAULT_DATA_DIR, spec.seed, spec.max_train_examples
+        )
+        n_train = len(splits.train)
+    return planner.plan(spec, planner.probe(spec), n_train)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         resolved = parse_and_check(argv)
@@ -142,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         print(list_workloads())
         return 0
     spec, run = resolved
+    if run.pop("dry_run"):
+        print("\n".join(dry_run(spec)))
+        return 0
     # Ray is imported only now, with the inputs known good.
     from tuner.study import session
 

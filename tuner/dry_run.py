@@ -1,0 +1,124 @@
+"""`--dry-run`: what a study would run and cost, without running it.
+
+The plan counts the trials the study will start: the search (the cells' shares, and up to 3
+range extensions per cell), the confirmation seeds, the rule test, and the checks, which are
+adaptive (only a batch size short of the baseline gets them), so they are given as what one
+batch size's first round costs. The cost comes from a throughput probe: the study's own loop,
+model and data train a few steps at every batch size in this process, on this machine (a GPU
+if the study asks for GPU workers and this machine has one, else its CPU with the study's CPUs
+per worker as threads), and each trial's time is its budget in steps at that speed plus a
+trial's start-up. A W-worker trial is assumed to run W times as fast as one worker (its
+device time is the same). Plain Python, no Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from trainables.config import TrialConfig
+from trainables.datasets import DEFAULT_DATA_DIR
+from tuner.report.format import duration
+from tuner.spec import StudySpec
+
+PROBE_STEPS = 12  # timed optimizer steps per batch size (after the loop's first one)
+START_UP_S = {1: 1.5, "many": 12.0}  # a trial's start-up: a reused actor; a Ray Train run
+EXTENSIONS_PER_CELL = 3
+
+
+def probe(spec: StudySpec) -> dict[int, float]:
+    """Training samples per second at every batch size of the grid, measured on this machine
+    with the study's loop (evaluation excluded)."""
+    workload = spec.load_workload()
+    gpu = spec.use_gpu and torch.cuda.is_available()
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(spec.cpus_per_worker)))
+    splits = workload.open(
+        spec.dataset, spec.data_dir or DEFAULT_DATA_DIR, spec.seed, spec.max_train_examples
+    )
+    speeds = {}
+    try:
+        for batch in spec.batch_sizes:
+            params = {"batch_size": batch, "scaling_rule": "none", "base_lr": 1e-4}
+            params |= {"optimizer": spec.space().optimizers[0], "weight_decay": 0.0}
+            params |= {"warmup_fraction": 0.0, "budget_steps": PROBE_STEPS + 1}
+            values = spec.trial_config(params) | {
+                "num_workers": 1,
+                "eval_every": PROBE_STEPS + 1,
+                "use_gpu": gpu,
+                "decode": "cpu" if not gpu else spec.decode_on(),
+                "stop_at_target": 0.0,
+            }
+            reports: list[dict] = []
+            from trainables.loop import train
+
+            train(
+                TrialConfig.from_dict(values),
+                report=lambda m, s, into=reports: into.append(m),
+                device=device,
+                splits=dataclasses.replace(splits),
+            )
+            speeds[batch] = float(reports[-1]["samples_per_second"])
+    finally:
+        torch.set_num_threads(threads)
+    return speeds
+
+
+def plan(spec: StudySpec, speeds: dict[int, float], n_train: int | None) -> list[str]:
+    """The lines `--dry-run` prints."""
+    budget = spec.budget_spec()
+    cells = spec.cells()
+    workers = spec.workers_per_trial
+    device = "GPU" if spec.use_gpu else "CPU"
+    per_worker = spec.gpus_per_worker if spec.use_gpu else spec.cpus_per_worker
+    start_up = START_UP_S[1] if workers == 1 else START_UP_S["many"]
+
+    def trial_hours(batch: int, steps: int | None = None) -> float:
+        steps = steps or budget.steps(n_train or batch, batch)
+        speed = speeds.get(batch, math.nan) * workers
+        return (steps * batch / speed + start_up) / 3600
+
+    per_cell = {c.key: trial_hours(c.batch_size) for c in cells}
+    search = spec.trials * sum(per_cell.values()) / len(cells)
+    confirm = spec.seeds * sum(per_cell.values())
+    rule = (
+        spec.rule_test_trials
+        / max(len(spec.batch_sizes) - 1, 1)
+        * sum(trial_hours(b) for b in spec.batch_sizes[1:])
+    )
+    worst = max(spec.batch_sizes)
+    check_round = 0.0
+    if spec.checks:  # half and twice the lr, then twice the steps at three lrs, per seed
+        check_round = spec.seeds * (
+            2 * trial_hours(worst)
+            + 3 * trial_hours(worst, 2 * budget.steps(n_train or worst, worst))
+        )
+    total = search + confirm + rule
+    lines = [
+        f"dry run: {spec.what}, batch sizes {list(spec.batch_sizes)}, budget {budget} per "
+        f"trial, {workers} worker(s) of {per_worker:g} {device}(s) each; nothing trains",
+        "throughput probed on this machine ("
+        + ("its GPU" if spec.use_gpu and torch.cuda.is_available() else "its CPU")
+        + f", {PROBE_STEPS} steps per batch size): "
+        + ", ".join(f"{b}: {speeds[b]:.4g} samples/s" for b in spec.batch_sizes),
+        "steps per trial: "
+        + ", ".join(f"{b}: {budget.steps(n_train or b, b)}" for b in spec.batch_sizes),
+        f"planned trials: {spec.trials} search (+ up to {EXTENSIONS_PER_CELL * len(cells)} "
+        f"range extensions), up to {spec.confirmation_trials} confirmation runs, "
+        f"{spec.rule_test_trials} rule-test runs"
+        + (", and the checks where a batch size falls short" if spec.checks else ""),
+        f"estimated cost, every trial at its full budget (ASHA stops most search trials "
+        f"early, so the search costs less): search {duration(search)}, confirmation "
+        f"{duration(confirm)}, rule test {duration(rule)}: {duration(total * workers * per_worker)}"
+        f" of {device} time in all",
+    ]
+    if spec.checks:
+        lines.append(
+            f"each batch size that falls short adds its checks: a first round costs about "
+            f"{duration(check_round * workers * per_worker)} of {device} time at batch {worst}, "
+            f"and each further doubling of its steps about twice that"
+        )
+    return lines
