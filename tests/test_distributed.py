@@ -26,21 +26,26 @@ def local_ray():
     ray.shutdown()
 
 
+def fit_two_workers(values: dict, storage, name: str):
+    """A Ray Train run of `values` with two CPU workers and no retries."""
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=values,
+        scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    ).fit()
+
+
 def test_two_workers_split_the_batch_and_match_one_process(local_ray, tmp_path):
     # simple_cnn has no BatchNorm, so per-worker statistics cannot make the two runs differ.
     values = base_config(
         batch_size=64, num_workers=2, budget_amount=1, base_lr=0.01, max_train_examples=512
     )
-    result = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=values,
-        scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False),
-        run_config=ray.train.RunConfig(
-            name="two-workers",
-            storage_path=str(tmp_path),
-            failure_config=ray.train.FailureConfig(max_failures=0),
-        ),
-    ).fit()
+    result = fit_two_workers(values, tmp_path, "two-workers")
     assert result.error is None
     with result.checkpoint.as_directory() as directory:
         distributed = torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=False)
@@ -88,16 +93,7 @@ def test_a_metric_of_its_own_sees_every_workers_validation_outputs(local_ray, tm
         metric_mode="min",
         bn_mode="per_worker",
     )
-    result = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=values,
-        scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False),
-        run_config=ray.train.RunConfig(
-            name="own-metric",
-            storage_path=str(tmp_path),
-            failure_config=ray.train.FailureConfig(max_failures=0),
-        ),
-    ).fit()
+    result = fit_two_workers(values, tmp_path, "own-metric")
     assert result.error is None
     reports = []
     train(
