@@ -97,6 +97,11 @@ def _imagenet(data_dir: str, seed: int, decode: str = "cpu"):
     return load_imagenet(data_dir, seed, encoded=decode == "gpu")
 
 
+def _imagenet_data(**settings) -> Data:
+    """ImageNet folders under --data-dir: streamed, never opened whole by the driver."""
+    return Data(load=_imagenet, streamed=True, needs_files=True, **settings)
+
+
 # Language models: sequences of SEQ_LEN bytes (trainables.text), judged by validation loss in
 # nats. A batch counts sequences. The budget is in steps: Shallue et al.'s LM curves are
 # measured in steps, and an epoch of the 8 MB stdlib corpus is ~1,900 steps at batch 32.
@@ -225,10 +230,7 @@ BUILTIN: list[Workload] = [
         datasets={
             # 75% top-1 takes ~40 epochs at small batch with a cosine schedule; Shallue et
             # al.'s steps to 75% flatten at a few thousand steps at batch 2^14-2^16.
-            "imagenet": Data(
-                load=_imagenet,
-                streamed=True,
-                needs_files=True,
+            "imagenet": _imagenet_data(
                 budget="epochs:40",
                 min_steps=4000,
                 batch_sizes=tuple(2**k for k in range(8, 17)),
@@ -254,10 +256,7 @@ BUILTIN: list[Workload] = [
         reference_batch=256,
         description="torchvision VGG-11 (Shallue et al.'s ImageNet target error 0.35)",
         datasets={
-            "imagenet": Data(
-                load=_imagenet,
-                streamed=True,
-                needs_files=True,
+            "imagenet": _imagenet_data(
                 budget="epochs:30",
                 min_steps=4000,
                 batch_sizes=tuple(2**k for k in range(8, 16)),
