@@ -16,7 +16,7 @@ import torch
 
 from trainables.splits import DataUnavailable, Splits, TensorSplit, split_holdout
 from trainables.text import load_stdlib, load_text
-from trainables.workload import subset
+from trainables.workload import smoke_subset
 
 __all__ = ["DataUnavailable", "Splits", "TensorSplit", "split_holdout"]
 
@@ -308,10 +308,7 @@ def load_dataset(
         splits = DATASETS[name](data_dir or DEFAULT_DATA_DIR, seed)
     else:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASET_NAMES))}")
-    if max_train_examples:
-        splits.train = subset(splits.train, max_train_examples, seed)
-        splits.val = subset(splits.val, max(max_train_examples // 4, 64), seed + 1)
-    return splits
+    return smoke_subset(splits, max_train_examples, seed)
 
 
 def check_data(name: str, data_dir: str | None, max_train_examples: int = 0) -> int | None:

@@ -231,11 +231,7 @@ class Workload:
         validation examples, at least 64, for smoke runs)."""
         data = self.settings(dataset)
         loaded = call_with(data.load, data_dir=data_dir, seed=seed, decode=decode)
-        splits = as_splits(loaded, dataset)
-        if max_train_examples:
-            splits.train = subset(splits.train, max_train_examples, seed)
-            splits.val = subset(splits.val, max(max_train_examples // 4, 64), seed + 1)
-        return splits
+        return smoke_subset(as_splits(loaded, dataset), max_train_examples, seed)
 
 
 def call_with(fn: Callable[..., Any], **available: Any) -> Any:
@@ -307,6 +303,15 @@ def num_classes(train: TensorSplit | Dataset, val: TensorSplit | Dataset) -> int
         return 0 if targets.dtype.is_floating_point else int(targets.max()) + 1
     y0 = torch.as_tensor(train[0][1])
     return 0 if y0.dtype.is_floating_point else -1  # -1: integer, number unknown
+
+
+def smoke_subset(splits: Splits, max_train_examples: int, seed: int) -> Splits:
+    """With `max_train_examples` > 0, a seeded subset of that many training examples and a
+    quarter as many validation examples (at least 64): for smoke runs on big data sets."""
+    if max_train_examples:
+        splits.train = subset(splits.train, max_train_examples, seed)
+        splits.val = subset(splits.val, max(max_train_examples // 4, 64), seed + 1)
+    return splits
 
 
 def subset(split: TensorSplit | Dataset, size: int, seed: int) -> TensorSplit | Dataset:

@@ -332,7 +332,7 @@ def _as_workload(obj: Any, where: str) -> Workload:
         try:
             obj = obj()
         except Exception as error:  # the user's code: any error is theirs to read
-            raise WorkloadNotFound(f"{where}() raised {_said(error)}") from None
+            raise WorkloadNotFound(f"{where}() raised {error_line(error)}") from None
     if not isinstance(obj, Workload):
         raise WorkloadNotFound(
             f"{where} is a {type(obj).__name__}, not a tuner.Workload (or a zero-argument "
@@ -341,7 +341,8 @@ def _as_workload(obj: Any, where: str) -> Workload:
     return obj
 
 
-def _said(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
@@ -390,9 +391,9 @@ def import_module(module: str) -> ModuleType:
                 f"no module named {error.name!r} (from {module!r}): run from the directory "
                 f"that holds it, put it on PYTHONPATH, or give its file: path/to/file.py:ATTR"
             ) from None
-        raise WorkloadNotFound(f"importing {module} failed: {_said(error)}") from None
+        raise WorkloadNotFound(f"importing {module} failed: {error_line(error)}") from None
     except Exception as error:  # the user's module raised while importing
-        raise WorkloadNotFound(f"importing {module} failed: {_said(error)}") from None
+        raise WorkloadNotFound(f"importing {module} failed: {error_line(error)}") from None
 
 
 def attribute(module: ModuleType, attr: str, where: str) -> Any:
@@ -434,7 +435,8 @@ def find_workload(ref: str) -> Workload:
             obj = points[ref].load()
         except Exception as error:
             raise WorkloadNotFound(
-                f"workload {ref!r} (entry point {points[ref].value}) failed to load: {_said(error)}"
+                f"workload {ref!r} (entry point {points[ref].value}) failed to load: "
+                f"{error_line(error)}"
             ) from None
         workload = _as_workload(obj, f"entry point {ref} ({points[ref].value})")
     _FOUND[ref] = workload

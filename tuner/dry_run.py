@@ -28,9 +28,9 @@ START_UP_S = {1: 1.5, "many": 12.0}  # a trial's start-up: a reused actor; a Ray
 EXTENSIONS_PER_CELL = 3
 
 
-def probe(spec: StudySpec) -> dict[int, float]:
+def probe(spec: StudySpec) -> tuple[dict[int, float], int]:
     """Training samples per second at every batch size of the grid, measured on this machine
-    with the study's loop (evaluation excluded)."""
+    with the study's loop (evaluation excluded), and the training examples it trained on."""
     workload = spec.load_workload()
     gpu = spec.use_gpu and torch.cuda.is_available()
     device = torch.device("cuda", 0) if gpu else torch.device("cpu")
@@ -64,10 +64,10 @@ def probe(spec: StudySpec) -> dict[int, float]:
             speeds[batch] = float(reports[-1]["samples_per_second"])
     finally:
         torch.set_num_threads(threads)
-    return speeds
+    return speeds, len(splits.train)
 
 
-def plan(spec: StudySpec, speeds: dict[int, float], n_train: int | None) -> list[str]:
+def plan(spec: StudySpec, speeds: dict[int, float], n_train: int) -> list[str]:
     """The lines `--dry-run` prints."""
     budget = spec.budget_spec()
     cells = spec.cells()
@@ -77,7 +77,7 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int | None) -> list
     start_up = START_UP_S[1] if workers == 1 else START_UP_S["many"]
 
     def trial_hours(batch: int, steps: int | None = None) -> float:
-        steps = steps or budget.steps(n_train or batch, batch)
+        steps = steps or budget.steps(n_train, batch)
         speed = speeds.get(batch, math.nan) * workers
         return (steps * batch / speed + start_up) / 3600
 
@@ -93,8 +93,7 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int | None) -> list
     check_round = 0.0
     if spec.checks:  # half and twice the lr, then twice the steps at three lrs, per seed
         check_round = spec.seeds * (
-            2 * trial_hours(worst)
-            + 3 * trial_hours(worst, 2 * budget.steps(n_train or worst, worst))
+            2 * trial_hours(worst) + 3 * trial_hours(worst, 2 * budget.steps(n_train, worst))
         )
     total = search + confirm + rule
     lines = [
@@ -105,7 +104,7 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int | None) -> list
         + f", {PROBE_STEPS} steps per batch size): "
         + ", ".join(f"{b}: {speeds[b]:.4g} samples/s" for b in spec.batch_sizes),
         "steps per trial: "
-        + ", ".join(f"{b}: {budget.steps(n_train or b, b)}" for b in spec.batch_sizes),
+        + ", ".join(f"{b}: {budget.steps(n_train, b)}" for b in spec.batch_sizes),
         f"planned trials: {spec.trials} search (+ up to {EXTENSIONS_PER_CELL * len(cells)} "
         f"range extensions), up to {spec.confirmation_trials} confirmation runs, "
         f"{spec.rule_test_trials} rule-test runs"

@@ -186,7 +186,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         rule_test=not (args.no_rule_test or args.no_checks or args.smoke),
         checks=not (args.no_checks or args.smoke),
         workload_name=workload.name,
-        workload_source=shipped_source(args.workload),
+        workload_source=source_to_ship(args.workload),
         metric_mode=workload.metric_mode,
         own_loss=workload.own_loss,
         reference_batch=workload.reference(grid),
@@ -220,11 +220,6 @@ def metric_tolerance(workload: Any, metric: Any) -> float:
     """The workload's own metric's declared tolerance, else the metric's default."""
     own = getattr(workload.metric, "tolerance", None)
     return own if own is not None else metric.default_tolerance
-
-
-def shipped_source(ref: str) -> str:
-    """What must travel to the workers for `ref` to import there (tuner.shipping)."""
-    return source_to_ship(ref)
 
 
 # Which spec fields an option decides, to tell a contradiction on --resume.

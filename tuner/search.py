@@ -22,7 +22,7 @@ import os
 import sys
 
 from trainables.metrics import get_metric
-from trainables.workloads import BUILTIN, entry_points
+from trainables.workloads import BUILTIN, entry_points, find_workload
 from tuner import options as opts
 from tuner import resolve
 from tuner.errors import InputError
@@ -40,8 +40,6 @@ def list_workloads() -> str:
         lines += _describe(w, w.name)
     for name, point in sorted(entry_points().items()):
         try:
-            from trainables.workloads import find_workload
-
             lines += _describe(find_workload(name), name, f" (from {point.value})")
         except Exception as error:  # a broken package must not hide the others
             lines.append(f"{name} (from {point.value}): does not load: {error}")
@@ -136,17 +134,9 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
 
 def dry_run(spec: StudySpec) -> list[str]:
     """What `--dry-run` prints: the plan and its estimated cost (tuner.dry_run)."""
-    from trainables.datasets import DEFAULT_DATA_DIR
     from tuner import dry_run as planner
 
-    data = spec.load_workload().settings(spec.dataset)
-    n_train = None
-    if not data.streamed:
-        splits = spec.load_workload().open(
-            spec.dataset, spec.data_dir or DEFAULT_DATA_DIR, spec.seed, spec.max_train_examples
-        )
-        n_train = len(splits.train)
-    return planner.plan(spec, planner.probe(spec), n_train)
+    return planner.plan(spec, *planner.probe(spec))
 
 
 def main(argv: list[str] | None = None) -> int:

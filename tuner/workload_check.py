@@ -12,15 +12,11 @@ import torch
 from trainables.datasets import DEFAULT_DATA_DIR, DataUnavailable, check_data
 from trainables.splits import TensorSplit
 from trainables.workload import Workload
+from trainables.workloads import error_line
 from tuner.errors import InputError
 from tuner.spec import StudySpec
 
 PROBE = 4  # examples in the probe batch
-
-
-def _said(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def check_workload(spec: StudySpec, workload: Workload) -> None:
@@ -40,7 +36,7 @@ def check_workload(spec: StudySpec, workload: Workload) -> None:
     except DataUnavailable as error:
         raise InputError(str(error)) from None
     except Exception as error:  # the user's data factory: its own message, in one line
-        raise InputError(f"workload {name}: its data factory raised {_said(error)}") from None
+        raise InputError(f"workload {name}: its data factory raised {error_line(error)}") from None
     n_train = len(splits.train)
     too_big = [b for b in spec.batch_sizes if b > n_train]
     if too_big:
@@ -52,7 +48,7 @@ def check_workload(spec: StudySpec, workload: Workload) -> None:
     try:
         model = workload.build_model(splits.input_shape, splits.num_classes)
     except Exception as error:
-        raise InputError(f"workload {name}: its model factory raised {_said(error)}") from None
+        raise InputError(f"workload {name}: its model factory raised {error_line(error)}") from None
     x, y = _probe_batch(splits.train)
     try:
         with torch.no_grad():
@@ -60,7 +56,7 @@ def check_workload(spec: StudySpec, workload: Workload) -> None:
     except Exception as error:
         raise InputError(
             f"workload {name}: the model fails on a batch of {PROBE} training inputs of shape "
-            f"{tuple(x.shape[1:])}: {_said(error)}"
+            f"{tuple(x.shape[1:])}: {error_line(error)}"
         ) from None
     if not isinstance(out, torch.Tensor):
         raise InputError(
@@ -73,7 +69,7 @@ def check_workload(spec: StudySpec, workload: Workload) -> None:
     except Exception as error:
         raise InputError(
             f"workload {name}: the loss cannot take the model's output {tuple(out.shape)} with "
-            f"targets {tuple(y.shape)} ({y.dtype}): {_said(error)}"
+            f"targets {tuple(y.shape)} ({y.dtype}): {error_line(error)}"
         ) from None
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -88,7 +84,7 @@ def check_workload(spec: StudySpec, workload: Workload) -> None:
         except Exception as error:
             raise InputError(
                 f"workload {name}: metric {workload.metric_name!r} fails on the model's output: "
-                f"{_said(error)}"
+                f"{error_line(error)}"
             ) from None
         if math.isinf(number):
             raise InputError(f"workload {name}: metric {workload.metric_name!r} returned inf")
