@@ -110,6 +110,46 @@ def assert_each_evaluation_trained_once(study_dir: Path) -> None:
         assert all(len(v) == 1 for v in by_step.values()), f"{trial_id} trained twice"
 
 
+_SHARED_RAY: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def _ray_of_this_process():
+    """Ends the shared local Ray (if one was started) when the session ends."""
+    yield
+    if _SHARED_RAY:
+        import ray
+
+        ray.shutdown()
+
+
+@pytest.fixture
+def local_ray(_ray_of_this_process) -> str:
+    """One local Ray in the test process, shared by the in-process Ray tests (test_distributed,
+    test_faults: about 5 s of start-up each saved): started at its first use, kept for the
+    next test, ended with the session or by `no_ray_in_this_process`. Yields the dashboard's
+    URL (the State API's address)."""
+    import ray
+
+    from tuner.cluster.connect import local_ray_kwargs
+
+    if not ray.is_initialized():
+        kwargs = local_ray_kwargs(num_cpus=2, log_to_driver=False, configure_logging=False)
+        _SHARED_RAY["dashboard"] = f"http://{ray.init(**kwargs).dashboard_url}"
+    return _SHARED_RAY["dashboard"]
+
+
+@pytest.fixture
+def no_ray_in_this_process() -> None:
+    """For a test whose code starts a Ray of its own in this process (run_study): the shared
+    one is ended first (the next `local_ray` starts another)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _SHARED_RAY.clear()
+
+
 @pytest.fixture(scope="session")
 def small_study(tmp_path_factory) -> Path:
     """A finished real study directory (runs ~2 minutes on 2 CPUs)."""

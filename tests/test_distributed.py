@@ -14,16 +14,8 @@ from tests.test_config import base_config
 from trainables.config import TrialConfig
 from trainables.loop import train
 from trainables.ray_worker import CHECKPOINT_FILE, train_loop_per_worker
-from tuner.cluster.connect import local_ray_kwargs
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(**local_ray_kwargs(num_cpus=2, log_to_driver=False, configure_logging=False))
-    yield
-    ray.shutdown()
 
 
 def fit_two_workers(values: dict, storage, name: str):

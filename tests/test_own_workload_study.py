@@ -88,7 +88,7 @@ def test_resume_from_another_directory_finds_the_module_again(own_study):
     assert len(collect_trials(study)["trial_id"].unique()) == before  # nothing left to run
 
 
-def test_run_study_with_two_workers_per_trial(tmp_path, monkeypatch):
+def test_run_study_with_two_workers_per_trial(tmp_path, monkeypatch, no_ray_in_this_process):
     """A Workload object from a module the test imports (not installed): run_study finds it as
     module:attr and ships the module; every trial has two Ray Train workers."""
     code = tmp_path / "code"
@@ -134,3 +134,17 @@ def test_explain_measures_the_workloads_own_loss(own_study):
     assert proc.returncode == 0, proc.stderr[-3000:]
     why = (study / "why.md").read_text()
     assert "| batch | validation mae |" in why and "nan" not in why
+
+
+def test_run_study_in_a_process_where_ray_runs_refuses_in_one_line(local_ray, tmp_path):
+    """A notebook that called ray.init() itself: its workers would lack the study's settings
+    and shipped code, so run_study refuses before anything is written, and leaves that Ray be."""
+    import ray
+
+    from tuner import run_study
+    from tuner.errors import InputError
+
+    with pytest.raises(InputError, match="already initialised in this process") as caught:
+        run_study("simple_cnn", dataset="digits", storage=str(tmp_path / "s"), name="n")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "s").exists() and ray.is_initialized()

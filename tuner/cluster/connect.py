@@ -77,6 +77,13 @@ def connect(address: str | None, code: str = "") -> None:
     a running one. `code`: a user's workload module to ship to every worker (tuner.shipping).
     """
     quiet()
+    if ray.is_initialized():
+        # A notebook that called ray.init() itself: its workers lack the study's settings
+        # (WORKER_ENV) and its shipped code, so the study does not run inside it.
+        raise InputError(
+            "Ray is already initialised in this process: call ray.shutdown() first (a study "
+            "starts its own local Ray, or joins a cluster named by address / RAY_ADDRESS)"
+        )
     address = address or os.environ.get("RAY_ADDRESS")
     problem = unreachable(address) if address else None
     if problem:
