@@ -1,6 +1,7 @@
 """Tune's side of the search, driven directly (no Ray cluster): the searcher adapter, its
 checkpoints across machines, and ASHA per cell with rungs at fractions of the budget."""
 
+import pickle
 from types import SimpleNamespace
 
 import optuna
@@ -109,6 +110,23 @@ def test_asha_compares_a_trial_only_within_its_cell_at_equal_progress():
     action = scheduler.on_trial_result(None, weaker, {"progress": 0.12, "val_acc": 0.2})
     assert action == TrialScheduler.STOP  # worse than its peer at the same rung
     assert scheduler.stopped == {"b8": 0, "b512": 1}
+
+
+def test_a_trial_resumed_after_its_stop_is_stopped_again_and_a_kept_one_kept():
+    """A study killed between ASHA's stop and Tune saving the trial as ended resumes the trial,
+    which reports its checkpoint (the rung's step) again: it stops there again, as in the
+    uninterrupted study; a trial ASHA kept at the rung is kept again."""
+    scheduler = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
+    best, kept, weak = trial("s0", "b8"), trial("s1", "b8"), trial("s2", "b8")
+    for t, acc in ((best, 0.9), (kept, 0.95), (weak, 0.2)):
+        scheduler.on_trial_add(None, t)
+        scheduler.on_trial_result(None, t, {"progress": 0.25, "val_acc": acc})
+    assert scheduler.stopped == {"b8": 1}
+    restored = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
+    restored.load_state(pickle.loads(pickle.dumps(scheduler.state())))
+    assert restored.on_trial_result(None, weak, {"progress": 0.25, "val_acc": 0.2}) == "STOP"
+    assert restored.on_trial_result(None, kept, {"progress": 0.25, "val_acc": 0.95}) == "CONTINUE"
+    assert restored.stopped == {"b8": 1}  # the same trial is not counted twice
 
 
 def test_confirmation_runs_are_never_stopped():

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -35,6 +36,7 @@ from trainables.datasets import DEFAULT_DATA_DIR
 from trainables.metrics import get_metric
 from trainables.noise_scale import NoiseScale, squared_norm
 from trainables.optim import build_optimizer, lr_at_step, param_groups, set_lr
+from trainables.per_example import encode as encode_per_example
 from trainables.workload import Workload, chance_loss
 
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
@@ -80,7 +82,8 @@ def evaluate(
     speed: accel.Acceleration | None = None,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
-) -> dict[str, float]:
+    keep: str | None = None,
+) -> dict[str, Any]:
     """Validation loss (nats per predicted token or label), accuracy and example count over the
     whole held-out split, summed across workers, and the spread of the per-example loss.
 
@@ -90,13 +93,16 @@ def evaluate(
     (a mean over what it is given) is called on chunks of LOSS_CHUNK examples, whose spread
     stands for the per-example one; accuracy is reported only for integer targets. A
     workload's own `metric` gets every worker's outputs and targets at once (`val_metric`).
+    With `keep` ("val_acc" or "val_loss"), every example's value of it, in the split's order
+    across workers, comes back encoded as `val_per_example` (`trainables.per_example`; an own
+    loss's are its chunks' means).
     """
     speed = speed or accel.choose(model, device, 0, False)
     model.eval()
     # [loss sum, correct, predictions, examples, sum of squared per-example mean losses]
     totals = torch.zeros(5, device=device, dtype=torch.float64)
     criterion = nn.CrossEntropyLoss(reduction="none")
-    outputs, targets = [], []
+    outputs, targets, kept = [], [], []
     classes = True
     with torch.no_grad(), accel.autocast(speed):
         for x, y in source.val_batches(batch):
@@ -123,11 +129,17 @@ def evaluate(
                 )
                 totals[0] += (per_example * sizes).sum()
                 totals[2] += len(y)
+            if keep == "val_loss":
+                kept.append(per_example.cpu())
+            if loss is not None:
                 # A chunk mean's variance is the per-example one over the chunk's size.
                 per_example = per_example * sizes.sqrt()
             classes = classes and _has_classes(out, y)
             if classes:
-                totals[1] += (out.argmax(1) == y).sum()
+                right = out.argmax(1) == y
+                totals[1] += right.sum()
+                if keep == "val_acc":
+                    kept.append(right.double().reshape(len(y), -1).mean(1).cpu())
             totals[3] += len(y)
             totals[4] += (per_example**2).sum()
     loss_sum, correct, predictions, count, squares = _all_reduce_sum(totals).tolist()
@@ -146,7 +158,19 @@ def evaluate(
     }
     if metric is not None:
         scores["val_metric"] = float(metric(*_gathered(outputs, targets)))
+    if keep == "val_loss" or (keep == "val_acc" and classes):
+        mine = torch.cat(kept).numpy() if kept else np.zeros(0)
+        scores["val_per_example"] = encode_per_example(np.concatenate(_all_gather(mine)))
     return scores
+
+
+def _all_gather(value: Any) -> list[Any]:
+    """`value` of every worker, by rank (just this one's in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, value)
+        return parts
+    return [value]
 
 
 def _has_classes(out: torch.Tensor, y: torch.Tensor) -> bool:
@@ -162,13 +186,8 @@ def _has_classes(out: torch.Tensor, y: torch.Tensor) -> bool:
 def _gathered(outputs: list[torch.Tensor], targets: list[torch.Tensor]):
     """Every worker's validation outputs and targets, in the split's order (shards are
     contiguous and ranked)."""
-    out, y = torch.cat(outputs), torch.cat(targets)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, (out, y))
-        out = torch.cat([p[0] for p in parts])
-        y = torch.cat([p[1] for p in parts])
-    return out, y
+    parts = _all_gather((torch.cat(outputs), torch.cat(targets)))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def train(
@@ -328,7 +347,11 @@ def train(
             if step != due and not diverged:
                 continue
             train_time = time.perf_counter() - started
-            scores = evaluate(ddp_model, source, eval_batch, device, speed, own_loss, own_metric)
+            # The run's end keeps every validation example's value, for paired comparisons.
+            keep = metric.key if step == total else None
+            scores = evaluate(
+                ddp_model, source, eval_batch, device, speed, own_loss, own_metric, keep
+            )
             loss_sum, steps, _ = sums.tolist()
             examples = step * config.batch_size
             reached = bool(config.stop_at_target) and metric.reached(

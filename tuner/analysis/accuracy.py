@@ -11,6 +11,11 @@ Everything here is in the study metric's own values (`trainables.metrics`); "bet
 - Its uncertainty has two parts: the spread over seeds (s^2 / n) and the validation set's own
   sampling error (p (1 - p) / n_val for an accuracy; for a loss, the per-example loss's
   variance / n_val; more seeds do not shrink it: every run is scored on the same examples).
+- Where both sides kept every validation example's value (`trainables.per_example`) the
+  comparison is *paired*: the examples' part of the uncertainty comes from the two sides'
+  per-example disagreements (`tuner.analysis.paired`), not from two independent binomials, and
+  the seeds' part from each side's spread of run means. Runs without those records (older
+  studies, a workload's own metric) fall back to the unpaired sum above.
 - A batch size's drop below the baseline (the smallest batch size measured) is judged against
   the tolerance with one-sided 95% bounds, as an equivalence test (TOST) does: *holds* when the
   drop's upper bound is within the tolerance, *degraded* when its lower bound exceeds it, and
@@ -22,13 +27,15 @@ Everything here is in the study metric's own values (`trainables.metrics`); "bet
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
 from trainables.metrics import ACCURACY, StudyMetric
+from tuner.analysis.paired import paired_terms, per_example_matrix
 from tuner.analysis.trials import FINAL
 
 CONFIDENCE = 0.95  # one-sided, for the bounds of a drop (a 90% two-sided interval)
@@ -49,6 +56,8 @@ class Estimate:
     # Standard deviation of the per-example metric over the validation set (a loss); NaN for
     # an accuracy, whose per-example values are 0/1 (binomial).
     val_sd: float = math.nan
+    # Runs x validation examples: each run's value at every example (None where not kept).
+    per_example: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def val_var(self) -> float:
@@ -81,16 +90,44 @@ class Comparison:
     resolution: float  # the bounds' half-width: drops smaller than this are not resolved
     df: float
     status: str  # holds, unresolved or degraded
+    paired: bool = False  # example by example on the same validation examples
 
 
 def estimate(
-    final_values: list[float], val_examples: int, source: str, val_sd: float = math.nan
+    final_values: list[float],
+    val_examples: int,
+    source: str,
+    val_sd: float = math.nan,
+    per_example: np.ndarray | None = None,
 ) -> Estimate:
     values = [v for v in final_values if math.isfinite(v)]
     n = len(values)
     mean = sum(values) / n if n else math.nan
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n >= 2 else math.nan
-    return Estimate(mean, std, n, int(val_examples), source, val_sd)
+    if per_example is not None and per_example.shape[0] != n:
+        per_example = None  # a run without a finite value: the records do not match
+    return Estimate(mean, std, n, int(val_examples), source, val_sd, per_example)
+
+
+def runs_estimate(
+    runs: pd.DataFrame, val_examples: int, source: str, metric: StudyMetric
+) -> Estimate:
+    """The estimate of finished runs (rows of `trial_summary`), with their per-example records
+    where the metric has a sampling error over examples."""
+    matrix = None
+    if val_examples and "final_per_example" in runs:
+        matrix = per_example_matrix(runs["final_per_example"].tolist())
+    return estimate(
+        runs["final_value"].tolist(), val_examples, source, _val_sd(runs, metric), matrix
+    )
+
+
+def _paired(base: Estimate, other: Estimate) -> bool:
+    return (
+        base.per_example is not None
+        and other.per_example is not None
+        and base.per_example.shape[1] == other.per_example.shape[1]
+    )
 
 
 def compare(
@@ -103,10 +140,14 @@ def compare(
     """The drop (base - other for an accuracy, other - base for a loss) with one-sided
     `confidence` bounds, and what it says."""
     drop = metric.sign * (base.mean - other.mean)
-    terms = [(base.val_var, math.inf), (other.val_var, math.inf)]
-    for e in (base, other):
-        if math.isfinite(e.seed_var):
-            terms.append((e.seed_var, e.n - 1))
+    paired = _paired(base, other)
+    if paired:
+        terms = paired_terms(base.per_example, other.per_example)  # type: ignore[arg-type]
+    else:
+        terms = [(base.val_var, math.inf), (other.val_var, math.inf)]
+        for e in (base, other):
+            if math.isfinite(e.seed_var):
+                terms.append((e.seed_var, e.n - 1))
     terms = [(v, d) for v, d in terms if math.isfinite(v)]
     variance = sum(v for v, _ in terms)
     finite = sum(v * v / d for v, d in terms if math.isfinite(d))
@@ -118,7 +159,7 @@ def compare(
     status = (
         "holds" if high <= tolerance + 1e-9 else "degraded" if low > tolerance else "unresolved"
     )
-    return Comparison(drop, low, high, half, df, status)
+    return Comparison(drop, low, high, half, df, status, paired)
 
 
 def cell_accuracy(
@@ -149,15 +190,10 @@ def cell_accuracy(
         val_examples = sampled(val_examples, metric)
         best = best_row(search, metric) if len(search) else None
         if len(done):
-            est = estimate(
-                done["final_value"].tolist(), val_examples, "confirmed", _val_sd(done, metric)
-            )
+            est = runs_estimate(done, val_examples, "confirmed", metric)
         elif best is not None:
-            est = estimate(
-                [float(best["final_value"])],
-                val_examples,
-                "search",
-                _val_sd(search[search["trial_id"] == best["trial_id"]], metric),
+            est = runs_estimate(
+                search[search["trial_id"] == best["trial_id"]], val_examples, "search", metric
             )
         else:
             est = None

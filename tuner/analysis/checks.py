@@ -21,7 +21,7 @@ import pandas as pd
 from search_spaces.checks import BudgetCheck, Level, budget_check
 from search_spaces.spaces import lr_edge
 from trainables.metrics import ACCURACY, StudyMetric
-from tuner.analysis.accuracy import Estimate, _val_sd, compare, estimate, sampled
+from tuner.analysis.accuracy import Estimate, compare, estimate, runs_estimate, sampled
 
 
 def budget_levels(
@@ -48,8 +48,11 @@ def budget_levels(
         if (group["outcome"] == "running").any():
             continue
         done = group[group["final"]]
-        values = done["final_value"].tolist() or [math.nan]
-        levels[level] = estimate(values, val, "confirmed", _val_sd(done, metric))
+        levels[level] = (
+            runs_estimate(done, val, "confirmed", metric)
+            if len(done)
+            else estimate([math.nan], val, "confirmed")
+        )
     return own, levels
 
 
@@ -137,7 +140,7 @@ def rule_test(
             continue
         done = group[group["final"]]
         val = sampled(group["val_examples"].max(), metric)
-        est = estimate(done["final_value"].tolist(), val, "confirmed", _val_sd(done, metric))
+        est = runs_estimate(done, val, "confirmed", metric)
         result = (
             compare(baseline[1], est, tolerance, metric=metric)
             if baseline is not None and est.n

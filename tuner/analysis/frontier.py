@@ -109,7 +109,7 @@ def _judge(
 ) -> None:
     """Add the comparison columns (drop, bounds, resolution, status) to a table of estimates."""
     values: dict[str, list] = {k: [] for k in ("drop", "drop_low", "drop_high", "resolution")}
-    values["status"] = []
+    values["status"], values["paired"] = [], []
     for row in table.itertuples(index=False):
         est: Estimate | None = row.estimate
         result: Comparison | None = None
@@ -121,6 +121,7 @@ def _judge(
         values["drop_high"].append(result.high if result else math.nan)
         values["resolution"].append(result.resolution if result else math.nan)
         values["status"].append("baseline" if is_base else result.status if result else None)
+        values["paired"].append(bool(result and result.paired))
     for name, column in values.items():
         table[name] = column
 

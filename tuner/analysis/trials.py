@@ -75,6 +75,7 @@ def trial_summary(table: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.Dat
         "best_value",
         "diverged",
         "final",
+        "final_per_example",
     ]
     if table.empty:
         return pd.DataFrame(columns=columns)
@@ -113,6 +114,7 @@ def trial_summary(table: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.Dat
             "final_value": float(values.iloc[-1]),
             "best_value": metric.value(float(scores.max())) if scores.notna().any() else math.nan,
             "diverged": diverged,
+            "final_per_example": _text(last.get("val_per_example")),
         }
         row["final"] = (
             row["outcome"] in FINAL and not diverged and math.isfinite(row["final_value"])
@@ -124,6 +126,11 @@ def trial_summary(table: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.Dat
     return trials.sort_values(["batch_size", "cell", "optuna_number"], kind="stable").reset_index(
         drop=True
     )
+
+
+def _text(value) -> str | None:
+    """A string cell, None where the table holds NaN (or nothing)."""
+    return value if isinstance(value, str) and value else None
 
 
 def outcome_counts(trials: pd.DataFrame, by: Sequence[str] = ("batch_size",)) -> pd.DataFrame:

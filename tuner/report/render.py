@@ -142,6 +142,22 @@ def _rungs(spec: StudySpec, m: DegradationMap) -> str:
     return f"ASHA rungs at {share} of the budget, in steps by batch size: " + "; ".join(parts)
 
 
+def _pairing(m: DegradationMap) -> str:
+    """How the comparisons were made: example by example where every one was paired."""
+    paired = m.frontier.get("paired")
+    judged = m.frontier["drop"].notna() if "drop" in m.frontier else None
+    if paired is None or judged is None or not judged.any():
+        return "no comparisons"
+    if paired[judged].all():
+        return (
+            "paired: both sides are scored on the same validation examples, so only their "
+            "disagreements count as the validation part"
+        )
+    if not paired[judged].any():
+        return "unpaired: the two sides' validation errors add"
+    return "paired where both sides kept per-example results, else unpaired"
+
+
 def _batch_unit(m: DegradationMap) -> list[str]:
     """What a batch counts: examples, or sequences of tokens (a language model)."""
     if not m.tokens_per_example:
@@ -214,7 +230,8 @@ def render_markdown(
         "best cell's configuration, trained again with fresh seeds (runs; sd across them); val "
         f"SE = the validation set's own standard error. {m.metric.worse.capitalize()} = how "
         f"much worse than the baseline; {m.metric.worse} upper = its "
-        "one-sided 95% upper bound (seed spread and validation error together). Status: holds "
+        f"one-sided 95% upper bound (seed spread and validation error together; "
+        f"{_pairing(m)}). Status: holds "
         "(upper bound within the tolerance), degraded (lower bound beyond it), unresolved. "
         "Steps to target are pooled over every non-diverged run of the batch size; '>' marks a "
         "batch size that never reached it (censored at its longest run).",

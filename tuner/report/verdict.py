@@ -172,8 +172,9 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
 
 
 def resolution_notes(m: DegradationMap) -> list[str]:
-    """Say when the validation set alone cannot resolve the tolerance."""
-    if m.baseline is None:
+    """Say when the validation set alone cannot resolve the tolerance (for unpaired
+    comparisons: paired ones are limited by how often the two sides disagree, not by it)."""
+    if m.baseline is None or m.baseline[1].per_example is not None:
         return []
     base, metric = m.baseline[1], m.metric
     # Two values on the same number of examples: their difference has ~sqrt(2) x the SE.

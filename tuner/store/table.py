@@ -61,6 +61,8 @@ METRICS = (
     "bn_mode",
     "bn_batch",
     "node_id",
+    # A run's last evaluation: its value at every validation example (trainables.per_example)
+    "val_per_example",
 )
 PARAMS = (
     "batch_size",

@@ -39,6 +39,12 @@ class PerCellASHA(FIFOScheduler):
         self._metric, self._mode = metric, mode
         self._groups: dict[Any, AsyncHyperBandScheduler] = {}
         self.stopped: dict[Any, int] = {}
+        # Trials told to stop. Ray's ASHA records a trial's value at a rung and then passes it
+        # through that rung ever after; a study killed between the decision and Tune saving the
+        # trial as ended resumes the trial, which reports its checkpoint (that rung's step)
+        # again: without this it would run to its end where an uninterrupted study stopped it
+        # (seen once in CI for Ray Train trials, whose stop takes longer to land).
+        self._told_stop: set[str] = set()
 
     @staticmethod
     def _exempt(trial: Any) -> bool:
@@ -58,10 +64,11 @@ class PerCellASHA(FIFOScheduler):
         restores a searcher with its experiment state but never a scheduler, so a resumed study
         would judge its first rungs against no peers and let trials through that an
         uninterrupted study stops."""
-        return {"groups": self._groups, "stopped": self.stopped}
+        return {"groups": self._groups, "stopped": self.stopped, "told_stop": self._told_stop}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self._groups, self.stopped = state["groups"], state["stopped"]
+        self._told_stop = state.get("told_stop", set())  # absent from older studies' state
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return not (metric and metric != self._metric) and not (mode and mode != self._mode)
@@ -73,12 +80,15 @@ class PerCellASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if self._exempt(trial):
             return TrialScheduler.CONTINUE
+        if trial.trial_id in self._told_stop:  # resumed after its stop: the same decision
+            return TrialScheduler.STOP
         group = self._group(trial)
         if trial.trial_id not in group._trial_info:  # restored trial: re-register it
             group.on_trial_add(tune_controller, trial)
         action = group.on_trial_result(tune_controller, trial, result)
         if action == TrialScheduler.STOP and result.get(TIME_ATTR, 1.0) < FULL_BUDGET:
             self.stopped[trial.config.get("cell", trial.config.get("batch_size"))] += 1
+            self._told_stop.add(trial.trial_id)
         return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
