@@ -13,6 +13,7 @@ from ray.train.torch import TorchTrainer
 from tests.test_config import base_config
 from trainables.config import TrialConfig
 from trainables.loop import train
+from trainables.per_example import decode
 from trainables.ray_worker import CHECKPOINT_FILE, train_loop_per_worker
 
 pytestmark = pytest.mark.ray
@@ -53,6 +54,13 @@ def test_two_workers_split_the_batch_and_match_one_process(local_ray, tmp_path):
     metrics = result.metrics
     assert metrics["workers"] == 2 and metrics["per_worker_batch"] == 32
     assert metrics["global_batch"] == 64 and metrics["examples_seen"] == 512
+    # Each worker scored its half of the validation split; the run's record of every example
+    # is both halves in the split's order, as one process scores it (paired comparisons).
+    kept = decode(metrics["val_per_example"])
+    assert kept.size == metrics["val_examples"] == reports[-1]["val_examples"]
+    assert kept.mean() == pytest.approx(metrics["val_acc"])
+    assert (kept == decode(reports[-1]["val_per_example"])).all()
+    assert len(reports) > 1 and all("val_per_example" not in r for r in reports[:-1])
     # The noise scale was measured on step 0 in both runs (a worker's first half, under
     # no_sync, against the all-reduced step; one process: the batch's halves; the next would
     # be 512 examples later, beyond these 8 steps), without changing the weights (above).

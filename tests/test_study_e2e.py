@@ -204,3 +204,30 @@ def test_the_report_says_what_the_study_cost(small_study):
     timing = json.loads((small_study / "frontier.json").read_text())["time_to_target"]
     assert {row["batch_size"] for row in timing} == {8, 32, 128, 512}  # all reach 0.9
     assert (small_study / "figures" / "time_vs_compute.png").stat().st_size > 10_000
+
+
+def test_comparisons_are_paired_on_the_validation_examples(small_study):
+    """Every confirmed run keeps each validation example's correctness; every drop is bounded
+    example by example, which resolves finer than two independent binomials would."""
+    from trainables.per_example import decode
+    from tuner.analysis.frontier import degradation_map
+
+    table = collect_trials(small_study)
+    last = table.sort_values("optimizer_steps").groupby("trial_id").tail(1)
+    confirmed = last[(last["phase"] == "confirm") & (last["outcome"] == "completed")]
+    assert len(confirmed)
+    for row in confirmed.itertuples():
+        kept = decode(row.val_per_example)
+        assert kept.size == row.val_examples and kept.mean() == pytest.approx(row.val_acc)
+    frontier = pd.read_csv(small_study / "frontier.csv").set_index("batch_size")
+    judged = frontier[frontier["drop"].notna() & (frontier["status"] != "baseline")]
+    assert len(judged) == 3 and judged["paired"].all(), frontier[["drop", "paired"]]
+    assert "paired: both sides are scored on the same validation examples" in (
+        small_study / "report.md"
+    ).read_text()
+    spec = load_spec(small_study)
+    options = dict(target=spec.target, tolerance=spec.tolerance, batch_sizes=spec.batch_sizes)
+    unpaired = degradation_map(table.assign(val_per_example=None), **options).frontier
+    unpaired = unpaired.set_index("batch_size")
+    assert not unpaired.loc[judged.index, "paired"].any()
+    assert (judged["resolution"] < unpaired.loc[judged.index, "resolution"]).all()
