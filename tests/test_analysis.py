@@ -332,7 +332,9 @@ def test_stopped_trials_never_count_as_an_accuracy():
     ]
     m = degradation_map(table(*parts), target=0.95, tolerance=0.01, n_boot=50)
     assert m.frontier.loc[0, "accuracy"] == pytest.approx(0.90)
-    assert m.frontier.loc[0, "steps"] == 40  # but they count for steps to target
+    # but they count for steps to target: past it at their first evaluation, step 40, so
+    # somewhere in (0, 40]: its middle
+    assert m.frontier.loc[0, "steps"] == 20 and m.frontier.loc[0, "steps_first"] == 40
 
 
 def test_diverged_trials_are_counted_not_scored():
@@ -385,9 +387,14 @@ def pooled_table() -> pd.DataFrame:
 def test_pooled_steps_to_target_picks_the_first_crossing_of_any_trial():
     t = pooled_table()
     steps = steps_to_target(first_crossings(t, 0.9), trial_summary(t)).set_index("batch_size")
-    assert steps.loc[32, "steps"] == 100 and steps.loc[32, "target_trial"] == "b"
+    # b is past the target at its first evaluation (step 100): somewhere in (0, 100], its
+    # middle; a crosses at 195 (0.5 at 100, 0.92 at 200)
+    assert steps.loc[32, "steps"] == 50 and steps.loc[32, "target_trial"] == "b"
+    assert (steps.loc[32, "steps_before"], steps.loc[32, "steps_first"]) == (0, 100)
     assert steps.loc[32, "steps_resolution"] == 100  # known to one evaluation interval
-    assert steps.loc[128, "steps"] == 80 and steps.loc[128, "steps_resolution"] == 40
+    # interpolated: 0.6 at 40, 0.93 at 80
+    assert steps.loc[128, "steps"] == pytest.approx(40 + 40 * 0.3 / 0.33)
+    assert steps.loc[128, "steps_resolution"] == 40
 
 
 def test_a_batch_size_that_never_reaches_the_target_is_censored_at_its_longest_run():

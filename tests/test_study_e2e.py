@@ -222,9 +222,10 @@ def test_comparisons_are_paired_on_the_validation_examples(small_study):
     frontier = pd.read_csv(small_study / "frontier.csv").set_index("batch_size")
     judged = frontier[frontier["drop"].notna() & (frontier["status"] != "baseline")]
     assert len(judged) == 3 and judged["paired"].all(), frontier[["drop", "paired"]]
-    assert "paired: both sides are scored on the same validation examples" in (
-        small_study / "report.md"
-    ).read_text()
+    assert (
+        "paired: both sides are scored on the same validation examples"
+        in (small_study / "report.md").read_text()
+    )
     spec = load_spec(small_study)
     options = dict(target=spec.target, tolerance=spec.tolerance, batch_sizes=spec.batch_sizes)
     unpaired = degradation_map(table.assign(val_per_example=None), **options).frontier

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 
 def expected_accuracy(mean: float, sd: float) -> float:
@@ -44,3 +45,60 @@ def simulate_study(regime: str, seeds: int, rng: np.random.Generator):
         runs = logit[None, :] + rng.normal(0, seed_sd, (seeds, 1)) - shift
         sides.append((rng.random(runs.shape) < 1 / (1 + np.exp(-runs))).astype(float))
     return sides
+
+
+# Steps to target: a known S(B) = S_MIN (1 + B_CRIT / B), in a study shaped like the product's.
+S_MIN, B_CRIT = 40.0, 100.0
+SCALING_BATCHES = (8, 32, 128, 512, 1024)
+
+
+def simulate_scaling_study(
+    rng: np.random.Generator,
+    batch_sizes: tuple[int, ...] = SCALING_BATCHES,
+    trials: int = 8,
+    seeds: int = 3,
+    seed_sd: float = 0.1,
+    detuning: float = 0.4,
+    floor: int = 300,
+    target: float = 0.9,
+    noise: float = 0.002,
+) -> pd.DataFrame:
+    """The trial table (the columns `tuner.analysis.steps` reads) of one simulated study.
+
+    At each batch size, `trials` search trials with configurations off the best by a detuning
+    (log steps, exponential with mean `detuning`) and a seed's variation (log-normal, `seed_sd`),
+    and `seeds` confirmation runs of the best one (fresh seeds). A run's accuracy is
+    1 - (1 - target) (t / c)^-0.8, reaching the target at its crossing c, with evaluation noise
+    (`noise`), evaluated 20 times over a budget of 3 S(B) steps (at least `floor`), as the
+    product's default budgets and evaluation cadence are shaped. Runs whose crossing lies past
+    the budget never reach the target.
+    """
+    rows = []
+    for batch in batch_sizes:
+        truth = S_MIN * (1 + B_CRIT / batch)
+        budget = max(int(round(3 * truth)), floor)
+        every = budget / 20
+        grid = np.arange(1, 21) * every
+        offsets = rng.exponential(detuning, trials)
+        runs = [("search", off) for off in offsets]
+        runs += [("confirm", offsets.min())] * seeds
+        for number, (phase, off) in enumerate(runs):
+            crossing = truth * math.exp(off + seed_sd * rng.standard_normal())
+            accuracy = 1 - (1 - target) * (grid / crossing) ** -0.8
+            accuracy = np.clip(accuracy + noise * rng.standard_normal(grid.size), 0.0, 1.0)
+            for step, value in zip(grid, accuracy, strict=True):
+                rows.append(
+                    {
+                        "trial_id": f"b{batch}-{number}",
+                        "batch_size": batch,
+                        "cell": f"b{batch}",
+                        "scaling_rule": "linear",
+                        "phase": phase,
+                        "optimizer_steps": float(step),
+                        "examples_seen": float(step) * batch,
+                        "val_acc": float(value),
+                        "diverged": False,
+                        "outcome": "completed",
+                    }
+                )
+    return pd.DataFrame(rows)

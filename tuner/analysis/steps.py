@@ -1,11 +1,15 @@
 """Steps and examples to target, pooled over the trials of a batch size (Shallue et al.).
 
-Of every evaluation of every non-diverged trial of a batch size (search and confirmation runs
-alike), the first, in optimizer steps, whose study metric reaches the target (an accuracy at or
-above it, a validation loss at or below it). A batch
-size where none does is *censored*: its steps to target are more than the most steps any of its
-trials ran, and it enters the critical-batch fit as that lower bound, not as a gap. Trials
-evaluate every `eval_every` steps, so a crossing is known to that resolution, which is kept.
+Each non-diverged trial's crossing: where its study metric first reaches the target (an accuracy
+at or above it, a validation loss at or below it). Trials evaluate every `eval_every` steps, so a
+crossing is known to lie between the last evaluation short of the target and the first past it;
+its estimate interpolates the metric linearly between the two (the middle of the interval where
+the very first evaluation is already past it), and the interval is kept: the critical batch
+size's bootstrap draws the crossing within it (`tuner.analysis.critical`). A batch size's steps
+to target are the earliest crossing of any of its runs (search and confirmation alike: Shallue
+et al.'s best over metaparameters). A batch size where none reaches the target is *censored*:
+its steps to target are more than the most steps any of its trials ran, and it enters the
+critical-batch fit as that lower bound, not as a gap.
 """
 
 from __future__ import annotations
@@ -23,16 +27,19 @@ from tuner.analysis.trials import flag
 def first_crossings(
     table: pd.DataFrame, target: float, metric: StudyMetric = ACCURACY
 ) -> pd.DataFrame:
-    """Per non-diverged trial with at least one evaluation: its first point at the target or
-    beyond (infinite steps if none), the most steps it ran, and its evaluation interval
-    there."""
+    """Per non-diverged trial with at least one evaluation: its crossing (interpolated; infinite
+    steps if it never reached the target), the evaluations around it (`before`, `first`), the
+    most steps it ran, and the interval between the two (`resolution`)."""
     columns = [
         "trial_id",
         "batch_size",
         "cell",
         "scaling_rule",
+        "phase",
         "steps",
         "examples",
+        "before",
+        "first",
         "ran_steps",
         "resolution",
     ]
@@ -47,27 +54,47 @@ def first_crossings(
     rows = []
     for trial_id, group in points.groupby("trial_id", sort=False):
         group = group.sort_values("optimizer_steps")
-        reached = group[[metric.reached(v, target) for v in group["_value"]]]
+        hits = [metric.reached(v, target) for v in group["_value"]]
         steps = group["optimizer_steps"].to_numpy(dtype=float)
-        first = reached.iloc[0] if len(reached) else None
-        if first is not None:
-            at = int(np.searchsorted(steps, float(first["optimizer_steps"])))
-            resolution = steps[at] - (steps[at - 1] if at > 0 else 0.0)
-        else:
-            resolution = math.nan
+        values = group["_value"].to_numpy(dtype=float)
+        batch = int(group["batch_size"].iloc[0])
+        crossing = before = first = resolution = math.nan
+        if any(hits):
+            at = hits.index(True)
+            first = steps[at]
+            before = steps[at - 1] if at > 0 else 0.0
+            resolution = first - before
+            crossing = _interpolated(
+                before, first, values[at - 1] if at else None, values[at], target
+            )
         rows.append(
             {
                 "trial_id": trial_id,
-                "batch_size": int(group["batch_size"].iloc[0]),
+                "batch_size": batch,
                 "cell": group["cell"].iloc[0],
                 "scaling_rule": group["scaling_rule"].iloc[0],
-                "steps": float(first["optimizer_steps"]) if first is not None else math.inf,
-                "examples": float(first["examples_seen"]) if first is not None else math.inf,
+                "phase": group["phase"].iloc[0] if "phase" in group else "search",
+                "steps": crossing if any(hits) else math.inf,
+                "examples": crossing * batch if any(hits) else math.inf,
+                "before": before,
+                "first": first,
                 "ran_steps": float(steps[-1]),
                 "resolution": resolution,
             }
         )
     return pd.DataFrame(rows, columns=columns)
+
+
+def _interpolated(
+    before: float, first: float, short: float | None, past: float, target: float
+) -> float:
+    """Where the metric, linear between the evaluation short of the target (`short`, at step
+    `before`) and the first past it (`past`, at `first`), meets the target; the interval's
+    middle where the first evaluation is already past it."""
+    if short is None or not math.isfinite(short) or past == short:
+        return (before + first) / 2
+    share = min(max((target - short) / (past - short), 0.0), 1.0)
+    return before + share * (first - before)
 
 
 def steps_to_target(
@@ -80,6 +107,8 @@ def steps_to_target(
         "steps",
         "examples",
         "steps_resolution",
+        "steps_before",
+        "steps_first",
         "target_trial",
         "candidates",
         "reached",
@@ -100,6 +129,8 @@ def steps_to_target(
             "steps": math.nan,
             "examples": math.nan,
             "steps_resolution": math.nan,
+            "steps_before": math.nan,
+            "steps_first": math.nan,
             "target_trial": None,
             "candidates": len(group),
             "reached": len(reached),
@@ -112,6 +143,8 @@ def steps_to_target(
                 steps=float(first["steps"]),
                 examples=float(first["examples"]),
                 steps_resolution=float(first["resolution"]),
+                steps_before=float(first["before"]),
+                steps_first=float(first["first"]),
                 target_trial=first["trial_id"],
             )
         elif len(group):

@@ -154,12 +154,15 @@ def steps_to_target(m: DegradationMap) -> Figure:
     ax.errorbar(
         measured["batch_size"],
         measured["steps"],
-        yerr=[measured["steps_resolution"].fillna(0).to_numpy(), np.zeros(len(measured))],
+        yerr=[
+            (measured["steps"] - measured["steps_before"]).fillna(0).to_numpy(),
+            (measured["steps_first"] - measured["steps"]).fillna(0).to_numpy(),
+        ],
         fmt="o",
         color="black",
         ms=7,
         capsize=3,
-        label="measured (first crossing, pooled; bar: evaluation interval)",
+        label="measured (earliest crossing, interpolated; bar: the evaluations around it)",
         zorder=3,
     )
     grid = np.geomspace(min(m.batch_sizes), max(m.batch_sizes), 200)

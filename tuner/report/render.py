@@ -233,8 +233,9 @@ def render_markdown(
         f"one-sided 95% upper bound (seed spread and validation error together; "
         f"{_pairing(m)}). Status: holds "
         "(upper bound within the tolerance), degraded (lower bound beyond it), unresolved. "
-        "Steps to target are pooled over every non-diverged run of the batch size; '>' marks a "
-        "batch size that never reached it (censored at its longest run).",
+        "Steps to target are the earliest crossing of any non-diverged run of the batch size, "
+        "interpolated between the evaluations around it; '>' marks a batch size that never "
+        "reached it (censored at its longest run).",
         "",
         markdown_table(
             m.frontier.assign(steps_shown=_steps_shown(m.frontier)),

@@ -285,13 +285,18 @@ def critical_verdict(m: DegradationMap) -> list[str]:
     lines = []
     if len(reached):
         points = ", ".join(
-            f"{int(r.batch_size)}: {int(r.steps)}"
-            + (f" (+-{int(r.steps_resolution)})" if finite(r.steps_resolution) else "")
+            f"{int(r.batch_size)}: {round(r.steps)}"
+            + (
+                f" ({int(r.steps_before)}-{int(r.steps_first)})"
+                if finite(r.steps_before) and finite(r.steps_first)
+                else ""
+            )
             for r in reached.itertuples(index=False)
         )
         lines.append(
-            f"Steps to reach {target} {metric.label} (first evaluation {metric.beyond} it, "
-            f"pooled over every run of the batch size; +- the evaluation interval): {points}."
+            f"Steps to reach {target} {metric.label} (the earliest crossing of any run of the "
+            f"batch size, interpolated between the evaluations around it, which are in "
+            f"brackets): {points}."
         )
     if len(censored):
         lines.append(
