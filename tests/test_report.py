@@ -153,6 +153,42 @@ def test_a_baseline_nothing_is_shown_to_hold_with_is_said(tmp_path, monkeypatch)
     assert data["holds_up_to"] == 8  # an unresolved batch size ends "holds up to"
 
 
+def test_a_batch_size_with_no_estimate_ends_holds_up_to_and_is_named(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32,128")
+    trials = table(
+        *cell_of(8, 0.99, [0.980, 0.981, 0.982]),
+        trial("s32", 32, [(50, 0.5)], outcome="errored"),  # nothing ended its budget
+        trial("r32", 32, [(50, 0.6)], outcome="running", budget_steps=100),
+        *cell_of(128, 0.99, [0.979, 0.980, 0.981]),  # holds, but beyond a gap
+    )
+    verdict = verdict_of(report_on(study, trials, monkeypatch, tensorboard=False))
+    data = json.loads((study / "frontier.json").read_text())
+    assert {r["batch_size"]: r["status"] for r in data["frontier"]}[128] == "holds"
+    assert data["holds_up_to"] == 8  # not 128: batch 32 was never measured
+    assert (
+        "No accuracy at batch 32: none of its runs ended its budget (1 errored, 1 running), "
+        "so nothing is said of it and the accuracy is not said to hold beyond it." in verdict
+    )
+
+
+def test_diverged_confirmation_seeds_are_a_finding(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32")
+    blown = trial(
+        "c32x", 32, [(50, 0.1)], phase="confirm", seed=9, outcome="diverged", diverged_last=True
+    )
+    trials = table(
+        *cell_of(8, 0.99, [0.980, 0.981, 0.982]),
+        *cell_of(32, 0.99, [0.979, 0.980]),
+        blown,
+    )
+    verdict = verdict_of(report_on(study, trials, monkeypatch, tensorboard=False))
+    assert (
+        "At batch 32, 1 of 3 confirmation seeds of its best configuration diverged: that "
+        "configuration is unstable across seeds there, and its accuracy is the mean of the 2 "
+        "that did not." in verdict
+    )
+
+
 def test_the_lr_growth_and_stop_at_target_are_said(tmp_path, monkeypatch):
     study = make_study(tmp_path, "8,32,128,512", "hand", "--stop-at-target")
     verdict = verdict_of(report_on(study, degradation_table(), monkeypatch, tensorboard=False))

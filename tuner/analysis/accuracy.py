@@ -178,6 +178,7 @@ def cell_accuracy(
         "confirmed_mean",
         "confirmed_std",
         "confirm_failed",
+        "confirm_diverged",
         "evidence",
         "estimate",
     ]
@@ -214,6 +215,7 @@ def cell_accuracy(
                 "confirm_failed": int(
                     ((confirm["outcome"] != "running") & ~confirm["final"]).sum()
                 ),
+                "confirm_diverged": int(confirm["diverged"].astype(bool).sum()),
                 "evidence": len(search) + len(done),
                 "estimate": est,
             }

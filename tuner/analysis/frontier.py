@@ -348,8 +348,8 @@ def degradation_map(
     for row in frontier.sort_values("batch_size").itertuples(index=False):
         if row.status in ("baseline", "holds"):
             holds_up_to = int(row.batch_size)
-        elif row.status is not None:
-            break
+        elif holds_up_to is not None:
+            break  # anything else, a batch size with no estimate too, ends the run of holds
 
     by_rule = _rule_view(trials, cells, rule_stratified, metric) if len(trials) else cells.copy()
     _judge(by_rule, base, tolerance, metric)

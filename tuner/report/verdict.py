@@ -154,6 +154,7 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
             f"{diff_text(metric, row['resolution'])} and no finer. More seeds "
             f"(--seeds) or a larger validation set would settle it."
         )
+    lines += missing_estimates(m) + diverged_seeds(m)
     better = measured[measured["drop_high"] < -m.tolerance]["batch_size"].astype(int).tolist()
     if better:
         unit = spec.budget_spec().unit
@@ -168,6 +169,42 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
             f"at 95% confidence: {why}."
         )
     lines += resolution_notes(m)
+    return lines
+
+
+def missing_estimates(m: DegradationMap) -> list[str]:
+    """Name every batch size above the baseline with no estimate: "holds up to" stops there."""
+    if m.baseline is None:
+        return []
+    rows = m.frontier[(m.frontier["batch_size"] > m.baseline[0]) & m.frontier["status"].isna()]
+    lines = []
+    for row in rows.itertuples(index=False):
+        ended = [
+            f"{int(getattr(row, name))} {name}"
+            for name in ("stopped", "diverged", "errored", "running")
+            if getattr(row, name, 0)
+        ]
+        lines.append(
+            f"No {m.metric.noun} at batch {int(row.batch_size)}: none of its runs ended its "
+            f"budget ({', '.join(ended) or 'no runs'}), so nothing is said of it and the "
+            f"{m.metric.noun} is not said to hold beyond it."
+        )
+    return lines
+
+
+def diverged_seeds(m: DegradationMap) -> list[str]:
+    """Confirmation seeds that diverged: the configuration is unstable at that batch size."""
+    if "confirm_diverged" not in m.frontier:
+        return []
+    lines = []
+    for row in m.frontier[m.frontier["confirm_diverged"].fillna(0) > 0].itertuples(index=False):
+        bad = int(row.confirm_diverged)
+        runs = int(row.confirmed_n) + int(row.confirm_failed)
+        lines.append(
+            f"At batch {int(row.batch_size)}, {bad} of {runs} confirmation seeds of its best "
+            f"configuration diverged: that configuration is unstable across seeds there, and "
+            f"its {m.metric.noun} is the mean of the {runs - bad} that did not."
+        )
     return lines
 
 
