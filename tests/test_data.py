@@ -32,7 +32,7 @@ def make_mnist(root, folder: str, n: int = 120) -> None:
 def test_mnist_formats_load_with_heldout_split(tmp_path, name, folder):
     make_mnist(tmp_path, folder)
     splits = load_dataset(name, str(tmp_path), seed=0)
-    assert (len(splits.train), len(splits.val)) == (108, 12)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (108, 12, 30)
     assert splits.train.x.shape[1:] == (1, 28, 28) and splits.num_classes == 10
     again = load_dataset(name, str(tmp_path), seed=0)
     assert torch.equal(again.val.y, splits.val.y)  # the split is fixed by the seed
@@ -51,7 +51,7 @@ def test_cifar10_python_batches_load(tmp_path):
         (base / name).write_bytes(pickle.dumps(batch))
     (base / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
     splits = load_dataset("cifar10", str(tmp_path), seed=0)
-    assert len(splits.train) + len(splits.val) == 100
+    assert len(splits.train) + len(splits.val) == 100 and len(splits.test) == 20
     assert splits.train.x.shape[1:] == (3, 32, 32) and splits.augment == "crop_flip"
 
 
@@ -65,7 +65,12 @@ def test_imagenet_folder_layout_loads(tmp_path):
                 Image.fromarray(pixels).save(tmp_path / part / cls / f"{i}.JPEG", format="JPEG")
     splits = load_dataset("imagenet", str(tmp_path), seed=0)
     x, y = splits.train[0]
-    assert x.shape == (3, 224, 224) and splits.num_classes == 3 and len(splits.val) == 6
+    assert x.shape == (3, 224, 224) and splits.num_classes == 3
+    # validation: one of each class's two training images, held out; the val folder: the test
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (3, 3, 6)
+    held = {splits.val.dataset.samples[i][0] for i in splits.val.indices}
+    trained = {splits.train.dataset.samples[i][0] for i in splits.train.indices}
+    assert not held & trained and all("/train/" in path for path in held)
 
 
 def test_missing_imagenet_says_where_in_one_line(tmp_path):
@@ -91,3 +96,18 @@ def test_crop_flip_keeps_shape_and_content():
     # Every output pixel is either padding (0) or a pixel of its own image.
     for i in range(2):
         assert set(out[i].unique().tolist()) <= set(x[i].unique().tolist()) | {0.0}
+
+
+def test_mnist1d_selects_on_a_fresh_draw_and_keeps_the_official_test_set(tmp_path):
+    """Validation: 1000 examples of the generator's seed 43, in neither training nor test;
+    the package's own 4000 / 1000 split is unchanged."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    splits = load_dataset("mnist1d", str(tmp_path), seed=0)
+    official = make_dataset(get_dataset_args())
+    assert torch.equal(splits.train.x[:, 0], torch.tensor(official["x"], dtype=torch.float32))
+    assert torch.equal(splits.test.x[:, 0], torch.tensor(official["x_test"], dtype=torch.float32))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (4000, 1000, 1000)
+    seen = {tuple(row.tolist()) for row in torch.cat([splits.train.x, splits.test.x])[:, 0]}
+    assert not any(tuple(row.tolist()) in seen for row in splits.val.x[:, 0])
+    assert sorted(set(splits.val.y.tolist())) == list(range(10))

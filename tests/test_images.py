@@ -22,8 +22,9 @@ from trainables.workloads import _imagenet
 CPU = torch.device("cpu")
 
 
-def write_folder(root: Path, per_class: int = 12, classes: int = 3, seed: int = 0) -> Path:
-    """An ImageFolder of smooth random JPEGs of varied sizes: train/ and val/."""
+def write_folder(root: Path, per_class: int = 13, classes: int = 3, seed: int = 0) -> Path:
+    """An ImageFolder of smooth random JPEGs of varied sizes: train/ (13 per class: 12 to
+    train on, 1 held out for validation) and val/ (4 per class: the test set)."""
     rng = np.random.default_rng(seed)
     for part, count in (("train", per_class), ("val", per_class // 3)):
         for c in range(classes):
@@ -111,13 +112,15 @@ def test_streamed_source_gives_micro_batches_in_the_global_order(folder):
             labels.append(sizes)
     loader = source._loaders["train"][0]
     assert loader.persistent_workers and loader._iterator is not None  # one pool for all epochs
-    targets = torch.tensor(splits.train.targets)
+    targets = torch.tensor([splits.train.dataset.targets[i] for i in splits.train.indices])
     for epoch in range(2):
         expected = [targets[i] for i in worker_batches(36, 12, 5, epoch, 1, 2)]
         got = [torch.cat([y for _, y in m]) for m in source.train_batches(epoch)]
         assert all(torch.equal(e, g) for e, g in zip(expected, got, strict=True))
     val = list(source.val_batches(5))
-    assert sum(len(y) for _, y in val) == 6  # rank 1's half of the 12 validation images
+    assert sum(len(y) for _, y in val) == 1  # rank 1's share of the 3 held-out images
+    test = list(source.val_batches(5, "test"))
+    assert sum(len(y) for _, y in test) == 6  # rank 1's half of the 12 test images
 
 
 def test_encoded_source_resumes_mid_epoch_exactly(folder):
@@ -163,7 +166,9 @@ def test_loop_trains_on_an_image_folder(folder, decode):
 
     train(config, report=report, splits=splits)
     assert [r["optimizer_steps"] for r in reports] == [2, 4]
-    assert reports[0]["accumulation_steps"] == 3 and reports[0]["val_examples"] == 12
+    assert reports[0]["accumulation_steps"] == 3 and reports[0]["val_examples"] == 3
+    # the official val folder is the test set, scored at the run's end only
+    assert "test_acc" not in reports[0] and reports[-1]["test_examples"] == 12
     if decode == "cpu":
         return  # PIL augmentation draws from the loader processes' own RNG: not replayable
     resumed = []

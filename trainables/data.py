@@ -129,6 +129,8 @@ class BatchSource:
         if self.in_memory:  # move once: no per-step host-to-device copies for small data sets
             splits.train = TensorSplit(splits.train.x.to(device), splits.train.y.to(device))
             splits.val = TensorSplit(splits.val.x.to(device), splits.val.y.to(device))
+            if splits.test is not None:
+                splits.test = TensorSplit(splits.test.x.to(device), splits.test.y.to(device))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -177,11 +179,14 @@ class BatchSource:
                 x = train_batch(x, self.splits.input_shape[-1], key, self.device)
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def val_batches(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This worker's shard of the validation split, in batches of at most `batch`."""
-        part = shard(len(self.splits.val), self.rank, self.world)
+    def val_batches(
+        self, batch: int, split: str = "val"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This worker's shard of the validation split (or, `split="test"`, of the test set),
+        in batches of at most `batch`."""
+        data = self.splits.test if split == "test" else self.splits.val
+        part = shard(len(data), self.rank, self.world)
         if self.in_memory:
-            data = self.splits.val
             for start in range(part.start, part.stop, batch):
                 stop = min(start + batch, part.stop)
                 yield data.x[start:stop], data.y[start:stop]
@@ -189,7 +194,7 @@ class BatchSource:
         batches = [
             list(range(s, min(s + batch, part.stop))) for s in range(part.start, part.stop, batch)
         ]
-        for x, y in self._loader("val", self.splits.val, batches):
+        for x, y in self._loader(split, data, batches):
             if self.splits.augment == "jpeg":
                 from trainables.images import val_batch
 

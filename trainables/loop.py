@@ -83,6 +83,7 @@ def evaluate(
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     keep: str | None = None,
+    split: str = "val",
 ) -> dict[str, Any]:
     """Validation loss (nats per predicted token or label), accuracy and example count over the
     whole held-out split, summed across workers, and the spread of the per-example loss.
@@ -95,7 +96,7 @@ def evaluate(
     workload's own `metric` gets every worker's outputs and targets at once (`val_metric`).
     With `keep` ("val_acc" or "val_loss"), every example's value of it, in the split's order
     across workers, comes back encoded as `val_per_example` (`trainables.per_example`; an own
-    loss's are its chunks' means).
+    loss's are its chunks' means). `split="test"`: the same over the test set.
     """
     speed = speed or accel.choose(model, device, 0, False)
     model.eval()
@@ -105,7 +106,7 @@ def evaluate(
     outputs, targets, kept = [], [], []
     classes = True
     with torch.no_grad(), accel.autocast(speed):
-        for x, y in source.val_batches(batch):
+        for x, y in source.val_batches(batch, split):
             out = model(accel.prepare_input(x, speed)).float()
             if metric is not None:
                 outputs.append(out.cpu())
@@ -347,11 +348,28 @@ def train(
             if step != due and not diverged:
                 continue
             train_time = time.perf_counter() - started
-            # The run's end keeps every validation example's value, for paired comparisons.
+            # The run's end keeps every validation example's value, for paired comparisons,
+            # and is scored on the test set, where the data set has one (nothing selects on it).
             keep = metric.key if step == total else None
             scores = evaluate(
                 ddp_model, source, eval_batch, device, speed, own_loss, own_metric, keep
             )
+            if step == total and splits.test is not None:
+                test = evaluate(
+                    ddp_model,
+                    source,
+                    eval_batch,
+                    device,
+                    speed,
+                    own_loss,
+                    own_metric,
+                    split="test",
+                )
+                scores |= {
+                    "test" + key[3:]: test[key]
+                    for key in ("val_acc", "val_loss", "val_metric", "val_examples")
+                    if key in test
+                }
             loss_sum, steps, _ = sums.tolist()
             examples = step * config.batch_size
             reached = bool(config.stop_at_target) and metric.reached(

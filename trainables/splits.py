@@ -26,7 +26,9 @@ class TensorSplit:
 
 @dataclass
 class Splits:
-    """A data set ready to train on: train and held-out validation split."""
+    """A data set ready to train on: train and held-out validation split, and the data set's
+    official test set where it has one (`test`: the search selects on `val`, held out from the
+    training data; the confirmed runs are also scored on `test`, which nothing selected on)."""
 
     name: str
     train: TensorSplit | Dataset
@@ -35,6 +37,7 @@ class Splits:
     num_classes: int
     augment: str | None = None  # "crop_flip" for small natural images
     tokens_per_example: int = 0  # predicted tokens per example; 0: not token sequences
+    test: TensorSplit | Dataset | None = None
 
 
 def split_holdout(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):

@@ -307,10 +307,13 @@ def num_classes(train: TensorSplit | Dataset, val: TensorSplit | Dataset) -> int
 
 def smoke_subset(splits: Splits, max_train_examples: int, seed: int) -> Splits:
     """With `max_train_examples` > 0, a seeded subset of that many training examples and a
-    quarter as many validation examples (at least 64): for smoke runs on big data sets."""
+    quarter as many validation (and test) examples (at least 64): for smoke runs on big data
+    sets."""
     if max_train_examples:
         splits.train = subset(splits.train, max_train_examples, seed)
         splits.val = subset(splits.val, max(max_train_examples // 4, 64), seed + 1)
+        if splits.test is not None:
+            splits.test = subset(splits.test, max(max_train_examples // 4, 64), seed + 2)
     return splits
 
 
