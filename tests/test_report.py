@@ -189,6 +189,26 @@ def test_diverged_confirmation_seeds_are_a_finding(tmp_path, monkeypatch):
     )
 
 
+def test_the_confirmed_runs_are_reported_on_the_test_set_too(tmp_path, monkeypatch):
+    study = make_study(tmp_path, "8,32")
+    trials = table(*cell_of(8, 0.99, [0.980, 0.981, 0.982]), *cell_of(32, 0.99, [0.97] * 3))
+    confirm = trials["phase"] == "confirm"
+    last = confirm & (
+        trials["optimizer_steps"] == trials.groupby("trial_id")["optimizer_steps"].transform("max")
+    )
+    trials.loc[last, "test_acc"] = trials.loc[last, "val_acc"] - 0.02
+    trials.loc[last, "test_examples"] = 1000
+    text = report_on(study, trials, monkeypatch, tensorboard=False)
+    assert (
+        "On the official test set (1000 examples; the search selected and the verdict judged "
+        "on a validation split held out from the training data), the confirmation runs score "
+        "8: 96.1%, 32: 95.0%." in verdict_of(text)
+    )
+    data = json.loads((study / "frontier.json").read_text())
+    assert [round(r["test_mean"], 4) for r in data["frontier"]] == [0.961, 0.95]
+    assert "| test accuracy |" in text
+
+
 def test_the_lr_growth_and_stop_at_target_are_said(tmp_path, monkeypatch):
     study = make_study(tmp_path, "8,32,128,512", "hand", "--stop-at-target")
     verdict = verdict_of(report_on(study, degradation_table(), monkeypatch, tensorboard=False))

@@ -179,6 +179,10 @@ def cell_accuracy(
         "confirmed_std",
         "confirm_failed",
         "confirm_diverged",
+        "test_mean",
+        "test_std",
+        "test_n",
+        "test_examples",
         "evidence",
         "estimate",
     ]
@@ -216,11 +220,26 @@ def cell_accuracy(
                     ((confirm["outcome"] != "running") & ~confirm["final"]).sum()
                 ),
                 "confirm_diverged": int(confirm["diverged"].astype(bool).sum()),
+                **_test_scores(done),
                 "evidence": len(search) + len(done),
                 "estimate": est,
             }
         )
     return pd.DataFrame(rows, columns=columns)
+
+
+def _test_scores(done: pd.DataFrame) -> dict[str, float]:
+    """The confirmation runs' mean, sd and count on the test set (NaN where there is none)."""
+    if "final_test_value" not in done:
+        return {"test_mean": math.nan, "test_std": math.nan, "test_n": 0, "test_examples": math.nan}
+    scores = pd.to_numeric(done["final_test_value"], errors="coerce").dropna()
+    examples = pd.to_numeric(done["test_examples"], errors="coerce")
+    return {
+        "test_mean": float(scores.mean()) if len(scores) else math.nan,
+        "test_std": float(scores.std()) if len(scores) >= 2 else math.nan,
+        "test_n": len(scores),
+        "test_examples": float(examples.max()) if len(scores) else math.nan,
+    }
 
 
 def _only(group: pd.DataFrame, column: str):

@@ -35,6 +35,8 @@ NUMERIC = (
     "final_train_loss",
     "final_value",
     "best_value",
+    "final_test_value",
+    "test_examples",
     "seed",
 )
 
@@ -76,6 +78,8 @@ def trial_summary(table: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.Dat
         "diverged",
         "final",
         "final_per_example",
+        "final_test_value",
+        "test_examples",
     ]
     if table.empty:
         return pd.DataFrame(columns=columns)
@@ -115,6 +119,9 @@ def trial_summary(table: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.Dat
             "best_value": metric.value(float(scores.max())) if scores.notna().any() else math.nan,
             "diverged": diverged,
             "final_per_example": _text(last.get("val_per_example")),
+            # the study metric on the test set (test_acc, test_loss, test_metric)
+            "final_test_value": last.get("test" + metric.key[3:], math.nan),
+            "test_examples": last.get("test_examples", math.nan),
         }
         row["final"] = (
             row["outcome"] in FINAL and not diverged and math.isfinite(row["final_value"])

@@ -142,6 +142,13 @@ def _rungs(spec: StudySpec, m: DegradationMap) -> str:
     return f"ASHA rungs at {share} of the budget, in steps by batch size: " + "; ".join(parts)
 
 
+def _test_columns(m: DegradationMap) -> list[tuple[str, str, Any]]:
+    """The confirmed runs on the test set, where the data set has one."""
+    if "test_mean" not in m.frontier or not m.frontier["test_mean"].notna().any():
+        return []
+    return [("test_mean", f"test {m.metric.name}", lambda v: value_text(m.metric, v))]
+
+
 def _pairing(m: DegradationMap) -> str:
     """How the comparisons were made: example by example where every one was paired."""
     paired = m.frontier.get("paired")
@@ -244,6 +251,7 @@ def render_markdown(
                 *OUTCOME_COLUMNS,
                 ("best_cell", "best cell", text),
                 *metric_columns(m.metric),
+                *_test_columns(m),
                 ("budget_steps", "budget (steps)", count),
                 ("steps_shown", "steps to target", text),
                 ("steps_fit", "fit", num),

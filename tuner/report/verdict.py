@@ -168,8 +168,27 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
             f"Batch {batch_list(better)} beat the batch-{base_batch} baseline by more than {tol} "
             f"at 95% confidence: {why}."
         )
-    lines += resolution_notes(m)
+    lines += resolution_notes(m) + test_scores(m)
     return lines
+
+
+def test_scores(m: DegradationMap) -> list[str]:
+    """The confirmed runs on the data set's official test set, which nothing selected on."""
+    if "test_mean" not in m.frontier:
+        return []
+    rows = m.frontier[m.frontier["test_mean"].notna()]
+    if rows.empty:
+        return []
+    scores = ", ".join(
+        f"{int(r.batch_size)}: {value_text(m.metric, r.test_mean)}"
+        for r in rows.itertuples(index=False)
+    )
+    examples = int(rows["test_examples"].max())
+    return [
+        f"On the official test set ({examples} examples; the search selected and the verdict "
+        f"judged on a validation split held out from the training data), the confirmation "
+        f"runs score {scores}."
+    ]
 
 
 def missing_estimates(m: DegradationMap) -> list[str]:

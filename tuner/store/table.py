@@ -39,6 +39,11 @@ METRICS = (
     "val_metric",  # a workload's own metric (trainables.workload.Metric)
     "val_examples",
     "val_loss_sd",
+    # a run's end on the data set's official test set, where it has one (nothing selects on it)
+    "test_acc",
+    "test_loss",
+    "test_metric",
+    "test_examples",
     "lr",
     "peak_lr",
     "samples_per_second",
