@@ -272,6 +272,23 @@ def test_the_loop_trains_with_the_workloads_loss_and_judges_by_its_metric(user_d
     assert scored["val_metric"] == pytest.approx(mae)
 
 
+def test_a_test_set_of_its_own_is_scored_at_the_end_only(user_dir):
+    """data returning (train, val, test): the run's end is scored on the test set too."""
+    source = CLASSIFIER.replace(
+        "return TensorDataset(x[:720], y[:720]), TensorDataset(x[720:], y[720:])",
+        "return (x[:600], y[:600]), (x[600:750], y[600:750]), (x[750:], y[750:])",
+    )
+    write_module(user_dir, "own_blobs_test", source)
+    config = trial_config("own_blobs_test:workload", metric="accuracy", metric_mode="max")
+    splits = loop.open_splits(config)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (600, 150, 150)
+    reports = []
+    loop.train(config, report=lambda m, s: reports.append(m))
+    assert all("test_acc" not in r for r in reports[:-1])
+    assert reports[-1]["test_examples"] == 150 and 0.5 < reports[-1]["test_acc"] <= 1.0
+    assert reports[-1]["val_examples"] == 150
+
+
 def test_a_run_of_its_own_loss_diverges_cleanly(user_dir):
     """Beyond `divergence_factor` x the first window's loss (no chance level is known)."""
     write_module(user_dir, "own_regression_e", REGRESSION)

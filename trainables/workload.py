@@ -66,7 +66,7 @@ class Data:
     """One data set of a workload and the defaults that go with it (a built-in workload has
     several, chosen by `--dataset`; a workload given `data=` has one, "default")."""
 
-    load: Callable[..., Any]  # (data_dir, seed) -> (train, val), or Splits
+    load: Callable[..., Any]  # (data_dir, seed) -> (train, val[, test]), or Splits
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES  # default grid
     budget: str = DEFAULT_BUDGET  # per trial: UNIT:AMOUNT (trainables.budget)
     min_steps: int = DEFAULT_MIN_STEPS  # and at least this many optimizer steps
@@ -276,16 +276,19 @@ def as_splits(loaded: Any, name: str) -> Splits:
     """A data factory's result as `Splits`: input shape and number of classes read from it."""
     if isinstance(loaded, Splits):
         return loaded
-    if not isinstance(loaded, (tuple, list)) or len(loaded) != 2:
+    if not isinstance(loaded, (tuple, list)) or len(loaded) not in (2, 3):
         raise TypeError(
-            f"the data factory returned a {type(loaded).__name__}: return (train, val), each a "
-            f"torch Dataset or an (inputs, targets) pair of tensors"
+            f"the data factory returned a {type(loaded).__name__}: return (train, val) or "
+            f"(train, val, test), each a torch Dataset or an (inputs, targets) pair of tensors"
         )
     train, val = _as_split(loaded[0], "training"), _as_split(loaded[1], "validation")
-    if len(train) == 0 or len(val) == 0:
-        raise ValueError("the data factory returned an empty training or validation set")
+    # A test set (optional): the confirmed runs are scored on it; nothing selects on it.
+    test = _as_split(loaded[2], "test") if len(loaded) == 3 else None
+    if len(train) == 0 or len(val) == 0 or (test is not None and len(test) == 0):
+        raise ValueError("the data factory returned an empty training, validation or test set")
     x0, _ = train[0] if not isinstance(train, TensorSplit) else (train.x[0], train.y[0])
-    return Splits(name, train, val, tuple(torch.as_tensor(x0).shape), num_classes(train, val))
+    shape = tuple(torch.as_tensor(x0).shape)
+    return Splits(name, train, val, shape, num_classes(train, val), test=test)
 
 
 def num_classes(train: TensorSplit | Dataset, val: TensorSplit | Dataset) -> int:
