@@ -351,6 +351,11 @@ class CellSearch:
 
     # --- handing out trials ----------------------------------------------------------------
 
+    @property
+    def running(self) -> int:
+        """Trials handed out whose end it has not been told (reconciled with Tune on resume)."""
+        return len(set(self.trials) - self.finished)
+
     def suggest(self, key: str) -> Suggestion | str | None:
         """The next trial for Tune trial `key`; None: nothing yet (try later); FINISHED."""
         for cell in self.cells:

@@ -92,6 +92,27 @@ def trial(tid, cell, phase="search"):
     return SimpleNamespace(trial_id=tid, config={"cell": cell, "phase": phase})
 
 
+def test_the_searcher_itself_limits_trials_at_once(tmp_path, monkeypatch):
+    """No Tune ConcurrencyLimiter between Tune and the searcher (it dropped the end of a trial
+    its own, separately saved record lacked, and a resumed study waited forever): the
+    searcher counts its running trials, the record a resume reconciles."""
+    monkeypatch.setenv("BATCH_SCALING_CACHE", str(tmp_path))
+    from tuner.study.experiment import make_tuner
+
+    cli = ["simple_cnn", "--rules", "linear", "--trials", "4", "--seeds", "1"]
+    cli += ["--max-concurrent", "2", "--storage", str(tmp_path / "studies")]
+    spec = build_spec(build_parser().parse_args(cli), gpus_available=False)
+
+    tuner = make_tuner(spec)
+    config = tuner._local_tuner._tune_config
+    assert config.max_concurrent_trials is None and config.search_alg.max_concurrent == 2
+    searcher = config.search_alg
+    assert searcher.suggest("t0") and searcher.suggest("t1")
+    assert searcher.suggest("t2") is None  # two running
+    searcher.on_trial_complete("t0", {"val_acc": 0.5, "optimizer_steps": 10, "progress": 1.0})
+    assert searcher.suggest("t2")["cell"]
+
+
 def test_asha_compares_a_trial_only_within_its_cell_at_equal_progress():
     scheduler = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
     small = [trial(f"s{i}", "b8") for i in range(2)]

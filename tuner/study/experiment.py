@@ -110,15 +110,17 @@ def snapshot_at_every_step() -> None:
 def make_tuner(spec: StudySpec) -> tune.Tuner:
     snapshot_at_every_step()
     scheduler = make_scheduler(spec)
+    searcher = make_searcher(spec, scheduler)  # saves the scheduler's rungs too
+    searcher.max_concurrent = concurrency(spec)  # the searcher limits, not Tune's wrapper
     return tune.Tuner(
         trainable(spec),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec, scheduler),  # saves the scheduler's rungs too
+            search_alg=searcher,
             scheduler=scheduler,
             # Search trials, each cell's confirmation runs, then the checks: a bound, the
             # searcher says when it is done.
             num_samples=spec.most_trials,
-            max_concurrent_trials=concurrency(spec),
+            max_concurrent_trials=None,
             # One trial process per concurrent slot, not per trial: each new one spent ~10 s
             # of CPU starting Python and importing torch and Ray Train (measured here), and
             # Tune 2.60 starts a new one per trial by default.
@@ -133,8 +135,9 @@ def restore_tuner(spec: StudySpec) -> tune.Tuner:
 
     The trainable is bound to the spec given here, so options that may change on resume
     (--worker-retries, --data-dir) reach the resumed trials; --max-concurrent is set on the
-    restored Tune config, which `Tuner.restore` does not take (private attribute: this is the
-    one place that touches it).
+    restored searcher, and Tune's own concurrency wrapper is taken off the restored Tune config
+    (a study saved before the searcher limited itself had it), which `Tuner.restore` does not
+    take (private attribute: this is the one place that touches it).
     """
     snapshot_at_every_step()
     tuner = tune.Tuner.restore(
@@ -145,7 +148,6 @@ def restore_tuner(spec: StudySpec) -> tune.Tuner:
         restart_errored=False,
     )
     internal = tuner._local_tuner
-    internal._tune_config = dataclasses.replace(
-        internal._tune_config, max_concurrent_trials=concurrency(spec)
-    )
+    internal._tune_config = dataclasses.replace(internal._tune_config, max_concurrent_trials=None)
+    internal._tune_config.search_alg.max_concurrent = concurrency(spec)
     return tuner

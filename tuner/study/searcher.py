@@ -78,8 +78,16 @@ class CellSearcher(Searcher):
         metric: str,
         mode: str,
         scheduler: Any = None,
+        max_concurrent: int = 0,
     ):
         super().__init__(metric=metric, mode=mode)
+        # Trials at once (0: no limit). Kept here, not in Tune's ConcurrencyLimiter: that
+        # wrapper keeps its own set of live trials, saved in another file than this state, and
+        # drops the end of any trial not in it; a study resumed from an object store, where
+        # the files come from different moments, lost a confirmation's end that way and then
+        # waited for it forever (seen in tests/test_object_store.py). This state's record of
+        # running trials is the one reconciled with Tune's and Optuna's on resume.
+        self.max_concurrent = max_concurrent
         self._storage_factory = storage_factory
         # The study's scheduler (PerCellASHA), saved and restored with this searcher: Tune
         # pickles both in one Tuner, so this is the very object Tune schedules with.
@@ -98,6 +106,8 @@ class CellSearcher(Searcher):
         return not (metric and metric != self._metric) and not (mode and mode != self._mode)
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self.max_concurrent and self._search.running >= self.max_concurrent:
+            return None
         suggestion = self._search.suggest(trial_id)
         if suggestion == FINISHED:
             return Searcher.FINISHED
