@@ -1,6 +1,7 @@
 """Tune's side of the search, driven directly (no Ray cluster): the searcher adapter, its
 checkpoints across machines, and ASHA per cell with rungs at fractions of the budget."""
 
+import os
 import pickle
 from types import SimpleNamespace
 
@@ -97,6 +98,8 @@ def test_the_searcher_itself_limits_trials_at_once(tmp_path, monkeypatch):
     its own, separately saved record lacked, and a resumed study waited forever): the
     searcher counts its running trials, the record a resume reconciles."""
     monkeypatch.setenv("BATCH_SCALING_CACHE", str(tmp_path))
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
+    monkeypatch.delenv("BATCH_SCALING_SET_PENDING", raising=False)
     from tuner.study.experiment import make_tuner
 
     cli = ["simple_cnn", "--rules", "linear", "--trials", "4", "--seeds", "1"]
@@ -106,6 +109,7 @@ def test_the_searcher_itself_limits_trials_at_once(tmp_path, monkeypatch):
     tuner = make_tuner(spec)
     config = tuner._local_tuner._tune_config
     assert config.max_concurrent_trials is None and config.search_alg.max_concurrent == 2
+    assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "2"  # Tune queues two, not one
     searcher = config.search_alg
     assert searcher.suggest("t0") and searcher.suggest("t1")
     assert searcher.suggest("t2") is None  # two running

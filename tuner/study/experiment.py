@@ -107,11 +107,28 @@ def snapshot_at_every_step() -> None:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
 
+PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
+_OURS = "BATCH_SCALING_SET_PENDING"  # marks PENDING as set here, not by the user
+
+
+def allow_pending(trials: int) -> None:
+    """Let Tune queue `trials` trials at once. Tune allows one pending trial for a searcher
+    not wrapped in its ConcurrencyLimiter (which this study's is not: see CellSearcher), so
+    trials would start one after another, and an autoscaling cluster would be asked for one
+    trial's resources at a time (seen: a two-node study ran on one node). A value the user
+    set stays."""
+    if os.environ.get(PENDING) and not os.environ.get(_OURS):
+        return
+    os.environ[PENDING] = str(trials)
+    os.environ[_OURS] = "1"
+
+
 def make_tuner(spec: StudySpec) -> tune.Tuner:
     snapshot_at_every_step()
     scheduler = make_scheduler(spec)
     searcher = make_searcher(spec, scheduler)  # saves the scheduler's rungs too
     searcher.max_concurrent = concurrency(spec)  # the searcher limits, not Tune's wrapper
+    allow_pending(searcher.max_concurrent)
     return tune.Tuner(
         trainable(spec),
         tune_config=tune.TuneConfig(
@@ -150,4 +167,5 @@ def restore_tuner(spec: StudySpec) -> tune.Tuner:
     internal = tuner._local_tuner
     internal._tune_config = dataclasses.replace(internal._tune_config, max_concurrent_trials=None)
     internal._tune_config.search_alg.max_concurrent = concurrency(spec)
+    allow_pending(concurrency(spec))
     return tuner
