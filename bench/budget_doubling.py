@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.inprocess_check import study_spec  # noqa: E402
+from bench.inprocess_check import study_spec, trial_values  # noqa: E402
 
 
 def run_one(job: dict) -> dict:
@@ -36,18 +36,8 @@ def run_one(job: dict) -> dict:
     from trainables.loop import train
 
     spec = study_spec(job["workload"], job["extra"])
-    values = spec.trial_config(
-        {
-            "batch_size": job["batch"],
-            "scaling_rule": "none",
-            "optimizer": job["optimizer"],
-            "base_lr": job["lr"],
-            "weight_decay": job["wd"],
-            "warmup_fraction": job["warmup"],
-            "seed": job["seed"],
-        }
-    )
-    values |= {"budget_unit": "steps", "budget_amount": float(job["steps"]), "min_steps": 0}
+    budget = {"budget_unit": "steps", "budget_amount": float(job["steps"]), "min_steps": 0}
+    values = trial_values(spec, job) | budget
     key = spec.study_metric.key
     curve: list[dict] = []
     train(

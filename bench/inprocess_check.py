@@ -40,16 +40,10 @@ def study_spec(workload: str, extra: list[str]):
     return resolve.build_spec(args, gpus_available=False)
 
 
-def run_one(job: dict) -> dict:
-    """One training run in this process; returns its curve's summary."""
-    import torch
-
-    torch.set_num_threads(1)
-    from trainables.config import TrialConfig
-    from trainables.loop import train
-
-    spec = study_spec(job["workload"], job["extra"])
-    values = spec.trial_config(
+def trial_values(spec, job: dict) -> dict:
+    """The trial config a study would give `job`'s batch size, peak lr (as given: rule
+    `none`), weight decay, warmup and seed (the budget is the caller's)."""
+    return spec.trial_config(
         {
             "batch_size": job["batch"],
             "scaling_rule": "none",
@@ -60,6 +54,18 @@ def run_one(job: dict) -> dict:
             "seed": job["seed"],
         }
     )
+
+
+def run_one(job: dict) -> dict:
+    """One training run in this process; returns its curve's summary."""
+    import torch
+
+    torch.set_num_threads(1)
+    from trainables.config import TrialConfig
+    from trainables.loop import train
+
+    spec = study_spec(job["workload"], job["extra"])
+    values = trial_values(spec, job)
     unit, _, amount = job["budget"].partition(":")
     values |= {"budget_unit": unit, "budget_amount": float(amount)}
     if unit == "steps":
