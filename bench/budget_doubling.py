@@ -14,17 +14,15 @@ pools its runs) and the ratio 2S / S: within 20% means the measure does not foll
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.inprocess_check import study_spec, trial_values  # noqa: E402
+from bench.inprocess_check import study_spec, sweep_arguments, trial_values  # noqa: E402
 
 
 def run_one(job: dict) -> dict:
@@ -78,19 +76,8 @@ def crossing(run: dict, target: float, metric) -> tuple[float, float]:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("workload")
-    p.add_argument("--batch-sizes", required=True)
-    p.add_argument("--lrs", required=True, help="peak lrs, comma-separated")
+    p, argv, extra = sweep_arguments(__doc__)
     p.add_argument("--steps", type=int, required=True, help="the shorter budget S")
-    p.add_argument("--warmup", type=float, default=0.1)
-    p.add_argument("--wd", type=float, default=1e-4)
-    p.add_argument("--optimizer", default="sgd")
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = p.parse_args(argv)
     spec = study_spec(args.workload, extra)
     metric, target = spec.study_metric, spec.target

@@ -93,20 +93,27 @@ def run_one(job: dict) -> dict:
     }
 
 
-def main() -> None:
+def sweep_arguments(doc: str) -> tuple[argparse.ArgumentParser, list[str], list[str]]:
+    """The options an in-process sweep takes (all but its budgets, `--steps`), the command
+    line before `--`, and the study options after it."""
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("workload")
     p.add_argument("--batch-sizes", required=True)
     p.add_argument("--lrs", required=True, help="peak lrs, comma-separated")
-    p.add_argument("--steps", default="", help="budgets: 300,600 (steps) or epochs:10")
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of the budget")
     p.add_argument("--wd", type=float, default=1e-4, help="weight decay")
     p.add_argument("--optimizer", default="sgd")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    return p, argv, extra
+
+
+def main() -> None:
+    p, argv, extra = sweep_arguments(__doc__)
+    p.add_argument("--steps", default="", help="budgets: 300,600 (steps) or epochs:10")
     p.add_argument("--json", help="also write every run's summary here")
     args = p.parse_args(argv)
     spec = study_spec(args.workload, extra)
