@@ -166,6 +166,7 @@ def restore_tuner(spec: StudySpec) -> tune.Tuner:
     )
     internal = tuner._local_tuner
     internal._tune_config = dataclasses.replace(internal._tune_config, max_concurrent_trials=None)
-    internal._tune_config.search_alg.max_concurrent = concurrency(spec)
-    allow_pending(concurrency(spec))
+    trials = concurrency(spec)  # asks the cluster for its nodes: once
+    internal._tune_config.search_alg.max_concurrent = trials
+    allow_pending(trials)
     return tuner
