@@ -1,6 +1,7 @@
 """Tune's side of the search, driven directly (no Ray cluster): the searcher adapter, its
 checkpoints across machines, and ASHA per cell with rungs at fractions of the budget."""
 
+import json
 import os
 import pickle
 from types import SimpleNamespace
@@ -11,6 +12,8 @@ from ray.tune.search import Searcher
 
 from tuner.options import build_parser
 from tuner.resolve import build_spec
+from tuner.spec import save_spec
+from tuner.store.table import collect_trials
 from tuner.study.experiment import make_searcher
 from tuner.study.scheduler import PerCellASHA
 
@@ -152,6 +155,66 @@ def test_a_trial_resumed_after_its_stop_is_stopped_again_and_a_kept_one_kept():
     assert restored.on_trial_result(None, weak, {"progress": 0.25, "val_acc": 0.2}) == "STOP"
     assert restored.on_trial_result(None, kept, {"progress": 0.25, "val_acc": 0.95}) == "CONTINUE"
     assert restored.stopped == {"b8": 1}  # the same trial is not counted twice
+
+
+def test_a_trial_stopped_then_resumed_past_its_stop_ends_where_it_was_stopped(
+    tmp_path, monkeypatch
+):
+    """A Ray Train trial's workers train on while Tune's stop travels to them: killed then, the
+    study resumes the trial from a checkpoint later than its stop, which it re-reports before
+    being stopped again. Its Optuna record and its rows in the trial table end at the
+    evaluation that stopped it, as in an uninterrupted study."""
+    monkeypatch.setenv("BATCH_SCALING_CACHE", str(tmp_path))
+    spec = study_spec("--trials", "8", "--seeds", "1")
+    scheduler = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
+    searcher = make_searcher(spec, scheduler)
+    configs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(5)}
+    assert configs["t0"]["cell"] == configs["t4"]["cell"] == "b8"
+
+    def result(step, acc):
+        return {"optimizer_steps": step, "progress": step / 90, "val_acc": acc}
+
+    rung = result(15, 0.2)
+    for tid, acc in (("t0", 0.9), ("t4", 0.2)):
+        scheduler.on_trial_add(None, trial(tid, "b8"))
+        for step in (5, 10):
+            searcher.on_trial_result(tid, result(step, acc))
+    scheduler.on_trial_result(None, trial("t0", "b8"), result(15, 0.9))
+    assert scheduler.on_trial_result(None, trial("t4", "b8"), rung) == "STOP"
+    # killed here; resumed, t4 re-reports its checkpoint at step 45 and is stopped again
+    restored = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
+    restored.load_state(pickle.loads(pickle.dumps(scheduler.state())))
+    searcher._scheduler = restored
+    assert restored.on_trial_result(None, trial("t4", "b8"), result(45, 0.95)) == "STOP"
+    searcher.on_trial_complete("t4", {**result(45, 0.95), "done": True})
+    assert restored.stopped == {"b8": 1}
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{spec.study_dir / 'optuna.db'}")
+    b8 = optuna.load_study(study_name=f"{spec.name}/b8", storage=storage).trials
+    stopped = next(t for t in b8 if t.user_attrs["tune_trial_id"] == "t4")
+    assert stopped.user_attrs["outcome"] == "stopped"
+    assert stopped.intermediate_values == {5: 0.2, 10: 0.2, 15: 0.2}
+
+    # Tune's result file holds the re-reported step 45: the table leaves it out
+    save_spec(spec)
+    trial_dir = spec.study_dir / "trial_t4"
+    trial_dir.mkdir()
+    rows = [result(s, 0.2) for s in (5, 10, 15)] + [result(45, 0.95)]
+    lines = [json.dumps({**r, "trial_id": "t4"}) for r in rows]
+    (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
+    table = collect_trials(spec.study_dir)
+    mine = table[table["trial_id"] == "t4"]
+    assert mine["optimizer_steps"].tolist() == [5, 10, 15]
+    assert (mine["outcome"] == "stopped").all()
+
+
+def test_a_stopped_trial_of_a_study_saved_before_stop_steps_were_kept_still_counts():
+    """Scheduler state of an older study (counts per cell, a set of ids) loads and counts."""
+    scheduler = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
+    old = {"groups": {}, "stopped": {"b8": 2}, "told_stop": {"s1", "s2"}}
+    scheduler.load_state(old)
+    assert scheduler.stopped == {"b8": 2} and scheduler.stop_result("s1") is None
+    assert scheduler.on_trial_result(None, trial("s1", "b8"), {"progress": 0.5}) == "STOP"
 
 
 def test_confirmation_runs_are_never_stopped():

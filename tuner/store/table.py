@@ -164,6 +164,11 @@ def collect_trials(study_dir: str | Path) -> pd.DataFrame:
             for r in results.get(trial_id, [])
             if "optimizer_steps" in r
         }
+        if base["outcome"] == "stopped" and trial.intermediate_values:
+            # Its record ends where the scheduler stopped it (the searcher's last report to
+            # Optuna): a resumed trial may have re-reported a later checkpoint before its stop.
+            last = max(trial.intermediate_values)
+            by_step = {step: r for step, r in by_step.items() if step <= last}
         if not by_step:
             records.append({**base, **dict.fromkeys(METRICS, math.nan)})
         for step in sorted(by_step):

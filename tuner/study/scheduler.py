@@ -38,13 +38,17 @@ class PerCellASHA(FIFOScheduler):
         )
         self._metric, self._mode = metric, mode
         self._groups: dict[Any, AsyncHyperBandScheduler] = {}
-        self.stopped: dict[Any, int] = {}
-        # Trials told to stop. Ray's ASHA records a trial's value at a rung and then passes it
-        # through that rung ever after; a study killed between the decision and Tune saving the
-        # trial as ended resumes the trial, which reports its checkpoint (that rung's step)
-        # again: without this it would run to its end where an uninterrupted study stopped it
-        # (seen once in CI for Ray Train trials, whose stop takes longer to land).
-        self._told_stop: set[str] = set()
+        # Trials told to stop: their cell and the evaluation they were stopped at. Ray's ASHA
+        # records a trial's value at a rung and then passes it through that rung ever after;
+        # a study killed between the decision and Tune saving the trial as ended resumes the
+        # trial, which reports its checkpoint again: without this it would run to its end where
+        # an uninterrupted study stopped it (seen once in CI for Ray Train trials, whose stop
+        # takes longer to land). That checkpoint may be later than the stop (a Train trial's
+        # workers train on while the stop travels): `stop_result` is the evaluation that
+        # decided, which the searcher records as the trial's end.
+        self._told_stop: dict[str, dict[str, Any] | None] = {}
+        # Stops counted per cell by a study saved before `_told_stop` kept cells (resumed).
+        self._stopped_before: dict[Any, int] = {}
 
     @staticmethod
     def _exempt(trial: Any) -> bool:
@@ -56,19 +60,37 @@ class PerCellASHA(FIFOScheduler):
         key = trial.config.get("cell", trial.config.get("batch_size"))
         if key not in self._groups:
             self._groups[key] = AsyncHyperBandScheduler(**self._asha_kwargs)
-            self.stopped[key] = 0
         return self._groups[key]
+
+    @property
+    def stopped(self) -> dict[Any, int]:
+        """Trials stopped early, per cell (every cell ASHA has seen, 0 where none)."""
+        counts = {key: 0 for key in self._groups} | self._stopped_before
+        for told in self._told_stop.values():
+            if told is not None:
+                counts[told["cell"]] = counts.get(told["cell"], 0) + 1
+        return counts
+
+    def stop_result(self, trial_id: str) -> dict[str, Any] | None:
+        """The evaluation at which `trial_id` was told to stop (None: not stopped, or stopped
+        in a study saved before these were kept)."""
+        told = self._told_stop.get(trial_id)
+        return None if told is None else told["result"]
 
     def state(self) -> dict[str, Any]:
         """The rungs' recorded results, for the searcher's checkpoint: Tune 2.60 saves and
         restores a searcher with its experiment state but never a scheduler, so a resumed study
         would judge its first rungs against no peers and let trials through that an
         uninterrupted study stops."""
-        return {"groups": self._groups, "stopped": self.stopped, "told_stop": self._told_stop}
+        return {"groups": self._groups, "told_stop": self._told_stop, "version": 2}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self._groups, self.stopped = state["groups"], state["stopped"]
-        self._told_stop = state.get("told_stop", set())  # absent from older studies' state
+        self._groups = state["groups"]
+        if state.get("version", 1) >= 2:
+            self._told_stop, self._stopped_before = state["told_stop"], {}
+        else:  # older studies: counts per cell, and (some) the stopped trials' ids alone
+            self._told_stop = dict.fromkeys(state.get("told_stop", ()))
+            self._stopped_before = dict(state["stopped"])
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return not (metric and metric != self._metric) and not (mode and mode != self._mode)
@@ -87,8 +109,8 @@ class PerCellASHA(FIFOScheduler):
             group.on_trial_add(tune_controller, trial)
         action = group.on_trial_result(tune_controller, trial, result)
         if action == TrialScheduler.STOP and result.get(TIME_ATTR, 1.0) < FULL_BUDGET:
-            self.stopped[trial.config.get("cell", trial.config.get("batch_size"))] += 1
-            self._told_stop.add(trial.trial_id)
+            cell = trial.config.get("cell", trial.config.get("batch_size"))
+            self._told_stop[trial.trial_id] = {"cell": cell, "result": dict(result)}
         return action
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:

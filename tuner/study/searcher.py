@@ -125,6 +125,12 @@ class CellSearcher(Searcher):
             self._search.report(trial_id, float(result[self._metric]), int(result[STEP]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        told = self._scheduler.stop_result(trial_id) if self._scheduler is not None else None
+        if told is not None and not error:
+            # Stopped at `told`; a resumed trial may have re-reported a later checkpoint (its
+            # workers ran on while the stop travelled) before being stopped again: its end is
+            # the evaluation that decided, as in an uninterrupted study.
+            result = {**(result or {}), **told}
         outcome = trial_outcome(result, error=error)
         value = float(result[self._metric]) if result and self._metric in result else None
         step = int(result[STEP]) if result and STEP in result else None
@@ -153,10 +159,11 @@ class CellSearcher(Searcher):
         tune = tune_trials(Path(checkpoint_path).parent)
         configs = {k: t.config or None for k, t in tune.items()} if tune is not None else None
         self._search.reconcile(configs)
+        # The scheduler first: it knows where the trials it stopped were stopped.
+        if self._scheduler is not None and saved["scheduler"] is not None:
+            self._scheduler.load_state(saved["scheduler"])
         # A trial Tune's state has ended is never run again, so its end is told here (a
         # no-op where the searcher's state and Optuna already had it).
         for key, trial in (tune or {}).items():
             if trial.ended:
                 self.on_trial_complete(key, trial.last_result, error=trial.status == "ERROR")
-        if self._scheduler is not None and saved["scheduler"] is not None:
-            self._scheduler.load_state(saved["scheduler"])
