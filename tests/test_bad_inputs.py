@@ -94,6 +94,21 @@ BAD_OPTIONS = [
     (["--workers-per-trial", "512", "--batch-sizes", "512"], "one trial needs 512 workers"),
     (["--address", "http://10.0.0.1:8265"], "--address http://10.0.0.1:8265: that is a URL"),
     (["--address", "head-node"], "expected HOST:PORT"),
+    (["--dry-run", "--resume"], "--dry-run plans a new study"),
+    # --method branch (tuner.branch)
+    (["--method", "branches"], "argument --method: invalid choice: 'branches'"),
+    (["--method", "branch", "--branch-at", "0,0.5"], "a fraction of the budget in (0, 1)"),
+    (["--method", "branch", "--branch-at", "0.5,1"], "a fraction of the budget in (0, 1)"),
+    (["--method", "branch", "--branch-at", "0.5,0.5"], "names a checkpoint twice"),
+    (["--method", "branch", "--branch-at", ","], "is not a list of numbers"),
+    (["--method", "branch", "--window", "0"], "--window 0: must be at least 1"),
+    (["--method", "branch", "--base-lr", "0"], "--base-lr 0: must be above 0"),
+    (["--method", "branch", "--tolerance", "0"], "which must be above 0"),
+    (["--method", "branch", "--batch-sizes", "8"], "--method branch needs two or more batch"),
+    (["--method", "branch", "--workers-per-trial", "2"], "--method branch runs one-worker"),
+    (["--method", "branch", "--stop-at-target"], "an option of the grid method"),
+    (["--window", "4096"], "--window only applies with --method branch"),
+    (["--branch-at", "0.5", "--verify-schedule"], "--branch-at, --verify-schedule only apply"),
 ]
 
 
@@ -196,6 +211,18 @@ def test_resume_refuses_what_contradicts_the_saved_study(args, fragment, saved_s
     assert_one_error_line(code, err, fragment)
     assert snapshot(saved_study) == before
     assert not ray_started()
+
+
+def test_a_branch_study_is_not_resumed(tmp_path, capsys):
+    args = ["simple_cnn", "--storage", str(tmp_path / "studies"), "--name", "b"]
+    spec = build_spec(build_parser().parse_args([*args, "--method", "branch"]), False)
+    save_spec(spec)
+    before = snapshot(spec.study_dir)
+    code, err = run_main(
+        ["--resume", "--storage", str(tmp_path / "studies"), "--name", "b"], capsys
+    )
+    assert_one_error_line(code, err, "b is a branch study: --resume of one is not supported")
+    assert snapshot(spec.study_dir) == before
 
 
 def test_resume_of_a_study_that_does_not_exist(tmp_path, capsys):

@@ -201,12 +201,20 @@ def train(
     wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m,
     resume_state: dict[str, Any] | None = None,
     splits: Splits | None = None,
+    start_state: dict[str, Any] | None = None,
+    keep_steps: tuple[int, ...] = (),
+    lr_fn: Callable[[int], float] | None = None,
 ) -> None:
     """Train one trial for its budget; call `report(metrics, state)` after every evaluation.
 
     Stops early, reporting `diverged=True`, when the training loss turns non-finite or exceeds
     `divergence_factor` x the chance-level loss ln(num_classes); and, with `stop_at_target`,
     once the study metric reaches it (`reached_target=True`).
+
+    A branch (`tuner.branch`) starts from another run's `start_state` (its weights and
+    optimizer state; its own steps count from 0), with the lr `lr_fn(step)` in place of the
+    config's schedule. `keep_steps`: steps evaluated (and reported with their state) besides
+    the regular evaluations, where a base run keeps checkpoints to branch from.
     """
     device = device or torch.device("cpu")
     layout = config.layout()
@@ -240,6 +248,7 @@ def train(
         raise ValueError(f"batch {config.batch_size} exceeds the {n_train} training examples")
     total = config.budget().steps(n_train, config.batch_size)
     evaluations = evaluation_steps(total, config.eval_every or default_eval_every(total))
+    evaluations = sorted(set(evaluations) | {s for s in keep_steps if 0 < s <= total})
 
     model = workload.build_model(splits.input_shape, splits.num_classes)
     model = apply_bn_mode(model, config.bn_mode, config.ghost_batch, world).to(device)
@@ -261,6 +270,10 @@ def train(
     loss_limit = math.nan if own_loss else config.divergence_factor * chance_loss(splits)
     step = 0
     noise = NoiseScale()
+    if start_state:  # a branch: another run's weights and optimizer, its own step count
+        model.load_state_dict(start_state["model"])
+        optimizer.load_state_dict(start_state["optimizer"])
+        loss_limit = start_state.get("loss_limit", loss_limit)
     if resume_state:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
@@ -320,7 +333,7 @@ def train(
     while step < total and not diverged:
         epoch, offset = divmod(step, per_epoch)
         for micro_batches in source.train_batches(epoch, start=offset):
-            lr = lr_at_step(step, **schedule)
+            lr = lr_fn(step) if lr_fn is not None else lr_at_step(step, **schedule)
             set_lr(optimizer, lr)
             began = time.perf_counter()
             window += _train_step(

@@ -40,6 +40,12 @@ SMOKE = {
 TRIALS_PER_BATCH = 8
 MIN_TRIALS_PER_CELL = 8
 SEEDS = 3  # confirmation runs of each cell's best
+# --method branch: checkpoints of the base run (Merrill et al. branch at several points of
+# training; four show the local critical batch size growing), fresh seeds of each rung's best
+# lr (two: its spread is then known, at a third less than three), and --smoke's checkpoints.
+BRANCH_AT = (0.1, 0.25, 0.5, 0.75)
+BRANCH_SEEDS = 2
+SMOKE_BRANCH_AT = (0.25, 0.5)
 GRACE = 1 / 9  # ASHA's first rung: 1/9 of the budget (rungs at 1/9 and 1/3 with factor 3)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SEED_MAX = 2**32 - 1  # Optuna's samplers seed numpy, which takes 32 bits
@@ -93,6 +99,23 @@ def parse_grid(text: str) -> tuple[int, ...]:
     if len(sizes) > MAX_GRID:
         raise argparse.ArgumentTypeError(f"{text!r} has over {MAX_GRID} batch sizes")
     return tuple(sorted(sizes))
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    """`0.1,0.25,0.5`: distinct fractions in (0, 1), sorted here."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of numbers; use e.g. 0.1,0.25,0.5,0.75"
+        ) from None
+    if not all(math.isfinite(v) and 0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: every checkpoint is a fraction of the budget in (0, 1), e.g. 0.1,0.5"
+        )
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} names a checkpoint twice")
+    return tuple(sorted(values))
 
 
 def build_parser(description: str = "") -> OneLineParser:
@@ -241,6 +264,37 @@ def build_parser(description: str = "") -> OneLineParser:
         "on this machine) and exit: nothing trains, nothing is written, Ray does not start",
     )
     add(
+        "--method",
+        choices=("grid", "branch"),
+        help="grid (default): search and confirm every batch size; branch: the local critical "
+        "batch size from one base run at the smallest batch size, branched at 2x, 4x, ... "
+        "from its checkpoints (Merrill et al. 2025; see README, 'The branched measurement')",
+    )
+    add(
+        "--branch-at",
+        type=parse_fractions,
+        help="--method branch: the base run's checkpoints to branch from, fractions of its "
+        "budget in (0, 1) (default 0.1,0.25,0.5,0.75)",
+    )
+    add(
+        "--window",
+        type=int,
+        help="--method branch: examples each branch trains from its checkpoint (default: a "
+        "tenth of the base run's examples, and at least 4 steps of the largest batch size)",
+    )
+    add(
+        "--base-lr",
+        type=float,
+        help="--method branch: the base run's lr at the reference batch size (default: a "
+        "short search over the lr range picks it)",
+    )
+    add(
+        "--verify-schedule",
+        action="store_true",
+        help="--method branch: also run the batch-size schedule the branches suggest and the "
+        "base run to the same data, and say whether it keeps within the tolerance",
+    )
+    add(
         "--compile",
         action="store_true",
         help="torch.compile each trial's model (its compile time is reported as first_step_s)",
@@ -306,7 +360,10 @@ BOUNDS: dict[str, Bound] = {
     "seed": Bound(0, SEED_MAX, "the seed"),
     "max_steps": Bound(0, None, "the most steps of the more-steps check; 0 means automatic"),
     "tolerance": Bound(0, None, "percentage points (accuracy) or nats (loss)"),
+    "window": Bound(1, None, "examples each branch trains"),
+    "base_lr": Bound(0, None, "the base run's lr", low_open=True),
 }
+BRANCH_ONLY = ("branch_at", "window", "base_lr", "verify_schedule")
 
 
 def check_bounds(options: dict[str, Any]) -> None:
@@ -348,10 +405,44 @@ def check_combinations(options: dict[str, Any]) -> None:
         problem = address_problem(options["address"])
         if problem:
             raise InputError(f"--address {options['address']}: {problem}")
+    if options.get("dry_run") and options.get("resume"):
+        raise InputError(
+            "--dry-run plans a new study; a resumed study's plan is the one it started with "
+            "(its report says what it cost so far)"
+        )
+    branch = options.get("method") == "branch"
+    stray = [flag(name) for name in BRANCH_ONLY if name in options and not branch]
+    if stray:
+        verb = "applies" if len(stray) == 1 else "apply"
+        raise InputError(f"{', '.join(stray)} only {verb} with --method branch")
+    if branch:
+        check_branch(options)
     if options.get("resume") and not options.get("name"):
         raise InputError("--resume needs --name NAME of the study to continue (and its --storage)")
     if not options.get("resume") and not options.get("workload"):
         raise InputError("name a workload (python -m tuner.search --list shows them)")
+
+
+def check_branch(options: dict[str, Any]) -> None:
+    """What a branch study (tuner.branch) cannot take."""
+    if "tolerance" in options and options["tolerance"] <= 0:
+        raise InputError(
+            f"--tolerance {show(options['tolerance'])}: a branch study compares branches within "
+            f"a tolerance, which must be above 0 (default: 1 pt, 0.02 nats)"
+        )
+    if options.get("resume"):
+        raise InputError(
+            "--resume of a branch study is not supported: its runs are short; start it again "
+            "with another --name"
+        )
+    if options.get("workers_per_trial", 1) > 1:
+        raise InputError(
+            "--method branch runs one-worker trials (each branch trains in its trial's "
+            "process); drop --workers-per-trial, or use the grid method"
+        )
+    for name in ("stop_at_target", "no_rule_test", "no_checks"):
+        if name in options:
+            raise InputError(f"{flag(name)} is an option of the grid method, not of a branch study")
 
 
 def check_options(args: argparse.Namespace) -> None:

@@ -22,12 +22,15 @@ from trainables.metrics import get_metric
 from tuner.cluster.capacity import check_fits
 from tuner.errors import InputError
 from tuner.options import (
+    BRANCH_AT,
+    BRANCH_SEEDS,
     GRACE,
     MIN_TRIALS_PER_CELL,
     RESUMABLE,
     RUN_ONLY,
     SEEDS,
     SMOKE,
+    SMOKE_BRANCH_AT,
     TRIALS_PER_BATCH,
     absolute_storage,
     flag,
@@ -148,6 +151,13 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
     if args.smoke:
         per_cell = SMOKE["trials_per_cell"]
     gpus = pick(args.gpus_per_worker, 1.0 if gpus_available else 0.0)
+    method = pick(args.method, "grid")
+    if method == "branch" and len(grid) < 2:
+        raise InputError(
+            f"--method branch needs two or more batch sizes (it branches from the smallest "
+            f"to the larger ones); the grid is {','.join(map(str, grid))}"
+        )
+    seeds = SMOKE["seeds"] if args.smoke else BRANCH_SEEDS if method == "branch" else SEEDS
     spec = StudySpec(
         workload=canonical_ref(args.workload),
         dataset=dataset,
@@ -176,7 +186,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         stop_at_target=bool(args.stop_at_target),
         metric=metric.name,
         strata=strata,
-        seeds=pick(args.seeds, SMOKE["seeds"] if args.smoke else SEEDS),
+        seeds=pick(args.seeds, seeds),
         search_ranges=space.ranges(),
         compile=bool(args.compile),
         loader_workers=pick(args.loader_workers, 0),
@@ -190,6 +200,13 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         metric_mode=workload.metric_mode,
         own_loss=workload.own_loss,
         reference_batch=workload.reference(grid),
+        method=method,
+        branch_at=(args.branch_at or (SMOKE_BRANCH_AT if args.smoke else BRANCH_AT))
+        if method == "branch"
+        else (),
+        window=pick(args.window, 0),
+        base_lr=pick(args.base_lr, 0.0),
+        verify_schedule=bool(args.verify_schedule),
     )
     spec.validate()
     return spec
@@ -258,6 +275,11 @@ DECIDES: dict[str, tuple[str, ...]] = {
     "no_checks": ("checks", "rule_test"),
     "decode": ("decode",),
     "smoke": ("budget", "batch_sizes", "trials", "max_train_examples", "seeds", "checks"),
+    "method": ("method",),
+    "branch_at": ("branch_at",),
+    "window": ("window",),
+    "base_lr": ("base_lr",),
+    "verify_schedule": ("verify_schedule",),
     **{name: (name,) for name in RESUMABLE},
 }
 

@@ -116,6 +116,11 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
     run["dry_run"] = bool(args.dry_run)
     if args.resume:
         saved = saved_spec(args.storage, args.name)
+        if saved.method == "branch":
+            raise InputError(
+                f"{saved.name} is a branch study: --resume of one is not supported (its runs "
+                f"are short); start it again with another --name"
+            )
         make_importable(saved.workload_source)
         spec, changed = resolve.resume_spec(saved, args)
         for line in changed:
@@ -159,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = resolve.run_checked(lambda: session.prepare(spec, options))
     except InputError as error:
         fail(str(error))
+    if spec.method == "branch":
+        from tuner.branch import run as branch
+
+        return branch.run(spec, options)
     return session.run(spec, options)
 
 

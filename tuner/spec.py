@@ -103,6 +103,16 @@ class StudySpec:
     metric_mode: str = ""
     own_loss: bool = False
     reference_batch: int = 0
+    # How the study measures: "grid" (every batch size searched and confirmed) or "branch"
+    # (tuner.branch: one base run at the smallest batch size, branched at larger ones from its
+    # checkpoints at `branch_at` fractions of its budget, each branch `window` examples long
+    # (0: the default of tuner.branch.plan), from `base_lr` at the reference batch (0: a short
+    # search picks it); `verify_schedule` runs the batch-size schedule it suggests.
+    method: str = "grid"
+    branch_at: tuple[float, ...] = ()
+    window: int = 0
+    base_lr: float = 0.0
+    verify_schedule: bool = False
 
     @property
     def remote(self) -> bool:
@@ -322,6 +332,7 @@ class StudySpec:
         data = dataclasses.asdict(self)
         data["batch_sizes"] = list(self.batch_sizes)
         data["strata"] = list(self.strata)
+        data["branch_at"] = list(self.branch_at)
         return data
 
     @classmethod
@@ -333,6 +344,7 @@ class StudySpec:
         values = {k: v for k, v in data.items() if k in fields}
         values["batch_sizes"] = tuple(values["batch_sizes"])
         values["strata"] = tuple(values.get("strata", ()))
+        values["branch_at"] = tuple(values.get("branch_at", ()))
         if "tolerance" not in values:  # studies saved before the checks: the metric's default
             values["tolerance"] = get_metric(values.get("metric", "accuracy")).default_tolerance
         return cls(**values)

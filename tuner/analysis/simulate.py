@@ -102,3 +102,103 @@ def simulate_scaling_study(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+class NoisyQuadratic:
+    """The noisy quadratic model (Zhang et al. 2019, "Which algorithmic choices matter at which
+    batch sizes?"): loss 1/2 sum h_i theta_i^2, per-example gradients with noise covariance
+    diag(h) (C = H), so its critical batch size is known: McCandlish et al.'s noise scale
+    B_noise = tr(HC) / (G^T H G) = sum h^2 / sum h^3 theta^2, which grows as theta shrinks.
+    Plain SGD (no momentum) at a constant lr, stochastic or in expectation (E[theta^2] obeys
+    m' = (1 - lr h)^2 m + lr^2 h / B exactly)."""
+
+    def __init__(self, dims: int = 100, low: float = 1e-3, high: float = 1.0):
+        self.h = np.geomspace(low, high, dims)
+
+    def loss(self, squares: np.ndarray) -> float:
+        """1/2 sum h theta^2 (of theta^2, or of its expectation)."""
+        return float(0.5 * (self.h * squares).sum())
+
+    def noise_scale(self, squares: np.ndarray) -> float:
+        return float((self.h**2).sum() / (self.h**3 * squares).sum())
+
+    def sgd(
+        self, theta: np.ndarray, batch: int, lr: float, steps: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, list[float]]:
+        """`steps` SGD steps from theta: the end, and the loss after each step (inf once it
+        has blown up)."""
+        losses = []
+        for _ in range(steps):
+            noise = rng.standard_normal(self.h.size) * np.sqrt(self.h / batch)
+            theta = theta - lr * (self.h * theta + noise)
+            losses.append(self.loss(theta**2))
+            if not math.isfinite(losses[-1]) or losses[-1] > 1e12:
+                losses[-1] = math.inf
+                break
+        return theta, losses
+
+    def expected_loss(self, squares: np.ndarray, batch: int, lr: float, steps: int) -> float:
+        """E[loss] after `steps` SGD steps from E[theta^2] = `squares`."""
+        decay = (1 - lr * self.h) ** 2
+        drift = lr**2 * self.h / batch
+        for _ in range(steps):
+            squares = decay * squares + drift
+        value = self.loss(squares)
+        return value if math.isfinite(value) else math.inf
+
+
+NQM_LADDER = tuple(2**i for i in range(9))  # k = 1 ... 256 (base batch 1)
+NQM_FACTORS = (0.5, 1.0, 2.0)  # the lr search around the linear rule
+
+
+def nqm_runs(
+    dims: int,
+    seeds: int,
+    rng: np.random.Generator,
+    checkpoints: tuple[float, ...] = (0.02, 0.05, 0.1, 0.25, 0.5),
+    total: int = 4000,
+    window: int = 256,
+    lr0: float = 0.5,
+):
+    """A branch study of the noisy quadratic: plain SGD at batch 1 from theta = 3 with lr
+    lr0 / (1 + t / 200) (held over each stretch between checkpoints); at every checkpoint,
+    branches at k = 1 ... 256 over `window` examples with lrs k x NQM_FACTORS x the base lr
+    (seed 0 their search, seeds 1.. their confirmation). Yields (fraction, expected ends per
+    k, runs), every loss relative to the expected k = 1 end (so a tolerance is relative)."""
+    from tuner.analysis.branch import BranchRun
+
+    quadratic = NoisyQuadratic(dims)
+    theta, done = np.full(dims, 3.0), 0
+    for fraction in checkpoints:
+        steps = int(fraction * total) - done
+        theta, _ = quadratic.sgd(theta, 1, lr0 / (1 + done / 200), steps, rng)
+        done += steps
+        lr = lr0 / (1 + done / 200)
+        squares = theta**2
+        expected = [
+            min(quadratic.expected_loss(squares, k, lr * k * f, window // k) for f in NQM_FACTORS)
+            for k in NQM_LADDER
+        ]
+        scale = expected[0]
+        runs = []
+        for k in NQM_LADDER:
+            for f in NQM_FACTORS:
+                for seed in range(seeds + 1):
+                    _, losses = quadratic.sgd(theta.copy(), k, lr * k * f, window // k, rng)
+                    phase = "search" if seed == 0 else "confirm"
+                    label = f"linear x{f:g}"
+                    runs.append(
+                        BranchRun(fraction, k, label, lr * k * f, seed, phase, losses[-1] / scale)
+                    )
+        yield fraction, [e / scale for e in expected], runs
+
+
+def nqm_expected_critical(expected: list[float], tolerance: float) -> int:
+    """The local critical batch of the expected ends: the largest k within `tolerance` of
+    every smaller k's (base batch 1)."""
+    best, critical = expected[0], NQM_LADDER[0]
+    for k, value in zip(NQM_LADDER[1:], expected[1:], strict=True):
+        if not value <= best + tolerance:
+            break
+        critical, best = k, min(best, value)
+    return critical

@@ -1,0 +1,89 @@
+"""`python -m tuner.search WORKLOAD --method branch --smoke --verify-schedule` on local Ray, as a
+user runs it, read back through its files: the plan it ran, every rung's search and
+confirmation runs, the base run's checkpoints, the schedule's run, the cost, TensorBoard."""
+
+import json
+
+import pandas as pd
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def branch_study(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("branch")
+    args = ["simple_cnn", "--dataset", "digits", "--method", "branch", "--smoke"]
+    proc = run_cli(
+        "tuner.search",
+        *args,
+        "--verify-schedule",
+        "--storage",
+        str(storage),
+        "--name",
+        "b",
+        timeout=600,
+    )
+    return storage / "b", proc.stderr
+
+
+def test_a_branch_study_measures_every_checkpoint_up_its_ladder(branch_study):
+    study, err = branch_study
+    data = json.loads((study / "branch.json").read_text())
+    assert not data["failure"]
+    plan = data["plan"]
+    assert plan["fractions"] == [0.25, 0.5] and plan["base_batch"] == 8
+    assert data["base_lr_from"] == "short search" and len(data["probes"]) == 4
+    assert data["base_lr"] in [p["base_lr"] for p in data["probes"]]
+    # the base run kept a checkpoint at every branch point
+    for step in plan["checkpoints"]:
+        assert list((study / "branch_points" / f"step-{step:08d}").glob("checkpoint_*/state.pt"))
+    runs = pd.read_csv(study / "branch_runs.csv")
+    assert [p["checkpoint"] for p in data["points"]] == [0.25, 0.5]
+    for point in data["points"]:
+        batches = [r["batch"] for r in point["rungs"]]
+        assert batches == [8, 16, 32][: len(batches)] and len(batches) >= 2
+        assert point["low"] <= point["local_critical"] <= point["high"]
+        mine = runs[runs["checkpoint"] == point["checkpoint"]]
+        for r in point["rungs"]:
+            rung = mine[mine["multiplier"] == r["multiplier"]]
+            # every candidate once, then the winner with the fresh seed(s)
+            assert len(rung[rung["phase"] == "search"]) == 3
+            confirm = rung[rung["phase"] == "confirm"]
+            assert len(confirm) == 1 and set(confirm["candidate"]) == {r["candidate"]}
+    for line in ("at 25% of the base run: local critical batch", "report: "):
+        assert line in err
+
+
+def test_the_suggested_schedule_is_run_against_the_base_run(branch_study):
+    study, _ = branch_study
+    data = json.loads((study / "branch.json").read_text())
+    assert len(data["schedule"]) >= 2  # this smoke study's schedule grows the batch
+    verify = data["verify"]
+    assert verify["steps"] < data["base_run"]["steps"] == data["plan"]["base_steps"]
+    assert verify["status"] in ("holds", "unresolved", "degraded")
+    assert verify["history"][-1]["examples"] == data["plan"]["base_steps"] * 8
+    assert "Verified (--verify-schedule)" in (study / "branch.md").read_text()
+
+
+def test_a_branch_study_says_what_it_cost_and_shows_in_tensorboard(branch_study):
+    study, _ = branch_study
+    data = json.loads((study / "branch.json").read_text())
+    cost = data["cost"]
+    rungs = sum(len(p["rungs"]) for p in data["points"])
+    assert cost["trials"] == 4 + 1 + rungs + 1  # probes, base run, rungs, the schedule
+    assert cost["device_hours"] > 0
+    assert set(cost["by_phase"]) == {"lr search", "base run", "branches", "schedule"}
+    assert "## What it cost" in (study / "branch.md").read_text()
+    events = EventAccumulator(str(study / "summary"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert "branch/local_critical" in scalars
+    steps = [e.step for e in events.Scalars("branch/local_critical")]
+    assert steps == [25, 50]
+    values = [e.value for e in events.Scalars("branch/local_critical")]
+    assert values == [p["local_critical"] for p in data["points"]]
+    assert "map/local_critical" in events.Tags()["images"]

@@ -1,0 +1,189 @@
+"""The local critical batch size from branched runs (Merrill et al. 2025, arXiv:2505.23971).
+
+From a checkpoint of one run at batch B, branches train at k B (k = 1, 2, 4, ...; k = 1 is the
+run itself going on) for a window of the same number of examples, each with its lr by the
+scaling rule and a small search around it. At the window's end, that is at equal data, each
+is scored on the whole validation split with the study metric. The local critical batch size
+is the largest k B that keeps within the study's tolerance of every smaller k: up to it, a
+larger batch loses (almost) nothing per example, so it needs k times fewer steps; beyond it, it
+does. Measured at several checkpoints it shows how the critical batch size grows over
+training, and suggests a batch-size schedule (Merrill et al.'s batch-size warmup).
+
+Merrill et al. compare EMA-smoothed training losses, because a language model's step loss is
+a noisy estimate; here every branch ends on the same full validation split, which is no
+estimate to smooth, and the comparison is the product's own: the drop of one rung from the
+best smaller rung with one-sided bounds from the runs' seeds and the shared validation
+examples (`tuner.analysis.accuracy.compare`, paired example by example). The interval of the
+local critical batch follows from those bounds: its low end is where every rung so far is
+shown to hold, its high end the rung before the first shown degraded.
+
+Plain numpy and pandas (no Ray): tested on a noisy quadratic with a known answer
+(`tuner.analysis.simulate.NoisyQuadratic`, tests/test_branch.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainables.metrics import ACCURACY, StudyMetric
+from tuner.analysis.accuracy import Comparison, Estimate, compare, estimate
+from tuner.analysis.paired import per_example_matrix
+
+
+@dataclass(frozen=True)
+class BranchRun:
+    """One run through the window from one checkpoint, as its trial recorded it."""
+
+    checkpoint: float  # the base run's progress (fraction of its budget) where it branched
+    multiplier: int  # k: it trains at k x the base batch (1: the base run going on)
+    candidate: str  # which lr: a rule's ("sqrt"), or the searched one around it ("sqrt x2")
+    lr: float
+    seed: int
+    phase: str  # "search" (one seed per candidate) or "confirm" (fresh seeds of the best)
+    value: float  # the study metric at the window's end (NaN: diverged)
+    val_examples: int = 0
+    val_sd: float = math.nan  # of the per-example loss (a loss metric's sampling error)
+    per_example: str | None = None  # trainables.per_example record of the metric
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One multiplier at one checkpoint: its best candidate's confirmed estimate and how it
+    compares with the best smaller rung."""
+
+    multiplier: int
+    batch: int
+    candidate: str  # the lr candidate that won the rung's search
+    lr: float
+    estimate: Estimate
+    comparison: Comparison | None  # None for k = 1 (the reference)
+
+
+@dataclass(frozen=True)
+class LocalCritical:
+    """The local critical batch size at one checkpoint, with its interval."""
+
+    checkpoint: float
+    batch: int  # largest k B within the tolerance of every smaller rung (point estimate)
+    low: int  # largest k B up to which every rung is shown to hold
+    high: int  # the rung before the first shown degraded (or the last measured)
+    censored: bool  # no rung was shown degraded: the high end is "at least"
+    rungs: tuple[Rung, ...]
+
+
+def best_candidate(runs: Sequence[BranchRun], metric: StudyMetric = ACCURACY) -> str | None:
+    """The candidate whose search run ended best (diverged runs never win)."""
+    search = [r for r in runs if r.phase == "search" and math.isfinite(r.value)]
+    if not search:
+        return None
+    return max(search, key=lambda r: metric.sign * r.value).candidate
+
+
+def rung_estimate(runs: Sequence[BranchRun], candidate: str) -> Estimate:
+    """The candidate's estimate from its confirmation runs (fresh seeds: the search run that
+    chose it reads high), falling back to the search run where none was confirmed."""
+    chosen = [r for r in runs if r.candidate == candidate and r.phase == "confirm"]
+    if not chosen:
+        chosen = [r for r in runs if r.candidate == candidate]
+    records = [r.per_example for r in chosen]
+    matrix = per_example_matrix(records) if all(records) else None
+    sds = [r.val_sd for r in chosen if math.isfinite(r.val_sd)]
+    return estimate(
+        [r.value for r in chosen],
+        chosen[0].val_examples,
+        "confirmed",
+        float(np.mean(sds)) if sds else math.nan,
+        matrix,
+    )
+
+
+def ladder(
+    runs: Sequence[BranchRun],
+    base_batch: int,
+    tolerance: float,
+    metric: StudyMetric = ACCURACY,
+) -> list[Rung]:
+    """The rungs of one checkpoint, ascending, each compared with the best smaller rung."""
+    rungs: list[Rung] = []
+    best: Estimate | None = None
+    for k in sorted({r.multiplier for r in runs}):
+        mine = [r for r in runs if r.multiplier == k]
+        candidate = best_candidate(mine, metric)
+        if candidate is None:  # every candidate diverged: the rung cannot keep up
+            lr = min(r.lr for r in mine)
+            failed = estimate([], mine[0].val_examples, "confirmed")
+            drop = Comparison(math.inf, math.inf, math.inf, 0.0, math.inf, "degraded")
+            rungs.append(Rung(k, k * base_batch, "diverged", lr, failed, drop))
+            continue
+        lr = next(r.lr for r in mine if r.candidate == candidate)
+        value = rung_estimate(mine, candidate)
+        comparison = None if best is None else compare(best, value, tolerance, metric=metric)
+        rungs.append(Rung(k, k * base_batch, candidate, lr, value, comparison))
+        if best is None or metric.sign * (value.mean - best.mean) > 0:
+            best = value
+    return rungs
+
+
+def measure(
+    runs: Sequence[BranchRun],
+    base_batch: int,
+    tolerance: float,
+    metric: StudyMetric = ACCURACY,
+) -> list[LocalCritical]:
+    """The local critical batch size at every checkpoint the runs branched from."""
+    out = []
+    for checkpoint in sorted({r.checkpoint for r in runs}):
+        mine = [r for r in runs if r.checkpoint == checkpoint]
+        out.append(walk(ladder(mine, base_batch, tolerance, metric), checkpoint, tolerance))
+    return out
+
+
+def walk(rungs: Sequence[Rung], checkpoint: float, tolerance: float) -> LocalCritical:
+    """Walk up the rungs: the point estimate ends at the first drop beyond the tolerance, the
+    low end at the first rung not shown to hold, the high end before the first shown
+    degraded."""
+    base = rungs[0].batch
+    point = low = high = base
+    point_open = low_open = True
+    degraded = False
+    for rung in rungs[1:]:
+        c = rung.comparison
+        assert c is not None
+        if point_open and c.drop <= tolerance + 1e-9:
+            point = rung.batch
+        else:
+            point_open = False
+        if low_open and c.status == "holds":
+            low = rung.batch
+        else:
+            low_open = False
+        if c.status == "degraded":
+            degraded = True
+            break
+        high = rung.batch
+    return LocalCritical(checkpoint, point, low, max(high, point), not degraded, tuple(rungs))
+
+
+def needs_next_rung(rungs: Sequence[Rung], tolerance: float) -> bool:
+    """Whether the ladder of a checkpoint goes on: until a rung is shown degraded (the
+    interval's high end) or, where none can be, two rungs in a row fall beyond the tolerance."""
+    if any(r.comparison is not None and r.comparison.status == "degraded" for r in rungs):
+        return False
+    beyond = [r.comparison is not None and r.comparison.drop > tolerance for r in rungs]
+    return not (len(beyond) >= 2 and beyond[-1] and beyond[-2])
+
+
+def batch_schedule(measured: Sequence[LocalCritical], base: int) -> list[tuple[float, int]]:
+    """A batch-size warmup (Merrill et al.): from each checkpoint on, the largest doubling of
+    `base` its local critical batch (point estimate) allows, never shrinking.
+    [(progress, batch), ...], starting at (0, base)."""
+    schedule = [(0.0, base)]
+    for point in sorted(measured, key=lambda p: p.checkpoint):
+        allowed = base * 2 ** int(math.floor(math.log2(max(point.batch, base) / base) + 1e-9))
+        if allowed > schedule[-1][1]:
+            schedule.append((point.checkpoint, allowed))
+    return schedule

@@ -1,0 +1,1 @@
+"""`--method branch`: the local critical batch size from branched runs (tuner.branch.run)."""

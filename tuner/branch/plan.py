@@ -1,0 +1,162 @@
+"""A branch study's plan: the base run, its checkpoints, the ladder of batch sizes, the window
+and each branch's lr candidates. Plain Python, no Ray.
+
+Defaults, and why:
+- base batch: the grid's smallest; the ladder doubles it up to the grid's largest (k = 1, 2,
+  4, ...), as Merrill et al. branch at 2x, 4x, ...;
+- checkpoints: `--branch-at` (default 10%, 25%, 50%, 75% of the base run's budget);
+- window: a tenth of the base run's examples, and at least `MIN_LARGEST_STEPS` steps of the
+  largest batch, rounded up to a whole number of its batches, so every rung trains exactly
+  the same examples. Merrill et al. branch for about 1% of an OLMo run; on a small workload 1%
+  is a step or two of the largest batch, where any batch size "holds" because nothing moves.
+  A rung's k = 1 branch must improve by more than the tolerance over the window, or the
+  ladder cannot tell batch sizes apart: the report says where it did not;
+- lr candidates: the base run's lr at the checkpoint scaled by each rule of the study
+  (`--rules`); with one rule, also half and twice its lr (the rule is what is tested: the
+  report says which candidate won each rung);
+- the base run's warmup and weight decay: the middle of the workload's search ranges (the
+  warmup range's midpoint, the weight decay range's geometric mean); its lr: `--base-lr`, or
+  the best of `PROBE_LRS` log-spaced lrs over the range trained for `PROBE_FRACTION` of the
+  base run's schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from trainables.budget import warmup_steps
+from trainables.optim import lr_at_step, scaling_factor
+from tuner.spec import StudySpec
+
+WINDOW_FRACTION = 0.1  # of the base run's examples
+MIN_LARGEST_STEPS = 4  # steps of the largest batch size in a window, at least
+PROBE_LRS = 4  # lrs of the short search for the base run's lr
+PROBE_FRACTION = 0.25  # of the base run's budget each probe trains
+SEARCH_FACTORS = (0.5, 2.0)  # around a single rule's lr
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One lr a rung tries: its label ("sqrt", "sqrt x2") and value."""
+
+    label: str
+    lr: float
+
+
+@dataclass(frozen=True)
+class BranchPlan:
+    """What a branch study runs (from its spec and its training set's size)."""
+
+    base_batch: int
+    multipliers: tuple[int, ...]
+    base_steps: int
+    fractions: tuple[float, ...]
+    checkpoints: tuple[int, ...]  # the base run's steps at `fractions`
+    window: int  # examples per branch
+    rules: tuple[str, ...]
+    optimizer: str
+    weight_decay: float
+    warmup_fraction: float
+    seeds: int  # fresh seeds of each rung's best candidate
+
+    def window_steps(self, multiplier: int) -> int:
+        return self.window // (multiplier * self.base_batch)
+
+    @property
+    def largest(self) -> int:
+        return self.multipliers[-1] * self.base_batch
+
+
+def make_plan(spec: StudySpec, n_train: int) -> BranchPlan:
+    """The plan of `spec` (a branch study) on a training set of `n_train` examples."""
+    base = spec.batch_sizes[0]
+    multipliers = tuple(2**i for i in range(int(math.log2(spec.batch_sizes[-1] / base)) + 1))
+    steps = spec.budget_spec().steps(n_train, base)
+    largest = multipliers[-1] * base
+    window = spec.window or max(WINDOW_FRACTION * steps * base, MIN_LARGEST_STEPS * largest)
+    window = math.ceil(window / largest) * largest  # whole batches of every rung
+    space = spec.space()
+    low, high = space.weight_decay
+    return BranchPlan(
+        base_batch=base,
+        multipliers=multipliers,
+        base_steps=steps,
+        fractions=spec.branch_at,
+        checkpoints=tuple(max(1, round(f * steps)) for f in spec.branch_at),
+        window=int(window),
+        rules=space.scaling_rules,
+        optimizer=space.optimizers[0],
+        weight_decay=math.sqrt(low * high) if low > 0 else high / 2,
+        warmup_fraction=sum(space.warmup_fraction) / 2,
+        seeds=max(spec.seeds, 1),
+    )
+
+
+def probe_lrs(spec: StudySpec, plan: BranchPlan) -> list[float]:
+    """The short search's base lrs: log-spaced over the optimizer's range."""
+    low, high = spec.space().base_lr[plan.optimizer]
+    ratio = (high / low) ** (1 / (PROBE_LRS - 1))
+    return [low * ratio**i for i in range(PROBE_LRS)]
+
+
+def base_config(spec: StudySpec, plan: BranchPlan, base_lr: float) -> dict[str, Any]:
+    """The base run's trial config (the grid's smallest batch, the study's budget)."""
+    params = {
+        "batch_size": plan.base_batch,
+        "scaling_rule": plan.rules[0],
+        "optimizer": plan.optimizer,
+        "base_lr": base_lr,
+        "weight_decay": plan.weight_decay,
+        "warmup_fraction": plan.warmup_fraction,
+    }
+    return spec.trial_config(params) | {"stop_at_target": 0.0}
+
+
+def lr_at(config: dict[str, Any], step: int, total: int) -> float:
+    """The base run's lr at `step` of its `total` (its own schedule)."""
+    peak = config["base_lr"] * scaling_factor(
+        config["scaling_rule"], config["batch_size"], config["reference_batch"]
+    )
+    return lr_at_step(
+        step,
+        peak_lr=peak,
+        base_lr=config["base_lr"],
+        warmup_steps=warmup_steps(config["warmup_fraction"], total),
+        total_steps=total,
+        schedule=config["schedule"],
+        final_factor=config["final_lr_factor"],
+    )
+
+
+def candidates(plan: BranchPlan, lr: float, multiplier: int) -> list[Candidate]:
+    """The lrs a rung at `multiplier` tries, from the base run's lr `lr` at its checkpoint."""
+    batch, base = multiplier * plan.base_batch, plan.base_batch
+    found = [Candidate(r, lr * scaling_factor(r, batch, base)) for r in plan.rules]
+    if len(plan.rules) == 1:
+        rule = found[0]
+        found += [Candidate(f"{rule.label} x{f:g}", rule.lr * f) for f in SEARCH_FACTORS]
+    unique: dict[float, Candidate] = {}
+    for c in found:  # at k = 1 every rule gives the same lr
+        unique.setdefault(round(c.lr, 15), c)
+    return list(unique.values())
+
+
+def branch_config(
+    spec: StudySpec, plan: BranchPlan, base: dict[str, Any], multiplier: int, seed: int
+) -> dict[str, Any]:
+    """A branch's trial config: k x the base batch for the window's steps, one evaluation at
+    its end (its lr comes from the branch, not from this config's schedule)."""
+    steps = plan.window_steps(multiplier)
+    params = {
+        "batch_size": multiplier * plan.base_batch,
+        "scaling_rule": "none",
+        "optimizer": base["optimizer"],
+        "base_lr": base["base_lr"],
+        "weight_decay": base["weight_decay"],
+        "warmup_fraction": 0.0,
+        "budget_steps": steps,
+        "seed": seed,
+    }
+    return spec.trial_config(params) | {"eval_every": steps, "stop_at_target": 0.0}

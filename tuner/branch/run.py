@@ -1,0 +1,332 @@
+"""`python -m tuner.search WORKLOAD --method branch`: one Ray Tune experiment whose searcher
+(`BranchSearcher`) hands out the branch study's jobs as their inputs exist:
+
+1. the short lr search (`--base-lr` skips it): `PROBE_LRS` probes of the base run's schedule;
+2. the base run at the smallest batch size, keeping its checkpoints;
+3. from every checkpoint at once, the ladder k = 1, 2, 4, ...: k = 1 and 2 first, then each
+   next rung once the smaller ones are in and the ladder goes on (`needs_next_rung`): it stops
+   at the first rung shown degraded, so a study pays for the rungs that decide, not for all;
+4. with `--verify-schedule`, the batch-size schedule the ladders suggest.
+Every job is a Tune trial in a reused trial process (`tuner.branch.trial`), so jobs start in
+about a second and run at once where the cluster holds them. Its cost is counted as the grid's
+(`tuner.analysis.cost`): each trial from the moment it is handed to Tune to its end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from ray import tune
+from ray.tune.search import Searcher
+
+from trainables.datasets import DEFAULT_DATA_DIR
+from trainables.optim import scaling_factor
+from tuner.analysis.branch import (
+    BranchRun,
+    LocalCritical,
+    batch_schedule,
+    ladder,
+    measure,
+    needs_next_rung,
+)
+from tuner.branch import plan as planning
+from tuner.branch.plan import BranchPlan
+from tuner.branch.trial import trainable
+from tuner.spec import StudySpec, save_spec
+from tuner.store import objects as store
+from tuner.store.names import SPEC_FILE
+from tuner.study.experiment import allow_pending, concurrency
+
+PHASES = {"probe": "lr search", "base": "base run", "rung": "branches", "verify": "schedule"}
+
+
+@dataclass
+class Job:
+    """One trial of the study: what it runs and when it ran."""
+
+    kind: str
+    batch: int
+    payload: dict[str, Any]
+    trial_id: str = ""
+    started: float = math.nan
+    ended: float = math.nan
+    error: bool = False
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+class BranchSearcher(Searcher):
+    """Tune's searcher for a branch study: a queue of jobs that grows as results come in."""
+
+    def __init__(self, spec: StudySpec, plan: BranchPlan, max_concurrent: int = 0):
+        super().__init__(metric=None, mode=None)
+        self.spec, self.plan, self.max_concurrent = spec, plan, max_concurrent
+        self.study_metric = spec.study_metric
+        self.jobs: list[Job] = []
+        self.queue: list[Job] = []
+        self.running: dict[str, Job] = {}
+        self.base_lr = spec.base_lr
+        self.base_config: dict[str, Any] | None = None
+        self.failure = ""  # why the study could not go on, where it could not
+        self.runs: dict[tuple[float, int], list[BranchRun]] = {}
+        self.open_points: set[float] = set()
+        self.verify_asked = False
+        if self.base_lr:
+            self._enqueue_base()
+        else:
+            self._enqueue_probes()
+
+    # --- Tune's side -----------------------------------------------------------------------
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.max_concurrent and len(self.running) >= self.max_concurrent:
+            return None
+        if self.queue:
+            job = self.queue.pop(0)
+            job.trial_id, job.started = trial_id, time.time()
+            self.running[trial_id] = job
+            return job.payload
+        return Searcher.FINISHED if not self.running else None
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        job = self.running.pop(trial_id, None)
+        if job is None:
+            return
+        job.ended, job.error, job.result = time.time(), error, dict(result or {})
+        getattr(self, f"_after_{job.kind}")(job)
+
+    def save(self, checkpoint_path: str) -> None:  # the jobs so far, for whoever looks
+        with open(checkpoint_path, "w") as file:
+            json.dump(
+                [{"kind": j.kind, "batch": j.batch, "trial": j.trial_id} for j in self.jobs], file
+            )
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError("a branch study is not resumed")
+
+    # --- the study's steps -----------------------------------------------------------------
+
+    def _add(self, kind: str, batch: int, payload: dict[str, Any]) -> None:
+        job = Job(kind, batch, {"kind": kind, **payload})
+        self.jobs.append(job)
+        self.queue.append(job)
+
+    def _enqueue_probes(self) -> None:
+        stop = max(1, round(planning.PROBE_FRACTION * self.plan.base_steps))
+        for lr in planning.probe_lrs(self.spec, self.plan):
+            config = planning.base_config(self.spec, self.plan, lr)
+            self._add("probe", self.plan.base_batch, {"config": config, "stop_step": stop})
+
+    def _after_probe(self, job: Job) -> None:
+        if any(j.kind == "probe" and math.isnan(j.ended) for j in self.jobs):
+            return
+        probes = [j for j in self.jobs if j.kind == "probe" and not j.error]
+        scored = [(json.loads(j.result["record"]), j) for j in probes if "record" in j.result]
+        scored = [(r, j) for r, j in scored if math.isfinite(r["value"])]
+        if not scored:
+            self.failure = "every lr of the short search diverged or failed: pass --base-lr"
+            return
+        best = max(scored, key=lambda rj: self.study_metric.sign * rj[0]["value"])
+        self.base_lr = best[0]["base_lr"]
+        self._enqueue_base()
+
+    def _enqueue_base(self) -> None:
+        self.base_config = planning.base_config(self.spec, self.plan, self.base_lr)
+        payload = {"config": self.base_config, "keep_steps": list(self.plan.checkpoints)}
+        self._add("base", self.plan.base_batch, payload)
+
+    def _after_base(self, job: Job) -> None:
+        record = json.loads(job.result["record"]) if "record" in job.result else None
+        if job.error or record is None or record["diverged"]:
+            self.failure = "the base run failed or diverged: try another --base-lr"
+            return
+        for fraction in self.plan.fractions:
+            self.open_points.add(fraction)
+            for k in self.plan.multipliers[:2]:
+                self._enqueue_rung(fraction, k)
+
+    def _enqueue_rung(self, fraction: float, k: int) -> None:
+        assert self.base_config is not None
+        step = self.plan.checkpoints[self.plan.fractions.index(fraction)]
+        lr = planning.lr_at(self.base_config, step, self.plan.base_steps)
+        search_seed = self.spec.seed
+        seeds = [self.spec.seed + 1 + i for i in range(self.plan.seeds)]
+        configs = {
+            str(s): planning.branch_config(self.spec, self.plan, self.base_config, k, s)
+            for s in [search_seed, *seeds]
+        }
+        payload = {
+            "checkpoint": fraction,
+            "step": step,
+            "multiplier": k,
+            "candidates": [[c.label, c.lr] for c in planning.candidates(self.plan, lr, k)],
+            "search_seed": search_seed,
+            "confirm_seeds": seeds,
+            "configs": configs,
+        }
+        self.runs[(fraction, k)] = []
+        self._add("rung", k * self.plan.base_batch, payload)
+
+    def _after_rung(self, job: Job) -> None:
+        fraction, k = job.payload["checkpoint"], job.payload["multiplier"]
+        records = json.loads(job.result["runs"]) if "runs" in job.result else []
+        self.runs[(fraction, k)] = [to_run(r) for r in records]
+        if job.error or not records:  # a rung that cannot be measured ends its ladder
+            self.runs[(fraction, k)] = [failed_run(fraction, k)]
+        pending = [
+            j
+            for j in self.jobs
+            if j.kind == "rung" and j.payload["checkpoint"] == fraction and math.isnan(j.ended)
+        ]
+        if pending:
+            return
+        rungs = ladder(
+            self.point_runs(fraction), self.plan.base_batch, self.spec.tolerance, self.study_metric
+        )
+        measured = [r.multiplier for r in rungs]
+        following = [m for m in self.plan.multipliers if m > max(measured)]
+        if following and needs_next_rung(rungs, self.spec.tolerance):
+            self._enqueue_rung(fraction, following[0])
+            return
+        self.open_points.discard(fraction)
+        if not self.open_points and self.spec.verify_schedule and not self.verify_asked:
+            self.verify_asked = True
+            self._enqueue_verify()
+
+    def point_runs(self, fraction: float) -> list[BranchRun]:
+        return [r for (f, _), runs in sorted(self.runs.items()) if f == fraction for r in runs]
+
+    def all_runs(self) -> list[BranchRun]:
+        return [r for _, runs in sorted(self.runs.items()) for r in runs]
+
+    def measured(self) -> list[LocalCritical]:
+        return measure(
+            self.all_runs(), self.plan.base_batch, self.spec.tolerance, self.study_metric
+        )
+
+    def _enqueue_verify(self) -> None:
+        schedule = batch_schedule(self.measured(), self.plan.base_batch)
+        if len(schedule) < 2:
+            return  # the schedule never grows the batch: nothing to verify
+        assert self.base_config is not None
+        payload = verify_payload(self.spec, self.plan, self.base_config, schedule)
+        self._add("verify", schedule[-1][1], payload)
+
+    def _after_verify(self, job: Job) -> None:
+        pass
+
+    # --- what the study found ----------------------------------------------------------------
+
+    def cost_table(self) -> pd.DataFrame:
+        """One row per job with its start and end, in the grid's trial-table columns."""
+        rows = [
+            {
+                "trial_id": j.trial_id,
+                "batch_size": j.batch,
+                "phase": PHASES[j.kind],
+                "workers": 1,
+                "started": j.started,
+                "ended": j.ended,
+            }
+            for j in self.jobs
+            if j.trial_id
+        ]
+        return pd.DataFrame(
+            rows, columns=["trial_id", "batch_size", "phase", "workers", "started", "ended"]
+        )
+
+
+def to_run(record: dict[str, Any]) -> BranchRun:
+    return BranchRun(
+        checkpoint=float(record["checkpoint"]),
+        multiplier=int(record["multiplier"]),
+        candidate=str(record["candidate"]),
+        lr=float(record["lr"]),
+        seed=int(record["seed"]),
+        phase=str(record["phase"]),
+        value=float(record["value"]),
+        val_examples=int(record["val_examples"]),
+        val_sd=float(record["val_loss_sd"]) if record.get("val_loss_sd") is not None else math.nan,
+        per_example=record.get("per_example"),
+    )
+
+
+def failed_run(fraction: float, k: int) -> BranchRun:
+    return BranchRun(fraction, k, "errored", math.nan, 0, "search", math.nan)
+
+
+def verify_payload(
+    spec: StudySpec, plan: BranchPlan, base: dict[str, Any], schedule: list[tuple[float, int]]
+) -> dict[str, Any]:
+    """The schedule's run: from the base run's checkpoint where the batch first grows, each
+    segment at its batch for its share of the base run's examples, the lr at every step the
+    base run's at the same examples scaled from the base batch by the base run's rule."""
+    total = plan.base_steps
+    first = plan.fractions.index(schedule[1][0])
+    from_step = plan.checkpoints[first]
+    segments = []
+    bounds = [*(plan.checkpoints[plan.fractions.index(f)] for f, _ in schedule[1:]), total]
+    for (fraction, batch), start, end in zip(schedule[1:], bounds[:-1], bounds[1:], strict=True):
+        k = batch // plan.base_batch
+        steps = max(1, (end - start) // k)
+        factor = scaling_factor(base["scaling_rule"], batch, plan.base_batch)
+        lrs = [planning.lr_at(base, start + i * k, total) * factor for i in range(steps)]
+        config = planning.branch_config(spec, plan, base, k, base["seed"])
+        config |= {"budget_unit": "steps", "budget_amount": steps, "eval_every": 0}
+        segments.append({"config": config, "lrs": lrs, "from": fraction, "batch": batch})
+    return {
+        "from_step": from_step,
+        "from_examples": from_step * plan.base_batch,
+        "segments": segments,
+    }
+
+
+def training_examples(spec: StudySpec) -> int:
+    """The training set's size, as a trial will see it (the plan's budget needs it)."""
+    splits = spec.load_workload().open(
+        spec.dataset, spec.data_dir or DEFAULT_DATA_DIR, spec.seed, spec.max_train_examples
+    )
+    return len(splits.train)
+
+
+def run(spec: StudySpec, options: Any) -> int:
+    """Run a branch study on the joined cluster and write what it found."""
+    from tuner.branch import write
+
+    plan = planning.make_plan(spec, training_examples(spec))
+    save_spec(spec)
+    if spec.remote:
+        store.upload_file(spec.study_dir / SPEC_FILE, store.join(spec.study_uri, SPEC_FILE))
+    print(write.plan_line(spec, plan), file=sys.stderr, flush=True)
+    searcher = BranchSearcher(spec, plan, concurrency(spec))
+    allow_pending(max(searcher.max_concurrent, 1))
+    most = planning.PROBE_LRS + 2 + len(plan.fractions) * len(plan.multipliers)
+    tuner = tune.Tuner(
+        trainable(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, num_samples=most, reuse_actors=True, max_concurrent_trials=None
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=spec.storage,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.worker_retries, fail_fast=False),
+        ),
+    )
+    tuner.fit()
+    written = write.write_study(spec, plan, searcher)
+    if spec.remote:
+        count = store.upload_study(spec.study_dir, spec.study_uri)
+        print(f"uploaded {count} files to {spec.study_uri}", file=sys.stderr)
+    for line in write.summary(spec, plan, searcher):
+        print(line, file=sys.stderr)
+    print(f"report: {written}", file=sys.stderr)
+    return 1 if searcher.failure else 0
