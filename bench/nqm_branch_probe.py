@@ -19,7 +19,7 @@ dims = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 seeds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 tolerance = float(sys.argv[3]) if len(sys.argv) > 3 else 0.05
 rng = np.random.default_rng(0)
-for fraction, truth, runs in nqm_runs(dims, seeds, rng):
+for fraction, truth, runs, _, _ in nqm_runs(dims, seeds, rng):
     expected = nqm_expected_critical(truth, tolerance)
     point = measure(runs, 1, tolerance, metric=get_metric("loss"))[0]
     print(

@@ -11,15 +11,18 @@ from tests.test_config import base_config
 from trainables.config import TrialConfig
 from trainables.loop import train
 from trainables.metrics import ACCURACY, get_metric
+from trainables.per_example import decode, encode
 from tuner.analysis.accuracy import Comparison, estimate
 from tuner.analysis.branch import (
     BranchRun,
     LocalCritical,
     Rung,
     batch_schedule,
+    checkpoint_tolerance,
     ladder,
     measure,
     needs_next_rung,
+    smoothed_end,
     walk,
 )
 from tuner.analysis.simulate import nqm_expected_critical, nqm_runs
@@ -36,7 +39,7 @@ def test_the_ladder_finds_the_noisy_quadratics_local_critical_batch():
     nearly every checkpoint and the point estimate is within 2x at most."""
     tolerance, held, near, truths = 0.05, 0, 0, []
     for rep in range(4):
-        for _fraction, expected, runs in nqm_runs(1000, 3, np.random.default_rng(rep)):
+        for _fraction, expected, runs, _, _ in nqm_runs(1000, 3, np.random.default_rng(rep)):
             truth = nqm_expected_critical(expected, tolerance)
             point = measure(runs, 1, tolerance, LOSS)[0]
             held += point.low <= truth <= point.high
@@ -46,6 +49,21 @@ def test_the_ladder_finds_the_noisy_quadratics_local_critical_batch():
     assert truths == sorted(truths) and truths[-1] >= 4 * truths[0]  # it grows
     assert held >= 18  # of 20 checkpoints (measured: 49 of 50 over 10 repeats)
     assert near >= 13  # (measured: 38 of 50)
+
+
+def test_by_default_the_ladder_finds_the_noisy_quadratics_noise_scale():
+    """Judged by half of what k=1 gains (the default), the local critical batch is McCandlish
+    et al.'s critical batch: on the noisy quadratic it lands within 3x of the noise scale
+    B_noise = tr(HC) / G^T H G at every checkpoint (measured: 0.9-2.3x over 3 x 5 checkpoints;
+    progress is concave in examples, so a batch at B_noise makes more than half of k=1's
+    progress and the estimate reads a little high) and grows with it."""
+    for rep in range(3):
+        found = []
+        for fraction, _, runs, start, noise in nqm_runs(1000, 3, np.random.default_rng(rep)):
+            point = measure(runs, 1, 0.0, LOSS, start={fraction: start})[0]
+            assert noise / 3 <= point.batch <= 3 * noise, (rep, fraction, point.batch, noise)
+            found.append((noise, point.batch))
+        assert [b for _, b in found] == sorted(b for _, b in found)  # it grows over training
 
 
 def rung(k, drop, status, tolerance=0.01):
@@ -164,3 +182,41 @@ def test_a_branch_starts_from_the_base_runs_state_with_its_own_lr():
         lr_fn=lambda _: 0.0,
     )
     assert fresh[-1]["val_loss"] != pytest.approx(reports[0]["val_loss"], rel=1e-3)
+
+
+def test_by_default_a_checkpoint_is_judged_by_half_of_what_k1_gains_over_the_window():
+    runs = [
+        run_(1, "sqrt", 0, "search", 0.90),
+        run_(1, "sqrt", 1, "confirm", 0.91),
+        run_(1, "sqrt", 2, "confirm", 0.89),
+        run_(2, "sqrt", 0, "search", 0.86),
+        run_(2, "sqrt", 1, "confirm", 0.87),
+        run_(2, "sqrt", 2, "confirm", 0.85),
+    ]
+    # k=1 went from 0.80 to 0.90: a 10 pt gain, so 5 pt of tolerance; k=2 is 4 pt behind
+    assert checkpoint_tolerance(runs, 0.80, ACCURACY) == pytest.approx(0.05)
+    assert measure(runs, 8, 0.0, ACCURACY, start={0.5: 0.80})[0].batch == 16
+    # from 0.87 it gained 3 pt: 1.5 pt of tolerance, and k=2 falls behind it
+    point = measure(runs, 8, 0.0, ACCURACY, start={0.5: 0.87})[0]
+    assert point.batch == 8 and point.tolerance == pytest.approx(0.015)
+    assert checkpoint_tolerance(runs, 0.80, ACCURACY, tolerance=0.01) == 0.01  # --tolerance
+    # k=1 gained nothing: nothing to judge by, and the ladder stops
+    assert math.isnan(checkpoint_tolerance(runs, 0.95, ACCURACY))
+    rungs = ladder(runs, 8, math.nan, ACCURACY)
+    assert not needs_next_rung(rungs, math.nan)
+
+
+def test_a_branchs_end_is_the_mean_of_its_windows_second_half():
+    """Value and every example's: the paired comparison then sees the same smoothing."""
+    rows = [[1, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 0]]  # steps 6, 8 (kept) and 2 (not)
+    history = [
+        {"step": 2, "value": 0.1, "per_example": None, "diverged": False},
+        {"step": 6, "value": 0.75, "per_example": encode(np.array(rows[0])), "diverged": False},
+        {"step": 8, "value": 0.5, "per_example": encode(np.array(rows[1])), "diverged": False},
+    ]
+    end = {"optimizer_steps": 8, "val_acc": 0.5, "val_per_example": history[-1]["per_example"]}
+    smoothed = smoothed_end(history, "val_acc", end)
+    assert smoothed["val_acc"] == pytest.approx(0.625) and smoothed["smoothed_over"] == 2
+    assert decode(smoothed["val_per_example"]).tolist() == [0.5, 0.0, 1.0, 1.0]
+    diverged = [*history[:2], {**history[2], "diverged": True}]
+    assert smoothed_end(diverged, "val_acc", end) == end  # a diverged run is not smoothed

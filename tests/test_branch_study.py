@@ -54,6 +54,15 @@ def test_a_branch_study_measures_every_checkpoint_up_its_ladder(branch_study):
             assert len(rung[rung["phase"] == "search"]) == 3
             confirm = rung[rung["phase"] == "confirm"]
             assert len(confirm) == 1 and set(confirm["candidate"]) == {r["candidate"]}
+    # every rung judged by half of what its k=1 gained, or not at all where it gained nothing
+    for point in data["points"]:
+        gain = point["window_gain"]
+        assert (
+            point["tolerance"] == pytest.approx(gain / 2)
+            if gain > 0
+            else point["tolerance"] != point["tolerance"]
+        )
+    assert set(data["to_target"]) == {"target", "reached_at_step", "checkpoints", "batch"}
     for line in ("at 25% of the base run: local critical batch", "report: "):
         assert line in err
 

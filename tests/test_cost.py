@@ -93,3 +93,26 @@ def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
     assert float(probe.rsplit("8: ", 1)[1]) > 0  # a measured speed
     assert "of CPU time in all" in out
     assert not (tmp_path / "s").exists()
+
+
+def test_a_branch_dry_run_plans_the_ladder_and_its_cost_without_starting_anything(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tuner.search import main; "
+        "code = main(sys.argv[1:]); assert 'ray' not in sys.modules, 'ray started'; sys.exit(code)"
+    )
+    args = ["simple_cnn", "--dataset", "digits", "--batch-sizes", "8,32", "--method", "branch"]
+    args += ["--base-lr", "0.05", "--storage", str(tmp_path / "s"), "--name", "d", "--dry-run"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "dry run (--method branch)" in out and "short lr search" not in out
+    # window: a tenth of 2864 examples in whole batches of 32; a rung: 3 lrs, then 2 seeds
+    assert "over 288 examples (steps by batch size: 8: 36, 16: 18, 32: 9)" in out
+    assert "each rung 5 runs" in out and "at most 13 trials" in out
+    assert float(out.split("16: ")[1].split(" samples/s")[0]) > 0  # a measured speed
+    assert not (tmp_path / "s").exists()

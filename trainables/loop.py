@@ -204,6 +204,7 @@ def train(
     start_state: dict[str, Any] | None = None,
     keep_steps: tuple[int, ...] = (),
     lr_fn: Callable[[int], float] | None = None,
+    test_at_end: bool = True,
 ) -> None:
     """Train one trial for its budget; call `report(metrics, state)` after every evaluation.
 
@@ -213,8 +214,10 @@ def train(
 
     A branch (`tuner.branch`) starts from another run's `start_state` (its weights and
     optimizer state; its own steps count from 0), with the lr `lr_fn(step)` in place of the
-    config's schedule. `keep_steps`: steps evaluated (and reported with their state) besides
-    the regular evaluations, where a base run keeps checkpoints to branch from.
+    config's schedule. `keep_steps`: steps evaluated besides the regular evaluations, and
+    reported with every validation example's value as the run's end is, where a base run keeps
+    checkpoints to branch from and a branch averages its window's end. `test_at_end=False`
+    skips the test set (a branch is judged on validation only).
     """
     device = device or torch.device("cpu")
     layout = config.layout()
@@ -363,11 +366,11 @@ def train(
             train_time = time.perf_counter() - started
             # The run's end keeps every validation example's value, for paired comparisons,
             # and is scored on the test set, where the data set has one (nothing selects on it).
-            keep = metric.key if step == total else None
+            keep = metric.key if step == total or step in keep_steps else None
             scores = evaluate(
                 ddp_model, source, eval_batch, device, speed, own_loss, own_metric, keep
             )
-            if step == total and splits.test is not None:
+            if step == total and splits.test is not None and test_at_end:
                 test = evaluate(
                     ddp_model,
                     source,

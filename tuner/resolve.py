@@ -207,6 +207,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         window=pick(args.window, 0),
         base_lr=pick(args.base_lr, 0.0),
         verify_schedule=bool(args.verify_schedule),
+        branch_tolerance=tolerance if method == "branch" and tolerance is not None else 0.0,
     )
     spec.validate()
     return spec
@@ -280,6 +281,7 @@ DECIDES: dict[str, tuple[str, ...]] = {
     "window": ("window",),
     "base_lr": ("base_lr",),
     "verify_schedule": ("verify_schedule",),
+    "branch_tolerance": ("branch_tolerance",),
     **{name: (name,) for name in RESUMABLE},
 }
 

@@ -139,8 +139,16 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
 
 def dry_run(spec: StudySpec) -> list[str]:
     """What `--dry-run` prints: the plan and its estimated cost (tuner.dry_run)."""
+    import dataclasses
+
     from tuner import dry_run as planner
 
+    if spec.method == "branch":
+        from tuner.branch import plan as branching
+
+        ladder = branching.ladder_sizes(spec)
+        speeds, n_train = planner.probe(dataclasses.replace(spec, batch_sizes=ladder))
+        return branching.estimate_lines(spec, branching.make_plan(spec, n_train), speeds)
     return planner.plan(spec, *planner.probe(spec))
 
 

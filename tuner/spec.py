@@ -113,6 +113,9 @@ class StudySpec:
     window: int = 0
     base_lr: float = 0.0
     verify_schedule: bool = False
+    # A branch study's tolerance, in the metric's units (0: half of what k = 1 gains over the
+    # window at each checkpoint, tuner.analysis.branch.GAIN_SHARE; --tolerance sets it).
+    branch_tolerance: float = 0.0
 
     @property
     def remote(self) -> bool:

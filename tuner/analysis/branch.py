@@ -26,10 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from trainables.metrics import ACCURACY, StudyMetric
+from trainables.per_example import encode
 from tuner.analysis.accuracy import Comparison, Estimate, compare, estimate
 from tuner.analysis.paired import per_example_matrix
 
@@ -73,6 +75,15 @@ class LocalCritical:
     high: int  # the rung before the first shown degraded (or the last measured)
     censored: bool  # no rung was shown degraded: the high end is "at least"
     rungs: tuple[Rung, ...]
+    tolerance: float = math.nan  # what the rungs were judged by (NaN: k = 1 made no progress)
+
+
+# The default tolerance of a checkpoint: this share of what k = 1 gains over the window. A rung
+# within it makes at least half of k = 1's progress on the same examples, so it needs at most
+# about twice the examples: McCandlish et al.'s critical batch size, where E(B) = 2 E_min
+# (E(B) = E_min (1 + B / B_noise)), which the grid's critical batch size fits too. Scale-free,
+# so it needs no measured default for a user's own model; --tolerance gives a fixed one.
+GAIN_SHARE = 0.5
 
 
 def best_candidate(runs: Sequence[BranchRun], metric: StudyMetric = ACCURACY) -> str | None:
@@ -128,17 +139,39 @@ def ladder(
     return rungs
 
 
+def checkpoint_tolerance(
+    runs: Sequence[BranchRun],
+    start: float | None,
+    metric: StudyMetric = ACCURACY,
+    tolerance: float = 0.0,
+) -> float:
+    """`tolerance` where given (> 0); else GAIN_SHARE of what the k = 1 rung gained over the
+    window from `start` (the base run's value at the checkpoint); NaN where it gained nothing."""
+    if tolerance > 0:
+        return tolerance
+    reference = [r for r in runs if r.multiplier == 1]
+    candidate = best_candidate(reference, metric)
+    if candidate is None or start is None or not math.isfinite(start):
+        return math.nan
+    gain = metric.sign * (rung_estimate(reference, candidate).mean - start)
+    return GAIN_SHARE * gain if gain > 0 else math.nan
+
+
 def measure(
     runs: Sequence[BranchRun],
     base_batch: int,
-    tolerance: float,
+    tolerance: float = 0.0,
     metric: StudyMetric = ACCURACY,
+    start: dict[float, float] | None = None,
 ) -> list[LocalCritical]:
-    """The local critical batch size at every checkpoint the runs branched from."""
+    """The local critical batch size at every checkpoint the runs branched from, judged by
+    `tolerance` (> 0) or by each checkpoint's share of its k = 1 gain from `start` (the base
+    run's value at each checkpoint)."""
     out = []
     for checkpoint in sorted({r.checkpoint for r in runs}):
         mine = [r for r in runs if r.checkpoint == checkpoint]
-        out.append(walk(ladder(mine, base_batch, tolerance, metric), checkpoint, tolerance))
+        tol = checkpoint_tolerance(mine, (start or {}).get(checkpoint), metric, tolerance)
+        out.append(walk(ladder(mine, base_batch, tol, metric), checkpoint, tol))
     return out
 
 
@@ -165,12 +198,16 @@ def walk(rungs: Sequence[Rung], checkpoint: float, tolerance: float) -> LocalCri
             degraded = True
             break
         high = rung.batch
-    return LocalCritical(checkpoint, point, low, max(high, point), not degraded, tuple(rungs))
+    high = max(high, point)
+    return LocalCritical(checkpoint, point, low, high, not degraded, tuple(rungs), tolerance)
 
 
 def needs_next_rung(rungs: Sequence[Rung], tolerance: float) -> bool:
     """Whether the ladder of a checkpoint goes on: until a rung is shown degraded (the
-    interval's high end) or, where none can be, two rungs in a row fall beyond the tolerance."""
+    interval's high end) or, where none can be, two rungs in a row fall beyond the tolerance;
+    not at all where there is no tolerance (k = 1 made no progress to judge by)."""
+    if not math.isfinite(tolerance):
+        return False
     if any(r.comparison is not None and r.comparison.status == "degraded" for r in rungs):
         return False
     beyond = [r.comparison is not None and r.comparison.drop > tolerance for r in rungs]
@@ -187,3 +224,22 @@ def batch_schedule(measured: Sequence[LocalCritical], base: int) -> list[tuple[f
         if allowed > schedule[-1][1]:
             schedule.append((point.checkpoint, allowed))
     return schedule
+
+
+def smoothed_end(history: list[dict[str, Any]], key: str, metrics: dict[str, Any]) -> dict:
+    """A branch's end, smoothed: the mean of its evaluations over the window's second half,
+    value and every validation example's, in place of the last evaluation alone. At a
+    constant lr a small batch's weights keep moving with its gradient noise, and one
+    evaluation catches them wherever they are: measured on digits, the k = 1 branch's last
+    evaluation differed by up to 7 pt between two seeds. (Merrill et al. smooth their training
+    loss with an EMA for the same reason.)"""
+    total = int(metrics.get("optimizer_steps", 0))
+    late = [h for h in history if 2 * h["step"] > total and h.get("per_example")]
+    if not late or any(h["diverged"] for h in history):
+        return metrics
+    matrix = per_example_matrix([h["per_example"] for h in late])
+    smoothed = {**metrics, key: float(np.mean([h["value"] for h in late]))}
+    if matrix is not None:
+        smoothed["val_per_example"] = encode(matrix.mean(0))
+    smoothed["smoothed_over"] = len(late)
+    return smoothed

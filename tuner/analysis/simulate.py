@@ -164,7 +164,8 @@ def nqm_runs(
     lr0 / (1 + t / 200) (held over each stretch between checkpoints); at every checkpoint,
     branches at k = 1 ... 256 over `window` examples with lrs k x NQM_FACTORS x the base lr
     (seed 0 their search, seeds 1.. their confirmation). Yields (fraction, expected ends per
-    k, runs), every loss relative to the expected k = 1 end (so a tolerance is relative)."""
+    k, runs, the loss at the checkpoint, its noise scale B_noise), every loss relative to the
+    expected k = 1 end (so a tolerance is relative)."""
     from tuner.analysis.branch import BranchRun
 
     quadratic = NoisyQuadratic(dims)
@@ -190,7 +191,8 @@ def nqm_runs(
                     runs.append(
                         BranchRun(fraction, k, label, lr * k * f, seed, phase, losses[-1] / scale)
                     )
-        yield fraction, [e / scale for e in expected], runs
+        start = quadratic.loss(squares) / scale
+        yield fraction, [e / scale for e in expected], runs, start, quadratic.noise_scale(squares)
 
 
 def nqm_expected_critical(expected: list[float], tolerance: float) -> int:

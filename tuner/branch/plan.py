@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.budget import warmup_steps
+from trainables.budget import evaluation_steps, warmup_steps
 from trainables.optim import lr_at_step, scaling_factor
 from tuner.spec import StudySpec
 
@@ -35,6 +35,9 @@ MIN_LARGEST_STEPS = 4  # steps of the largest batch size in a window, at least
 PROBE_LRS = 4  # lrs of the short search for the base run's lr
 PROBE_FRACTION = 0.25  # of the base run's budget each probe trains
 SEARCH_FACTORS = (0.5, 2.0)  # around a single rule's lr
+# Evaluations through a branch's window; its end is the mean of those in the second half
+# (tuner.branch.trial.smoothed_end).
+EVALUATIONS_PER_WINDOW = 8
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,16 @@ class BranchPlan:
         return self.multipliers[-1] * self.base_batch
 
 
+def ladder_sizes(spec: StudySpec) -> tuple[int, ...]:
+    """The batch sizes of the ladder: the grid's smallest, doubled up to its largest."""
+    base = spec.batch_sizes[0]
+    return tuple(base * 2**i for i in range(int(math.log2(spec.batch_sizes[-1] / base)) + 1))
+
+
 def make_plan(spec: StudySpec, n_train: int) -> BranchPlan:
     """The plan of `spec` (a branch study) on a training set of `n_train` examples."""
     base = spec.batch_sizes[0]
-    multipliers = tuple(2**i for i in range(int(math.log2(spec.batch_sizes[-1] / base)) + 1))
+    multipliers = tuple(b // base for b in ladder_sizes(spec))
     steps = spec.budget_spec().steps(n_train, base)
     largest = multipliers[-1] * base
     window = spec.window or max(WINDOW_FRACTION * steps * base, MIN_LARGEST_STEPS * largest)
@@ -159,4 +168,62 @@ def branch_config(
         "budget_steps": steps,
         "seed": seed,
     }
-    return spec.trial_config(params) | {"eval_every": steps, "stop_at_target": 0.0}
+    every = max(1, steps // EVALUATIONS_PER_WINDOW)
+    return spec.trial_config(params) | {"eval_every": every, "stop_at_target": 0.0}
+
+
+def late_steps(plan: BranchPlan, multiplier: int) -> list[int]:
+    """The evaluations of a branch's window that its smoothed end averages (its second half)."""
+    steps = plan.window_steps(multiplier)
+    every = max(1, steps // EVALUATIONS_PER_WINDOW)
+    return [s for s in evaluation_steps(steps, every) if 2 * s > steps]
+
+
+START_UP_S = 1.5  # a trial in a reused trial process (tuner.dry_run measures the same)
+
+
+def estimate_lines(spec: StudySpec, plan: BranchPlan, speeds: dict[int, float]) -> list[str]:
+    """What `--method branch --dry-run` prints: the jobs and their cost at the probed speeds,
+    every ladder climbed to the top (an upper bound: a ladder stops at its first rung shown
+    degraded)."""
+    device = "GPU" if spec.use_gpu else "CPU"
+    per_trial = spec.gpus_per_worker if spec.use_gpu else spec.cpus_per_worker
+
+    def seconds(batch: int, steps: int) -> float:
+        return steps * batch / speeds[batch]
+
+    base = seconds(plan.base_batch, plan.base_steps)
+    probes = 0 if spec.base_lr else PROBE_LRS * PROBE_FRACTION * base
+    runs = {k: len(candidates(plan, 1.0, k)) + plan.seeds for k in plan.multipliers}
+    rungs = len(plan.fractions) * sum(
+        runs[k] * seconds(k * plan.base_batch, plan.window_steps(k)) for k in plan.multipliers
+    )
+    trials = (0 if spec.base_lr else PROBE_LRS) + 1 + len(plan.fractions) * len(plan.multipliers)
+    verify = base if spec.verify_schedule else 0.0  # at most the base run's data again
+    total = (probes + base + rungs + verify + START_UP_S * trials) * per_trial
+    ladder = ", ".join(f"{k * plan.base_batch}: {plan.window_steps(k)}" for k in plan.multipliers)
+    short = f"{PROBE_FRACTION:.0%} of the base run"
+    return [
+        f"dry run (--method branch): {spec.what}; nothing trains",
+        "throughput probed on this machine: "
+        + ", ".join(
+            f"{k * plan.base_batch}: {speeds[k * plan.base_batch]:.4g} samples/s"
+            for k in plan.multipliers
+        ),
+        "planned: "
+        + ("" if spec.base_lr else f"a short lr search ({PROBE_LRS} runs of {short}), ")
+        + f"the base run at batch {plan.base_batch} ({plan.base_steps} steps), branches from "
+        + f"{len(plan.fractions)} checkpoints over {plan.window} examples (steps by batch size: "
+        f"{ladder}), each rung {runs[plan.multipliers[-1]]} runs (lr candidates, then "
+        f"{plan.seeds} fresh seed(s))"
+        + (", then the suggested schedule" if spec.verify_schedule else ""),
+        f"estimated cost, every ladder to the top (most stop earlier): at most {trials} trials, "
+        f"lr search {duration_s(probes)}, base run {duration_s(base)}, branches "
+        f"{duration_s(rungs)}: {duration_s(total)} of {device} time in all",
+    ]
+
+
+def duration_s(seconds: float) -> str:
+    from tuner.report.format import duration
+
+    return duration(seconds / 3600)

@@ -31,6 +31,7 @@ from tuner.analysis.branch import (
     BranchRun,
     LocalCritical,
     batch_schedule,
+    checkpoint_tolerance,
     ladder,
     measure,
     needs_next_rung,
@@ -75,6 +76,7 @@ class BranchSearcher(Searcher):
         self.failure = ""  # why the study could not go on, where it could not
         self.runs: dict[tuple[float, int], list[BranchRun]] = {}
         self.open_points: set[float] = set()
+        self.start: dict[float, float] = {}  # the base run's value at each checkpoint
         self.verify_asked = False
         if self.base_lr:
             self._enqueue_base()
@@ -148,6 +150,9 @@ class BranchSearcher(Searcher):
         if job.error or record is None or record["diverged"]:
             self.failure = "the base run failed or diverged: try another --base-lr"
             return
+        at = {h["step"]: h["value"] for h in json.loads(job.result.get("history", "[]"))}
+        for fraction, step in zip(self.plan.fractions, self.plan.checkpoints, strict=True):
+            self.start[fraction] = at.get(step, math.nan)
         for fraction in self.plan.fractions:
             self.open_points.add(fraction)
             for k in self.plan.multipliers[:2]:
@@ -171,6 +176,7 @@ class BranchSearcher(Searcher):
             "search_seed": search_seed,
             "confirm_seeds": seeds,
             "configs": configs,
+            "late_steps": planning.late_steps(self.plan, k),
         }
         self.runs[(fraction, k)] = []
         self._add("rung", k * self.plan.base_batch, payload)
@@ -188,12 +194,14 @@ class BranchSearcher(Searcher):
         ]
         if pending:
             return
-        rungs = ladder(
-            self.point_runs(fraction), self.plan.base_batch, self.spec.tolerance, self.study_metric
+        runs = self.point_runs(fraction)
+        tolerance = checkpoint_tolerance(
+            runs, self.start.get(fraction), self.study_metric, self.spec.branch_tolerance
         )
+        rungs = ladder(runs, self.plan.base_batch, tolerance, self.study_metric)
         measured = [r.multiplier for r in rungs]
         following = [m for m in self.plan.multipliers if m > max(measured)]
-        if following and needs_next_rung(rungs, self.spec.tolerance):
+        if following and needs_next_rung(rungs, tolerance):
             self._enqueue_rung(fraction, following[0])
             return
         self.open_points.discard(fraction)
@@ -209,7 +217,11 @@ class BranchSearcher(Searcher):
 
     def measured(self) -> list[LocalCritical]:
         return measure(
-            self.all_runs(), self.plan.base_batch, self.spec.tolerance, self.study_metric
+            self.all_runs(),
+            self.plan.base_batch,
+            self.spec.branch_tolerance,
+            self.study_metric,
+            self.start,
         )
 
     def _enqueue_verify(self) -> None:

@@ -27,6 +27,7 @@ from trainables.config import TrialConfig
 from trainables.loop import train
 from trainables.metrics import get_metric
 from trainables.tune_trial import cached_splits
+from tuner.analysis.branch import smoothed_end
 from tuner.spec import StudySpec
 from tuner.store import objects as store
 
@@ -50,6 +51,7 @@ def run_once(
     keep_steps: tuple[int, ...] = (),
     on_state=None,
     stop_step: int = 0,
+    test_at_end: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
     """Train one config to its end (or `stop_step`), from `start_state` with the lr
     `lr_fn(step)` where given: its last metrics, every evaluation's (step, examples, value,
@@ -71,6 +73,8 @@ def run_once(
                 "value": float(metrics.get(key, math.nan)),
                 "val_loss": float(metrics["val_loss"]),
                 "lr": float(metrics["lr"]),
+                "per_example": metrics.get("val_per_example"),
+                "diverged": bool(metrics.get("diverged", False)),
             }
         )
         if state is not None:
@@ -90,6 +94,7 @@ def run_once(
             start_state=copy.deepcopy(start_state) if start_state else None,
             keep_steps=keep_steps,
             lr_fn=lr_fn,
+            test_at_end=test_at_end,
         )
     return dict(last), history, end.get("state")
 
@@ -150,9 +155,21 @@ def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
             raise FileNotFoundError(f"no base-run checkpoint at step {job['step']}")
         about = {"checkpoint": job["checkpoint"], "multiplier": job["multiplier"]}
         records, best = [], None
+        late = tuple(job["late_steps"])
+
+        def branch(config, lr):
+            metrics, history, _ = run_once(
+                config,
+                device,
+                start_state=start,
+                lr_fn=constant(lr),
+                keep_steps=late,
+                test_at_end=False,
+            )
+            return smoothed_end(history, metric.key, metrics)
+
         for label, lr in job["candidates"]:
-            config = job["configs"][str(job["search_seed"])]
-            metrics, _, _ = run_once(config, device, start_state=start, lr_fn=constant(lr))
+            metrics = branch(job["configs"][str(job["search_seed"])], lr)
             rec = run_record(
                 metrics, metric.key, **about, candidate=label, lr=lr, seed=job["search_seed"]
             )
@@ -161,10 +178,7 @@ def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
                 best = rec
         if best is not None and math.isfinite(best["value"]):
             for seed in job["confirm_seeds"]:
-                config = job["configs"][str(seed)]
-                metrics, _, _ = run_once(
-                    config, device, start_state=start, lr_fn=constant(best["lr"])
-                )
+                metrics = branch(job["configs"][str(seed)], best["lr"])
                 rec = run_record(
                     metrics, metric.key, **about, candidate=best["candidate"], lr=best["lr"]
                 )

@@ -73,6 +73,7 @@ def findings(spec: StudySpec, plan: BranchPlan, searcher) -> dict[str, Any]:
                 # what k = 1 gained over the window: the ladder can only tell batch sizes
                 # apart where this is well above the tolerance
                 "window_gain": metric.sign * (reference - start),
+                "tolerance": point.tolerance,
                 "local_critical": point.batch,
                 "low": point.low,
                 "high": point.high,
@@ -96,6 +97,7 @@ def findings(spec: StudySpec, plan: BranchPlan, searcher) -> dict[str, Any]:
             }
         )
     schedule = batch_schedule(measured, plan.base_batch) if measured else []
+    reached = next((h["step"] for h in history if metric.reached(h["value"], spec.target)), None)
     cost = study_cost(searcher.cost_table(), spec.gpus_per_worker, spec.cpus_per_worker)
     probes = [
         (j.payload["config"]["base_lr"], _record(j)) for j in searcher.jobs if j.kind == "probe"
@@ -104,7 +106,7 @@ def findings(spec: StudySpec, plan: BranchPlan, searcher) -> dict[str, Any]:
         "workload": spec.workload,
         "dataset": spec.dataset,
         "metric": metric.key,
-        "tolerance": spec.tolerance,
+        "tolerance": spec.branch_tolerance or "half the k=1 gain",
         "failure": searcher.failure,
         "plan": dataclasses.asdict(plan),
         "base_lr": searcher.base_lr,
@@ -120,11 +122,28 @@ def findings(spec: StudySpec, plan: BranchPlan, searcher) -> dict[str, Any]:
         "base_run": _record(base) if base else None,
         "base_history": history,
         "points": points,
+        "to_target": to_target(points, reached, spec.target),
         "schedule": [{"from": f, "batch": b} for f, b in schedule],
         "schedule_steps": schedule_steps(plan, schedule) if schedule else None,
         "verify": verify_result(spec, searcher, base),
         "winners": dict(Counter(r["candidate"] for p in points for r in p["rungs"][1:])),
         "cost": dataclasses.asdict(cost),
+    }
+
+
+def to_target(points: list[dict[str, Any]], reached: int | None, target: float) -> dict:
+    """The local critical batch size of the stretch of training the target is reached in: the
+    geometric mean over the checkpoints before the base run first reaches the target (all of
+    them where it never does). The grid's critical batch size is fitted to steps to that
+    target, which that stretch spends, so this is the number to set beside it."""
+    before = [p for p in points if reached is None or p["step"] < reached]
+    before = [p for p in before if math.isfinite(p["tolerance"])] or before
+    batches = [p["local_critical"] for p in before]
+    return {
+        "target": target,
+        "reached_at_step": reached,
+        "checkpoints": [p["checkpoint"] for p in before],
+        "batch": float(np.exp(np.mean(np.log(batches)))) if batches else None,
     }
 
 
@@ -152,7 +171,7 @@ def verify_result(spec: StudySpec, searcher, base) -> dict[str, Any] | None:
         estimate([r["value"]], r["val_examples"], "confirmed", r["val_loss_sd"], m)
         for r, m in zip((theirs, mine), matrices, strict=True)
     ]
-    c = compare(*sides, spec.tolerance, metric=spec.study_metric)
+    c = compare(*sides, spec.branch_tolerance or spec.tolerance, metric=spec.study_metric)
     return {
         "value": mine["value"],
         "base_value": theirs["value"],
@@ -199,7 +218,14 @@ def figure(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> Figure:
 def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
     """branch.md."""
     metric = spec.study_metric
-    tol = diff_text(metric, spec.tolerance)
+    if spec.branch_tolerance:
+        tol = f"a fixed tolerance of {diff_text(metric, spec.branch_tolerance)} (--tolerance)"
+    else:
+        tol = (
+            "half of what k=1 gains over the window at that checkpoint (a rung within it "
+            "needs at most about twice k=1's examples: McCandlish et al.'s critical batch "
+            "size; --tolerance sets a fixed one)"
+        )
     lines = [f"# Branch study {spec.name}: {spec.what}", ""]
     if data["failure"]:
         lines += [f"**The study could not finish: {data['failure']}.**", ""]
@@ -228,12 +254,15 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
             f"{k * plan.base_batch}: {plan.window_steps(k)} steps" for k in plan.multipliers
         )
         + ").",
+        "- A branch's end is the mean of its evaluations over the window's second half "
+        "(value and every validation example's: at a constant lr a small batch's weights "
+        "keep moving with its gradient noise, which one evaluation would catch).",
         f"- Each rung tries the lr candidates once (the base run's lr at the checkpoint scaled "
         f"by {', '.join(plan.rules)}"
         + (", and half and twice that" if len(plan.rules) == 1 else "")
         + f"), then the best with {plan.seeds} fresh seed(s); a rung is compared with the best "
-        f"smaller rung at equal examples, on the whole validation split, within {tol} "
-        f"(one-sided 95% bounds from the seeds and the shared validation examples).",
+        f"smaller rung at equal examples, on the whole validation split, within {tol}, "
+        f"with one-sided 95% bounds from the seeds and the shared validation examples.",
         "",
         "## Local critical batch size",
         "",
@@ -257,13 +286,26 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
                 ("where", "checkpoint", str),
                 ("value_at_checkpoint", "base run there", lambda v: value_text(metric, v)),
                 ("gain", "k=1 gain over the window", lambda v: diff_text(metric, v)),
+                ("tolerance", "tolerance", lambda v: diff_text(metric, v)),
                 ("local_critical", "local critical batch", str),
                 ("interval", "interval", str),
                 ("ladder", "rungs (vs the best smaller)", str),
             ],
         )
     )
-    short = [p for p in data["points"] if not p["window_gain"] > 2 * spec.tolerance]
+    unjudged = [p for p in data["points"] if not math.isfinite(p["tolerance"])]
+    if unjudged:
+        lines += [
+            "",
+            "Where k=1 gained nothing over the window ("
+            + ", ".join(f"{p['checkpoint']:.0%}" for p in unjudged)
+            + "), there is no progress to share: not measured there.",
+        ]
+    short = [
+        p
+        for p in data["points"]
+        if spec.branch_tolerance and not p["window_gain"] > 2 * spec.branch_tolerance
+    ]
     if short:
         lines += [
             "",
@@ -271,6 +313,22 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
             + ", ".join(f"{p['checkpoint']:.0%}" for p in short)
             + "), the window is too short to tell batch sizes apart there: every rung "
             "holds because nothing moves. A longer --window would.",
+        ]
+    aim = data["to_target"]
+    if aim["batch"]:
+        where = (
+            f"before the base run first reaches {value_text(metric, aim['target'])} (step "
+            f"{aim['reached_at_step']})"
+            if aim["reached_at_step"]
+            else f"(the base run never reaches {value_text(metric, aim['target'])})"
+        )
+        lines += [
+            "",
+            f"To the target: the local critical batch is about {aim['batch']:.0f} at the "
+            f"checkpoints {where}, "
+            + ", ".join(f"{c:.0%}" for c in aim["checkpoints"])
+            + " (their geometric mean): the stretch of training a grid study's steps to the "
+            "target measure, and the number to set beside its critical batch size.",
         ]
     lines += [
         "",
@@ -315,6 +373,7 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
             f"for the base run's data, against its {plan.base_steps}."
         )
     verify = data["verify"]
+    verify_tol = diff_text(metric, spec.branch_tolerance or spec.tolerance)
     if verify and not verify.get("error"):
         verdict = {
             "holds": "keeps within the tolerance",
@@ -327,7 +386,7 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
             f"{value_text(metric, verify['value'])} in {verify['steps']} steps, the base run "
             f"{value_text(metric, verify['base_value'])} in {verify['base_steps']} on the same "
             f"data: drop {diff_text(metric, verify['drop'])} (at most "
-            f"{diff_text(metric, verify['drop_high'])}): it {verdict} ({tol}).",
+            f"{diff_text(metric, verify['drop_high'])}): it {verdict} ({verify_tol}).",
         ]
     elif verify:
         lines += ["", "The schedule's run failed."]
