@@ -69,8 +69,8 @@ def test_time_to_target_is_steps_times_batch_over_throughput_per_worker_count():
     )
 
 
-def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
-    """`--dry-run`: the plan and a cost from a real throughput probe; no Ray, no files."""
+def dry_run(args: list[str], storage) -> str:
+    """`python -m tuner.search ARGS --dry-run` in a fresh process that must not import Ray."""
     import subprocess
     import sys
 
@@ -78,13 +78,18 @@ def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
         "import sys; from tuner.search import main; "
         "code = main(sys.argv[1:]); assert 'ray' not in sys.modules, 'ray started'; sys.exit(code)"
     )
-    args = ["simple_cnn", "--dataset", "digits", "--batch-sizes", "8,128", "--seeds", "2"]
-    args += ["--rules", "sqrt", "--storage", str(tmp_path / "s"), "--name", "d", "--dry-run"]
+    args = [*args, "--storage", str(storage), "--name", "d", "--dry-run"]
     proc = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+    return proc.stdout
+
+
+def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
+    """`--dry-run`: the plan and a cost from a real throughput probe; no Ray, no files."""
+    args = ["simple_cnn", "--dataset", "digits", "--batch-sizes", "8,128", "--seeds", "2"]
+    out = dry_run([*args, "--rules", "sqrt"], tmp_path / "s")
     assert (
         "planned trials: 16 search (+ up to 6 range extensions), up to 4 confirmation runs" in out
     )
@@ -96,20 +101,8 @@ def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
 
 
 def test_a_branch_dry_run_plans_the_ladder_and_its_cost_without_starting_anything(tmp_path):
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from tuner.search import main; "
-        "code = main(sys.argv[1:]); assert 'ray' not in sys.modules, 'ray started'; sys.exit(code)"
-    )
     args = ["simple_cnn", "--dataset", "digits", "--batch-sizes", "8,32", "--method", "branch"]
-    args += ["--base-lr", "0.05", "--storage", str(tmp_path / "s"), "--name", "d", "--dry-run"]
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+    out = dry_run([*args, "--base-lr", "0.05"], tmp_path / "s")
     assert "dry run (--method branch)" in out and "short lr search" not in out
     # window: a tenth of 2864 examples in whole batches of 32; a rung: 3 lrs, then 2 seeds
     assert "over 288 examples (steps by batch size: 8: 36, 16: 18, 32: 9)" in out
