@@ -81,8 +81,9 @@ def test_the_walk_gives_a_point_a_shown_interval_and_says_when_it_is_open():
         rung(16, 0.05, "degraded"),
         rung(32, 0.0, "holds"),  # past a degraded rung: never read
     ]
-    point = walk(rungs, 0.25, 0.01)
+    point = walk(rungs, 0.25, 0.01, strict=0.008)
     assert (point.batch, point.low, point.high, point.censored) == (32, 16, 64, False)
+    assert point.efficient == 16  # rung 4's drop may reach 0.013, beyond the strict 0.008
     open_ended = walk(rungs[:4], 0.25, 0.01)
     assert (open_ended.batch, open_ended.high, open_ended.censored) == (32, 64, True)
     assert not needs_next_rung(rungs[:5], 0.01)  # a degraded rung ends the ladder
@@ -117,12 +118,12 @@ def test_a_rung_is_its_searched_winner_judged_by_fresh_seeds_and_diverged_runs_l
 
 def test_the_schedule_doubles_where_the_local_critical_batch_allows_and_never_shrinks():
     points = [
-        LocalCritical(0.1, 24, 8, 32, False, ()),
-        LocalCritical(0.25, 16, 8, 32, False, ()),
-        LocalCritical(0.5, 130, 64, 256, True, ()),
+        LocalCritical(0.1, 64, 24, 64, False, (), efficient=24),  # doubles to 16
+        LocalCritical(0.25, 32, 8, 32, False, (), efficient=8),  # never shrinks
+        LocalCritical(0.5, 256, 130, 256, True, (), efficient=130),
     ]
     assert batch_schedule(points, 8) == [(0.0, 8), (0.1, 16), (0.5, 128)]
-    assert batch_schedule(points[:2][::-1][:1], 8) == [(0.0, 8), (0.25, 16)]
+    assert batch_schedule(points[1:2], 8) == [(0.0, 8)]
 
 
 def branch_spec(*args):
@@ -133,12 +134,15 @@ def branch_spec(*args):
 def test_the_plan_gives_every_rung_the_same_examples():
     spec = branch_spec()
     plan = planning.make_plan(spec, 1437)
-    assert plan.base_batch == 8 and plan.multipliers == (1, 2, 4, 8, 16, 32, 64)
     assert plan.base_steps == 358 and plan.checkpoints == (36, 90, 179, 268)
-    assert plan.window == 4 * 512  # a tenth of 2864 examples is under 4 steps of 512
+    # a tenth of 2864 examples: batch 64 takes 4 steps in it, 128 would take 2
+    assert plan.base_batch == 8 and plan.multipliers == (1, 2, 4, 8)
+    assert plan.window == 320  # rounded up to whole batches of 64
     assert {plan.window_steps(k) * k * 8 for k in plan.multipliers} == {plan.window}
     own = planning.make_plan(branch_spec("--window", "5000"), 1437)
-    assert own.window == 5120  # rounded up to whole batches of the largest
+    assert own.multipliers[-1] == 64 and own.window == 5120  # up to the grid's 512
+    tiny = planning.make_plan(branch_spec("--window", "1"), 1437)
+    assert tiny.multipliers == (1, 2) and tiny.window == 64  # k=2 with its 4 steps at least
     labels = [c.label for c in planning.candidates(plan, 0.1, 4)]
     assert labels == ["sqrt", "sqrt x0.5", "sqrt x2"]
     assert planning.candidates(plan, 0.1, 4)[0].lr == pytest.approx(0.2)

@@ -13,21 +13,24 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.ray
 
 
+def branch_smoke(storage, name: str, *extra: str):
+    args = ["simple_cnn", "--dataset", "digits", "--method", "branch", "--smoke", *extra]
+    proc = run_cli("tuner.search", *args, "--storage", str(storage), "--name", name, timeout=600)
+    return storage / name, proc.stderr
+
+
 @pytest.fixture(scope="module")
 def branch_study(tmp_path_factory):
+    """The default: each checkpoint judged by half of what its k=1 gains over the window."""
+    return branch_smoke(tmp_path_factory.mktemp("branch"), "b")
+
+
+@pytest.fixture(scope="module")
+def fixed_tolerance_study(tmp_path_factory):
+    """A fixed tolerance (20 pt) every rung of this smoke study keeps, so its schedule grows
+    the batch and --verify-schedule has a schedule to run."""
     storage = tmp_path_factory.mktemp("branch")
-    args = ["simple_cnn", "--dataset", "digits", "--method", "branch", "--smoke"]
-    proc = run_cli(
-        "tuner.search",
-        *args,
-        "--verify-schedule",
-        "--storage",
-        str(storage),
-        "--name",
-        "b",
-        timeout=600,
-    )
-    return storage / "b", proc.stderr
+    return branch_smoke(storage, "f", "--tolerance", "20", "--verify-schedule")
 
 
 def test_a_branch_study_measures_every_checkpoint_up_its_ladder(branch_study):
@@ -67,10 +70,13 @@ def test_a_branch_study_measures_every_checkpoint_up_its_ladder(branch_study):
         assert line in err
 
 
-def test_the_suggested_schedule_is_run_against_the_base_run(branch_study):
-    study, _ = branch_study
+def test_the_suggested_schedule_is_run_against_the_base_run(fixed_tolerance_study):
+    study, _ = fixed_tolerance_study
     data = json.loads((study / "branch.json").read_text())
-    assert len(data["schedule"]) >= 2  # this smoke study's schedule grows the batch
+    assert {p["tolerance"] for p in data["points"]} == {0.2}
+    schedule = [(s["from"], s["batch"]) for s in data["schedule"]]
+    assert schedule[0] == (0.0, 8) and len(schedule) >= 2  # it grows the batch
+    assert schedule == sorted(schedule) and schedule[1][0] in data["plan"]["fractions"]
     verify = data["verify"]
     assert verify["steps"] < data["base_run"]["steps"] == data["plan"]["base_steps"]
     assert verify["status"] in ("holds", "unresolved", "degraded")
@@ -78,8 +84,8 @@ def test_the_suggested_schedule_is_run_against_the_base_run(branch_study):
     assert "Verified (--verify-schedule)" in (study / "branch.md").read_text()
 
 
-def test_a_branch_study_says_what_it_cost_and_shows_in_tensorboard(branch_study):
-    study, _ = branch_study
+def test_a_branch_study_says_what_it_cost_and_shows_in_tensorboard(fixed_tolerance_study):
+    study, _ = fixed_tolerance_study
     data = json.loads((study / "branch.json").read_text())
     cost = data["cost"]
     rungs = sum(len(p["rungs"]) for p in data["points"])

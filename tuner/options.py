@@ -280,7 +280,8 @@ def build_parser(description: str = "") -> OneLineParser:
         "--window",
         type=int,
         help="--method branch: examples each branch trains from its checkpoint (default: a "
-        "tenth of the base run's examples, and at least 4 steps of the largest batch size)",
+        "tenth of the base run's examples); the ladder climbs as far as a batch size still "
+        "takes 4 steps in it",
     )
     add(
         "--base-lr",

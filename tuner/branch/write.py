@@ -26,7 +26,7 @@ from tuner.analysis.accuracy import compare, estimate  # noqa: E402
 from tuner.analysis.branch import LocalCritical, batch_schedule  # noqa: E402
 from tuner.analysis.cost import StudyCost, study_cost  # noqa: E402
 from tuner.analysis.paired import per_example_matrix  # noqa: E402
-from tuner.branch.plan import PROBE_FRACTION, BranchPlan  # noqa: E402
+from tuner.branch.plan import MIN_LARGEST_STEPS, PROBE_FRACTION, BranchPlan  # noqa: E402
 from tuner.report.format import diff_text, duration, markdown_table, value_text  # noqa: E402
 from tuner.spec import StudySpec  # noqa: E402
 
@@ -76,6 +76,7 @@ def findings(spec: StudySpec, plan: BranchPlan, searcher) -> dict[str, Any]:
                 "tolerance": point.tolerance,
                 "local_critical": point.batch,
                 "low": point.low,
+                "efficient": point.efficient,
                 "high": point.high,
                 "censored": point.censored,
                 "rungs": [
@@ -264,6 +265,16 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
         f"smaller rung at equal examples, on the whole validation split, within {tol}, "
         f"with one-sided 95% bounds from the seeds and the shared validation examples.",
         "",
+    ]
+    if plan.largest < spec.batch_sizes[-1]:
+        lines.append(
+            f"- The ladder stops at batch {plan.largest}, below the grid's "
+            f"{spec.batch_sizes[-1]}: a larger batch would take fewer than "
+            f"{MIN_LARGEST_STEPS} steps in the window (a longer --window reaches further, "
+            f"at the cost of a window over which progress is less linear in examples)."
+        )
+    lines += [
+        "",
         "## Local critical batch size",
         "",
     ]
@@ -367,9 +378,15 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
     lines += ["", "## Suggested batch-size schedule", ""]
     if data["schedule"]:
         parts = [f"batch {s['batch']} from {s['from']:.0%}" for s in data["schedule"]]
+        criterion = (
+            "each rung within the --tolerance"
+            if spec.branch_tolerance
+            else "at least 90% of the progress k=1 makes"
+        )
         lines.append(
-            f"{'; '.join(parts)} (Merrill et al.'s batch-size warmup: the largest doubling the "
-            f"local critical batch allows, never shrinking): {data['schedule_steps']} steps "
+            f"{'; '.join(parts)} (Merrill et al.'s batch-size warmup: from each checkpoint, "
+            f"the largest doubling shown to lose almost nothing at equal data: "
+            f"{criterion}, never shrinking): {data['schedule_steps']} steps "
             f"for the base run's data, against its {plan.base_steps}."
         )
     verify = data["verify"]
