@@ -290,6 +290,24 @@ def test_short_of_the_baseline_is_degraded_only_when_more_steps_stopped_helping(
     assert plateau["status"] == "degraded" and "a plateau" in plateau["budget_check"]
 
 
+def test_a_batch_size_judged_at_more_steps_shows_those_runs_on_the_test_set():
+    """Its test-set score is of the runs its verdict judged, not of its shorter confirmations."""
+    extended = extensions(512, [0.978, 0.98, 0.982], 200, val_examples=10000)
+    for run in extended:
+        run[-1] = {**run[-1], "test_acc": run[-1]["val_acc"] - 0.01, "test_examples": 1000}
+    trials = pd.concat(
+        [degradation_table(checked=False), table(*lr_checked(512, [0.93] * 3), *extended)],
+        ignore_index=True,
+    )
+    confirm_last = (trials["phase"] == "confirm") & (trials["batch_size"] == 512)
+    trials.loc[confirm_last, "test_acc"] = 0.5
+    trials.loc[confirm_last, "test_examples"] = 1000
+    m = degradation_map(trials, target=0.9, tolerance=0.01, n_boot=50, max_steps=400)
+    row = m.frontier.set_index("batch_size").loc[512]
+    assert row["judged_steps"] == 200
+    assert row["test_mean"] == pytest.approx(0.97) and row["test_n"] == 3
+
+
 def test_a_best_lr_that_leaves_the_search_open_is_under_searched():
     ranges = {"base_lr": {"sgd": [1e-3, 0.3]}}
     searched = [

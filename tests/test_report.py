@@ -201,7 +201,8 @@ def test_the_confirmed_runs_are_reported_on_the_test_set_too(tmp_path, monkeypat
     text = report_on(study, trials, monkeypatch, tensorboard=False)
     assert (
         "On the official test set (1000 examples; the search selected and the verdict judged "
-        "on a validation split held out from the training data), the confirmation runs score "
+        "on a validation split held out from the training data), the runs each batch size is "
+        "judged by (its confirmation runs, or the checks' where they took it further) score "
         "8: 96.1%, 32: 95.0%." in verdict_of(text)
     )
     data = json.loads((study / "frontier.json").read_text())

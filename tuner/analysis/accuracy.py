@@ -26,6 +26,7 @@ Everything here is in the study metric's own values (`trainables.metrics`); "bet
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,8 @@ class Estimate:
     val_sd: float = math.nan
     # Runs x validation examples: each run's value at every example (None where not kept).
     per_example: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The same runs on the data set's official test set (`_test_scores`; None: not known).
+    test: dict[str, float] | None = field(default=None, compare=False, repr=False)
 
     @property
     def val_var(self) -> float:
@@ -117,9 +120,10 @@ def runs_estimate(
     matrix = None
     if val_examples and "final_per_example" in runs:
         matrix = per_example_matrix(runs["final_per_example"].tolist())
-    return estimate(
+    found = estimate(
         runs["final_value"].tolist(), val_examples, source, _val_sd(runs, metric), matrix
     )
+    return dataclasses.replace(found, test=_test_scores(runs))
 
 
 def _paired(base: Estimate, other: Estimate) -> bool:

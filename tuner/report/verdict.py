@@ -186,8 +186,9 @@ def test_scores(m: DegradationMap) -> list[str]:
     examples = int(rows["test_examples"].max())
     return [
         f"On the official test set ({examples} examples; the search selected and the verdict "
-        f"judged on a validation split held out from the training data), the confirmation "
-        f"runs score {scores}."
+        f"judged on a validation split held out from the training data), the runs each batch "
+        f"size is judged by (its confirmation runs, or the checks' where they took it further) "
+        f"score {scores}."
     ]
 
 
