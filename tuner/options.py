@@ -429,7 +429,8 @@ def check_branch(options: dict[str, Any]) -> None:
     if "tolerance" in options and options["tolerance"] <= 0:
         raise InputError(
             f"--tolerance {show(options['tolerance'])}: a branch study compares branches within "
-            f"a tolerance, which must be above 0 (default: 1 pt, 0.02 nats)"
+            f"a tolerance, which must be above 0 (default: half of what k=1 gains over the "
+            f"window at each checkpoint)"
         )
     if options.get("resume"):
         raise InputError(
@@ -441,9 +442,16 @@ def check_branch(options: dict[str, Any]) -> None:
             "--method branch runs one-worker trials (each branch trains in its trial's "
             "process); drop --workers-per-trial, or use the grid method"
         )
-    for name in ("stop_at_target", "no_rule_test", "no_checks"):
+    grid_only = ("stop_at_target", "no_rule_test", "no_checks", "trials", "grace")
+    grid_only += ("grace_epochs", "reduction_factor", "max_steps", "stratify")
+    for name in grid_only:
         if name in options:
             raise InputError(f"{flag(name)} is an option of the grid method, not of a branch study")
+    if options.get("seeds") == 0:
+        raise InputError(
+            "--seeds 0: a branch study confirms each rung's best lr with fresh seeds; give 1 or "
+            "more (default 2)"
+        )
 
 
 def check_options(args: argparse.Namespace) -> None:

@@ -152,10 +152,10 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         per_cell = SMOKE["trials_per_cell"]
     gpus = pick(args.gpus_per_worker, 1.0 if gpus_available else 0.0)
     method = pick(args.method, "grid")
-    if method == "branch" and len(grid) < 2:
+    if method == "branch" and grid[-1] < 2 * grid[0]:
         raise InputError(
-            f"--method branch needs two or more batch sizes (it branches from the smallest "
-            f"to the larger ones); the grid is {','.join(map(str, grid))}"
+            f"--method branch needs a largest batch size at least twice the smallest (it "
+            f"branches from the smallest at 2x, 4x, ...); the grid is {','.join(map(str, grid))}"
         )
     seeds = SMOKE["seeds"] if args.smoke else BRANCH_SEEDS if method == "branch" else SEEDS
     spec = StudySpec(

@@ -77,6 +77,7 @@ class LocalCritical:
     censored: bool  # no rung was shown degraded: the high end is "at least"
     rungs: tuple[Rung, ...]
     tolerance: float = math.nan  # what the rungs were judged by (NaN: k = 1 made no progress)
+    note: str = ""  # why the ladder ended early, where it did (a failed rung)
     # The largest k B up to which every rung is shown to lose at most `strict` (the schedule's
     # criterion: a batch size that loses (almost) nothing at equal data).
     efficient: int = 0
@@ -122,28 +123,37 @@ def rung_estimate(runs: Sequence[BranchRun], candidate: str) -> Estimate:
     )
 
 
+ERRORED = "errored"  # the candidate of a rung whose trial failed (no run to judge)
+
+
 def ladder(
     runs: Sequence[BranchRun],
     base_batch: int,
     tolerance: float,
     metric: StudyMetric = ACCURACY,
 ) -> list[Rung]:
-    """The rungs of one checkpoint, ascending, each compared with the best smaller rung."""
+    """The rungs of one checkpoint, ascending, each compared with the best smaller rung. A
+    rung that diverged (every candidate, or every run of its winner) is degraded; one whose
+    trial errored is `ERRORED`; either ends the ladder there (as does k = 1 failing)."""
     rungs: list[Rung] = []
     best: Estimate | None = None
     for k in sorted({r.multiplier for r in runs}):
         mine = [r for r in runs if r.multiplier == k]
+        failed = estimate([], mine[0].val_examples, "confirmed")
+        if all(r.candidate == ERRORED for r in mine):
+            errored = Comparison(math.nan, math.nan, math.nan, 0.0, math.inf, ERRORED)
+            rungs.append(Rung(k, k * base_batch, ERRORED, math.nan, failed, errored))
+            break
         candidate = best_candidate(mine, metric)
-        if candidate is None:  # every candidate diverged: the rung cannot keep up
+        value = rung_estimate(mine, candidate) if candidate is not None else failed
+        if not math.isfinite(value.mean):  # it cannot keep up at any lr tried
             lr = min(r.lr for r in mine)
-            failed = estimate([], mine[0].val_examples, "confirmed")
             drop = Comparison(math.inf, math.inf, math.inf, 0.0, math.inf, "degraded")
             rungs.append(Rung(k, k * base_batch, "diverged", lr, failed, drop))
-            continue
+            break
         lr = next(r.lr for r in mine if r.candidate == candidate)
-        value = rung_estimate(mine, candidate)
         comparison = None if best is None else compare(best, value, tolerance, metric=metric)
-        rungs.append(Rung(k, k * base_batch, candidate, lr, value, comparison))
+        rungs.append(Rung(k, k * base_batch, str(candidate), lr, value, comparison))
         if best is None or metric.sign * (value.mean - best.mean) > 0:
             best = value
     return rungs
@@ -193,12 +203,19 @@ def walk(
     low end at the first rung not shown to hold, the high end before the first shown
     degraded."""
     base = rungs[0].batch
+    if rungs[0].comparison is not None:  # k = 1 itself diverged or errored: nothing to judge by
+        what = "errored" if rungs[0].comparison.status == ERRORED else "diverged"
+        note = f"k=1 (batch {base}) {what}: not measured"
+        return LocalCritical(checkpoint, base, base, base, False, tuple(rungs), math.nan, note)
     point = low = high = base
     point_open = low_open = True
-    degraded = False
+    degraded, note = False, ""
     for rung in rungs[1:]:
         c = rung.comparison
         assert c is not None
+        if c.status == ERRORED:
+            note = f"the rung at batch {rung.batch} errored: the ladder ends below it"
+            break
         if point_open and c.drop <= tolerance + 1e-9:
             point = rung.batch
         else:
@@ -217,7 +234,7 @@ def walk(
         if not rung.comparison.high <= strict + 1e-9:  # NaN (no criterion) stops it too
             break
         efficient = rung.batch
-    found = LocalCritical(checkpoint, point, low, high, not degraded, tuple(rungs), tolerance)
+    found = LocalCritical(checkpoint, point, low, high, not degraded, tuple(rungs), tolerance, note)
     return dataclasses.replace(found, efficient=efficient)
 
 
@@ -225,7 +242,9 @@ def needs_next_rung(rungs: Sequence[Rung], tolerance: float) -> bool:
     """Whether the ladder of a checkpoint goes on: until a rung is shown degraded (the
     interval's high end) or, where none can be, two rungs in a row fall beyond the tolerance;
     not at all where there is no tolerance (k = 1 made no progress to judge by)."""
-    if not math.isfinite(tolerance):
+    if not math.isfinite(tolerance) or rungs[0].comparison is not None:
+        return False
+    if any(r.comparison is not None and r.comparison.status == ERRORED for r in rungs):
         return False
     if any(r.comparison is not None and r.comparison.status == "degraded" for r in rungs):
         return False
@@ -253,12 +272,13 @@ def smoothed_end(history: list[dict[str, Any]], key: str, metrics: dict[str, Any
     evaluation differed by up to 7 pt between two seeds. (Merrill et al. smooth their training
     loss with an EMA for the same reason.)"""
     total = int(metrics.get("optimizer_steps", 0))
-    late = [h for h in history if 2 * h["step"] > total and h.get("per_example")]
+    late = [h for h in history if 2 * h["step"] > total]
     if not late or any(h["diverged"] for h in history):
         return metrics
-    matrix = per_example_matrix([h["per_example"] for h in late])
     smoothed = {**metrics, key: float(np.mean([h["value"] for h in late]))}
-    if matrix is not None:
+    records = [h.get("per_example") for h in late]
+    matrix = per_example_matrix(records) if all(records) else None
+    if matrix is not None:  # a workload's own metric has none: its value alone is averaged
         smoothed["val_per_example"] = encode(matrix.mean(0))
     smoothed["smoothed_over"] = len(late)
     return smoothed

@@ -96,12 +96,15 @@ def make_plan(spec: StudySpec, n_train: int) -> BranchPlan:
     window = math.ceil(window / largest) * largest  # whole batches of every rung
     space = spec.space()
     low, high = space.weight_decay
+    points: dict[int, float] = {}  # fractions that round to one step: the first of them
+    for fraction in spec.branch_at:
+        points.setdefault(max(1, round(fraction * steps)), fraction)
     return BranchPlan(
         base_batch=base,
         multipliers=multipliers,
         base_steps=steps,
-        fractions=spec.branch_at,
-        checkpoints=tuple(max(1, round(f * steps)) for f in spec.branch_at),
+        fractions=tuple(points.values()),
+        checkpoints=tuple(points),
         window=int(window),
         rules=space.scaling_rules,
         optimizer=space.optimizers[0],
@@ -207,6 +210,7 @@ def estimate_lines(spec: StudySpec, plan: BranchPlan, speeds: dict[int, float]) 
         runs[k] * seconds(k * plan.base_batch, plan.window_steps(k)) for k in plan.multipliers
     )
     trials = (0 if spec.base_lr else PROBE_LRS) + 1 + len(plan.fractions) * len(plan.multipliers)
+    trials += 1 if spec.verify_schedule else 0
     verify = base if spec.verify_schedule else 0.0  # at most the base run's data again
     total = (probes + base + rungs + verify + START_UP_S * trials) * per_trial
     ladder = ", ".join(f"{k * plan.base_batch}: {plan.window_steps(k)}" for k in plan.multipliers)

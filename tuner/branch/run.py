@@ -28,6 +28,7 @@ from ray.tune.search import Searcher
 from trainables.datasets import DEFAULT_DATA_DIR
 from trainables.optim import scaling_factor
 from tuner.analysis.branch import (
+    ERRORED,
     BranchRun,
     LocalCritical,
     batch_schedule,
@@ -162,8 +163,10 @@ class BranchSearcher(Searcher):
         assert self.base_config is not None
         step = self.plan.checkpoints[self.plan.fractions.index(fraction)]
         lr = planning.lr_at(self.base_config, step, self.plan.base_steps)
-        search_seed = self.spec.seed
+        # Neither the base run's seed (its search branch would replay the examples the base
+        # run began with) nor a confirmation's.
         seeds = [self.spec.seed + 1 + i for i in range(self.plan.seeds)]
+        search_seed = self.spec.seed + 1 + self.plan.seeds
         configs = {
             str(s): planning.branch_config(self.spec, self.plan, self.base_config, k, s)
             for s in [search_seed, *seeds]
@@ -272,7 +275,7 @@ def to_run(record: dict[str, Any]) -> BranchRun:
 
 
 def failed_run(fraction: float, k: int) -> BranchRun:
-    return BranchRun(fraction, k, "errored", math.nan, 0, "search", math.nan)
+    return BranchRun(fraction, k, ERRORED, math.nan, 0, "search", math.nan)
 
 
 def verify_payload(
@@ -291,7 +294,8 @@ def verify_payload(
         steps = max(1, (end - start) // k)
         factor = scaling_factor(base["scaling_rule"], batch, plan.base_batch)
         lrs = [planning.lr_at(base, start + i * k, total) * factor for i in range(steps)]
-        config = planning.branch_config(spec, plan, base, k, base["seed"])
+        # a fresh permutation per segment: each starts its data order at its beginning
+        config = planning.branch_config(spec, plan, base, k, base["seed"] + 100 + len(segments))
         config |= {"budget_unit": "steps", "budget_amount": steps, "eval_every": 0}
         segments.append({"config": config, "lrs": lrs, "from": fraction, "batch": batch})
     return {
@@ -334,7 +338,15 @@ def run(spec: StudySpec, options: Any) -> int:
         ),
     )
     tuner.fit()
-    written = write.write_study(spec, plan, searcher)
+    try:
+        written = write.write_study(spec, plan, searcher)
+    except Exception as error:  # the runs are saved; say why the report is not
+        print(
+            f"error: the branch study's report failed ({type(error).__name__}: {error}); its "
+            f"trials are in {spec.study_dir}",
+            file=sys.stderr,
+        )
+        return 1
     if spec.remote:
         count = store.upload_study(spec.study_dir, spec.study_uri)
         print(f"uploaded {count} files to {spec.study_uri}", file=sys.stderr)

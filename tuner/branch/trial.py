@@ -187,6 +187,8 @@ def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
         return
     if kind == "verify":
         state = CheckpointDir(point_uri(study, job["from_step"])).latest(device)
+        if state is None:
+            raise FileNotFoundError(f"no base-run checkpoint at step {job['from_step']}")
         history: list[dict[str, Any]] = []
         metrics: dict[str, Any] = {}
         steps, examples = job["from_step"], job["from_examples"]

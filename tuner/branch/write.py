@@ -79,6 +79,7 @@ def findings(spec: StudySpec, plan: BranchPlan, searcher) -> dict[str, Any]:
                 "efficient": point.efficient,
                 "high": point.high,
                 "censored": point.censored,
+                "note": point.note,
                 "rungs": [
                     {
                         "batch": r.batch,
@@ -285,7 +286,8 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
                 "where": f"{p['checkpoint']:.0%} (step {p['step']})",
                 "interval": f"{p['low']}-{p['high']}" + ("+" if p["censored"] else ""),
                 "gain": p["window_gain"],
-                "ladder": ", ".join(f"{r['batch']}: {r['status']}" for r in p["rungs"][1:]),
+                "ladder": ", ".join(f"{r['batch']}: {r['status']}" for r in p["rungs"][1:])
+                + (f" ({p['note']})" if p["note"] else ""),
             }
             for p in data["points"]
         ]

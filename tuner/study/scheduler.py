@@ -82,12 +82,18 @@ class PerCellASHA(FIFOScheduler):
         restores a searcher with its experiment state but never a scheduler, so a resumed study
         would judge its first rungs against no peers and let trials through that an
         uninterrupted study stops."""
-        return {"groups": self._groups, "told_stop": self._told_stop, "version": 2}
+        return {
+            "groups": self._groups,
+            "told_stop": self._told_stop,
+            "stopped_before": self._stopped_before,
+            "version": 2,
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         self._groups = state["groups"]
         if state.get("version", 1) >= 2:
-            self._told_stop, self._stopped_before = state["told_stop"], {}
+            self._told_stop = state["told_stop"]
+            self._stopped_before = state.get("stopped_before", {})
         else:  # older studies: counts per cell, and (some) the stopped trials' ids alone
             self._told_stop = dict.fromkeys(state.get("told_stop", ()))
             self._stopped_before = dict(state["stopped"])

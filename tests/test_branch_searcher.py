@@ -1,0 +1,93 @@
+"""The branch study's searcher driven directly (no Ray cluster): its jobs appear as their inputs
+exist, and every way a job can fail ends the study with a finding, never a hang or a crash."""
+
+import json
+import math
+
+import pytest
+from ray.tune.search import Searcher
+
+from tuner.branch import plan as planning
+from tuner.branch import write
+from tuner.branch.run import BranchSearcher
+from tuner.options import build_parser
+from tuner.resolve import build_spec
+
+
+def searcher(tmp_path, *args):
+    cli = ["simple_cnn", "--dataset", "digits", "--method", "branch", "--rules", "sqrt"]
+    cli += ["--storage", str(tmp_path), "--name", "b", "--branch-at", "0.1,0.5", *args]
+    spec = build_spec(build_parser().parse_args(cli), gpus_available=False)
+    return BranchSearcher(spec, planning.make_plan(spec, 1437))
+
+
+def record(value, **more):
+    return json.dumps({"value": value, "diverged": False, **more})
+
+
+def run_jobs(s):
+    """Hand out every queued job: {trial id: payload}."""
+    jobs = {}
+    while (payload := s.suggest(f"t{len(s.jobs)}-{len(jobs)}")) not in (None, Searcher.FINISHED):
+        jobs[next(j.trial_id for j in s.jobs if j.payload is payload)] = payload
+    return jobs
+
+
+def rung_runs(payload, value):
+    about = {"checkpoint": payload["checkpoint"], "multiplier": payload["multiplier"]}
+    runs = [
+        {**about, "candidate": label, "lr": lr, "seed": 7, "phase": "search", "value": value}
+        for label, lr in payload["candidates"]
+    ]
+    label, lr = payload["candidates"][0]
+    runs += [
+        {**about, "candidate": label, "lr": lr, "seed": s, "phase": "confirm", "value": value}
+        for s in payload["confirm_seeds"]
+    ]
+    return [{**r, "val_examples": 0, "val_loss_sd": math.nan, "per_example": None} for r in runs]
+
+
+def test_probes_that_all_diverge_end_the_study_with_a_finding(tmp_path):
+    s = searcher(tmp_path)
+    jobs = run_jobs(s)
+    assert [p["kind"] for p in jobs.values()] == ["probe"] * 4
+    for trial_id in jobs:
+        s.on_trial_complete(trial_id, {"record": record(math.nan, base_lr=1.0)})
+    assert s.suggest("next") == Searcher.FINISHED
+    assert "every lr of the short search diverged" in s.failure
+
+
+def test_a_diverged_base_run_ends_the_study_with_a_finding(tmp_path):
+    s = searcher(tmp_path, "--base-lr", "0.05")
+    ((trial_id, payload),) = run_jobs(s).items()
+    assert payload["kind"] == "base" and payload["keep_steps"] == [36, 179]
+    s.on_trial_complete(trial_id, {"record": json.dumps({"value": 0.1, "diverged": True})})
+    assert s.suggest("next") == Searcher.FINISHED and "base run failed or diverged" in s.failure
+
+
+def test_ladders_climb_while_they_hold_and_a_failed_k1_ends_its_own(tmp_path):
+    s = searcher(tmp_path, "--base-lr", "0.05")
+    ((base_id, _),) = run_jobs(s).items()
+    history = [{"step": 36, "value": 0.70}, {"step": 179, "value": 0.90}]
+    s.on_trial_complete(base_id, {"record": record(0.99), "history": json.dumps(history)})
+    rungs = run_jobs(s)
+    assert sorted((p["checkpoint"], p["multiplier"]) for p in rungs.values()) == [
+        (0.1, 1),
+        (0.1, 2),
+        (0.5, 1),
+        (0.5, 2),
+    ]
+    for trial_id, p in rungs.items():
+        if p["checkpoint"] == 0.5 and p["multiplier"] == 1:
+            s.on_trial_complete(trial_id, None, error=True)  # k=1 errored at 50%
+        else:  # at 10%, k=1 and k=2 both end at 0.8: k=2 holds, the ladder goes on
+            s.on_trial_complete(trial_id, {"runs": json.dumps(rung_runs(p, 0.8))})
+    ((next_id, next_rung),) = run_jobs(s).items()
+    assert (next_rung["checkpoint"], next_rung["multiplier"]) == (0.1, 4)
+    s.on_trial_complete(next_id, {"runs": json.dumps(rung_runs(next_rung, 0.5))})
+    assert s.suggest("next") == Searcher.FINISHED  # 4 fell 30 pt behind: shown degraded
+    first, second = s.measured()
+    assert first.batch == 16 and first.tolerance == pytest.approx(0.05)  # half of 10 pt
+    assert second.note == "k=1 (batch 8) errored: not measured" and second.batch == 8
+    data = write.findings(s.spec, s.plan, s)  # the report is written, not a traceback
+    assert [p["note"] for p in data["points"]] == ["", "k=1 (batch 8) errored: not measured"]
