@@ -194,10 +194,21 @@ def test_worker_slices_compose_the_global_batch():
     assert not torch.equal(other_epoch[0], one[0])
 
 
-def test_resuming_a_finished_run_reports_its_last_evaluation_without_training():
+def test_resuming_a_finished_run_reports_its_evaluations_again_without_training():
     full, states = run({"budget_unit": "steps", "budget_amount": 20, "eval_every": 10})
     again, _ = run({"budget_unit": "steps", "budget_amount": 20}, resume_state=states[-1])
-    assert again == [full[-1]]
+    assert again == full
+
+
+def test_a_resumed_run_reports_every_evaluation_up_to_its_checkpoint_first():
+    """A scheduler that saw none of them (a Ray Train run's workers ran ahead of their reports
+    when the study was killed) judges the trial at each, in order, as it would have."""
+    config = {"budget_unit": "steps", "budget_amount": 90, "eval_every": 30}
+    full, states = run(config)
+    resumed, _ = run(config, resume_state=states[1])
+    assert [r["optimizer_steps"] for r in resumed] == [30, 60, 90]
+    assert resumed[:2] == full[:2]
+    assert "val_per_example" not in states[1]["history"][0]  # kept for the run's end only
 
 
 def test_ghost_batchnorm_normalises_each_group_on_its_own():

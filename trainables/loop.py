@@ -223,12 +223,20 @@ def train(
     layout = config.layout()
     if world != layout.workers:
         raise ValueError(f"config asks for {layout.workers} workers but {world} are running")
+    # Every evaluation so far, without its per-example record: a resumed run reports them all
+    # again, in order.
+    history: list[dict[str, Any]] = []
     if resume_state:
-        # The checkpoint's own evaluation first, again (the same numbers, nothing trained): a
-        # scheduler that never saw it (the process died between saving and reporting it, or
-        # the study was resumed) judges the trial at that step, as it would have. A run that
-        # had ended (full budget, diverged or at target) ends here.
-        report(resume_state["metrics"], None)
+        # The run's evaluations up to its checkpoint first, again (the same numbers, nothing
+        # trained): a scheduler that never saw them judges the trial at each, as it would have.
+        # Not the checkpoint's alone: a Ray Train run's workers train on while their reports
+        # travel, so a study killed then had seen its first evaluation at most, and its ASHA
+        # judged the resumed trial at step 45 where an uninterrupted study stopped it at 15
+        # (seen in CI). Evaluations it did see are ignored again (one record per step). A run
+        # that had ended (full budget, diverged or at target) ends here.
+        history = list(resume_state.get("history") or [resume_state["metrics"]])
+        for earlier in history:
+            report(earlier, None)
         if resume_state.get("finished"):
             return
     torch.manual_seed(config.seed)  # same initial weights on every worker and every retry
@@ -415,6 +423,7 @@ def train(
                 **constants,
             }
             finished = diverged or reached or step == total
+            history.append({k: v for k, v in metrics.items() if k != "val_per_example"})
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -422,6 +431,7 @@ def train(
                 "noise_scale": noise.state(),
                 "loss_limit": loss_limit,
                 "metrics": metrics,
+                "history": list(history[:-1]) + [metrics],
                 "finished": finished,
             }
             report(metrics, state)
