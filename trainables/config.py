@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.budget import UNITS, Budget
+from trainables.budget import UNITS, Budget, warmup_steps
 from trainables.metrics import METRICS, get_metric
 from trainables.optim import OPTIMIZERS, SCALING_RULES, SCHEDULES, scaled_lr
 
@@ -166,6 +166,17 @@ class TrialConfig:
 
     def layout(self) -> BatchLayout:
         return batch_layout(self.batch_size, self.num_workers, self.max_device_batch)
+
+    def lr_schedule(self, total_steps: int) -> dict[str, Any]:
+        """The keyword arguments of `trainables.optim.lr_at_step` for a run of `total_steps`."""
+        return {
+            "peak_lr": self.peak_lr,
+            "base_lr": self.base_lr,
+            "warmup_steps": warmup_steps(self.warmup_fraction, total_steps),
+            "total_steps": total_steps,
+            "schedule": self.schedule,
+            "final_factor": self.final_lr_factor,
+        }
 
     @property
     def peak_lr(self) -> float:

@@ -29,7 +29,7 @@ from trainables.batchnorm import (
     bn_label,
     has_batchnorm,
 )
-from trainables.budget import default_eval_every, evaluation_steps, warmup_steps
+from trainables.budget import default_eval_every, evaluation_steps
 from trainables.config import TrialConfig
 from trainables.data import BatchSource, Splits
 from trainables.datasets import DEFAULT_DATA_DIR
@@ -294,14 +294,7 @@ def train(
     resumed_at = step  # 0 for a fresh run: a retry that ignored its checkpoint shows here
     ddp_model = accel.compiled(wrap_model(model), speed)
 
-    schedule = dict(
-        peak_lr=config.peak_lr,
-        base_lr=config.base_lr,
-        warmup_steps=warmup_steps(config.warmup_fraction, total),
-        total_steps=total,
-        schedule=config.schedule,
-        final_factor=config.final_lr_factor,
-    )
+    schedule = config.lr_schedule(total)
     metric = get_metric(config.metric, config.metric_mode)
     eval_batch = min(max(layout.micro_batch, 256), config.max_device_batch)
     constants = {

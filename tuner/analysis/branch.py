@@ -52,6 +52,23 @@ class BranchRun:
     val_sd: float = math.nan  # of the per-example loss (a loss metric's sampling error)
     per_example: str | None = None  # trainables.per_example record of the metric
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> BranchRun:
+        """From a rung trial's record of one run (tuner.branch.trial.run_record)."""
+        sd = record.get("val_loss_sd")
+        return cls(
+            checkpoint=float(record["checkpoint"]),
+            multiplier=int(record["multiplier"]),
+            candidate=str(record["candidate"]),
+            lr=float(record["lr"]),
+            seed=int(record["seed"]),
+            phase=str(record["phase"]),
+            value=float(record["value"]),
+            val_examples=int(record["val_examples"]),
+            val_sd=float(sd) if sd is not None else math.nan,
+            per_example=record.get("per_example"),
+        )
+
 
 @dataclass(frozen=True)
 class Rung:
@@ -190,10 +207,24 @@ def measure(
     out = []
     for checkpoint in sorted({r.checkpoint for r in runs}):
         mine = [r for r in runs if r.checkpoint == checkpoint]
-        tol = checkpoint_tolerance(mine, (start or {}).get(checkpoint), metric, tolerance)
+        rungs, tol = judged_ladder(
+            mine, base_batch, (start or {}).get(checkpoint), tolerance, metric
+        )
         strict = tolerance if tolerance > 0 else tol * SCHEDULE_SHARE / GAIN_SHARE
-        out.append(walk(ladder(mine, base_batch, tol, metric), checkpoint, tol, strict))
+        out.append(walk(rungs, checkpoint, tol, strict))
     return out
+
+
+def judged_ladder(
+    runs: Sequence[BranchRun],
+    base_batch: int,
+    start: float | None,
+    tolerance: float = 0.0,
+    metric: StudyMetric = ACCURACY,
+) -> tuple[list[Rung], float]:
+    """One checkpoint's rungs, compared by its tolerance (`checkpoint_tolerance`), and that."""
+    tol = checkpoint_tolerance(runs, start, metric, tolerance)
+    return ladder(runs, base_batch, tol, metric), tol
 
 
 def walk(

@@ -31,7 +31,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from trainables.budget import evaluation_steps, warmup_steps
+from trainables.budget import evaluation_steps
+from trainables.config import TrialConfig
 from trainables.optim import lr_at_step, scaling_factor
 from tuner.spec import StudySpec
 
@@ -136,18 +137,7 @@ def base_config(spec: StudySpec, plan: BranchPlan, base_lr: float) -> dict[str, 
 
 def lr_at(config: dict[str, Any], step: int, total: int) -> float:
     """The base run's lr at `step` of its `total` (its own schedule)."""
-    peak = config["base_lr"] * scaling_factor(
-        config["scaling_rule"], config["batch_size"], config["reference_batch"]
-    )
-    return lr_at_step(
-        step,
-        peak_lr=peak,
-        base_lr=config["base_lr"],
-        warmup_steps=warmup_steps(config["warmup_fraction"], total),
-        total_steps=total,
-        schedule=config["schedule"],
-        final_factor=config["final_lr_factor"],
-    )
+    return lr_at_step(step, **TrialConfig.from_dict(config).lr_schedule(total))
 
 
 def candidates(plan: BranchPlan, lr: float, multiplier: int) -> list[Candidate]:

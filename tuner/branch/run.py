@@ -32,8 +32,7 @@ from tuner.analysis.branch import (
     BranchRun,
     LocalCritical,
     batch_schedule,
-    checkpoint_tolerance,
-    ladder,
+    judged_ladder,
     measure,
     needs_next_rung,
 )
@@ -187,7 +186,7 @@ class BranchSearcher(Searcher):
     def _after_rung(self, job: Job) -> None:
         fraction, k = job.payload["checkpoint"], job.payload["multiplier"]
         records = json.loads(job.result["runs"]) if "runs" in job.result else []
-        self.runs[(fraction, k)] = [to_run(r) for r in records]
+        self.runs[(fraction, k)] = [BranchRun.from_record(r) for r in records]
         if job.error or not records:  # a rung that cannot be measured ends its ladder
             self.runs[(fraction, k)] = [failed_run(fraction, k)]
         pending = [
@@ -198,10 +197,13 @@ class BranchSearcher(Searcher):
         if pending:
             return
         runs = self.point_runs(fraction)
-        tolerance = checkpoint_tolerance(
-            runs, self.start.get(fraction), self.study_metric, self.spec.branch_tolerance
+        rungs, tolerance = judged_ladder(
+            runs,
+            self.plan.base_batch,
+            self.start.get(fraction),
+            self.spec.branch_tolerance,
+            self.study_metric,
         )
-        rungs = ladder(runs, self.plan.base_batch, tolerance, self.study_metric)
         measured = [r.multiplier for r in rungs]
         following = [m for m in self.plan.multipliers if m > max(measured)]
         if following and needs_next_rung(rungs, tolerance):
@@ -257,21 +259,6 @@ class BranchSearcher(Searcher):
         return pd.DataFrame(
             rows, columns=["trial_id", "batch_size", "phase", "workers", "started", "ended"]
         )
-
-
-def to_run(record: dict[str, Any]) -> BranchRun:
-    return BranchRun(
-        checkpoint=float(record["checkpoint"]),
-        multiplier=int(record["multiplier"]),
-        candidate=str(record["candidate"]),
-        lr=float(record["lr"]),
-        seed=int(record["seed"]),
-        phase=str(record["phase"]),
-        value=float(record["value"]),
-        val_examples=int(record["val_examples"]),
-        val_sd=float(record["val_loss_sd"]) if record.get("val_loss_sd") is not None else math.nan,
-        per_example=record.get("per_example"),
-    )
 
 
 def failed_run(fraction: float, k: int) -> BranchRun:

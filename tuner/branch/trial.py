@@ -27,7 +27,7 @@ from trainables.config import TrialConfig
 from trainables.loop import train
 from trainables.metrics import get_metric
 from trainables.tune_trial import cached_splits
-from tuner.analysis.branch import smoothed_end
+from tuner.analysis.branch import BranchRun, best_candidate, smoothed_end
 from tuner.spec import StudySpec
 from tuner.store import objects as store
 
@@ -120,12 +120,6 @@ def constant(lr: float) -> Callable[[int], float]:
     return lambda _step: lr
 
 
-def _better(a: dict[str, Any], b: dict[str, Any] | None, sign: int) -> bool:
-    if b is None or not math.isfinite(b["value"]):
-        return math.isfinite(a["value"]) or b is None
-    return math.isfinite(a["value"]) and sign * (a["value"] - b["value"]) > 0
-
-
 def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
     """Tune trainable: run one job of a branch study and report its records once."""
     study = StudySpec.from_dict(spec)
@@ -154,7 +148,7 @@ def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
         if start is None:
             raise FileNotFoundError(f"no base-run checkpoint at step {job['step']}")
         about = {"checkpoint": job["checkpoint"], "multiplier": job["multiplier"]}
-        records, best = [], None
+        records = []
         late = tuple(job["late_steps"])
 
         def branch(config, lr):
@@ -174,14 +168,13 @@ def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
                 metrics, metric.key, **about, candidate=label, lr=lr, seed=job["search_seed"]
             )
             records.append({**rec, "phase": "search"})
-            if _better(rec, best, metric.sign):
-                best = rec
-        if best is not None and math.isfinite(best["value"]):
+        # the winner as the analysis will read it (tuner.analysis.branch.best_candidate)
+        winner = best_candidate([BranchRun.from_record(r) for r in records], metric)
+        if winner is not None:
+            lr = next(r["lr"] for r in records if r["candidate"] == winner)
             for seed in job["confirm_seeds"]:
-                metrics = branch(job["configs"][str(seed)], best["lr"])
-                rec = run_record(
-                    metrics, metric.key, **about, candidate=best["candidate"], lr=best["lr"]
-                )
+                metrics = branch(job["configs"][str(seed)], lr)
+                rec = run_record(metrics, metric.key, **about, candidate=winner, lr=lr)
                 records.append({**rec, "seed": seed, "phase": "confirm"})
         tune.report({"kind": kind, "runs": json.dumps(records)})
         return

@@ -24,7 +24,7 @@ from tensorboardX import SummaryWriter  # noqa: E402
 
 from tuner.analysis.accuracy import compare, estimate  # noqa: E402
 from tuner.analysis.branch import LocalCritical, batch_schedule  # noqa: E402
-from tuner.analysis.cost import StudyCost, study_cost  # noqa: E402
+from tuner.analysis.cost import study_cost  # noqa: E402
 from tuner.analysis.paired import per_example_matrix  # noqa: E402
 from tuner.branch.plan import MIN_LARGEST_STEPS, PROBE_FRACTION, BranchPlan  # noqa: E402
 from tuner.report.format import diff_text, duration, markdown_table, value_text  # noqa: E402
@@ -477,8 +477,6 @@ def _point_line(point: LocalCritical) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, StudyCost):
-        return dataclasses.asdict(value)
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     return str(value)
