@@ -24,6 +24,25 @@ def optuna_storage(study_dir: Path) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{study_dir / OPTUNA_DB}")
 
 
+def schema_ready(db: Path) -> bool:
+    """Whether Optuna has finished creating its tables in `db` (its alembic revision is the
+    last thing it writes). Read-only: a reader that opened an `RDBStorage` on a database the
+    driver is still creating would create the same tables at the same moment, and one of the
+    two fails ("table alembic_version already exists"; CI, test_node_removal)."""
+    if not db.exists():
+        return False
+    try:
+        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        return connection.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        connection.close()
+
+
 def snapshot_sqlite(db: Path, dest: Path) -> None:
     """A consistent copy of a live SQLite database (its backup API), replaced atomically so
     that an upload reading the previous copy never sees a torn file."""

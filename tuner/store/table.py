@@ -25,6 +25,7 @@ from search_spaces.cell_search import CHECKS_STUDY, trial_params
 from trainables.optim import scaled_lr
 from tuner.spec import StudySpec, load_spec
 from tuner.store.names import OPTUNA_DB, TABLE_FILE
+from tuner.store.optuna_db import schema_ready
 
 METRICS = (
     "optimizer_steps",
@@ -111,8 +112,8 @@ def read_cell_trials(
 ) -> list[tuple[str, optuna.trial.FrozenTrial]]:
     """(cell key, trial) for every trial of every cell study in the study's Optuna storage."""
     path = study_dir / OPTUNA_DB
-    if not path.exists():
-        return []
+    if not schema_ready(path):
+        return []  # the driver is still creating it: no trial yet, and never create it here
     storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
     found = []
     for cell in spec.cells():
