@@ -22,12 +22,14 @@ def row(grid: Path, branch: Path) -> str:
         f"{'+' if p['censored'] else ''})"
         for p in b["points"]
     )
-    aim = b["to_target"]["batch"]
+    constant = b["constant_batch"]
+    aim = constant["batch"]
+    interval = f"{constant['low']}-{constant['high']}{'+' if constant['censored'] else ''}"
     share = b_cost["device_hours"] / g_cost["device_hours"]
     return (
         f"| {b['workload']} on {b['dataset']} | {crit['b_crit']:.1f} ({crit['ci_low']:.1f}-"
         f"{crit['ci_high']:.1f}) | {g_cost['device_hours'] * 60:.2f} {g_cost['device']}-min | "
-        f"{points} | {aim:.0f} (x{aim / crit['b_crit']:.2f}) | "
+        f"{points} | {aim} ({interval}; x{aim / crit['b_crit']:.2f}) | "
         f"{b_cost['device_hours'] * 3600:.1f} {b_cost['device']}-s ({share:.1%}) |"
     )
 
@@ -36,7 +38,8 @@ if __name__ == "__main__":
     paths = [Path(p) for p in sys.argv[1:]]
     print(
         "| workload | grid B_crit (95% CI) | grid device time | branched local critical batch "
-        "per checkpoint (interval) | branched, to the target (x grid) | branched device time "
+        "per checkpoint (interval) | branched, for a constant batch (interval; x grid) | "
+        "branched device time "
         "(share of grid) |"
     )
     print("|---|---|---|---|---|---|")

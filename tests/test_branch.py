@@ -19,6 +19,7 @@ from tuner.analysis.branch import (
     Rung,
     batch_schedule,
     checkpoint_tolerance,
+    constant_batch,
     ladder,
     measure,
     needs_next_rung,
@@ -126,6 +127,14 @@ def test_the_schedule_doubles_where_the_local_critical_batch_allows_and_never_sh
     assert batch_schedule(points[1:2], 8) == [(0.0, 8)]
 
 
+def test_a_constant_batch_is_read_at_the_earliest_checkpoint_that_was_judged():
+    unjudged = LocalCritical(0.01, 8, 8, 8, False, (), math.nan, "k=1 (batch 8) errored")
+    early = LocalCritical(0.1, 32, 16, 64, False, (), 0.05)
+    later = LocalCritical(0.25, 256, 128, 512, True, (), 0.02)
+    assert constant_batch([later, early, unjudged]) is early  # not the mean, not the largest
+    assert constant_batch([unjudged]) is None and constant_batch([]) is None
+
+
 def branch_spec(*args):
     cli = ["simple_cnn", "--dataset", "digits", "--method", "branch", "--rules", "sqrt", *args]
     return build_spec(build_parser().parse_args(cli), gpus_available=False)
@@ -134,7 +143,7 @@ def branch_spec(*args):
 def test_the_plan_gives_every_rung_the_same_examples():
     spec = branch_spec()
     plan = planning.make_plan(spec, 1437)
-    assert plan.base_steps == 358 and plan.checkpoints == (36, 90, 179, 268)
+    assert plan.base_steps == 358 and plan.checkpoints == (4, 36, 90, 179)
     # a tenth of 2864 examples: batch 64 takes 4 steps in it, 128 would take 2
     assert plan.base_batch == 8 and plan.multipliers == (1, 2, 4, 8)
     assert plan.window == 320  # rounded up to whole batches of 64
@@ -147,8 +156,14 @@ def test_the_plan_gives_every_rung_the_same_examples():
     assert labels == ["sqrt", "sqrt x0.5", "sqrt x2"]
     assert planning.candidates(plan, 0.1, 4)[0].lr == pytest.approx(0.2)
     three = planning.make_plan(branch_spec("--rules", "none,linear,sqrt"), 1437)
-    assert [c.label for c in planning.candidates(three, 0.1, 1)] == ["none"]  # one lr at k=1
-    assert len(planning.candidates(three, 0.1, 4)) == 3
+    # k = 1 is searched as every rung is: the rules' lrs bracketed by x0.5 and x2
+    at_one = planning.candidates(three, 0.1, 1)
+    assert [c.label for c in at_one] == ["none", "none x0.5", "none x2"]
+    assert [c.lr for c in at_one] == pytest.approx([0.1, 0.05, 0.2])
+    at_four = {c.label: c.lr for c in planning.candidates(three, 0.1, 4)}
+    assert at_four == pytest.approx(
+        {"none": 0.1, "linear": 0.4, "sqrt": 0.2, "none x0.5": 0.05, "linear x2": 0.8}
+    )
     assert spec.seeds == 2
 
 

@@ -65,9 +65,26 @@ def test_a_branch_study_measures_every_checkpoint_up_its_ladder(branch_study):
             if gain > 0
             else point["tolerance"] != point["tolerance"]
         )
-    assert set(data["to_target"]) == {"target", "reached_at_step", "checkpoints", "batch"}
+    # no constant batch size's critical batch from checkpoints that could not be judged
+    judged = [p for p in data["points"] if p["tolerance"] == p["tolerance"]]
+    assert (data["constant_batch"] is None) == (not judged)
     for line in ("at 25% of the base run: local critical batch", "report: "):
         assert line in err
+
+
+def test_a_constant_batch_is_read_at_the_earliest_checkpoint(fixed_tolerance_study):
+    study, err = fixed_tolerance_study
+    data = json.loads((study / "branch.json").read_text())
+    first = min(data["points"], key=lambda p: p["checkpoint"])
+    assert data["constant_batch"] == {
+        "checkpoint": first["checkpoint"],
+        "batch": first["local_critical"],
+        "low": first["low"],
+        "high": first["high"],
+        "censored": first["censored"],
+    }
+    assert f"for a constant batch size: about {first['local_critical']} (" in err
+    assert "For a constant batch size" in (study / "branch.md").read_text()
 
 
 def test_the_suggested_schedule_is_run_against_the_base_run(fixed_tolerance_study):

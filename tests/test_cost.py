@@ -104,8 +104,9 @@ def test_a_branch_dry_run_plans_the_ladder_and_its_cost_without_starting_anythin
     args = ["simple_cnn", "--dataset", "digits", "--batch-sizes", "8,32", "--method", "branch"]
     out = dry_run([*args, "--base-lr", "0.05"], tmp_path / "s")
     assert "dry run (--method branch)" in out and "short lr search" not in out
-    # window: a tenth of 2864 examples in whole batches of 32; a rung: 3 lrs, then 2 seeds
+    # window: a tenth of 2864 examples in whole batches of 32; the top rung: the three rules'
+    # lrs bracketed by x0.5 and x2 (5 lrs), then 2 seeds
     assert "over 288 examples (steps by batch size: 8: 36, 16: 18, 32: 9)" in out
-    assert "each rung 5 runs" in out and "at most 13 trials" in out
+    assert "each rung 7 runs" in out and "at most 13 trials" in out
     assert float(out.split("16: ")[1].split(" samples/s")[0]) > 0  # a measured speed
     assert not (tmp_path / "s").exists()

@@ -43,7 +43,7 @@ SEEDS = 3  # confirmation runs of each cell's best
 # --method branch: checkpoints of the base run (Merrill et al. branch at several points of
 # training; four show the local critical batch size growing), fresh seeds of each rung's best
 # lr (two: its spread is then known, at a third less than three), and --smoke's checkpoints.
-BRANCH_AT = (0.1, 0.25, 0.5, 0.75)
+BRANCH_AT = (0.01, 0.1, 0.25, 0.5)  # why: tuner/branch/plan.py
 BRANCH_SEEDS = 2
 SMOKE_BRANCH_AT = (0.25, 0.5)
 GRACE = 1 / 9  # ASHA's first rung: 1/9 of the budget (rungs at 1/9 and 1/3 with factor 3)
@@ -107,7 +107,7 @@ def parse_fractions(text: str) -> tuple[float, ...]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a list of numbers; use e.g. 0.1,0.25,0.5,0.75"
+            f"{text!r} is not a list of numbers; use e.g. 0.01,0.1,0.25,0.5"
         ) from None
     if not all(math.isfinite(v) and 0 < v < 1 for v in values):
         raise argparse.ArgumentTypeError(
@@ -274,7 +274,7 @@ def build_parser(description: str = "") -> OneLineParser:
         "--branch-at",
         type=parse_fractions,
         help="--method branch: the base run's checkpoints to branch from, fractions of its "
-        "budget in (0, 1) (default 0.1,0.25,0.5,0.75)",
+        "budget in (0, 1) (default 0.01,0.1,0.25,0.5)",
     )
     add(
         "--window",

@@ -283,6 +283,20 @@ def needs_next_rung(rungs: Sequence[Rung], tolerance: float) -> bool:
     return not (len(beyond) >= 2 and beyond[-1] and beyond[-2])
 
 
+def constant_batch(measured: Sequence[LocalCritical]) -> LocalCritical | None:
+    """The critical batch size of a constant batch size, the one a grid study fits: the local
+    critical batch at the earliest checkpoint measured (one whose k = 1 gained, so it had a
+    tolerance), with its interval; None where none was. The local critical batch grows as
+    training goes on (Merrill et al.; mnist1d: 64 at 1%, 128 at 10%, 256 at 25% and 50%), and
+    a run at one batch size all through is held back at the start, where it spends its first
+    steps whatever its batch: the grid's fit to steps to the target read 41.6 on mnist1d and
+    22.2 on digits; the ladders at 1% read 64 and 32, the geometric mean of those at the
+    checkpoints before the base run reached the target (10%, 25%) 128 (3.1x) and 32. The later
+    checkpoints say how far a batch that grows with training can go (`batch_schedule`)."""
+    judged = [p for p in measured if math.isfinite(p.tolerance)]
+    return min(judged, key=lambda p: p.checkpoint) if judged else None
+
+
 def batch_schedule(measured: Sequence[LocalCritical], base: int) -> list[tuple[float, int]]:
     """A batch-size warmup (Merrill et al.): from each checkpoint on, the largest doubling of
     `base` shown to lose (almost) nothing at equal data (`LocalCritical.efficient`), never

@@ -6,7 +6,13 @@ Defaults, and why:
   al. branch at 2x, 4x, ..., up to the grid's largest or the largest batch that still takes
   `MIN_LARGEST_STEPS` steps in the window, whichever is smaller (the report says where the
   window cut it short);
-- checkpoints: `--branch-at` (default 10%, 25%, 50%, 75% of the base run's budget);
+- checkpoints: `--branch-at` (default 1%, 10%, 25%, 50% of the base run's budget). The first
+  is at the start of training on purpose: the local critical batch grows as training goes on
+  (mnist1d: 64 at 1%, 128 at 10%, 256 at 25% and 50%), and a constant batch size, which a grid
+  study measures, is held back by the start, where every run spends its first steps
+  (`tuner.branch.write.constant_batch`). With the first checkpoint at 10%, the ladders never
+  saw the start: mnist1d read 128 there, 3.1x the grid's 41.6. A checkpoint at 75% was dropped:
+  over a window that late, k = 1 gained 0.2 pt on mnist1d, too little to tell rungs apart;
 - window: a tenth of the base run's examples (`--window`), rounded up to whole batches of the
   ladder's largest, so every rung trains exactly the same examples. The default tolerance
   asks whether a rung makes half of k = 1's progress over the window (McCandlish et al.'s
@@ -17,8 +23,11 @@ Defaults, and why:
   suggested fell 13 pt short when run. Merrill et al. branch for about 1% of an OLMo run;
   a small workload's 1% is a step or two of a large batch, too few to tell anything;
 - lr candidates: the base run's lr at the checkpoint scaled by each rule of the study
-  (`--rules`); with one rule, also half and twice its lr (the rule is what is tested: the
-  report says which candidate won each rung);
+  (`--rules`), bracketed by half the lowest and twice the highest, at every rung, k = 1
+  included (the rule is what is tested: the report says which candidate won each rung). k = 1
+  is the reference of every comparison, so it is searched as the rungs are: when it tried the
+  base lr alone (three rules give it one lr), the rungs' wider search won against it (mnist1d
+  at 25%: k = 1 gained 2.2 pt over the window at the base lr, 7.3 pt at half of it);
 - the base run's warmup and weight decay: the middle of the workload's search ranges (the
   warmup range's midpoint, the weight decay range's geometric mean); its lr: `--base-lr`, or
   the best of `PROBE_LRS` log-spaced lrs over the range trained for `PROBE_FRACTION` of the
@@ -40,7 +49,7 @@ WINDOW_FRACTION = 0.1  # of the base run's examples
 MIN_LARGEST_STEPS = 4  # steps of the largest batch size in a window, at least
 PROBE_LRS = 4  # lrs of the short search for the base run's lr
 PROBE_FRACTION = 0.25  # of the base run's budget each probe trains
-SEARCH_FACTORS = (0.5, 2.0)  # around a single rule's lr
+SEARCH_FACTORS = (0.5, 2.0)  # below the lowest rule's lr, above the highest's
 # Evaluations through a branch's window; its end is the mean of those in the second half
 # (tuner.branch.trial.smoothed_end).
 EVALUATIONS_PER_WINDOW = 8
@@ -144,9 +153,11 @@ def candidates(plan: BranchPlan, lr: float, multiplier: int) -> list[Candidate]:
     """The lrs a rung at `multiplier` tries, from the base run's lr `lr` at its checkpoint."""
     batch, base = multiplier * plan.base_batch, plan.base_batch
     found = [Candidate(r, lr * scaling_factor(r, batch, base)) for r in plan.rules]
-    if len(plan.rules) == 1:
-        rule = found[0]
-        found += [Candidate(f"{rule.label} x{f:g}", rule.lr * f) for f in SEARCH_FACTORS]
+    # Bracket the rules' lrs by SEARCH_FACTORS at every rung, k = 1 included: k = 1 is the
+    # reference every rung is judged against, so it is tuned as well as they are.
+    low, high = min(found, key=lambda c: c.lr), max(found, key=lambda c: c.lr)
+    found += [Candidate(f"{low.label} x{SEARCH_FACTORS[0]:g}", low.lr * SEARCH_FACTORS[0])]
+    found += [Candidate(f"{high.label} x{SEARCH_FACTORS[1]:g}", high.lr * SEARCH_FACTORS[1])]
     unique: dict[float, Candidate] = {}
     for c in found:  # at k = 1 every rule gives the same lr
         unique.setdefault(round(c.lr, 15), c)

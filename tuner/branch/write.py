@@ -23,7 +23,7 @@ from PIL import Image  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402
 
 from tuner.analysis.accuracy import compare, estimate  # noqa: E402
-from tuner.analysis.branch import LocalCritical, batch_schedule  # noqa: E402
+from tuner.analysis.branch import LocalCritical, batch_schedule, constant_batch  # noqa: E402
 from tuner.analysis.cost import study_cost  # noqa: E402
 from tuner.analysis.paired import per_example_matrix  # noqa: E402
 from tuner.branch.plan import MIN_LARGEST_STEPS, PROBE_FRACTION, BranchPlan  # noqa: E402
@@ -99,7 +99,6 @@ def findings(spec: StudySpec, plan: BranchPlan, searcher) -> dict[str, Any]:
             }
         )
     schedule = batch_schedule(measured, plan.base_batch) if measured else []
-    reached = next((h["step"] for h in history if metric.reached(h["value"], spec.target)), None)
     cost = study_cost(searcher.cost_table(), spec.gpus_per_worker, spec.cpus_per_worker)
     probes = [
         (j.payload["config"]["base_lr"], _record(j)) for j in searcher.jobs if j.kind == "probe"
@@ -124,28 +123,12 @@ def findings(spec: StudySpec, plan: BranchPlan, searcher) -> dict[str, Any]:
         "base_run": _record(base) if base else None,
         "base_history": history,
         "points": points,
-        "to_target": to_target(points, reached, spec.target),
+        "constant_batch": _constant(constant_batch(measured)),
         "schedule": [{"from": f, "batch": b} for f, b in schedule],
         "schedule_steps": schedule_steps(plan, schedule) if schedule else None,
         "verify": verify_result(spec, searcher, base),
         "winners": dict(Counter(r["candidate"] for p in points for r in p["rungs"][1:])),
         "cost": dataclasses.asdict(cost),
-    }
-
-
-def to_target(points: list[dict[str, Any]], reached: int | None, target: float) -> dict:
-    """The local critical batch size of the stretch of training the target is reached in: the
-    geometric mean over the checkpoints before the base run first reaches the target (all of
-    them where it never does). The grid's critical batch size is fitted to steps to that
-    target, which that stretch spends, so this is the number to set beside it."""
-    before = [p for p in points if reached is None or p["step"] < reached]
-    before = [p for p in before if math.isfinite(p["tolerance"])] or before
-    batches = [p["local_critical"] for p in before]
-    return {
-        "target": target,
-        "reached_at_step": reached,
-        "checkpoints": [p["checkpoint"] for p in before],
-        "batch": float(np.exp(np.mean(np.log(batches)))) if batches else None,
     }
 
 
@@ -327,21 +310,17 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
             + "), the window is too short to tell batch sizes apart there: every rung "
             "holds because nothing moves. A longer --window would.",
         ]
-    aim = data["to_target"]
-    if aim["batch"]:
-        where = (
-            f"before the base run first reaches {value_text(metric, aim['target'])} (step "
-            f"{aim['reached_at_step']})"
-            if aim["reached_at_step"]
-            else f"(the base run never reaches {value_text(metric, aim['target'])})"
-        )
+    aim = data["constant_batch"]
+    if aim:
+        more = "+" if aim["censored"] else ""
         lines += [
             "",
-            f"To the target: the local critical batch is about {aim['batch']:.0f} at the "
-            f"checkpoints {where}, "
-            + ", ".join(f"{c:.0%}" for c in aim["checkpoints"])
-            + " (their geometric mean): the stretch of training a grid study's steps to the "
-            "target measure, and the number to set beside its critical batch size.",
+            f"For a constant batch size (what a grid study's critical batch size measures): "
+            f"about {aim['batch']}, interval {aim['low']}-{aim['high']}{more}, the local "
+            f"critical batch at the earliest checkpoint ({aim['checkpoint']:.0%}). A run at "
+            "one batch size all through is held back at the start of training, where the local "
+            "critical batch is smallest; the later checkpoints say how far a batch that grows "
+            "with training can go (the schedule below).",
         ]
     lines += [
         "",
@@ -462,10 +441,28 @@ def summary(spec: StudySpec, plan: BranchPlan, searcher) -> list[str]:
     """The lines the CLI prints at the end."""
     if searcher.failure:
         return [f"error: {searcher.failure}"]
-    lines = []
-    for point in searcher.measured():
-        lines.append(_point_line(point))
+    measured = searcher.measured()
+    lines = [_point_line(point) for point in measured]
+    first = constant_batch(measured)
+    if first is not None:
+        more = "+" if first.censored else ""
+        lines.append(
+            f"for a constant batch size: about {first.batch} ({first.low}-{first.high}{more}),"
+            f" the local critical batch at {first.checkpoint:.0%}"
+        )
     return lines
+
+
+def _constant(point: LocalCritical | None) -> dict[str, Any] | None:
+    if point is None:
+        return None
+    return {
+        "checkpoint": point.checkpoint,
+        "batch": point.batch,
+        "low": point.low,
+        "high": point.high,
+        "censored": point.censored,
+    }
 
 
 def _point_line(point: LocalCritical) -> str:
