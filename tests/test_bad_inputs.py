@@ -109,7 +109,6 @@ BAD_OPTIONS = [
     (["--method", "branch", "--seeds", "0"], "--seeds 0: a branch study confirms"),
     (["--method", "branch", "--trials", "8"], "--trials is an option of the grid method"),
     (["--method", "branch", "--max-steps", "900"], "--max-steps is an option of the grid"),
-    (["--method", "branch", "--workers-per-trial", "2"], "--method branch runs one-worker"),
     (["--method", "branch", "--stop-at-target"], "an option of the grid method"),
     (["--window", "4096"], "--window only applies with --method branch"),
     (["--branch-at", "0.5", "--verify-schedule"], "--branch-at, --verify-schedule only apply"),

@@ -119,3 +119,20 @@ def test_a_branch_study_says_what_it_cost_and_shows_in_tensorboard(fixed_toleran
     values = [e.value for e in events.Scalars("branch/local_critical")]
     assert values == [p["local_critical"] for p in data["points"]]
     assert "map/local_critical" in events.Tags()["images"]
+
+
+def test_a_branch_study_runs_its_trials_on_two_workers_each(tmp_path):
+    """With --workers-per-trial 2 every job is a Ray Train run of two data-parallel workers:
+    the base run keeps its checkpoints (rank 0 writes them), each rung's two workers start from
+    them, and the study reads and reports as with one worker."""
+    study, err = branch_smoke(tmp_path, "w", "--workers-per-trial", "2", "--base-lr", "0.05")
+    data = json.loads((study / "branch.json").read_text())
+    assert not data["failure"], data["failure"]
+    assert data["base_run"]["workers"] == 2 and data["base_run"]["per_worker_batch"] == 4
+    for step in data["plan"]["checkpoints"]:
+        assert list((study / "branch_points" / f"step-{step:08d}").glob("checkpoint_*/state.pt"))
+    rungs = sum(len(p["rungs"]) for p in data["points"])
+    assert all(len(p["rungs"]) >= 2 for p in data["points"])
+    # every job (the base run and each rung) ran as its own Ray Train run
+    assert len(list((study / "train_runs").glob("branch-*"))) == 1 + rungs == data["cost"]["trials"]
+    assert "report: " in err

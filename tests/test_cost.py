@@ -110,3 +110,9 @@ def test_a_branch_dry_run_plans_the_ladder_and_its_cost_without_starting_anythin
     assert "each rung 7 runs" in out and "at most 13 trials" in out
     assert float(out.split("16: ")[1].split(" samples/s")[0]) > 0  # a measured speed
     assert not (tmp_path / "s").exists()
+    # two workers per trial: each of the 13 trials is a Ray Train run whose 2 workers pay the
+    # start-up (12 s each), the compute's device time about the same
+    two = dry_run([*args, "--base-lr", "0.05", "--workers-per-trial", "2"], tmp_path / "s")
+    assert "at most 13 trials" in two and not (tmp_path / "s").exists()
+    minutes = float(two.split(": ")[-1].split(" min of CPU time")[0])
+    assert minutes >= 13 * 2 * 12 / 60

@@ -437,11 +437,6 @@ def check_branch(options: dict[str, Any]) -> None:
             "--resume of a branch study is not supported: its runs are short; start it again "
             "with another --name"
         )
-    if options.get("workers_per_trial", 1) > 1:
-        raise InputError(
-            "--method branch runs one-worker trials (each branch trains in its trial's "
-            "process); drop --workers-per-trial, or use the grid method"
-        )
     grid_only = ("stop_at_target", "no_rule_test", "no_checks", "trials", "grace")
     grid_only += ("grace_epochs", "reduction_factor", "max_steps", "stratify")
     for name in grid_only:

@@ -43,6 +43,7 @@ from typing import Any
 from trainables.budget import evaluation_steps
 from trainables.config import TrialConfig
 from trainables.optim import lr_at_step, scaling_factor
+from tuner.dry_run import START_UP_S
 from tuner.spec import StudySpec
 
 WINDOW_FRACTION = 0.1  # of the base run's examples
@@ -191,15 +192,16 @@ def late_steps(plan: BranchPlan, multiplier: int) -> list[int]:
     return [s for s in evaluation_steps(steps, every) if 2 * s > steps]
 
 
-START_UP_S = 1.5  # a trial in a reused trial process (tuner.dry_run measures the same)
-
-
 def estimate_lines(spec: StudySpec, plan: BranchPlan, speeds: dict[int, float]) -> list[str]:
     """What `--method branch --dry-run` prints: the jobs and their cost at the probed speeds,
     every ladder climbed to the top (an upper bound: a ladder stops at its first rung shown
     degraded)."""
     device = "GPU" if spec.use_gpu else "CPU"
-    per_trial = spec.gpus_per_worker if spec.use_gpu else spec.cpus_per_worker
+    per_worker = spec.gpus_per_worker if spec.use_gpu else spec.cpus_per_worker
+    workers = spec.workers_per_trial
+    # The probed speeds are one process's at the whole batch; split over the workers, the
+    # compute's device time stays about the same, while each worker pays the start-up.
+    start_up = workers * (START_UP_S[1] if workers == 1 else START_UP_S["many"])
 
     def seconds(batch: int, steps: int) -> float:
         return steps * batch / speeds[batch]
@@ -213,7 +215,7 @@ def estimate_lines(spec: StudySpec, plan: BranchPlan, speeds: dict[int, float]) 
     trials = (0 if spec.base_lr else PROBE_LRS) + 1 + len(plan.fractions) * len(plan.multipliers)
     trials += 1 if spec.verify_schedule else 0
     verify = base if spec.verify_schedule else 0.0  # at most the base run's data again
-    total = (probes + base + rungs + verify + START_UP_S * trials) * per_trial
+    total = (probes + base + rungs + verify + start_up * trials) * per_worker
     ladder = ", ".join(f"{k * plan.base_batch}: {plan.window_steps(k)}" for k in plan.multipliers)
     short = f"{PROBE_FRACTION:.0%} of the base run"
     return [

@@ -249,7 +249,7 @@ class BranchSearcher(Searcher):
                 "trial_id": j.trial_id,
                 "batch_size": j.batch,
                 "phase": PHASES[j.kind],
-                "workers": 1,
+                "workers": self.spec.workers_per_trial,
                 "started": j.started,
                 "ended": j.ended,
             }

@@ -1,5 +1,7 @@
 """A branch study's trials: one Tune function trainable for its four kinds of job, each a plain
-`trainables.loop.train` run (or several) in the trial's reused process.
+`trainables.loop.train` run (or several): with one worker per trial in the trial's reused
+process, with two or more as a Ray Train run of data-parallel workers (the grid's
+`tuner.study.trial.torch_trainer`), each worker running the same job on its share of every batch.
 
 - `probe`: the base run's schedule at one lr, stopped at a fraction of its budget;
 - `base`: the base run, keeping its state at the checkpoints the branches start from
@@ -17,8 +19,11 @@ import copy
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import ray.train
+import ray.train.torch
 import torch
 from ray import tune
 
@@ -30,12 +35,23 @@ from trainables.tune_trial import cached_splits
 from tuner.analysis.branch import BranchRun, best_candidate, smoothed_end
 from tuner.spec import StudySpec
 from tuner.store import objects as store
+from tuner.study.trial import DRIVER_RESOURCES, torch_trainer, worker_resources
 
 POINTS = "branch_points"  # the base run's checkpoints, under the study
 
 
 class _Enough(Exception):
     """A probe has trained as far as it should."""
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where a job runs: this process alone, or rank `rank` of `world` Ray Train workers, each
+    running the same job on its share of every batch (the model wrapped by `wrap`)."""
+
+    rank: int = 0
+    world: int = 1
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model
 
 
 def point_uri(study: StudySpec, step: int) -> str:
@@ -46,6 +62,7 @@ def run_once(
     values: dict[str, Any],
     device: torch.device,
     *,
+    workers: Workers | None = None,
     start_state: dict[str, Any] | None = None,
     lr_fn: Callable[[int], float] | None = None,
     keep_steps: tuple[int, ...] = (),
@@ -54,8 +71,9 @@ def run_once(
     test_at_end: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
     """Train one config to its end (or `stop_step`), from `start_state` with the lr
-    `lr_fn(step)` where given: its last metrics, every evaluation's (step, examples, value,
-    val_loss, lr) and its last state."""
+    `lr_fn(step)` where given, on this process or as one of `workers`: its last metrics, every
+    evaluation's (step, examples, value, val_loss, lr) and its last state."""
+    workers = workers or Workers()
     config = TrialConfig.from_dict(values)
     key = get_metric(config.metric, config.metric_mode).key
     history: list[dict[str, Any]] = []
@@ -88,6 +106,9 @@ def run_once(
         train(
             config,
             report=report,
+            rank=workers.rank,
+            world=workers.world,
+            wrap_model=workers.wrap,
             device=device,
             splits=cached_splits(config),
             # the optimizer's buffers would be shared (and moved on) between branches
@@ -112,6 +133,8 @@ def run_record(metrics: dict[str, Any], key: str, **about: Any) -> dict[str, Any
         "per_example": metrics.get("val_per_example"),
         "diverged": diverged,
         "steps": int(metrics.get("optimizer_steps", 0)),
+        "workers": int(metrics.get("workers", 1)),
+        "per_worker_batch": int(metrics.get("per_worker_batch", 0)),
         "train_s": float(metrics.get("window_time_s", math.nan)),
     }
 
@@ -120,29 +143,34 @@ def constant(lr: float) -> Callable[[int], float]:
     return lambda _step: lr
 
 
-def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
-    """Tune trainable: run one job of a branch study and report its records once."""
-    study = StudySpec.from_dict(spec)
-    torch.set_num_threads(max(1, int(study.cpus_per_worker)))
-    device = torch.device("cuda", 0) if study.use_gpu else torch.device("cpu")
+def job_result(
+    job: dict[str, Any], study: StudySpec, device: torch.device, workers: Workers | None = None
+) -> dict[str, Any]:
+    """Run one job of a branch study: what its trial reports, once, at its end."""
+    workers = workers or Workers()
     metric = study.study_metric
     kind = job["kind"]
     if kind == "probe":
-        metrics, history, _ = run_once(job["config"], device, stop_step=job["stop_step"])
+        metrics, history, _ = run_once(
+            job["config"], device, workers=workers, stop_step=job["stop_step"]
+        )
         record = run_record(metrics, metric.key, base_lr=job["config"]["base_lr"])
-        tune.report({"kind": kind, "record": json.dumps(record), "history": json.dumps(history)})
-        return
+        return {"kind": kind, "record": json.dumps(record), "history": json.dumps(history)}
     if kind == "base":
 
         def keep(step: int, state: dict[str, Any]) -> None:
-            CheckpointDir(point_uri(study, step)).save(state)
+            if workers.rank == 0:  # every worker holds the same state
+                CheckpointDir(point_uri(study, step)).save(state)
 
         metrics, history, _ = run_once(
-            job["config"], device, keep_steps=tuple(job["keep_steps"]), on_state=keep
+            job["config"],
+            device,
+            workers=workers,
+            keep_steps=tuple(job["keep_steps"]),
+            on_state=keep,
         )
         record = run_record(metrics, metric.key, base_lr=job["config"]["base_lr"])
-        tune.report({"kind": kind, "record": json.dumps(record), "history": json.dumps(history)})
-        return
+        return {"kind": kind, "record": json.dumps(record), "history": json.dumps(history)}
     if kind == "rung":
         start = CheckpointDir(point_uri(study, job["step"])).latest(device)
         if start is None:
@@ -155,6 +183,7 @@ def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
             metrics, history, _ = run_once(
                 config,
                 device,
+                workers=workers,
                 start_state=start,
                 lr_fn=constant(lr),
                 keep_steps=late,
@@ -176,8 +205,7 @@ def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
                 metrics = branch(job["configs"][str(seed)], lr)
                 rec = run_record(metrics, metric.key, **about, candidate=winner, lr=lr)
                 records.append({**rec, "seed": seed, "phase": "confirm"})
-        tune.report({"kind": kind, "runs": json.dumps(records)})
-        return
+        return {"kind": kind, "runs": json.dumps(records)}
     if kind == "verify":
         state = CheckpointDir(point_uri(study, job["from_step"])).latest(device)
         if state is None:
@@ -191,6 +219,7 @@ def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
             metrics, part, state = run_once(
                 segment["config"],
                 device,
+                workers=workers,
                 start_state=state,
                 lr_fn=lambda step, lrs=lrs: lrs[min(step, len(lrs) - 1)],
             )
@@ -203,14 +232,40 @@ def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
                 break
         record = run_record(metrics, metric.key)
         record |= {"steps": steps, "examples": examples}
-        tune.report({"kind": kind, "record": json.dumps(record), "history": json.dumps(history)})
-        return
+        return {"kind": kind, "record": json.dumps(record), "history": json.dumps(history)}
     raise ValueError(f"unknown branch job {kind!r}")
 
 
+def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Tune trainable: run one job of a branch study and report its records once, in this
+    process (one worker) or as a Ray Train run of the study's workers per trial."""
+    study = StudySpec.from_dict(spec)
+    if study.workers_per_trial == 1:
+        torch.set_num_threads(max(1, int(study.cpus_per_worker)))
+        device = torch.device("cuda", 0) if study.use_gpu else torch.device("cpu")
+        tune.report(job_result(job, study, device))
+        return
+    run_name = f"branch-{tune.get_context().get_trial_id()}"
+    torch_trainer(study, branch_worker, {"job": job, "spec": spec}, run_name).fit()
+
+
+def branch_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: this worker's share of one job; every rank reports the same
+    result (a report is a barrier), rank 0's reaches Tune."""
+    study = StudySpec.from_dict(config["spec"])
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device() if study.use_gpu else torch.device("cpu")
+    workers = Workers(
+        context.get_world_rank(),
+        context.get_world_size(),
+        lambda model: ray.train.torch.prepare_model(model, move_to_device=False),
+    )
+    ray.train.report(job_result(config["job"], study, device, workers))
+
+
 def trainable(spec: StudySpec):
-    """The branch trial with the study's spec bound and one worker's resources."""
-    resources: dict[str, float] = {"CPU": spec.cpus_per_worker}
-    if spec.use_gpu:
-        resources["GPU"] = spec.gpus_per_worker
+    """The branch trial with the study's spec bound: a one-worker trial's actor holds the
+    worker's resources; a Ray Train run's driver, a token (its workers hold their own)."""
+    one = spec.workers_per_trial == 1
+    resources = worker_resources(spec) if one else DRIVER_RESOURCES
     return tune.with_resources(tune.with_parameters(branch_trial, spec=spec.to_dict()), resources)

@@ -119,15 +119,22 @@ def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
         checkpoints = store.join(study.study_uri, TRAIN_RUNS, run_name)
         train_one_worker(config, study.cpus_per_worker, checkpoints)
         return
-    resources = worker_resources(study)
+    torch_trainer(study, train_loop_per_worker, config, run_name).fit()
+
+
+def torch_trainer(
+    study: StudySpec, loop: Any, config: dict[str, Any], run_name: str
+) -> TorchTrainer:
+    """The Ray Train run of one trial of two or more workers: `loop(config)` on each, every
+    worker report forwarded to Tune, its run's files under the study's TRAIN_RUNS/run_name."""
     trainer_class = StoppableTorchTrainer if CAN_REUSE_DRIVERS else TorchTrainer
-    trainer = trainer_class(
-        train_loop_per_worker,
+    return trainer_class(
+        loop,
         train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=study.workers_per_trial,
             use_gpu=study.use_gpu,
-            resources_per_worker=resources,
+            resources_per_worker=worker_resources(study),
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
@@ -139,7 +146,6 @@ def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         ),
     )
-    trainer.fit()
 
 
 def reuses_actors(spec: StudySpec) -> bool:
