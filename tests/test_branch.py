@@ -21,6 +21,7 @@ from tuner.analysis.branch import (
     checkpoint_tolerance,
     constant_batch,
     ladder,
+    late_start_caution,
     measure,
     needs_next_rung,
     smoothed_end,
@@ -133,6 +134,9 @@ def test_a_constant_batch_is_read_at_the_earliest_checkpoint_that_was_judged():
     later = LocalCritical(0.25, 256, 128, 512, True, (), 0.02)
     assert constant_batch([later, early, unjudged]) is early  # not the mean, not the largest
     assert constant_batch([unjudged]) is None and constant_batch([]) is None
+    # read past the start of training, it says so
+    assert "past the start of training" in late_start_caution(early)
+    assert late_start_caution(LocalCritical(0.01, 32, 16, 64, False, (), 0.05)) == ""
 
 
 def branch_spec(*args):

@@ -82,9 +82,15 @@ def test_a_constant_batch_is_read_at_the_earliest_checkpoint(fixed_tolerance_stu
         "low": first["low"],
         "high": first["high"],
         "censored": first["censored"],
+        "caution": data["constant_batch"]["caution"],
     }
     assert f"for a constant batch size: about {first['local_critical']} (" in err
-    assert "For a constant batch size" in (study / "branch.md").read_text()
+    report = (study / "branch.md").read_text()
+    assert "For a constant batch size" in report
+    # the smoke study branches from 25% first: past the start of training, and it says so
+    assert "earliest checkpoint judged is at 25%" in data["constant_batch"]["caution"]
+    assert "caution: the earliest checkpoint judged is at 25%" in err
+    assert "Caution: the earliest checkpoint judged is at 25%" in report
 
 
 def test_the_suggested_schedule_is_run_against_the_base_run(fixed_tolerance_study):

@@ -23,7 +23,12 @@ from PIL import Image  # noqa: E402
 from tensorboardX import SummaryWriter  # noqa: E402
 
 from tuner.analysis.accuracy import compare, estimate  # noqa: E402
-from tuner.analysis.branch import LocalCritical, batch_schedule, constant_batch  # noqa: E402
+from tuner.analysis.branch import (  # noqa: E402
+    LocalCritical,
+    batch_schedule,
+    constant_batch,
+    late_start_caution,
+)
 from tuner.analysis.cost import study_cost  # noqa: E402
 from tuner.analysis.paired import per_example_matrix  # noqa: E402
 from tuner.branch.plan import MIN_LARGEST_STEPS, PROBE_FRACTION, BranchPlan  # noqa: E402
@@ -320,7 +325,8 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
             f"critical batch at the earliest checkpoint ({aim['checkpoint']:.0%}). A run at "
             "one batch size all through is held back at the start of training, where the local "
             "critical batch is smallest; the later checkpoints say how far a batch that grows "
-            "with training can go (the schedule below).",
+            "with training can go (the schedule below)."
+            + (f" Caution: {aim['caution']}." if aim["caution"] else ""),
         ]
     lines += [
         "",
@@ -450,6 +456,8 @@ def summary(spec: StudySpec, plan: BranchPlan, searcher) -> list[str]:
             f"for a constant batch size: about {first.batch} ({first.low}-{first.high}{more}),"
             f" the local critical batch at {first.checkpoint:.0%}"
         )
+        if late_start_caution(first):
+            lines.append(f"caution: {late_start_caution(first)}")
     return lines
 
 
@@ -462,6 +470,7 @@ def _constant(point: LocalCritical | None) -> dict[str, Any] | None:
         "low": point.low,
         "high": point.high,
         "censored": point.censored,
+        "caution": late_start_caution(point),
     }
 
 
