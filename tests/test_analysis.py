@@ -648,4 +648,7 @@ def test_the_rule_test_says_how_far_each_rule_holds_and_where_it_diverges():
     assert rows.loc[128, "drop"] == pytest.approx(0.98 - 0.96)
     line = rule_test_verdict(m)[0]
     assert "sqrt holds up to batch 32, degraded at batch 128 (drop 2.0 pt" in line
+    # the runs' spread, worst to best: a seed far below the others shows here
+    assert (rows.loc[128, "worst_run"], rows.loc[128, "best_run"]) == pytest.approx((0.958, 0.962))
+    assert "(drop 2.0 pt, runs 95.8% to 96.2%, peak lr" in line
     assert "diverged at batch 512 (1 of 3 runs" in line

@@ -251,6 +251,13 @@ def diverged_runs(row: pd.Series) -> str:
     return f"{int(row['diverged_runs'])} of {int(row['runs'])} runs"
 
 
+def run_range(metric: StudyMetric, row: pd.Series) -> str:
+    """', runs 28.7% to 98.6%' (worst to best) where a rule-test row has two runs or more."""
+    if row["runs"] < 2 or not (finite(row["worst_run"]) and finite(row["best_run"])):
+        return ""
+    return f", runs {value_text(metric, row['worst_run'])} to {value_text(metric, row['best_run'])}"
+
+
 def rule_test_verdict(m: DegradationMap) -> list[str]:
     """The rule test: the baseline's best moved to every batch size by each rule alone."""
     table = m.rule_test
@@ -276,7 +283,8 @@ def rule_test_verdict(m: DegradationMap) -> list[str]:
                 f"{num(row['peak_lr'], 2)})"
                 if row["status"] == "diverged"
                 else f"{row['status']} at batch {batch} ({m.metric.worse} "
-                f"{diff_text(m.metric, row['drop'])}, peak lr {num(row['peak_lr'], 2)})"
+                f"{diff_text(m.metric, row['drop'])}{run_range(m.metric, row)}, peak lr "
+                f"{num(row['peak_lr'], 2)})"
             )
             text += f", {why}"
         # a run that diverges is a finding wherever it is, not only at the first failure
