@@ -25,6 +25,13 @@ from tuner.spec import StudySpec
 
 PROBE_STEPS = 12  # timed optimizer steps per batch size (after the loop's first one)
 START_UP_S = {1: 1.5, "many": 12.0}  # a trial's start-up: a reused actor; a Ray Train run
+
+
+def start_up_s(workers: int) -> float:
+    """A trial's start-up, seconds of wall time: a reused actor, or a Ray Train run."""
+    return START_UP_S[1] if workers == 1 else START_UP_S["many"]
+
+
 EXTENSIONS_PER_CELL = 3
 
 
@@ -74,7 +81,7 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int) -> list[str]:
     workers = spec.workers_per_trial
     device = "GPU" if spec.use_gpu else "CPU"
     per_worker = spec.gpus_per_worker if spec.use_gpu else spec.cpus_per_worker
-    start_up = START_UP_S[1] if workers == 1 else START_UP_S["many"]
+    start_up = start_up_s(workers)
 
     def trial_hours(batch: int, steps: int | None = None) -> float:
         steps = steps or budget.steps(n_train, batch)

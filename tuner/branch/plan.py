@@ -10,7 +10,7 @@ Defaults, and why:
   is at the start of training on purpose: the local critical batch grows as training goes on
   (mnist1d: 64 at 1%, 128 at 10%, 256 at 25% and 50%), and a constant batch size, which a grid
   study measures, is held back by the start, where every run spends its first steps
-  (`tuner.branch.write.constant_batch`). With the first checkpoint at 10%, the ladders never
+  (`tuner.analysis.branch.constant_batch`). With the first checkpoint at 10%, the ladders never
   saw the start: mnist1d read 128 there, 3.1x the grid's 41.6. A checkpoint at 75% was dropped:
   over a window that late, k = 1 gained 0.2 pt on mnist1d, too little to tell rungs apart;
 - window: a tenth of the base run's examples (`--window`), rounded up to whole batches of the
@@ -43,7 +43,7 @@ from typing import Any
 from trainables.budget import evaluation_steps
 from trainables.config import TrialConfig
 from trainables.optim import lr_at_step, scaling_factor
-from tuner.dry_run import START_UP_S
+from tuner.dry_run import start_up_s
 from tuner.spec import StudySpec
 
 WINDOW_FRACTION = 0.1  # of the base run's examples
@@ -201,7 +201,7 @@ def estimate_lines(spec: StudySpec, plan: BranchPlan, speeds: dict[int, float]) 
     workers = spec.workers_per_trial
     # The probed speeds are one process's at the whole batch; split over the workers, the
     # compute's device time stays about the same, while each worker pays the start-up.
-    start_up = workers * (START_UP_S[1] if workers == 1 else START_UP_S["many"])
+    start_up = workers * start_up_s(workers)
 
     def seconds(batch: int, steps: int) -> float:
         return steps * batch / speeds[batch]

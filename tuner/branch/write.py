@@ -272,7 +272,7 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
             {
                 **p,
                 "where": f"{p['checkpoint']:.0%} (step {p['step']})",
-                "interval": f"{p['low']}-{p['high']}" + ("+" if p["censored"] else ""),
+                "interval": interval_text(p["low"], p["high"], p["censored"]),
                 "gain": p["window_gain"],
                 "ladder": ", ".join(f"{r['batch']}: {r['status']}" for r in p["rungs"][1:])
                 + (f" ({p['note']})" if p["note"] else ""),
@@ -317,11 +317,11 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
         ]
     aim = data["constant_batch"]
     if aim:
-        more = "+" if aim["censored"] else ""
+        interval = interval_text(aim["low"], aim["high"], aim["censored"])
         lines += [
             "",
             f"For a constant batch size (what a grid study's critical batch size measures): "
-            f"about {aim['batch']}, interval {aim['low']}-{aim['high']}{more}, the local "
+            f"about {aim['batch']}, interval {interval}, the local "
             f"critical batch at the earliest checkpoint ({aim['checkpoint']:.0%}). A run at "
             "one batch size all through is held back at the start of training, where the local "
             "critical batch is smallest; the later checkpoints say how far a batch that grows "
@@ -451,13 +451,14 @@ def summary(spec: StudySpec, plan: BranchPlan, searcher) -> list[str]:
     lines = [_point_line(point) for point in measured]
     first = constant_batch(measured)
     if first is not None:
-        more = "+" if first.censored else ""
         lines.append(
-            f"for a constant batch size: about {first.batch} ({first.low}-{first.high}{more}),"
+            f"for a constant batch size: about {first.batch} "
+            f"({interval_text(first.low, first.high, first.censored)}),"
             f" the local critical batch at {first.checkpoint:.0%}"
         )
-        if late_start_caution(first):
-            lines.append(f"caution: {late_start_caution(first)}")
+        caution = late_start_caution(first)
+        if caution:
+            lines.append(f"caution: {caution}")
     return lines
 
 
@@ -474,11 +475,15 @@ def _constant(point: LocalCritical | None) -> dict[str, Any] | None:
     }
 
 
+def interval_text(low: int, high: int, censored: bool) -> str:
+    """'64-256', or '64-256+' where no rung was shown degraded (the high end is "at least")."""
+    return f"{low}-{high}" + ("+" if censored else "")
+
+
 def _point_line(point: LocalCritical) -> str:
-    more = "+" if point.censored else ""
     return (
         f"at {point.checkpoint:.0%} of the base run: local critical batch {point.batch} "
-        f"({point.low}-{point.high}{more})"
+        f"({interval_text(point.low, point.high, point.censored)})"
     )
 
 

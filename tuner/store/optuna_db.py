@@ -29,16 +29,22 @@ def schema_ready(db: Path) -> bool:
     last thing it writes). Read-only: a reader that opened an `RDBStorage` on a database the
     driver is still creating would create the same tables at the same moment, and one of the
     two fails ("table alembic_version already exists"; CI, test_node_removal)."""
+    return _first_row(db, "SELECT version_num FROM alembic_version") is not None
+
+
+def _first_row(db: Path, query: str) -> tuple | None:
+    """The first row of `query` on an SQLite file opened read-only; None where the file, its
+    table or a row is missing, or it is not SQLite."""
     if not db.exists():
-        return False
+        return None
     try:
         connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     except sqlite3.Error:
-        return False
+        return None
     try:
-        return connection.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+        return connection.execute(query).fetchone()
     except sqlite3.Error:
-        return False
+        return None
     finally:
         connection.close()
 
@@ -61,18 +67,8 @@ def snapshot_sqlite(db: Path, dest: Path) -> None:
 
 def trial_count(db: Path) -> int:
     """Trials recorded in an Optuna SQLite file (0 if it has none or is not one)."""
-    if not db.exists():
-        return 0
-    try:
-        connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return 0
-    try:
-        return int(connection.execute("SELECT COUNT(*) FROM trials").fetchone()[0])
-    except sqlite3.Error:
-        return 0
-    finally:
-        connection.close()
+    row = _first_row(db, "SELECT COUNT(*) FROM trials")
+    return int(row[0]) if row else 0
 
 
 def pull_optuna_db(study_uri: str, study_dir: Path) -> str:
