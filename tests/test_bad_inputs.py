@@ -216,16 +216,24 @@ def test_resume_refuses_what_contradicts_the_saved_study(args, fragment, saved_s
     assert not ray_started()
 
 
-def test_a_branch_study_is_not_resumed(tmp_path, capsys):
-    args = ["simple_cnn", "--storage", str(tmp_path / "studies"), "--name", "b"]
-    spec = build_spec(build_parser().parse_args([*args, "--method", "branch"]), False)
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--branch-at", "0.3"], "--branch-at 0.3 contradicts its branch_at 0.01,0.1,0.25,0.5"),
+        (["--method", "grid"], "--method grid contradicts its method branch"),
+    ],
+)
+def test_a_branch_study_resumes_only_as_it_was_saved(args, fragment, tmp_path, capsys):
+    argv = ["simple_cnn", "--storage", str(tmp_path / "studies"), "--name", "b"]
+    spec = build_spec(build_parser().parse_args([*argv, "--method", "branch"]), False)
     save_spec(spec)
     before = snapshot(spec.study_dir)
     code, err = run_main(
-        ["--resume", "--storage", str(tmp_path / "studies"), "--name", "b"], capsys
+        ["--resume", "--storage", str(tmp_path / "studies"), "--name", "b", *args], capsys
     )
-    assert_one_error_line(code, err, "b is a branch study: --resume of one is not supported")
+    assert_one_error_line(code, err, fragment)
     assert snapshot(spec.study_dir) == before
+    assert not ray_started()
 
 
 def test_resume_of_a_study_that_does_not_exist(tmp_path, capsys):

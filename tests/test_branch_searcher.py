@@ -91,3 +91,58 @@ def test_ladders_climb_while_they_hold_and_a_failed_k1_ends_its_own(tmp_path):
     assert second.note == "k=1 (batch 8) errored: not measured" and second.batch == 8
     data = write.findings(s.spec, s.plan, s)  # the report is written, not a traceback
     assert [p["note"] for p in data["points"]] == ["", "k=1 (batch 8) errored: not measured"]
+
+
+def tune_state(directory, trials: dict[str, tuple[str, dict | None]]) -> None:
+    """Tune's experiment state as `tuner.study.searcher.tune_trials` reads it: each trial's
+    status and last result."""
+    data = [
+        [
+            json.dumps({"trial_id": t, "status": status, "config": {}}),
+            json.dumps({"last_result": r}),
+        ]
+        for t, (status, r) in trials.items()
+    ]
+    (directory / "experiment_state-2026-12-05_12-00-00.json").write_text(
+        json.dumps({"trial_data": data})
+    )
+
+
+def test_a_restored_searcher_ends_what_tune_ended_and_runs_the_rest_again(tmp_path):
+    """Saved with one probe ended and three running: Tune had since ended one (its result in
+    Tune's state), runs one again (cut short: a cost row of its own) and never saved the last
+    (back to the queue). Nothing that ended runs again; the study goes on to the base run."""
+    s = searcher(tmp_path, "--rules", "sqrt")
+    probes = list(run_jobs(s))
+    s.on_trial_complete(probes[0], {"record": record(0.5, base_lr=0.01)})
+    state = tmp_path / "searcher-state.pkl"
+    s.save(str(state))
+    ended_at = s.saved_at + 5
+    tune_state(
+        tmp_path,
+        {
+            probes[0]: ("TERMINATED", {"record": record(0.5, base_lr=0.01)}),
+            probes[1]: ("TERMINATED", {"record": record(0.6, base_lr=0.02), "timestamp": ended_at}),
+            probes[2]: ("RUNNING", None),
+        },
+    )
+    restored = searcher(tmp_path, "--rules", "sqrt")
+    restored.max_concurrent = 3
+    restored.restore(str(state))
+    assert restored.max_concurrent == 3  # this run's, not the saved one's
+    by_id = {j.trial_id: j for j in restored.jobs}
+    assert by_id[probes[1]].ended == ended_at and "record" in by_id[probes[1]].result
+    assert list(restored.running) == [probes[2]]
+    requeued = [j for j in restored.queue if j.kind == "probe"]
+    assert len(requeued) == 1 and not requeued[0].trial_id  # Tune never saved it
+    (cut,) = restored.interrupted
+    assert cut.trial_id == f"{probes[2]}-cut" and cut.ended == restored.saved_at
+    costs = restored.cost_table()
+    assert len(costs) == 4 and costs["trial_id"].is_unique
+    # the rest of the study: the requeued probe and the resumed one end, the base run follows
+    (again_id, again), *_ = run_jobs(restored).items()
+    assert again["kind"] == "probe"
+    restored.on_trial_complete(again_id, {"record": record(0.4, base_lr=0.04)})
+    restored.on_trial_complete(probes[2], {"record": record(0.7, base_lr=0.03)})
+    assert restored.base_lr == 0.03
+    assert [p["kind"] for p in run_jobs(restored).values()] == ["base"]

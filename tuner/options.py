@@ -413,7 +413,7 @@ def check_combinations(options: dict[str, Any]) -> None:
         )
     branch = options.get("method") == "branch"
     stray = [flag(name) for name in BRANCH_ONLY if name in options and not branch]
-    if stray:
+    if stray and not options.get("resume"):  # a resumed study's method is the saved one's
         verb = "applies" if len(stray) == 1 else "apply"
         raise InputError(f"{', '.join(stray)} only {verb} with --method branch")
     if branch:
@@ -431,11 +431,6 @@ def check_branch(options: dict[str, Any]) -> None:
             f"--tolerance {show(options['tolerance'])}: a branch study compares branches within "
             f"a tolerance, which must be above 0 (default: half of what k=1 gains over the "
             f"window at each checkpoint)"
-        )
-    if options.get("resume"):
-        raise InputError(
-            "--resume of a branch study is not supported: its runs are short; start it again "
-            "with another --name"
         )
     grid_only = ("stop_at_target", "no_rule_test", "no_checks", "trials", "grace")
     grid_only += ("grace_epochs", "reduction_factor", "max_steps", "stratify")

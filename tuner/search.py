@@ -116,11 +116,6 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
     run["dry_run"] = bool(args.dry_run)
     if args.resume:
         saved = saved_spec(args.storage, args.name)
-        if saved.method == "branch":
-            raise InputError(
-                f"{saved.name} is a branch study: --resume of one is not supported (its runs "
-                f"are short); start it again with another --name"
-            )
         make_importable(saved.workload_source)
         spec, changed = resolve.resume_spec(saved, args)
         for line in changed:

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -42,7 +46,9 @@ from tuner.branch.trial import trainable
 from tuner.spec import StudySpec, save_spec
 from tuner.store import objects as store
 from tuner.store.names import SPEC_FILE
+from tuner.study import experiment
 from tuner.study.experiment import allow_pending, concurrency
+from tuner.study.searcher import tune_trials
 
 PHASES = {"probe": "lr search", "base": "base run", "rung": "branches", "verify": "schedule"}
 
@@ -78,6 +84,8 @@ class BranchSearcher(Searcher):
         self.open_points: set[float] = set()
         self.start: dict[float, float] = {}  # the base run's value at each checkpoint
         self.verify_asked = False
+        self.interrupted: list[Job] = []  # jobs cut short by an interruption, for their cost
+        self.saved_at = math.nan
         if self.base_lr:
             self._enqueue_base()
         else:
@@ -105,14 +113,47 @@ class BranchSearcher(Searcher):
         job.ended, job.error, job.result = time.time(), error, dict(result or {})
         getattr(self, f"_after_{job.kind}")(job)
 
-    def save(self, checkpoint_path: str) -> None:  # the jobs so far, for whoever looks
-        with open(checkpoint_path, "w") as file:
-            json.dump(
-                [{"kind": j.kind, "batch": j.batch, "trial": j.trial_id} for j in self.jobs], file
-            )
+    def save(self, checkpoint_path: str) -> None:
+        """Everything the study knows, with Tune's experiment state (saved after every step
+        of Tune's loop: `experiment.snapshot_at_every_step`)."""
+        self.saved_at = time.time()
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__dict__, file)
 
     def restore(self, checkpoint_path: str) -> None:
-        raise NotImplementedError("a branch study is not resumed")
+        """Continue from a saved state, told by Tune's saved trials what became of the jobs
+        that were running: a job Tune had ended is ended here (its result read from Tune's
+        state), one Tune never saved goes back to the queue, and one Tune will run again
+        counts its time so far as `interrupted` (a cost, from its start to the last save)
+        and starts its clock again. Jobs that had ended are never run again."""
+        with open(checkpoint_path, "rb") as file:
+            state = pickle.load(file)
+        # this run's spec (options that may change on resume) and cluster, set before Tune
+        # restores this
+        now_spec, limit = self.spec, self.max_concurrent
+        self.__dict__.update(state)
+        self.spec, self.max_concurrent = now_spec, limit
+        trials = tune_trials(Path(checkpoint_path).parent) or {}
+        now = time.time()
+        for trial_id, job in list(self.running.items()):
+            trial = trials.get(trial_id)
+            if trial is None:
+                del self.running[trial_id]
+                job.trial_id, job.started = "", math.nan
+                self.queue.insert(0, job)
+            elif trial.ended:
+                self.on_trial_complete(trial_id, trial.last_result, error=trial.status == "ERROR")
+                # it ended when it reported, not now
+                ended = (trial.last_result or {}).get("timestamp")
+                if isinstance(ended, (int, float)) and ended >= job.started:
+                    job.ended = float(ended)
+            else:
+                # a row of its own: one trial's row would span the time it was down
+                cut = Job(job.kind, job.batch, job.payload, f"{trial_id}-cut", job.started)
+                cut.ended = max(job.started, self.saved_at)
+                self.interrupted.append(cut)
+                job.started = now
+        print(f"resuming: {resume_line(self)}", file=sys.stderr, flush=True)
 
     # --- the study's steps -----------------------------------------------------------------
 
@@ -243,7 +284,8 @@ class BranchSearcher(Searcher):
     # --- what the study found ----------------------------------------------------------------
 
     def cost_table(self) -> pd.DataFrame:
-        """One row per job with its start and end, in the grid's trial-table columns."""
+        """One row per job with its start and end, in the grid's trial-table columns; a job an
+        interruption cut short has a row more, for the time it ran before."""
         rows = [
             {
                 "trial_id": j.trial_id,
@@ -253,7 +295,7 @@ class BranchSearcher(Searcher):
                 "started": j.started,
                 "ended": j.ended,
             }
-            for j in self.jobs
+            for j in [*self.interrupted, *self.jobs]
             if j.trial_id
         ]
         return pd.DataFrame(
@@ -300,30 +342,52 @@ def training_examples(spec: StudySpec) -> int:
     return len(splits.train)
 
 
-def run(spec: StudySpec, options: Any) -> int:
-    """Run a branch study on the joined cluster and write what it found."""
-    from tuner.branch import write
-
-    plan = planning.make_plan(spec, training_examples(spec))
-    save_spec(spec)
-    if spec.remote:
-        store.upload_file(spec.study_dir / SPEC_FILE, store.join(spec.study_uri, SPEC_FILE))
-    print(write.plan_line(spec, plan), file=sys.stderr, flush=True)
-    searcher = BranchSearcher(spec, plan, concurrency(spec))
-    allow_pending(max(searcher.max_concurrent, 1))
+def new_tuner(spec: StudySpec, plan: BranchPlan, searcher: BranchSearcher) -> tune.Tuner:
     most = planning.PROBE_LRS + 2 + len(plan.fractions) * len(plan.multipliers)
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable(spec),
         tune_config=tune.TuneConfig(
             search_alg=searcher, num_samples=most, reuse_actors=True, max_concurrent_trials=None
         ),
         run_config=tune.RunConfig(
             name=spec.name,
-            storage_path=spec.storage,
+            storage_path=spec.storage if spec.remote else os.path.abspath(spec.storage),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.worker_retries, fail_fast=False),
         ),
     )
+
+
+def resume_line(searcher: BranchSearcher) -> str:
+    """What a resumed study had done, and what it runs again."""
+    ended = Counter(PHASES[j.kind] for j in searcher.jobs if not math.isnan(j.ended))
+    again = Counter(PHASES[j.kind] for j in searcher.running.values())
+    done = ", ".join(f"{n} {phase}" for phase, n in ended.items()) or "nothing"
+    rerun = ", ".join(f"{n} {phase}" for phase, n in again.items())
+    line = f"{done} done"
+    if rerun:
+        line += f"; running again: {rerun} (a base run from its latest checkpoint)"
+    return line
+
+
+def run(spec: StudySpec, options: Any) -> int:
+    """Run a branch study on the joined cluster and write what it found."""
+    from tuner.branch import write
+
+    experiment.snapshot_at_every_step()  # the searcher's state and Tune's, saved together
+    if options.resume:
+        tuner, searcher = experiment.restored(spec, trainable(spec))
+        plan = searcher.plan
+        searcher.spec, searcher.max_concurrent = spec, concurrency(spec)  # this run's
+    else:
+        plan = planning.make_plan(spec, training_examples(spec))
+        save_spec(spec)
+        if spec.remote:
+            store.upload_file(spec.study_dir / SPEC_FILE, store.join(spec.study_uri, SPEC_FILE))
+        searcher = BranchSearcher(spec, plan, concurrency(spec))
+        tuner = new_tuner(spec, plan, searcher)
+    print(write.plan_line(spec, plan), file=sys.stderr, flush=True)
+    allow_pending(max(searcher.max_concurrent, 1))
     tuner.fit()
     try:
         written = write.write_study(spec, plan, searcher)

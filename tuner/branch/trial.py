@@ -5,7 +5,8 @@ process, with two or more as a Ray Train run of data-parallel workers (the grid'
 
 - `probe`: the base run's schedule at one lr, stopped at a fraction of its budget;
 - `base`: the base run, keeping its state at the checkpoints the branches start from
-  (`trainables.checkpoint_dir`, under STUDY/branch_points, local or in an object store);
+  (`trainables.checkpoint_dir`, under STUDY/branch_points, local or in an object store); a base
+  run started again (a resumed study, a retried trial) goes on from the latest of them;
 - `rung`: from one checkpoint, at k x the base batch for the window's examples: each lr
   candidate once (the search), then the best one with fresh seeds (the confirmation);
 - `verify`: the suggested batch-size schedule, from the first checkpoint it changes at.
@@ -64,6 +65,7 @@ def run_once(
     *,
     workers: Workers | None = None,
     start_state: dict[str, Any] | None = None,
+    resume_state: dict[str, Any] | None = None,
     lr_fn: Callable[[int], float] | None = None,
     keep_steps: tuple[int, ...] = (),
     on_state=None,
@@ -71,8 +73,9 @@ def run_once(
     test_at_end: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
     """Train one config to its end (or `stop_step`), from `start_state` with the lr
-    `lr_fn(step)` where given, on this process or as one of `workers`: its last metrics, every
-    evaluation's (step, examples, value, val_loss, lr) and its last state."""
+    `lr_fn(step)` where given (or going on from its own `resume_state`), on this process or as
+    one of `workers`: its last metrics, every evaluation's (step, examples, value, val_loss,
+    lr) and its last state."""
     workers = workers or Workers()
     config = TrialConfig.from_dict(values)
     key = get_metric(config.metric, config.metric_mode).key
@@ -113,11 +116,25 @@ def run_once(
             splits=cached_splits(config),
             # the optimizer's buffers would be shared (and moved on) between branches
             start_state=copy.deepcopy(start_state) if start_state else None,
+            resume_state=resume_state,
             keep_steps=keep_steps,
             lr_fn=lr_fn,
             test_at_end=test_at_end,
         )
     return dict(last), history, end.get("state")
+
+
+def latest_kept(
+    study: StudySpec, keep_steps: list[int], device: torch.device
+) -> dict[str, Any] | None:
+    """The base run's latest kept state, where an earlier start of it kept one: a base run
+    started again goes on from there (its evaluations so far replayed from the state), not
+    from step 0. None for a first start."""
+    for step in sorted(keep_steps, reverse=True):
+        state = CheckpointDir(point_uri(study, step)).latest(device)
+        if state is not None:
+            return state
+    return None
 
 
 def run_record(metrics: dict[str, Any], key: str, **about: Any) -> dict[str, Any]:
@@ -162,14 +179,17 @@ def job_result(
             if workers.rank == 0:  # every worker holds the same state
                 CheckpointDir(point_uri(study, step)).save(state)
 
+        kept = latest_kept(study, job["keep_steps"], device)
         metrics, history, _ = run_once(
             job["config"],
             device,
             workers=workers,
+            resume_state=kept,
             keep_steps=tuple(job["keep_steps"]),
             on_state=keep,
         )
         record = run_record(metrics, metric.key, base_lr=job["config"]["base_lr"])
+        record["resumed_at_step"] = int(metrics.get("resumed_at_step", 0))
         return {"kind": kind, "record": json.dumps(record), "history": json.dumps(history)}
     if kind == "rung":
         start = CheckpointDir(point_uri(study, job["step"])).latest(device)

@@ -147,26 +147,33 @@ def make_tuner(spec: StudySpec) -> tune.Tuner:
     )
 
 
-def restore_tuner(spec: StudySpec) -> tune.Tuner:
-    """Continue an interrupted study: finished trials are kept, unfinished ones resumed.
+def restored(spec: StudySpec, trainable_: object) -> tuple[tune.Tuner, object]:
+    """Tune's experiment of an interrupted study and its restored searcher: finished trials
+    are kept, unfinished ones resumed, errored ones stay errored.
 
     The trainable is bound to the spec given here, so options that may change on resume
-    (--worker-retries, --data-dir) reach the resumed trials; --max-concurrent is set on the
-    restored searcher, and Tune's own concurrency wrapper is taken off the restored Tune config
-    (a study saved before the searcher limited itself had it), which `Tuner.restore` does not
-    take (private attribute: this is the one place that touches it).
+    (--worker-retries, --data-dir) reach the resumed trials. Tune's own concurrency wrapper is
+    taken off the restored Tune config (a study saved before the searcher limited itself had
+    it), which `Tuner.restore` does not take; the searcher is the one Tune will run (private
+    attributes: this is the one place that touches them).
     """
     snapshot_at_every_step()
     tuner = tune.Tuner.restore(
         spec.study_uri,
-        trainable=trainable(spec),
+        trainable=trainable_,
         resume_unfinished=True,
         resume_errored=False,
         restart_errored=False,
     )
     internal = tuner._local_tuner
     internal._tune_config = dataclasses.replace(internal._tune_config, max_concurrent_trials=None)
+    return tuner, internal._tune_config.search_alg
+
+
+def restore_tuner(spec: StudySpec) -> tune.Tuner:
+    """Continue an interrupted grid study (`restored`), --max-concurrent set on its searcher."""
+    tuner, searcher = restored(spec, trainable(spec))
     trials = concurrency(spec)  # asks the cluster for its nodes: once
-    internal._tune_config.search_alg.max_concurrent = trials
+    searcher.max_concurrent = trials
     allow_pending(trials)
     return tuner

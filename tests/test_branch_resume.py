@@ -1,0 +1,56 @@
+"""A branch study killed in its base run continues with --resume: the jobs that had ended are
+not run again, the base run goes on from its latest kept checkpoint (not from step 0), every
+evaluation of it is recorded once, and the time the killed run had spent is counted."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from tests.conftest import kill_study_when, run_cli
+from tuner.study.searcher import tune_trials
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+NAME = "r"
+# The base run long enough (steps) for the kill to land between its two checkpoints.
+ARGS = ["simple_cnn", "--dataset", "digits", "--method", "branch", "--smoke"]
+ARGS += ["--budget", "steps:1200", "--branch-at", "0.1,0.8", "--rules", "sqrt"]
+
+
+def kept_steps(study) -> list[int]:
+    """The base run's checkpoints on disk, by step."""
+    found = (study / "branch_points").glob("step-*/checkpoint_*/state.pt")
+    return sorted({int(p.parent.parent.name.removeprefix("step-")) for p in found})
+
+
+def test_a_branch_study_killed_in_its_base_run_resumes_from_its_checkpoint(tmp_path):
+    storage = tmp_path / "studies"
+    study = storage / NAME
+    argv = [*ARGS, "--storage", str(storage), "--name", NAME]
+    kill_study_when(argv, tmp_path / "first.log", lambda: len(kept_steps(study)) == 1)
+    kept = kept_steps(study)
+    assert len(kept) == 1, f"the kill came after the base run's end: {kept}"
+    assert not (study / "branch.json").exists()
+
+    proc = run_cli("tuner.search", "--resume", "--storage", str(storage), "--name", NAME)
+    assert "resuming: 4 lr search done; running again: 1 base run" in proc.stderr, proc.stderr
+    data = json.loads((study / "branch.json").read_text())
+    assert not data["failure"]
+    # the base run went on from the checkpoint it had kept, not from step 0
+    assert data["base_run"]["resumed_at_step"] == kept[0]
+    assert data["base_run"]["steps"] == data["plan"]["base_steps"]
+    steps = [h["step"] for h in data["base_history"]]
+    assert steps == sorted(set(steps)) and kept[0] in steps  # each evaluation once
+    assert set(data["plan"]["checkpoints"]) <= set(steps)
+    assert [p["checkpoint"] for p in data["points"]] == [0.1, 0.8]
+
+    # Tune ran each job once: no probe again, one base run (resumed as the same trial)
+    kinds = Counter(t.config.get("kind") for t in (tune_trials(study) or {}).values())
+    assert kinds["probe"] == 4 and kinds["base"] == 1, kinds
+    assert kinds["rung"] >= 4
+
+    # the killed base run's time before the kill is a cost of its own row
+    jobs = sum(kinds.values())
+    assert data["cost"]["trials"] == jobs + 1, (data["cost"]["trials"], jobs)
+    assert data["cost"]["by_phase"]["base run"] > 0
