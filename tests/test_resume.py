@@ -3,6 +3,7 @@ recorded or trained twice, and it ends as an uninterrupted study would."""
 
 import json
 import sqlite3
+import time
 from collections import Counter
 
 import pandas as pd
@@ -16,10 +17,13 @@ from tests.conftest import (
     optuna_records,
     run_cli,
 )
+from tuner.analysis.cost import trial_costs
 from tuner.spec import load_spec
 from tuner.store.table import collect_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+DOWN_S = 8  # between the kill and the resume
 
 ARGS = [
     "simple_cnn",
@@ -104,6 +108,7 @@ def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
     extra = ["--workers-per-trial", str(workers)]
     before = first_run_killed_after(tmp_path, "resumed", 2, extra)
     assert sum(r[0] in FINISHED_STATES for r in before.values()) >= 2
+    time.sleep(DOWN_S)  # the study is down a while before its resume
     run_cli("tuner.search", "--resume", "--name", "resumed", "--storage", str(tmp_path))
     study_dir = tmp_path / "resumed"
     spec = load_spec(study_dir)
@@ -115,6 +120,14 @@ def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
     # one Optuna trial per Tune trial, and back
     assert (table.groupby("trial_id")["optuna_number"].nunique() == 1).all()
     assert (table.groupby(["cell", "optuna_number"])["trial_id"].nunique() == 1).all()
+    # the trial the kill cut is not charged for the time the study was down
+    cut = {json.loads(r[2]) for r in before.values() if r[0] == "RUNNING" and r[2]}
+    trials = table.drop_duplicates("trial_id").set_index("trial_id")
+    assert cut and (trials.loc[sorted(cut), "downtime_s"] >= DOWN_S).all()
+    assert (trials.drop(sorted(cut))["downtime_s"] == 0).all()
+    costs = trial_costs(table, per_worker=1.0).set_index("trial_id")
+    spans = trials["ended"] - trials["started"]
+    assert (costs.loc[sorted(cut), "wall_s"] <= spans[sorted(cut)] - DOWN_S).all()
 
     run_cli("tuner.search", *ARGS, *extra, "--name", "uninterrupted", "--storage", str(tmp_path))
     got, expected = final_rows(study_dir), final_rows(tmp_path / "uninterrupted")

@@ -50,7 +50,9 @@ def trial_costs(table: pd.DataFrame, per_worker: float, workers: int = 1) -> pd.
             continue  # still running, or never started
         reported = pd.to_numeric(group["workers"], errors="coerce").max()
         count = int(reported) if math.isfinite(reported) else workers
-        wall = max(ended - started, 0.0)
+        down = pd.to_numeric(group.get("downtime_s", pd.Series(dtype=float)), errors="coerce")
+        # a trial of an interrupted study is not charged for the time it was down
+        wall = max(ended - started - (down.max() if down.notna().any() else 0.0), 0.0)
         rows.append(
             {
                 "trial_id": trial_id,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +145,8 @@ class CellSearcher(Searcher):
     def save(self, checkpoint_path: str) -> None:
         scheduler = self._scheduler.state() if self._scheduler is not None else None
         with open(checkpoint_path, "wb") as file:
-            pickle.dump({"search": self._search, "scheduler": scheduler}, file)
+            state = {"search": self._search, "scheduler": scheduler, "saved_at": time.time()}
+            pickle.dump(state, file)
         database = Path(self._search.storage_url.removeprefix("sqlite:///"))
         snapshot_sqlite(database, Path(checkpoint_path).parent / OPTUNA_SNAPSHOT)
 
@@ -162,6 +164,13 @@ class CellSearcher(Searcher):
         # The scheduler first: it knows where the trials it stopped were stopped.
         if self._scheduler is not None and saved["scheduler"] is not None:
             self._scheduler.load_state(saved["scheduler"])
+        # A trial Tune resumes was down from the last save to now: its time is no cost.
+        saved_at = saved.get("saved_at")
+        if saved_at is not None:
+            down = max(0.0, time.time() - saved_at)
+            for key, trial in (tune or {}).items():
+                if not trial.ended:
+                    self._search.add_downtime(key, down)
         # A trial Tune's state has ended is never run again, so its end is told here (a
         # no-op where the searcher's state and Optuna already had it).
         for key, trial in (tune or {}).items():
