@@ -668,14 +668,17 @@ class CellSearch:
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         return study, optuna.Trial(study, trial_id)
 
-    def add_downtime(self, key: str, seconds: float) -> None:
-        """A running trial was down `seconds` (an interrupted study, from its last save to its
-        resume): its record's `downtime_s` grows by that much, which its cost leaves out."""
+    def add_downtime(self, key: str, down: float, up: float) -> None:
+        """A running trial was down from `down` to `up` (an interrupted study, from its last
+        save to its resume; seconds since the epoch): its record's `down` intervals and their
+        total `downtime_s`, which its cost leaves out."""
         if key not in self.trials or key in self.finished:
             return
         study, trial = self._trial(key)
-        earlier = study._storage.get_trial(trial._trial_id).user_attrs.get("downtime_s", 0.0)
-        trial.set_user_attr("downtime_s", float(earlier) + seconds)
+        earlier = study._storage.get_trial(trial._trial_id).user_attrs.get("down", [])
+        intervals = [*earlier, [down, up]]
+        trial.set_user_attr("down", intervals)
+        trial.set_user_attr("downtime_s", sum(b - a for a, b in intervals))
 
     def report(self, key: str, value: float, step: int) -> None:
         """An intermediate value (one evaluation) of a running trial."""

@@ -3,6 +3,7 @@ not run again, the base run goes on from its latest kept checkpoint (not from st
 evaluation of it is recorded once, and the time the killed run had spent is counted."""
 
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -13,6 +14,7 @@ from tuner.study.searcher import tune_trials
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 NAME = "r"
+DOWN_S = 6  # between the kill and the resume
 # The base run long enough (steps) for the kill to land between its two checkpoints.
 ARGS = ["simple_cnn", "--dataset", "digits", "--method", "branch", "--smoke"]
 ARGS += ["--budget", "steps:1200", "--branch-at", "0.1,0.8", "--rules", "sqrt"]
@@ -28,20 +30,23 @@ def test_a_branch_study_killed_in_its_base_run_resumes_from_its_checkpoint(tmp_p
     storage = tmp_path / "studies"
     study = storage / NAME
     argv = [*ARGS, "--storage", str(storage), "--name", NAME]
+    began = time.time()
     kill_study_when(argv, tmp_path / "first.log", lambda: len(kept_steps(study)) == 1)
-    kept = kept_steps(study)
-    assert len(kept) == 1, f"the kill came after the base run's end: {kept}"
     assert not (study / "branch.json").exists()
+    time.sleep(DOWN_S)  # down a while before the resume
+    # A trial's worker can outlive the kill of the driver and its raylet by a moment and keep
+    # another checkpoint (seen: the one at 80%): the resume goes on from the latest.
+    kept = kept_steps(study)
 
     proc = run_cli("tuner.search", "--resume", "--storage", str(storage), "--name", NAME)
     assert "resuming: 4 lr search done; running again: 1 base run" in proc.stderr, proc.stderr
     data = json.loads((study / "branch.json").read_text())
     assert not data["failure"]
     # the base run went on from the checkpoint it had kept, not from step 0
-    assert data["base_run"]["resumed_at_step"] == kept[0]
+    assert data["base_run"]["resumed_at_step"] == kept[-1]
     assert data["base_run"]["steps"] == data["plan"]["base_steps"]
     steps = [h["step"] for h in data["base_history"]]
-    assert steps == sorted(set(steps)) and kept[0] in steps  # each evaluation once
+    assert steps == sorted(set(steps)) and set(kept) <= set(steps)  # each evaluation once
     assert set(data["plan"]["checkpoints"]) <= set(steps)
     assert [p["checkpoint"] for p in data["points"]] == [0.1, 0.8]
 
@@ -54,3 +59,5 @@ def test_a_branch_study_killed_in_its_base_run_resumes_from_its_checkpoint(tmp_p
     jobs = sum(kinds.values())
     assert data["cost"]["trials"] == jobs + 1, (data["cost"]["trials"], jobs)
     assert data["cost"]["by_phase"]["base run"] > 0
+    # and the study's wall time leaves out the time it was down
+    assert data["cost"]["wall_hours"] * 3600 <= time.time() - began - DOWN_S

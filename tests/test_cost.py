@@ -1,6 +1,7 @@
 """What a study cost (issue 21 item 1, in part): device time per trial from Optuna's start and
 completion times x workers x what each worker holds, by phase and batch size."""
 
+import json
 import math
 
 import pandas as pd
@@ -42,6 +43,32 @@ def test_device_time_is_wall_time_times_workers_times_their_devices():
     assert cost.by_batch == pytest.approx({8: 30 / 3600, 512: 1320 / 3600})
     on_cpus = study_cost(t, gpus_per_worker=0, cpus_per_worker=2, workers=4)
     assert on_cpus.device == "CPU" and on_cpus.device_hours == pytest.approx(4 * cost.device_hours)
+
+
+def test_an_interrupted_study_is_not_charged_for_the_time_it_was_down():
+    """Killed at 100 s (last save at 90), resumed at 1000: trials a and e were running and are
+    resumed, b had ended, c started after the resume. a and e are charged for their time up,
+    the study's wall time leaves the 910 s out once."""
+    t = table(
+        [
+            ("a", 0.0, 1100.0, 8, "search", 1),
+            ("b", 10.0, 50.0, 8, "search", 1),
+            ("c", 1010.0, 1200.0, 8, "search", 1),
+            ("e", 20.0, 1050.0, 8, "search", 1),
+        ]
+    )
+    down = json.dumps([[90.0, 1000.0]])
+    t["downtime_s"] = [910.0, 0.0, 0.0, 910.0]
+    t["down"] = [down, "[]", "[]", down]
+    per_trial = trial_costs(t, per_worker=1.0).set_index("trial_id")
+    assert per_trial.loc["a", "wall_s"] == 1100 - 910
+    assert per_trial.loc["e", "wall_s"] == 1030 - 910
+    assert per_trial.loc["c", "wall_s"] == 190
+    assert study_cost(t, 0, 1).wall_hours == pytest.approx((1200 - 910) / 3600)
+    # a second interruption cut a (again) and c: each moment it was down is left out once
+    t.loc[0, "down"] = json.dumps([[90.0, 1000.0], [1100.0, 1150.0]])
+    t.loc[2, "down"] = json.dumps([[1100.0, 1150.0]])
+    assert study_cost(t, 0, 1).wall_hours == pytest.approx((1200 - 960) / 3600)
 
 
 def test_a_study_without_times_costs_nothing_known():

@@ -17,7 +17,7 @@ from tests.conftest import (
     optuna_records,
     run_cli,
 )
-from tuner.analysis.cost import trial_costs
+from tuner.analysis.cost import study_cost, trial_costs
 from tuner.spec import load_spec
 from tuner.store.table import collect_trials
 
@@ -128,6 +128,8 @@ def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
     costs = trial_costs(table, per_worker=1.0).set_index("trial_id")
     spans = trials["ended"] - trials["started"]
     assert (costs.loc[sorted(cut), "wall_s"] <= spans[sorted(cut)] - DOWN_S).all()
+    span = trials["ended"].max() - trials["started"].min()
+    assert study_cost(table, 0, 1).wall_hours * 3600 <= span - DOWN_S
 
     run_cli("tuner.search", *ARGS, *extra, "--name", "uninterrupted", "--storage", str(tmp_path))
     got, expected = final_rows(study_dir), final_rows(tmp_path / "uninterrupted")

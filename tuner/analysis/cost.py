@@ -10,6 +10,7 @@ last trial's end (a resumed study's pause included). Plain pandas, no Ray.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -66,6 +67,26 @@ def trial_costs(table: pd.DataFrame, per_worker: float, workers: int = 1) -> pd.
     return pd.DataFrame(rows, columns=columns)
 
 
+def down_intervals(table: pd.DataFrame) -> list[tuple[float, float]]:
+    """When the study was down (its `down` column: JSON [[from, to], ...] per trial)."""
+    if "down" not in table:
+        return []
+    found = []
+    for text in table["down"].dropna().unique():
+        found += [(float(a), float(b)) for a, b in (json.loads(text) if text else [])]
+    return found
+
+
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """The time the intervals cover together (each moment once)."""
+    total, reach = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
+
+
 def study_cost(
     table: pd.DataFrame, gpus_per_worker: float, cpus_per_worker: float, workers: int = 1
 ) -> StudyCost:
@@ -77,12 +98,14 @@ def study_cost(
         return StudyCost(device, 0.0, 0.0, 0)
     starts = pd.to_numeric(table["started"], errors="coerce")
     ends = pd.to_numeric(table["ended"], errors="coerce")
+    span = ends.max() - starts.min()
     by_phase = trials.groupby("phase")["device_s"].sum() / 3600
     by_batch = trials.groupby("batch_size")["device_s"].sum() / 3600
     return StudyCost(
         device=device,
         device_hours=float(trials["device_s"].sum() / 3600),
-        wall_hours=float((ends.max() - starts.min()) / 3600),
+        # the study's own time: not the time it was down between an interruption and its resume
+        wall_hours=float(max(span - union_seconds(down_intervals(table)), 0.0) / 3600),
         trials=len(trials),
         by_phase={
             PHASES.get(p, p): float(by_phase[p])

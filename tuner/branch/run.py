@@ -86,6 +86,7 @@ class BranchSearcher(Searcher):
         self.verify_asked = False
         self.interrupted: list[Job] = []  # jobs cut short by an interruption, for their cost
         self.saved_at = math.nan
+        self.down: list[tuple[float, float]] = []  # from a last save to a resume
         if self.base_lr:
             self._enqueue_base()
         else:
@@ -153,6 +154,8 @@ class BranchSearcher(Searcher):
                 cut.ended = max(job.started, self.saved_at)
                 self.interrupted.append(cut)
                 job.started = now
+        if now > self.saved_at:
+            self.down.append((self.saved_at, now))
         print(f"resuming: {resume_line(self)}", file=sys.stderr, flush=True)
 
     # --- the study's steps -----------------------------------------------------------------
@@ -294,13 +297,13 @@ class BranchSearcher(Searcher):
                 "workers": self.spec.workers_per_trial,
                 "started": j.started,
                 "ended": j.ended,
+                "down": json.dumps(self.down),  # the study's, for its wall time
             }
             for j in [*self.interrupted, *self.jobs]
             if j.trial_id
         ]
-        return pd.DataFrame(
-            rows, columns=["trial_id", "batch_size", "phase", "workers", "started", "ended"]
-        )
+        columns = ["trial_id", "batch_size", "phase", "workers", "started", "ended", "down"]
+        return pd.DataFrame(rows, columns=columns)
 
 
 def failed_run(fraction: float, k: int) -> BranchRun:

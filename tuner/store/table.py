@@ -88,6 +88,7 @@ COLUMNS = (
     "started",  # when the search handed the trial to Tune, seconds since the epoch
     "ended",  # when it was told the trial's outcome (NaN while it runs)
     "downtime_s",  # of that, the time it was down (an interrupted study, until its resume)
+    "down",  # when: [[from, to], ...] as JSON
     *PARAMS,
     "actual_lr",
     *METRICS,
@@ -156,6 +157,7 @@ def collect_trials(study_dir: str | Path) -> pd.DataFrame:
             "started": _seconds(trial.datetime_start),
             "ended": _seconds(trial.datetime_complete),
             "downtime_s": float(trial.user_attrs.get("downtime_s", 0.0)),
+            "down": json.dumps(trial.user_attrs.get("down", [])),
             **params,
             "actual_lr": scaled_lr(
                 params["base_lr"], params["scaling_rule"], params["batch_size"], reference

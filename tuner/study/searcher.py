@@ -165,12 +165,11 @@ class CellSearcher(Searcher):
         if self._scheduler is not None and saved["scheduler"] is not None:
             self._scheduler.load_state(saved["scheduler"])
         # A trial Tune resumes was down from the last save to now: its time is no cost.
-        saved_at = saved.get("saved_at")
-        if saved_at is not None:
-            down = max(0.0, time.time() - saved_at)
+        saved_at, now = saved.get("saved_at"), time.time()
+        if saved_at is not None and now > saved_at:
             for key, trial in (tune or {}).items():
                 if not trial.ended:
-                    self._search.add_downtime(key, down)
+                    self._search.add_downtime(key, saved_at, now)
         # A trial Tune's state has ended is never run again, so its end is told here (a
         # no-op where the searcher's state and Optuna already had it).
         for key, trial in (tune or {}).items():
