@@ -61,3 +61,38 @@ def test_a_branch_study_killed_in_its_base_run_resumes_from_its_checkpoint(tmp_p
     assert data["cost"]["by_phase"]["base run"] > 0
     # and the study's wall time leaves out the time it was down
     assert data["cost"]["wall_hours"] * 3600 <= time.time() - began - DOWN_S
+
+
+def test_a_branch_study_killed_on_one_machine_resumes_on_another_from_the_bucket(
+    s3, tmp_path, monkeypatch
+):
+    """The same, with the study in an object store and the resume in a fresh working copy (as
+    on another machine): the base run's checkpoints and Tune's state come from the bucket."""
+    from tuner.store import objects as store
+
+    for key, value in s3.items():
+        monkeypatch.setenv(key, value)
+    storage, uri = "s3://studies/branch", "s3://studies/branch/" + NAME
+
+    def kept_in_bucket() -> list[int]:
+        files = [f for f in store.list_files(uri) if f.startswith("branch_points/")]
+        return sorted({int(f.split("/")[1].removeprefix("step-")) for f in files})
+
+    first = {**s3, store.CACHE_ENV: str(tmp_path / "machine-a")}
+    argv = [*ARGS, "--storage", storage, "--name", NAME]
+    kill_study_when(argv, tmp_path / "first.log", lambda: bool(kept_in_bucket()), first, 0.5)
+    assert not store.exists(store.join(uri, "branch.json"))
+    time.sleep(DOWN_S)
+    kept = kept_in_bucket()
+
+    second = {**s3, store.CACHE_ENV: str(tmp_path / "machine-b")}
+    proc = run_cli("tuner.search", "--resume", "--storage", storage, "--name", NAME, env=second)
+    assert "running again: 1 base run" in proc.stderr, proc.stderr
+    work = tmp_path / "machine-b/studies/s3/studies/branch" / NAME
+    data = json.loads((work / "branch.json").read_text())
+    assert not data["failure"] and data["base_run"]["resumed_at_step"] == kept[-1]
+    assert "branch.json" in store.list_files(uri)  # the finished study is in the bucket
+    # Tune's state in the bucket: each job ran once
+    store.download_study(uri, tmp_path / "bucket")
+    kinds = Counter(t.config.get("kind") for t in (tune_trials(tmp_path / "bucket") or {}).values())
+    assert kinds["probe"] == 4 and kinds["base"] == 1, kinds
