@@ -146,3 +146,25 @@ def test_a_restored_searcher_ends_what_tune_ended_and_runs_the_rest_again(tmp_pa
     restored.on_trial_complete(probes[2], {"record": record(0.7, base_lr=0.03)})
     assert restored.base_lr == 0.03
     assert [p["kind"] for p in run_jobs(restored).values()] == ["base"]
+
+
+def test_a_job_runs_with_the_data_options_of_the_run_that_resumes_it(tmp_path):
+    """--data-dir and --loader-workers may change on resume: a job planned before the
+    interruption reads its data where this run says, in every config it holds."""
+    import dataclasses
+
+    from tuner.branch.trial import with_run_options
+
+    s = searcher(tmp_path, "--base-lr", "0.05")
+    ((base_id, base),) = run_jobs(s).items()
+    s.on_trial_complete(base_id, {"record": record(0.99), "history": "[]"})
+    rung = next(iter(run_jobs(s).values()))
+    moved = dataclasses.replace(s.spec, data_dir="/elsewhere", loader_workers=3)
+    for job, configs in [
+        (base, lambda j: [j["config"]]),
+        (rung, lambda j: list(j["configs"].values())),
+    ]:
+        now = with_run_options(job, moved)
+        assert configs(now) and all(c["data_dir"] == "/elsewhere" for c in configs(now))
+        assert all(c["loader_workers"] == 3 for c in configs(now))
+        assert all(c["data_dir"] != "/elsewhere" for c in configs(job))  # the plan as saved

@@ -256,10 +256,24 @@ def job_result(
     raise ValueError(f"unknown branch job {kind!r}")
 
 
+def with_run_options(job: dict[str, Any], study: StudySpec) -> dict[str, Any]:
+    """The job with this run's data options in each of its configs: a job planned before an
+    interruption runs with what `--resume` may change (`--data-dir`, `--loader-workers`)."""
+    job = copy.deepcopy(job)
+    configs = [job["config"]] if "config" in job else []
+    configs += list(job.get("configs", {}).values())
+    configs += [segment["config"] for segment in job.get("segments", [])]
+    for config in configs:
+        config["data_dir"] = study.data_dir
+        config["loader_workers"] = study.loader_workers or max(1, int(study.cpus_per_worker))
+    return job
+
+
 def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
     """Tune trainable: run one job of a branch study and report its records once, in this
     process (one worker) or as a Ray Train run of the study's workers per trial."""
     study = StudySpec.from_dict(spec)
+    job = with_run_options(job, study)
     if study.workers_per_trial == 1:
         torch.set_num_threads(max(1, int(study.cpus_per_worker)))
         device = torch.device("cuda", 0) if study.use_gpu else torch.device("cpu")
