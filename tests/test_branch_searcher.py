@@ -136,9 +136,15 @@ def test_a_restored_searcher_ends_what_tune_ended_and_runs_the_rest_again(tmp_pa
     requeued = [j for j in restored.queue if j.kind == "probe"]
     assert len(requeued) == 1 and not requeued[0].trial_id  # Tune never saved it
     (cut,) = restored.interrupted
-    assert cut.trial_id == f"{probes[2]}-cut" and cut.ended == restored.saved_at
+    assert cut.trial_id == f"{probes[2]}-cut0" and cut.ended == restored.saved_at
     costs = restored.cost_table()
     assert len(costs) == 4 and costs["trial_id"].is_unique
+    # cut again: another row of its own, another interval down
+    restored.save(str(state))
+    again = searcher(tmp_path, "--rules", "sqrt")
+    again.restore(str(state))
+    assert [c.trial_id for c in again.interrupted] == [f"{probes[2]}-cut{i}" for i in (0, 1)]
+    assert len(again.down) == 2 and again.cost_table()["trial_id"].is_unique
     # the rest of the study: the requeued probe and the resumed one end, the base run follows
     (again_id, again), *_ = run_jobs(restored).items()
     assert again["kind"] == "probe"

@@ -2,10 +2,12 @@
 
 A trial's wall time runs from the moment the search handed it to Tune to the moment the search
 was told how it ended (Optuna's start and completion times), so it includes starting its
-processes, loading data and every evaluation, not only training. Its device time is that wall
-time x its workers x what each worker holds: GPUs on GPU workers, else CPUs (a 0.25-GPU worker
-costs a quarter of a GPU's time). The study's wall time is from its first trial's start to its
-last trial's end (a resumed study's pause included). Plain pandas, no Ray.
+processes, loading data and every evaluation, not only training, less the time it was down
+(`downtime_s`: a trial running when the study was killed, from the last save to the resume).
+Its device time is that wall time x its workers x what each worker holds: GPUs on GPU workers,
+else CPUs (a 0.25-GPU worker costs a quarter of a GPU's time). The study's wall time is from
+its first trial's start to its last trial's end, less the time it was down (the trials' `down`
+intervals, each moment once). Plain pandas, no Ray.
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ class BranchSearcher(Searcher):
                     job.ended = float(ended)
             else:
                 # a row of its own: one trial's row would span the time it was down
-                cut = Job(job.kind, job.batch, job.payload, f"{trial_id}-cut", job.started)
+                cut_id = f"{trial_id}-cut{len(self.interrupted)}"  # cut again: another row
+                cut = Job(job.kind, job.batch, job.payload, cut_id, job.started)
                 cut.ended = max(job.started, self.saved_at)
                 self.interrupted.append(cut)
                 job.started = now
@@ -369,7 +370,9 @@ def resume_line(searcher: BranchSearcher) -> str:
     rerun = ", ".join(f"{n} {phase}" for phase, n in again.items())
     line = f"{done} done"
     if rerun:
-        line += f"; running again: {rerun} (a base run from its latest checkpoint)"
+        line += f"; running again: {rerun}"
+    if "base" in [j.kind for j in searcher.running.values()]:
+        line += " (the base run from its latest checkpoint)"
     return line
 
 
