@@ -143,6 +143,7 @@ class LocalRayCluster:
         self.nodes: list[subprocess.Popen] = []
         self._names: list[str] = []
         self.cpus = 0
+        self.head_ids: set[str] = set()
 
     @property
     def gcs_address(self) -> str:
@@ -290,18 +291,22 @@ class LocalRayCluster:
         assert not left, f"processes of the test cluster survived SIGKILL: {left}"
 
 
-def start_two_nodes() -> LocalRayCluster:
+def start_two_nodes(head_ids: bool = False) -> LocalRayCluster:
     """A head and a worker node of 2 CPUs each, started one after the other: started together
     on 2 cores they compete for the CPU while Ray gives a raylet a hard-coded 30 s to register
     with the GCS (ray/_private/node.py), and CI once saw the head's `ray start` give up ("The
     current node timed out during startup"). Where a `ray start` still dies that way, the whole
     cluster is started once more, on fresh ports: that is Ray's start-up under load, not the
-    behaviour under test, and the retry is printed."""
+    behaviour under test, and the retry is printed. `head_ids`: the head's node ids are kept
+    (`cluster.head_ids`), read before the second node joins, to tell the two apart."""
     for attempt in (1, 2):
         cluster = LocalRayCluster()
         try:
             cluster.start_head(num_cpus=2)
             cluster.wait_started()
+            if head_ids:
+                cluster.wait_ready()
+                cluster.head_ids = cluster.node_ids()
             cluster.add_node(num_cpus=2)
             cluster.wait_started()
             cluster.wait_ready()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cluster import ROOT, LocalRayCluster
+from tests.test_cluster import ROOT, start_two_nodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -80,16 +80,10 @@ def running_on(study_dir: Path, node_id: str) -> set[str]:
 def test_worker_node_killed_mid_study_study_completes_with_report(tmp_path):
     from tuner.store.table import collect_trials
 
-    cluster = LocalRayCluster()
+    cluster = start_two_nodes(head_ids=True)  # the head alone first, to tell the nodes apart
     study = None
     try:
-        cluster.start_head(num_cpus=2)
-        # Start the head alone first to tell its node id from the second node's.
-        cluster.wait_ready()
-        head_ids = cluster.node_ids()
-        cluster.add_node(num_cpus=2)
-        cluster.wait_ready()
-        (second_id,) = cluster.node_ids() - head_ids
+        (second_id,) = cluster.node_ids() - cluster.head_ids
         second = cluster.nodes[1]
 
         storage = tmp_path / "studies"
@@ -194,7 +188,7 @@ def test_worker_node_killed_mid_study_study_completes_with_report(tmp_path):
         assert set(outcomes) <= FINAL - {"errored"}, outcomes
         for trial in victims:
             rows = table[table["trial_id"] == trial]
-            moved = rows[rows["node_id"].isin(head_ids)]
+            moved = rows[rows["node_id"].isin(cluster.head_ids)]
             assert len(moved) > 0, (trial, rows[["optimizer_steps", "node_id"]])
             # the head first re-reports the checkpoint's evaluation, then trains on from there
             assert (moved["resumed_at_step"].iloc[1:] > 0).all(), moved["resumed_at_step"]
