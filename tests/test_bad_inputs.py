@@ -307,3 +307,17 @@ def test_the_table_covers_at_least_25_inputs():
     tables = (BAD_OPTIONS, WORKLOAD_AND_DATA, RESUME_CONTRADICTIONS, BAD_CLUSTER_CONFIGS)
     total = sum(len(table) for table in tables)
     assert total >= 25
+
+
+def test_the_report_of_a_branch_study_that_has_not_finished_is_one_line(tmp_path, capsys):
+    from tuner.report.cli import main as report_main
+
+    argv = ["simple_cnn", "--storage", str(tmp_path / "studies"), "--name", "b"]
+    spec = build_spec(build_parser().parse_args([*argv, "--method", "branch"]), False)
+    save_spec(spec)
+    before = snapshot(spec.study_dir)
+    code = report_main([str(spec.study_dir)])
+    err = capsys.readouterr().err
+    assert_one_error_line(code, err, "b is a branch study with no branch.json yet")
+    assert "--resume --name b" in err
+    assert snapshot(spec.study_dir) == before

@@ -72,6 +72,27 @@ def test_a_branch_study_measures_every_checkpoint_up_its_ladder(branch_study):
         assert line in err
 
 
+def test_its_report_is_written_again_from_what_it_measured(branch_study):
+    """`python -m tuner.report STUDY` on a branch study writes branch.md, its figure and its
+    TensorBoard run again from branch.json (no grid report: no report.md, trials.csv), and
+    refuses the grid report's options in one line."""
+    study, _ = branch_study
+    text = (study / "branch.md").read_text()
+    for name in ("branch.md", "local_critical.png"):
+        (study / name).unlink()
+    proc = run_cli("tuner.report", str(study))
+    assert (study / "branch.md").read_text() == text and (study / "local_critical.png").is_file()
+    assert "local critical batch" in proc.stdout and proc.stdout.strip().endswith("branch.md")
+    assert not (study / "report.md").exists() and not (study / "trials.csv").exists()
+    events = list((study / "summary").glob("events.out.tfevents.*"))
+    assert len(events) == 1  # the run's own, replaced
+    accumulator = EventAccumulator(str(study / "summary"))
+    accumulator.Reload()
+    assert "branch/local_critical" in accumulator.Tags()["scalars"]
+    refused = run_cli("tuner.report", str(study), "--target", "0.9", check=False)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --target applies to")
+
+
 def test_a_constant_batch_is_read_at_the_earliest_checkpoint(fixed_tolerance_study):
     study, err = fixed_tolerance_study
     data = json.loads((study / "branch.json").read_text())

@@ -326,7 +326,7 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
             "one batch size all through is held back at the start of training, where the local "
             "critical batch is smallest; the later checkpoints say how far a batch that grows "
             "with training can go (the schedule below)."
-            + (f" Caution: {aim['caution']}." if aim["caution"] else ""),
+            + (f" Caution: {aim['caution']}." if aim.get("caution") else ""),
         ]
     lines += [
         "",
@@ -427,6 +427,36 @@ def write_study(spec: StudySpec, plan: BranchPlan, searcher) -> Path:
     (folder / REPORT).write_text(text)
     tensorboard(folder / "summary", data, folder / FIGURE, text)
     return folder / REPORT
+
+
+def rewrite(study_dir: Path, spec: StudySpec, tensorboard_too: bool = True) -> Path:
+    """`python -m tuner.report` on a branch study: branch.md, the figure and the TensorBoard
+    run written again from what the study measured (branch.json), at this code's rendering.
+    `NotFinished` where the study has not written branch.json (running, or interrupted)."""
+    found = study_dir / DATA
+    if not found.is_file():
+        raise NotFinished(
+            f"{study_dir} is a branch study with no {DATA} yet: it is running, or was "
+            f"interrupted (continue it: python -m tuner.search --resume --name {spec.name} and "
+            f"its --storage)"
+        )
+    data = json.loads(found.read_text())
+    plan = BranchPlan(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in data["plan"].items()}
+    )
+    fig = figure(spec, plan, data)
+    fig.savefig(study_dir / FIGURE, dpi=110)
+    text = render(spec, plan, data)
+    (study_dir / REPORT).write_text(text)
+    if tensorboard_too:  # in place of the run's, not beside it (TensorBoard would show both)
+        for old in (study_dir / "summary").glob("events.out.tfevents.*"):
+            old.unlink()
+        tensorboard(study_dir / "summary", data, study_dir / FIGURE, text)
+    return study_dir / REPORT
+
+
+class NotFinished(Exception):
+    """A branch study's report asked for before the study wrote what it measured."""
 
 
 def tensorboard(where: Path, data: dict[str, Any], figure_path: Path, text: str) -> None:

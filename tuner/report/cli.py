@@ -27,7 +27,7 @@ from tuner.errors import InputError
 from tuner.report.fetch import fetch_study
 from tuner.report.names import NotAStudy
 from tuner.report.write import write_report
-from tuner.spec import load_spec
+from tuner.spec import StudySpec, load_spec
 from tuner.store.names import SPEC_FILE
 from tuner.store.objects import StorageError, is_uri
 
@@ -79,6 +79,32 @@ def _check(args: argparse.Namespace, metric: StudyMetric) -> None:
         raise InputError(f"{problem}: this study is judged by {metric.label}")
 
 
+def branch_report(study_dir: Path, spec: StudySpec, args: argparse.Namespace) -> int:
+    """A branch study's report (branch.md) written again from its branch.json; the grid's
+    report options do not apply (its tolerance is the study's own: --tolerance of the search)."""
+    from tuner.branch import write
+
+    given = [f for f, v in (("--target", args.target), ("--tolerance", args.tolerance)) if v]
+    if given:
+        print(
+            f"error: {' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to a "
+            f"grid study's report; {spec.name} is a "
+            f"branch study, whose branch.md is written from what it measured",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        report = write.rewrite(study_dir, spec, tensorboard_too=not args.no_tensorboard)
+    except write.NotFinished as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for section in report.read_text().split("\n## "):
+        if section.startswith("Local critical batch size"):  # what it found, as a table
+            print(section.split("\n### ", 1)[0].split("\n", 1)[1].strip())
+    print(f"report: {report}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if (
@@ -99,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             study_dir = fetch_study(study_dir, Path(args.into) if args.into else None)
         elif not (Path(study_dir) / SPEC_FILE).exists():
             raise NotAStudy(f"{study_dir} is not a study directory (no {SPEC_FILE})")
-        metric = load_spec(study_dir).study_metric
+        spec = load_spec(study_dir)
+        if spec.method == "branch":
+            return branch_report(Path(study_dir), spec, args)
+        metric = spec.study_metric
         _check(args, metric)
         tolerance = args.tolerance
         if tolerance is not None and metric.unit == "pt":
