@@ -35,6 +35,20 @@ def test_bad_inputs_are_one_line(argv, fragment, capsys):
     assert fragment in err
 
 
+def test_a_branch_study_is_refused_in_one_line(tmp_path, capsys):
+    from tuner.options import build_parser
+    from tuner.resolve import build_spec
+    from tuner.spec import save_spec
+
+    argv = ["mnist1d", "--method", "branch", "--storage", str(tmp_path), "--name", "b"]
+    save_spec(build_spec(build_parser().parse_args(argv), gpus_available=False))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "b")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err
+    assert err.startswith(f"error: {tmp_path / 'b'}: a branch study keeps no trained weights")
+
+
 @pytest.mark.ray
 def test_explain_a_real_study(small_study, tmp_path):
     study = tmp_path / "e2e"

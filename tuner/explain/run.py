@@ -90,6 +90,12 @@ def explain(
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: this machine has no CUDA GPU; use --device cpu")
     spec = load_spec(study_dir)
+    if spec.method == "branch":  # its branches keep no weights to measure
+        raise InputError(
+            f"{study_dir}: a branch study keeps no trained weights to measure; explain reads a "
+            f"grid study's confirmation runs (python -m tuner.search {spec.workload} with "
+            f"--method grid, the default)"
+        )
     table = collect_trials(study_dir)
     best = best_trials(table, batch_sizes, spec.study_metric)
     if best.empty:
