@@ -2,13 +2,18 @@
 not run again, the base run goes on from its latest kept checkpoint (not from step 0), every
 evaluation of it is recorded once, and the time the killed run had spent is counted."""
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
 import pytest
 
-from tests.conftest import kill_study_when, run_cli
+from tests.conftest import ROOT, kill_study_when, run_cli
 from tuner.study.searcher import tune_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -96,3 +101,41 @@ def test_a_branch_study_killed_on_one_machine_resumes_on_another_from_the_bucket
     store.download_study(uri, tmp_path / "bucket")
     kinds = Counter(t.config.get("kind") for t in (tune_trials(tmp_path / "bucket") or {}).values())
     assert kinds["probe"] == 4 and kinds["base"] == 1, kinds
+
+
+def test_a_branch_study_stopped_with_ctrl_c_says_so_and_reports_nothing_until_resumed(tmp_path):
+    """Ctrl+C: Tune saves its state and stops; the study reports no half-climbed ladder as a
+    measurement (exit 130, one error line that says how to continue), and --resume ends it."""
+    storage = tmp_path / "studies"
+    study = storage / NAME
+    argv = [*ARGS, "--storage", str(storage), "--name", NAME]
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuner.search", *argv],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not kept_steps(study):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (tmp_path / "first.log").read_text()
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: the branch study was interrupted with 1 job(s) to run; nothing is reported "
+        f"before it ends: continue it with python -m tuner.search --resume --name {NAME} "
+        f"--storage {storage}"
+    ], log[-3000:]
+    assert not (study / "branch.json").exists() and not (study / "branch.md").exists()
+
+    run_cli("tuner.search", "--resume", "--storage", str(storage), "--name", NAME)
+    data = json.loads((study / "branch.json").read_text())
+    assert not data["failure"] and data["base_run"]["resumed_at_step"] in kept_steps(study)

@@ -50,6 +50,7 @@ from tuner.study import experiment
 from tuner.study.experiment import allow_pending, concurrency
 from tuner.study.searcher import tune_trials
 
+INTERRUPTED = 130  # the exit status of a study stopped by Ctrl+C, as a shell's
 PHASES = {"probe": "lr search", "base": "base run", "rung": "branches", "verify": "schedule"}
 
 
@@ -395,6 +396,16 @@ def run(spec: StudySpec, options: Any) -> int:
     print(write.plan_line(spec, plan), file=sys.stderr, flush=True)
     allow_pending(max(searcher.max_concurrent, 1))
     tuner.fit()
+    left = len(searcher.queue) + len(searcher.running)
+    if left and not searcher.failure:
+        # Tune stopped early (Ctrl+C): ladders half climbed would read as measured
+        print(
+            f"error: the branch study was interrupted with {left} job(s) to run; nothing is "
+            f"reported before it ends: continue it with python -m tuner.search --resume "
+            f"--name {spec.name} --storage {spec.storage}",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     try:
         written = write.write_study(spec, plan, searcher)
     except Exception as error:  # the runs are saved; say why the report is not
