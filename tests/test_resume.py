@@ -1,8 +1,13 @@
 """An interrupted study continues with --resume: finished trials are kept as they were, none is
 recorded or trained twice, and it ends as an uninterrupted study would."""
 
+import contextlib
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -11,6 +16,7 @@ import pytest
 
 from tests.conftest import (
     FINISHED_STATES,
+    ROOT,
     assert_each_evaluation_trained_once,
     assert_resume_kept_the_record,
     kill_study_when,
@@ -134,3 +140,42 @@ def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
     run_cli("tuner.search", *ARGS, *extra, "--name", "uninterrupted", "--storage", str(tmp_path))
     got, expected = final_rows(study_dir), final_rows(tmp_path / "uninterrupted")
     pd.testing.assert_frame_equal(got, expected)
+
+
+def test_a_study_stopped_with_ctrl_c_says_so_and_resumes(tmp_path):
+    """Ctrl+C in the middle of a trial: Tune saves and stops, the report covers what ended, and
+    the CLI says the study was interrupted (exit 130, one error line with the way on) instead
+    of 'done'; --resume ends it with every trial ended."""
+    study_dir = tmp_path / "stopped"
+    argv = [*ARGS, "--name", "stopped", "--storage", str(tmp_path)]
+    with open(tmp_path / "first-run.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuner.search", *argv],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not mid_trial(study_dir, 1):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (tmp_path / "first-run.log").read_text()
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: the study was interrupted with")
+    assert f"--resume --name stopped --storage {tmp_path}" in errors[0]
+    assert "its trial table holds the trials that ended" in errors[0]  # --no-report
+    assert "done: " not in log and (study_dir / "trials.csv").is_file()
+
+    resumed = run_cli("tuner.search", "--resume", "--name", "stopped", "--storage", str(tmp_path))
+    assert "done: " in resumed.stderr
+    table = collect_trials(study_dir)
+    outcomes = Counter(table.drop_duplicates("trial_id")["outcome"])
+    # the trial Ctrl+C cut was resumed and recorded, not closed as lost
+    assert outcomes["running"] == 0 and outcomes["errored"] == 0, outcomes

@@ -49,8 +49,8 @@ from tuner.store.names import SPEC_FILE
 from tuner.study import experiment
 from tuner.study.experiment import allow_pending, concurrency
 from tuner.study.searcher import tune_trials
+from tuner.study.session import INTERRUPTED
 
-INTERRUPTED = 130  # the exit status of a study stopped by Ctrl+C, as a shell's
 PHASES = {"probe": "lr search", "base": "base run", "rung": "branches", "verify": "schedule"}
 
 

@@ -19,6 +19,9 @@ from tuner.store.names import SPEC_FILE
 from tuner.store.optuna_db import close_lost_trials, pull_optuna_db
 from tuner.store.table import write_trial_table
 from tuner.study import experiment
+from tuner.study.searcher import tune_trials
+
+INTERRUPTED = 130  # the exit status of a study stopped by Ctrl+C, as a shell's
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,13 @@ def run(spec: StudySpec, options: RunOptions) -> int:
     results = tuner.fit()
     if spec.remote:  # Tune's results and TensorBoard files, for the trial table and report
         store.download_study(spec.study_uri, spec.study_dir)
-    lost = close_lost_trials(spec.study_dir, spec.name)
+    # Tune's saved state, not the results in memory: stopped by Ctrl+C, Tune saves its running
+    # trials as running (resumable), then ends them in memory as terminated.
+    saved = tune_trials(spec.study_dir) or {}
+    unfinished = sum(not trial.ended for trial in saved.values())
+    # Only a study Tune finished has no Optuna trial left running; an interrupted one's running
+    # trials are resumed (closing them would record their ends as errors).
+    lost = 0 if unfinished else close_lost_trials(spec.study_dir, spec.name)
     if lost:
         print(
             f"{lost} trial(s) started just before an interruption were never recorded by Tune; "
@@ -98,6 +107,15 @@ def run(spec: StudySpec, options: RunOptions) -> int:
             )
             return 1
         print(f"uploaded {count} files to {spec.study_uri}", file=sys.stderr)
+    if unfinished:  # Tune stopped early (Ctrl+C): saved, and the report says what had ended
+        print(
+            f"error: the study was interrupted with {unfinished} trial(s) unfinished; "
+            f"{'its report and trial table hold' if options.report else 'its trial table holds'}"
+            f" the trials that ended: continue it with python -m tuner.search --resume --name "
+            f"{spec.name} --storage {spec.storage}",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
     errors = sum(1 for r in results if r.error)
     print(
         f"done: {len(results)} trials ({errors} errored). The map: tensorboard --logdir "
