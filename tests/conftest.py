@@ -96,6 +96,35 @@ def kill_study_when(
         proc.wait()
 
 
+def ctrl_c_study_when(argv: list[str], log: Path, ready: Callable[[], bool]) -> int:
+    """Start `python -m tuner.search ARGV` and, once `ready()`, send its driver SIGINT (a
+    user's Ctrl+C: Tune saves and stops); returns its exit status. Whatever of its process
+    group is left afterwards is killed."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tuner.search", *argv],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not ready():
+            assert proc.poll() is None, f"the study ended first:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the moment to interrupt never came"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        return proc.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error: ")]
+
+
 def assert_each_evaluation_trained_once(study_dir: Path) -> None:
     """After a resume: a trial whose Train run had finished is resumed by Tune and re-reports
     its last evaluation from the checkpoint, with the same numbers to the last bit, timings

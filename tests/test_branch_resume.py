@@ -2,18 +2,13 @@
 not run again, the base run goes on from its latest kept checkpoint (not from step 0), every
 evaluation of it is recorded once, and the time the killed run had spent is counted."""
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
 import pytest
 
-from tests.conftest import ROOT, kill_study_when, run_cli
+from tests.conftest import ctrl_c_study_when, error_lines, kill_study_when, run_cli
 from tuner.study.searcher import tune_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -109,26 +104,10 @@ def test_a_branch_study_stopped_with_ctrl_c_says_so_and_reports_nothing_until_re
     storage = tmp_path / "studies"
     study = storage / NAME
     argv = [*ARGS, "--storage", str(storage), "--name", NAME]
-    with open(tmp_path / "first.log", "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.search", *argv],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 300
-        while not kept_steps(study):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    log = (tmp_path / "first.log").read_text()
-    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    log = tmp_path / "first.log"
+    assert ctrl_c_study_when(argv, log, lambda: bool(kept_steps(study))) == 130
+    log = log.read_text()
+    errors = error_lines(log)
     assert errors == [
         f"error: the branch study was interrupted with 1 job(s) to run; nothing is reported "
         f"before it ends: continue it with python -m tuner.search --resume --name {NAME} "

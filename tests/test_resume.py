@@ -1,13 +1,8 @@
 """An interrupted study continues with --resume: finished trials are kept as they were, none is
 recorded or trained twice, and it ends as an uninterrupted study would."""
 
-import contextlib
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -16,9 +11,10 @@ import pytest
 
 from tests.conftest import (
     FINISHED_STATES,
-    ROOT,
     assert_each_evaluation_trained_once,
     assert_resume_kept_the_record,
+    ctrl_c_study_when,
+    error_lines,
     kill_study_when,
     optuna_records,
     run_cli,
@@ -148,26 +144,10 @@ def test_a_study_stopped_with_ctrl_c_says_so_and_resumes(tmp_path):
     of 'done'; --resume ends it with every trial ended."""
     study_dir = tmp_path / "stopped"
     argv = [*ARGS, "--name", "stopped", "--storage", str(tmp_path)]
-    with open(tmp_path / "first-run.log", "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tuner.search", *argv],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 300
-        while not mid_trial(study_dir, 1):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    log = (tmp_path / "first-run.log").read_text()
-    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    log = tmp_path / "first-run.log"
+    assert ctrl_c_study_when(argv, log, lambda: mid_trial(study_dir, 1)) == 130
+    log = log.read_text()
+    errors = error_lines(log)
     assert len(errors) == 1 and errors[0].startswith("error: the study was interrupted with")
     assert f"--resume --name stopped --storage {tmp_path}" in errors[0]
     assert "its trial table holds the trials that ended" in errors[0]  # --no-report
