@@ -167,7 +167,12 @@ def restored(spec: StudySpec, trainable_: object) -> tuple[tune.Tuner, object]:
     )
     internal = tuner._local_tuner
     internal._tune_config = dataclasses.replace(internal._tune_config, max_concurrent_trials=None)
-    return tuner, internal._tune_config.search_alg
+    return tuner, searcher_of(tuner)
+
+
+def searcher_of(tuner: tune.Tuner) -> object:
+    """The searcher Tune runs (the one a restored Tuner restores into)."""
+    return tuner._local_tuner._tune_config.search_alg
 
 
 def restore_tuner(spec: StudySpec) -> tune.Tuner:

@@ -89,6 +89,7 @@ class CellSearcher(Searcher):
         # waited for it forever (seen in tests/test_object_store.py). This state's record of
         # running trials is the one reconciled with Tune's and Optuna's on resume.
         self.max_concurrent = max_concurrent
+        self.done = False  # the search said it is finished (a study Tune ran to its end)
         self._storage_factory = storage_factory
         # The study's scheduler (PerCellASHA), saved and restored with this searcher: Tune
         # pickles both in one Tuner, so this is the very object Tune schedules with.
@@ -111,6 +112,7 @@ class CellSearcher(Searcher):
             return None
         suggestion = self._search.suggest(trial_id)
         if suggestion == FINISHED:
+            self.done = True
             return Searcher.FINISHED
         if suggestion is None:
             return None  # confirmation runs wait for their cell's search to finish

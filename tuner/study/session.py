@@ -75,9 +75,11 @@ def run(spec: StudySpec, options: RunOptions) -> int:
     # trials as running (resumable), then ends them in memory as terminated.
     saved = tune_trials(spec.study_dir) or {}
     unfinished = sum(not trial.ended for trial in saved.values())
+    # Stopped between trials, nothing is left running: the search had not said it was done.
+    stopped_early = unfinished > 0 or not getattr(experiment.searcher_of(tuner), "done", True)
     # Only a study Tune finished has no Optuna trial left running; an interrupted one's running
     # trials are resumed (closing them would record their ends as errors).
-    lost = 0 if unfinished else close_lost_trials(spec.study_dir, spec.name)
+    lost = 0 if stopped_early else close_lost_trials(spec.study_dir, spec.name)
     if lost:
         print(
             f"{lost} trial(s) started just before an interruption were never recorded by Tune; "
@@ -107,9 +109,10 @@ def run(spec: StudySpec, options: RunOptions) -> int:
             )
             return 1
         print(f"uploaded {count} files to {spec.study_uri}", file=sys.stderr)
-    if unfinished:  # Tune stopped early (Ctrl+C): saved, and the report says what had ended
+    if stopped_early:  # Tune stopped early (Ctrl+C): saved, and the report says what ended
         print(
-            f"error: the study was interrupted with {unfinished} trial(s) unfinished; "
+            f"error: the study was interrupted with {unfinished} trial(s) unfinished and the "
+            f"rest of its search to run; "
             f"{'its report and trial table hold' if options.report else 'its trial table holds'}"
             f" the trials that ended: continue it with python -m tuner.search --resume --name "
             f"{spec.name} --storage {spec.storage}",
