@@ -148,6 +148,7 @@ class CellSearcher(Searcher):
         scheduler = self._scheduler.state() if self._scheduler is not None else None
         with open(checkpoint_path, "wb") as file:
             state = {"search": self._search, "scheduler": scheduler, "saved_at": time.time()}
+            state["done"] = self.done  # a finished study resumed again asks for nothing more
             pickle.dump(state, file)
         database = Path(self._search.storage_url.removeprefix("sqlite:///"))
         snapshot_sqlite(database, Path(checkpoint_path).parent / OPTUNA_SNAPSHOT)
@@ -158,6 +159,7 @@ class CellSearcher(Searcher):
         if not isinstance(saved, dict):  # a checkpoint written before the scheduler's state
             saved = {"search": saved, "scheduler": None}
         self._search = saved["search"]
+        self.done = saved.get("done", True)  # unknown (saved before it was kept): not claimed
         self._search.attach(self._storage_factory())
         # The database and Tune's own state may be from other moments than this state.
         tune = tune_trials(Path(checkpoint_path).parent)
