@@ -62,7 +62,8 @@ def test_a_best_on_the_edge_of_the_lr_range_moves_the_range(checks_study):
 
 def test_a_batch_size_short_of_steps_is_given_more_until_it_holds(checks_study):
     """Batch 128 confirmed far short of the baseline: half and twice its lr are tried at its
-    11 steps, then twice the steps, and so on (search_spaces.checks), until it holds."""
+    11 steps, then twice the steps, and so on (search_spaces.checks), until it holds: judged at
+    the last level, which is within the tolerance of the baseline."""
     runs = finals(checks_study)
     b128 = runs[runs["cell"] == "b128"]
     confirm = b128[b128["phase"] == "confirm"]
@@ -73,7 +74,9 @@ def test_a_batch_size_short_of_steps_is_given_more_until_it_holds(checks_study):
     k = (checked["base_lr"] / lr).map(lambda f: round(math.log2(f)))
     assert {-1, 1} <= set(k[steps == 11])  # the lr first, at its own budget
     budgets = sorted(set(steps))
-    assert budgets[:3] == [11, 22, 44][: len(budgets)] and len(budgets) >= 3  # then doubling
+    # then doubling, until a level is within the tolerance (22 steps on one machine, 44 on
+    # another: the rule, not the number of doublings)
+    assert budgets == [11 * 2**i for i in range(len(budgets))] and len(budgets) >= 2
     for (_, _), level in checked.groupby([steps, k]):  # the confirmed configuration, its seeds
         assert sorted(level["seed"]) == [1, 2]
         for name in ("weight_decay", "warmup_fraction", "scaling_rule"):
@@ -84,7 +87,11 @@ def test_a_batch_size_short_of_steps_is_given_more_until_it_holds(checks_study):
     judged = int(frontier.loc[128, "judged_steps"])
     factor = frontier.loc[128, "judged_lr_factor"]
     at = checked[(steps == judged) & (checked["base_lr"] / lr).round(6).eq(round(factor, 6))]
-    assert at["val_acc"].mean() >= baseline - 0.01  # within the tolerance once it had them
+    done = at[at["outcome"] == "completed"]
+    # judged by that level's runs, within the tolerance of the baseline (the baseline as the
+    # study judged it: at its own lr check's level, which may not be its confirmation's)
+    assert frontier.loc[128, "accuracy"] == pytest.approx(done["val_acc"].mean())
+    assert frontier.loc[128, "accuracy"] >= frontier.loc[8, "accuracy"] - 0.01
     assert frontier.loc[128, "budget_check"].startswith(f"holds at {judged} steps")
     assert frontier.loc[128, "status"] in ("holds", "unresolved")  # never degraded
     verdict = (checks_study / "report.md").read_text().split("## Verdict", 1)[1]
