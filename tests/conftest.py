@@ -41,6 +41,24 @@ SMALL_STUDY_ARGS = [
 ]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first (those with slow tests, then those with Ray tests), each file's
+    tests in their own order: pytest-xdist hands out whole files (--dist loadfile) in this
+    order, so the two workers end together instead of one running the kill-and-resume files
+    alone at the end."""
+
+    def weight(item: pytest.Item) -> int:
+        marks = {m.name for m in item.iter_markers()}
+        return 0 if "slow" in marks else 1 if "ray" in marks else 2
+
+    by_file: dict[str, int] = {}
+    for item in items:
+        by_file[item.nodeid.split("::")[0]] = min(
+            by_file.get(item.nodeid.split("::")[0], 2), weight(item)
+        )
+    items.sort(key=lambda item: by_file[item.nodeid.split("::")[0]])
+
+
 def run_cli(
     module: str, *args: str, timeout: float = 900, env: dict | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
@@ -180,12 +198,21 @@ def no_ray_in_this_process() -> None:
 
 
 @pytest.fixture(scope="session")
-def small_study(tmp_path_factory) -> Path:
-    """A finished real study directory (runs ~2 minutes on 2 CPUs)."""
-    storage = tmp_path_factory.mktemp("studies")
-    proc = run_cli("tuner.search", *SMALL_STUDY_ARGS, "--storage", str(storage))
+def small_study(tmp_path_factory, worker_id: str) -> Path:
+    """A finished real study directory (runs ~2 minutes on 2 CPUs), run once per test run:
+    under pytest-xdist the workers share it (the first to ask runs it while the others wait
+    on a file lock; its search.log, written last, says it finished). Tests read it; a test
+    that changes it works on a copy."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # this run's, not an older run's
+    storage = shared / "small-study"
     study_dir = storage / "e2e"
-    (study_dir / "search.log").write_text(proc.stdout + proc.stderr)
+    with FileLock(str(shared / "small-study.lock")):
+        if not (study_dir / "search.log").is_file():
+            proc = run_cli("tuner.search", *SMALL_STUDY_ARGS, "--storage", str(storage))
+            (study_dir / "search.log").write_text(proc.stdout + proc.stderr)
     return study_dir
 
 

@@ -108,6 +108,8 @@ def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
     trial at a time, so the order of trials is fixed) the final table is the one an
     uninterrupted study of the same options ends with."""
     extra = ["--workers-per-trial", str(workers)]
+    if workers > 1:  # one cell: each Ray Train trial starts a worker group (~12 s on 2 CPUs)
+        extra += ["--batch-sizes", "8", "--trials", "3"]
     before = first_run_killed_after(tmp_path, "resumed", 2, extra)
     assert sum(r[0] in FINISHED_STATES for r in before.values()) >= 2
     time.sleep(DOWN_S)  # the study is down a while before its resume
