@@ -351,8 +351,9 @@ def test_stopped_trials_never_count_as_an_accuracy():
     m = degradation_map(table(*parts), target=0.95, tolerance=0.01, n_boot=50)
     assert m.frontier.loc[0, "accuracy"] == pytest.approx(0.90)
     # but they count for steps to target: past it at their first evaluation, step 40, so
-    # somewhere in (0, 40]: its middle
-    assert m.frontier.loc[0, "steps"] == 20 and m.frontier.loc[0, "steps_first"] == 40
+    # somewhere in (0, 40]: an upper bound (issue 36), no invented middle
+    assert math.isnan(m.frontier.loc[0, "steps"])
+    assert m.frontier.loc[0, "steps_at_most"] == 40 and m.frontier.loc[0, "steps_first"] == 40
 
 
 def test_diverged_trials_are_counted_not_scored():
@@ -405,11 +406,12 @@ def pooled_table() -> pd.DataFrame:
 def test_pooled_steps_to_target_picks_the_first_crossing_of_any_trial():
     t = pooled_table()
     steps = steps_to_target(first_crossings(t, 0.9), trial_summary(t)).set_index("batch_size")
-    # b is past the target at its first evaluation (step 100): somewhere in (0, 100], its
-    # middle; a crosses at 195 (0.5 at 100, 0.92 at 200)
-    assert steps.loc[32, "steps"] == 50 and steps.loc[32, "target_trial"] == "b"
+    # b is past the target at its first evaluation (step 100): it crossed somewhere in
+    # (0, 100], and so did the batch size's earliest crossing (a crosses at 195: 0.5 at 100,
+    # 0.92 at 200): an upper bound, left-censored (issue 36), not the interval's middle
+    assert math.isnan(steps.loc[32, "steps"]) and steps.loc[32, "target_trial"] == "b"
+    assert steps.loc[32, "steps_at_most"] == 100
     assert (steps.loc[32, "steps_before"], steps.loc[32, "steps_first"]) == (0, 100)
-    assert steps.loc[32, "steps_resolution"] == 100  # known to one evaluation interval
     # interpolated: 0.6 at 40, 0.93 at 80
     assert steps.loc[128, "steps"] == pytest.approx(40 + 40 * 0.3 / 0.33)
     assert steps.loc[128, "steps_resolution"] == 40

@@ -47,13 +47,7 @@ from tuner.analysis.checks import (
     step_cap,
 )
 from tuner.analysis.cost import StudyCost, study_cost, time_to_target
-from tuner.analysis.critical import (
-    MIN_POINTS_FOR_CI,
-    CriticalFit,
-    bootstrap_critical_batch,
-    fit_critical_batch,
-    regime,
-)
+from tuner.analysis.critical import CriticalFit, estimate_critical_batch, regime
 from tuner.analysis.hparams import best_hyperparameters, boundary_warnings
 from tuner.analysis.steps import first_crossings, steps_to_target
 from tuner.analysis.throughput import throughput
@@ -91,6 +85,11 @@ class DegradationMap:
     fit: CriticalFit | None
     b_crit_ci: tuple[float, float]
     b_crit_replicates: int
+    # The interval reached out to its estimate (the estimate lay outside its replicates' 95%).
+    b_crit_ci_stretched: bool = False
+    # Where the interval's low end lies beyond the grid's largest batch size: that low end,
+    # the least B_crit the data allow ("beyond the grid: at least X"); else None.
+    b_crit_at_least: float | None = None
     warnings: list[dict[str, Any]] = field(default_factory=list)
     metric: StudyMetric = ACCURACY  # what the values, target and tolerance are of
     tokens_per_example: int = 0  # a batch counts sequences of this many tokens (0: not text)
@@ -372,13 +371,9 @@ def degradation_map(
     crossings = first_crossings(table, target, metric)
     steps = steps_to_target(crossings, trials)
     frontier = frontier.merge(steps, on="batch_size", how="left")
-    fit = fit_critical_batch(frontier["batch_size"], frontier["steps"], frontier["censored_at"])
-    reached = int(frontier["steps"].notna().sum())
-    low, high, replicates = (
-        bootstrap_critical_batch(crossings, n_boot, seed=seed)
-        if fit is not None and reached >= MIN_POINTS_FOR_CI
-        else (math.nan, math.nan, 0)
-    )
+    critical = estimate_critical_batch(frontier, crossings, n_boot, seed=seed)
+    fit, low, high = critical.fit, critical.low, critical.high
+    beyond = beyond_grid(fit, low, frontier)
     measured_steps = frontier[frontier["steps"].notna()]
     if len(measured_steps):
         # Perfect scaling from the smallest batch size that reached: steps_0 * B_0 / B.
@@ -387,7 +382,10 @@ def degradation_map(
     else:
         frontier["steps_perfect"] = math.nan
     frontier["steps_fit"] = fit.steps(frontier["batch_size"].to_numpy()) if fit else math.nan
-    frontier["regime"] = [regime(b, fit.b_crit if fit else None) for b in frontier["batch_size"]]
+    # Beyond the grid, the regimes follow from the least B_crit the data allow (its interval's
+    # low end), not from an extrapolated estimate.
+    judged_by = beyond if beyond is not None else fit.b_crit if fit else None
+    frontier["regime"] = [regime(b, judged_by) for b in frontier["batch_size"]]
 
     hparams = best_hyperparameters(
         trials[trials["cell"].isin(set(frontier["best_cell"].dropna()))], metric=metric
@@ -444,7 +442,9 @@ def degradation_map(
         rules=verdicts,
         fit=fit,
         b_crit_ci=(low, high),
-        b_crit_replicates=replicates,
+        b_crit_replicates=critical.replicates,
+        b_crit_ci_stretched=critical.stretched,
+        b_crit_at_least=beyond,
         warnings=boundary_warnings(hparams, ranges or {}),
         rule_test=rules_tested,
         metric=metric,
@@ -452,6 +452,16 @@ def degradation_map(
         cost=study_cost(table, *resources),
         time_to_target=timing,
     )
+
+
+def beyond_grid(fit: CriticalFit | None, low: float, frontier: pd.DataFrame) -> float | None:
+    """The least B_crit the data allow (the interval's low end) where even that lies beyond
+    the grid's largest batch size: the study can say "beyond the grid: at least X", not where
+    in it; None otherwise."""
+    largest = float(frontier["batch_size"].max()) if len(frontier) else math.nan
+    if fit is None or not (math.isfinite(low) and low > largest):
+        return None
+    return float(low)
 
 
 def _tokens_per_example(table: pd.DataFrame) -> int:

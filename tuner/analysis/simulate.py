@@ -62,8 +62,11 @@ def simulate_scaling_study(
     floor: int = 300,
     target: float = 0.9,
     noise: float = 0.002,
+    s_min: float = S_MIN,
+    b_crit: float = B_CRIT,
 ) -> pd.DataFrame:
-    """The trial table (the columns `tuner.analysis.steps` reads) of one simulated study.
+    """The trial table (the columns `tuner.analysis.steps` reads) of one simulated study of
+    S(B) = s_min (1 + b_crit / B).
 
     At each batch size, `trials` search trials with configurations off the best by a detuning
     (log steps, exponential with mean `detuning`) and a seed's variation (log-normal, `seed_sd`),
@@ -75,7 +78,7 @@ def simulate_scaling_study(
     """
     rows = []
     for batch in batch_sizes:
-        truth = S_MIN * (1 + B_CRIT / batch)
+        truth = s_min * (1 + b_crit / batch)
         budget = max(int(round(3 * truth)), floor)
         every = budget / 20
         grid = np.arange(1, 21) * every

@@ -3,9 +3,11 @@
 Each non-diverged trial's crossing: where its study metric first reaches the target (an accuracy
 at or above it, a validation loss at or below it). Trials evaluate every `eval_every` steps, so a
 crossing is known to lie between the last evaluation short of the target and the first past it;
-its estimate interpolates the metric linearly between the two (the middle of the interval where
-the very first evaluation is already past it), and the interval is kept: the critical batch
-size's bootstrap draws the crossing within it (`tuner.analysis.critical`). A batch size's steps
+its estimate interpolates the metric linearly between the two, and the interval is kept: the
+critical batch size's bootstrap draws the crossing within it (`tuner.analysis.critical`). A run
+already past the target at its very first evaluation crossed it somewhere before: its batch
+size's steps to target are only bounded above (`steps_at_most`, left-censored) and enter the
+critical-batch fit as that upper bound. A batch size's steps
 to target are the earliest crossing of any of its runs (search and confirmation alike: Shallue
 et al.'s best over metaparameters). A batch size where none reaches the target is *censored*:
 its steps to target are more than the most steps any of its trials ran, and it enters the
@@ -113,6 +115,7 @@ def steps_to_target(
         "candidates",
         "reached",
         "censored_at",
+        "steps_at_most",
         "diverged_excluded",
     ]
     keys = trials[by].drop_duplicates() if not trials.empty else pd.DataFrame(columns=by)
@@ -135,9 +138,22 @@ def steps_to_target(
             "candidates": len(group),
             "reached": len(reached),
             "censored_at": math.nan,
+            "steps_at_most": math.nan,
             "diverged_excluded": int(trials[in_group]["diverged"].astype(bool).sum()),
         }
-        if len(reached):
+        at_once = reached[reached["before"].astype(float) <= 0] if len(reached) else reached
+        if len(at_once):
+            # A run past the target at its first evaluation crossed it somewhere before: the
+            # earliest crossing of the batch size is only bounded above (left-censored), by the
+            # earliest evaluation at the target of any of its runs.
+            first = reached.sort_values(["first", "steps"], kind="stable").iloc[0]
+            row.update(
+                steps_at_most=float(first["first"]),
+                steps_before=0.0,
+                steps_first=float(first["first"]),
+                target_trial=first["trial_id"],
+            )
+        elif len(reached):
             first = reached.sort_values(["steps", "examples"], kind="stable").iloc[0]
             row.update(
                 steps=float(first["steps"]),

@@ -185,6 +185,17 @@ def steps_to_target(m: DegradationMap) -> Figure:
             ms=9,
             label="target not reached: more than this many steps",
         )
+    if "steps_at_most" in m.frontier:
+        at_once = m.frontier[m.frontier["steps"].isna() & m.frontier["steps_at_most"].notna()]
+        if len(at_once):
+            ax.plot(
+                at_once["batch_size"],
+                at_once["steps_at_most"],
+                "v",
+                color="tab:blue",
+                ms=9,
+                label="past the target at the first evaluation: at most this many steps",
+            )
     _batch_axis(ax, m.batch_sizes)
     ax.set_yscale("log")
     ax.set_ylabel(f"optimizer steps to val acc >= {m.target:.3g}")

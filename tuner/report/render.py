@@ -70,6 +70,10 @@ def critical_summary(m: DegradationMap) -> dict[str, Any]:
             "e_min": m.fit.e_min,
             "points": m.fit.points,
             "censored_points": m.fit.censored,
+            "upper_bound_points": m.fit.at_most,
+            # the interval's low end beyond the grid's largest batch size: "at least" this
+            "beyond_grid_at_least": m.b_crit_at_least,
+            "ci_stretched_to_estimate": m.b_crit_ci_stretched,
             "r2_log": m.fit.r2,
             "log_residuals": {str(b): r for b, r in m.fit.residuals},
             "bootstrap_replicates": m.b_crit_replicates,
@@ -410,16 +414,25 @@ def _critical_section(m: DegradationMap) -> list[str]:
         if summary["status"] == "unbounded"
         else num(m.fit.b_crit)
     )
+    if m.b_crit_at_least is not None:
+        b_crit = f"beyond the grid: at least {num(m.b_crit_at_least)} (the fit says {b_crit})"
     low, high = m.b_crit_ci
     if finite(low):
         ci = (
             f"95% CI {num(low)} to {num(high) if finite(high) else 'unbounded'} "
-            f"({m.b_crit_replicates} bootstrap fits)"
+            f"({m.b_crit_replicates} bootstrap fits"
+            + (
+                ", reaching out to the estimate, which lay outside their 95%)"
+                if m.b_crit_ci_stretched
+                else ")"
+            )
         )
     else:
         ci = f"no CI (needs {MIN_POINTS_FOR_CI} batch sizes reaching the target)"
     residuals = ", ".join(f"{b}: x{num(math.exp(r), 3)}" for b, r in m.fit.residuals)
     censored = f", {m.fit.censored} censored (lower bounds)" if m.fit.censored else ""
+    if m.fit.at_most:
+        censored += f", {m.fit.at_most} past the target at once (upper bounds)"
     return [
         *lines,
         f"- B_crit: {b_crit}; {ci}",
@@ -430,10 +443,20 @@ def _critical_section(m: DegradationMap) -> list[str]:
 
 
 def _steps_shown(frontier: pd.DataFrame) -> list[str]:
-    """Steps to target per row, or '> N' for a batch size censored at N steps."""
+    """Steps to target per row, '> N' for a batch size that never reached it in N steps, '<= N'
+    for one past it at its first evaluation (step N)."""
     shown = []
-    for steps, censored in zip(frontier["steps"], frontier["censored_at"], strict=True):
+    at_most = frontier.get("steps_at_most", pd.Series(math.nan, index=frontier.index))
+    for steps, censored, bound in zip(
+        frontier["steps"], frontier["censored_at"], at_most, strict=True
+    ):
         shown.append(
-            count(steps) if finite(steps) else f"> {count(censored)}" if finite(censored) else "-"
+            count(steps)
+            if finite(steps)
+            else f"> {count(censored)}"
+            if finite(censored)
+            else f"<= {count(bound)}"
+            if finite(bound)
+            else "-"
         )
     return shown

@@ -49,6 +49,7 @@ FRONTIER_SCALARS = {
     "drop_low": "drop_lower_bound",
     "drop_high": "drop_upper_bound",
     "censored_at": "steps_to_target_more_than",
+    "steps_at_most": "steps_to_target_at_most",
     "budget_steps": "budget_steps",
     "bn_batch": "bn_batch",
     "steps": "steps_to_target",
