@@ -62,8 +62,8 @@ def test_a_best_on_the_edge_of_the_lr_range_moves_the_range(checks_study):
 
 def test_a_batch_size_short_of_steps_is_given_more_until_it_holds(checks_study):
     """Batch 128 confirmed far short of the baseline: half and twice its lr are tried at its
-    11 steps, then twice the steps, and so on (search_spaces.checks), until it holds: judged at
-    the last level, which is within the tolerance of the baseline."""
+    11 steps, then twice the steps, and so on (search_spaces.checks), until it holds or more
+    steps stop helping: judged at the checks' best level, as `budget_check` documents."""
     runs = finals(checks_study)
     b128 = runs[runs["cell"] == "b128"]
     confirm = b128[b128["phase"] == "confirm"]
@@ -74,8 +74,7 @@ def test_a_batch_size_short_of_steps_is_given_more_until_it_holds(checks_study):
     k = (checked["base_lr"] / lr).map(lambda f: round(math.log2(f)))
     assert {-1, 1} <= set(k[steps == 11])  # the lr first, at its own budget
     budgets = sorted(set(steps))
-    # then doubling, until a level is within the tolerance (22 steps on one machine, 44 on
-    # another: the rule, not the number of doublings)
+    # then doubling (22 steps on one machine, 44 on another: the rule, not the number)
     assert budgets == [11 * 2**i for i in range(len(budgets))] and len(budgets) >= 2
     for (_, _), level in checked.groupby([steps, k]):  # the confirmed configuration, its seeds
         assert sorted(level["seed"]) == [1, 2]
@@ -88,14 +87,24 @@ def test_a_batch_size_short_of_steps_is_given_more_until_it_holds(checks_study):
     factor = frontier.loc[128, "judged_lr_factor"]
     at = checked[(steps == judged) & (checked["base_lr"] / lr).round(6).eq(round(factor, 6))]
     done = at[at["outcome"] == "completed"]
-    # judged by that level's runs, within the tolerance of the baseline (the baseline as the
-    # study judged it: at its own lr check's level, which may not be its confirmation's)
-    assert frontier.loc[128, "accuracy"] == pytest.approx(done["val_acc"].mean())
-    assert frontier.loc[128, "accuracy"] >= frontier.loc[8, "accuracy"] - 0.01
-    assert frontier.loc[128, "budget_check"].startswith(f"holds at {judged} steps")
-    assert frontier.loc[128, "status"] in ("holds", "unresolved")  # never degraded
+    # judged by that level's runs (the checks' best), against the baseline as the study judged
+    # it (at its own lr check's level, which may not be its confirmation's)
+    accuracy, base = frontier.loc[128, "accuracy"], frontier.loc[8, "accuracy"]
+    assert accuracy == pytest.approx(done["val_acc"].mean())
+    if (judged, factor) != (11, 1.0):  # a level is moved to only for a gain over 1 pt
+        assert accuracy > confirm["val_acc"].mean() + 0.01
+    check, status = frontier.loc[128, "budget_check"], frontier.loc[128, "status"]
     verdict = (checks_study / "report.md").read_text().split("## Verdict", 1)[1]
-    assert "Degraded" not in verdict.split("Rule test")[0]
+    if check.startswith(f"holds at {judged} steps"):  # within the tolerance once it had them
+        assert accuracy >= base - 0.01 and status in ("holds", "unresolved")
+        assert "Degraded" not in verdict.split("Rule test")[0]
+    else:
+        # the doubling stopped short of the baseline: where a doubling (at the best of three
+        # lrs) gained no more than the tolerance, or at the cap (seen: 22 steps, lr x4, 80.5%
+        # against 96.9%, two seeds at 89% and 72%); it is degraded only on a plateau
+        assert check.startswith((f"a plateau at {judged} steps", "still improving at the cap"))
+        assert accuracy < base - 0.01 and status != "holds"
+        assert status != "degraded" or check.startswith("a plateau")
     assert f"at {judged} steps (" in verdict and "x its budget" in verdict
     data = json.loads((checks_study / "frontier.json").read_text())
     assert data["study"]["budget"].startswith("epochs:1")

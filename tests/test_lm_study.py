@@ -37,6 +37,9 @@ LM_ARGS = [
     "3.0",
     "--seed",
     "0",
+    # no test here reads the checks' runs (more steps, other lrs, the rule test): their
+    # behaviour is tested on digits (test_checks_study); here they were half the study's time
+    "--no-checks",
     "--name",
     "lm",
 ]
@@ -111,9 +114,13 @@ def test_the_report_speaks_of_loss(lm_study):
     # batch size without one never got there in any run (batch 8 sees a quarter of batch 32's
     # data in 60 steps).
     table = collect_trials(study)
-    assert rows["steps"].notna().any(), rows["steps"]
+    assert (rows["steps"].notna() | rows["steps_at_most"].notna()).any(), rows["steps"]
     for batch in rows.index[rows["steps"].isna()]:
-        assert table[table["batch_size"] == batch]["val_loss"].min() > 3.0, batch
+        reached = table[(table["batch_size"] == batch) & (table["val_loss"] <= 3.0)]
+        if reached.empty:
+            continue  # never got there
+        # past the target at a run's first evaluation: at most that many steps (issue 36)
+        assert rows.loc[batch, "steps_at_most"] == reached["optimizer_steps"].min(), batch
     for batch, steps in rows["steps"].dropna().items():
         reached = table[(table["batch_size"] == batch) & (table["val_loss"] <= 3.0)]
         row = rows.loc[batch]

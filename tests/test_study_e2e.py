@@ -139,7 +139,8 @@ def test_under_a_step_budget_every_batch_size_reaches_the_target_and_512_is_not_
     size of 8..512 reaches the target, and batch 512 is not reported degraded. (Whether it
     holds within 1 pt the study cannot resolve: 359 validation examples; see below.)"""
     frontier = pd.read_csv(small_study / "frontier.csv").set_index("batch_size")
-    assert frontier["steps"].notna().all(), frontier[["steps", "censored_at"]]
+    reached = frontier["steps"].notna() | frontier["steps_at_most"].notna()  # at once: issue 36
+    assert reached.all(), frontier[["steps", "steps_at_most", "censored_at"]]
     assert frontier.loc[512, "status"] != "degraded", frontier["status"]
     assert (frontier["accuracy_source"] == "confirmed").all()
     spec = load_spec(small_study)
@@ -176,7 +177,7 @@ def test_stop_at_target_ends_a_trial_at_its_first_evaluation_past_the_target(tmp
     run_cli(
         "tuner.search", "simple_cnn", "--dataset", "digits", "--batch-sizes", "32,128",
         "--budget", "steps:150", "--eval-every", "10", "--rules", "sqrt", "--trials", "4",
-        "--seeds", "1", "--target", "0.9", "--stop-at-target", "--seed", "0",
+        "--seeds", "1", "--target", "0.9", "--stop-at-target", "--seed", "0", "--no-checks",
         "--storage", str(tmp_path), "--name", "at-target",
     )  # fmt: skip
     table = collect_trials(tmp_path / "at-target")
@@ -212,8 +213,11 @@ def test_the_report_says_what_the_study_cost(small_study):
     assert set(cost["by_phase"]) >= {"search", "confirmation"}
     verdict = (small_study / "report.md").read_text().split("## Verdict", 1)[1]
     assert "- Cost: " in verdict and "of CPU time" in verdict
-    timing = json.loads((small_study / "frontier.json").read_text())["time_to_target"]
-    assert {row["batch_size"] for row in timing} == {8, 32, 128, 512}  # all reach 0.9
+    data = json.loads((small_study / "frontier.json").read_text())
+    # every batch size whose steps to 0.9 are known (one past it at its first evaluation has
+    # only a bound: issue 36)
+    known = {row["batch_size"] for row in data["frontier"] if row["steps"] is not None}
+    assert known and {row["batch_size"] for row in data["time_to_target"]} == known
     assert (small_study / "figures" / "time_vs_compute.png").stat().st_size > 10_000
 
 
