@@ -311,3 +311,51 @@ def assert_resume_kept_the_record(before: dict, after: dict, trials: int, lost: 
     ran = [r for r in after.values() if r[0] in ("COMPLETE", "PRUNED") and r[2] is not None]
     failed = [r for r in after.values() if r[0] == "FAIL"]
     assert trials - lost <= len(ran) <= trials and len(failed) <= lost, (len(ran), trials, after)
+
+
+class _Payload:
+    """Unpickled, it runs `code` (pickle calls exec): what a hostile study file would carry."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+def plant_payloads(study_dir: Path, marker: Path) -> None:
+    """Make `study_dir` hostile (issue 34): every place a study names code carries a payload that
+    writes `marker` when it runs: the workload (pickled by value, and a module in the directory
+    its source is put on sys.path from), the saved reference batch removed (the old report path
+    loaded the workload for it), the searcher's and the branch searcher's state pickles, and
+    every checkpoint (a pickle, not a state)."""
+    import base64
+    import json
+    import pickle
+
+    from trainables.workloads import BY_VALUE
+
+    code = f"open({str(marker)!r}, 'a').write('ran\\n')"
+    payload = pickle.dumps(_Payload(code))
+    source = study_dir / "payload-source"
+    source.mkdir()
+    (source / "hostile_workload.py").write_text(f"{code}\nworkload = None\n")
+    saved = json.loads((study_dir / "study.json").read_text())
+    saved["spec"]["workload"] = BY_VALUE + base64.b64encode(payload).decode()
+    saved["spec"]["workload_source"] = str(source)
+    saved["spec"]["reference_batch"] = 0
+    (study_dir / "study.json").write_text(json.dumps(saved, indent=2))
+    planted = 0
+    for path in [*study_dir.glob("*.pkl"), *study_dir.glob("**/state.pt")]:
+        path.write_bytes(payload)
+        planted += 1
+    assert planted, "no state file or checkpoint to plant a payload in"
+
+
+def assert_refused_untrusted(proc: subprocess.CompletedProcess, marker: Path) -> None:
+    """One `error:` line that names --trust-code, exit 2, and the payload never ran."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and "not made by this user on this machine" in lines[0], proc.stderr
+    assert "--trust-code" in lines[0]
+    assert not marker.exists(), marker.read_text()

@@ -95,6 +95,7 @@ BAD_OPTIONS = [
     (["--address", "http://10.0.0.1:8265"], "--address http://10.0.0.1:8265: that is a URL"),
     (["--address", "head-node"], "expected HOST:PORT"),
     (["--dry-run", "--resume"], "--dry-run plans a new study"),
+    (["--trust-code"], "--trust-code goes with --resume"),
     # --method branch (tuner.branch)
     (["--method", "branches"], "argument --method: invalid choice: 'branches'"),
     (["--method", "branch", "--branch-at", "0,0.5"], "a fraction of the budget in (0, 1)"),

@@ -163,3 +163,25 @@ def test_a_branch_study_runs_its_trials_on_two_workers_each(tmp_path):
     # every job (the base run and each rung) ran as its own Ray Train run
     assert len(list((study / "train_runs").glob("branch-*"))) == 1 + rungs == data["cost"]["trials"]
     assert "report: " in err
+
+
+def test_a_hostile_branch_study_is_reported_and_runs_no_code(branch_study, tmp_path):
+    """Issue 34: the branch report reads branch.json and the spec only; --resume refuses a
+    study this user did not make before anything else; its payloads never run."""
+    import shutil
+
+    from tests.conftest import error_lines, plant_payloads
+
+    study, marker = tmp_path / "b", tmp_path / "payload-ran"
+    shutil.copytree(branch_study[0], study)
+    plant_payloads(study, marker)
+    before = (study / "branch.md").stat().st_mtime_ns
+    proc = run_cli("tuner.report", str(study), "--no-tensorboard", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (study / "branch.md").stat().st_mtime_ns > before  # written again
+    assert not marker.exists()
+    resume = run_cli(
+        "tuner.search", "--resume", "--name", "b", "--storage", str(tmp_path), check=False
+    )
+    assert resume.returncode == 2 and len(error_lines(resume.stderr)) == 1
+    assert "--trust-code" in resume.stderr and not marker.exists()

@@ -720,3 +720,43 @@ def test_a_crossing_before_the_first_evaluation_is_an_upper_bound_beyond_the_gri
     assert math.isnan(frontier.loc[2048, "steps"]) and frontier.loc[2048, "steps_at_most"] == 30
     # regimes from the least B_crit the data allow
     assert frontier.loc[32, "regime"] == "perfect scaling"
+
+
+@pytest.mark.ray
+def test_a_hostile_study_is_reported_and_runs_no_code_unless_trusted(small_study, tmp_path):
+    """Issue 34: a study whose workload (pickled and as a module), state files and checkpoints
+    all carry a payload is reported from its data alone; explain and --resume refuse it in
+    one line; only --trust-code runs its code."""
+    import sys
+
+    from tests.conftest import assert_refused_untrusted, plant_payloads
+
+    study, marker = tmp_path / "e2e", tmp_path / "payload-ran"
+    shutil.copytree(small_study, study)
+    plant_payloads(study, marker)
+    before = (study / "report.md").stat().st_mtime_ns
+    proc = run_cli("tuner.report", str(study), "--no-tensorboard", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (study / "report.md").stat().st_mtime_ns > before and "## Verdict" in (
+        study / "report.md"
+    ).read_text()
+    assert not marker.exists()
+    # from its data: every trial (a report that failed to read them would still be written)
+    trials = pd.read_csv(study / "trials.csv", dtype={"trial_id": str})
+    original = pd.read_csv(small_study / "trials.csv", dtype={"trial_id": str})
+    assert len(trials) and set(trials["trial_id"]) == set(original["trial_id"])
+    path = list(sys.path)
+    write_report(study, tensorboard=False, n_boot=50)  # in this process: sys.path untouched
+    assert sys.path == path and not marker.exists()
+
+    explain = run_cli("tuner.explain", str(study), check=False)
+    assert_refused_untrusted(explain, marker)
+    saved = (study / "study.json").read_bytes()
+    resume = run_cli(
+        "tuner.search", "--resume", "--name", "e2e", "--storage", str(tmp_path), check=False
+    )
+    assert_refused_untrusted(resume, marker)
+    assert (study / "study.json").read_bytes() == saved  # nothing written
+    # the gate is what kept it out: trusted, the same study runs its code
+    run_cli("tuner.explain", str(study), "--trust-code", check=False)
+    assert marker.exists()

@@ -7,6 +7,10 @@ resuming, `tuner.explain` and the object-store rules see one kind of trial. Tune
 checkpoints are not used: with `num_to_keep` set, Tune snapshots the whole experiment state
 after every checkpoint (a few times a second in a study of short trials, racing the searcher's
 own state files). Plain pyarrow and torch: no Ray.
+
+A checkpoint holds data only (tensors, numbers, strings, lists and dicts of them: the model's
+and optimizer's state, the step, the evaluations so far) and loads with `weights_only=True`,
+which unpickles nothing else: a checkpoint someone else wrote runs no code when loaded.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import numpy as np
 import pyarrow.fs as pafs
 import torch
 
@@ -45,7 +50,7 @@ class CheckpointDir:
             return None
         with self.fs.open_input_file(f"{self.path}/{found[-1]}/{STATE_FILE}") as source:
             data = source.read()
-        return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+        return load_state(io.BytesIO(data), device)
 
     def save(self, state: dict[str, Any]) -> None:
         """Write `state` as the newest checkpoint, then drop the older ones. The file is written
@@ -53,7 +58,7 @@ class CheckpointDir:
         checkpoint as the latest complete one."""
         name = f"{PREFIX}{state['step']:010d}"
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(plain_state(state), buffer)
         final = f"{self.path}/{name}/{STATE_FILE}"
         self.fs.create_dir(f"{self.path}/{name}", recursive=True)
         with self.fs.open_output_stream(final + ".part") as sink:
@@ -62,3 +67,22 @@ class CheckpointDir:
         for old in self._checkpoints():
             if old != name:
                 self.fs.delete_dir(f"{self.path}/{old}")
+
+
+def plain_state(value: Any) -> Any:
+    """`value` with numpy scalars and arrays made plain numbers and tensors, so that it loads
+    with `weights_only=True` (a metric of a user's own may hand back numpy values)."""
+    if isinstance(value, dict):
+        return {key: plain_state(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain_state(item) for item in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    return value
+
+
+def load_state(source: Any, device: torch.device | str) -> dict[str, Any]:
+    """A checkpoint's state, loading data only (`weights_only=True`)."""
+    return torch.load(source, map_location=device, weights_only=True)

@@ -16,6 +16,7 @@ import ray.train.torch
 import torch
 
 from trainables.checkpoint_dir import STATE_FILE as CHECKPOINT_FILE
+from trainables.checkpoint_dir import load_state, plain_state
 from trainables.config import TrialConfig
 from trainables.loop import train
 
@@ -31,9 +32,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            resume_state = torch.load(
-                os.path.join(directory, CHECKPOINT_FILE), map_location=device, weights_only=False
-            )
+            resume_state = load_state(os.path.join(directory, CHECKPOINT_FILE), device)
 
     node_id = ray.get_runtime_context().get_node_id()
 
@@ -42,7 +41,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Every rank must call report (it is a barrier); only rank 0 writes the checkpoint.
         if rank == 0 and state is not None:
             with tempfile.TemporaryDirectory() as directory:
-                torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+                torch.save(plain_state(state), os.path.join(directory, CHECKPOINT_FILE))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics)

@@ -52,7 +52,16 @@ SEED_MAX = 2**32 - 1  # Optuna's samplers seed numpy, which takes 32 bits
 MAX_GRID = 64  # batch sizes in one grid: more is a typo, not a study
 # Options that may change when a study is resumed; every other one must match the saved study.
 RESUMABLE = ("max_concurrent", "worker_retries", "data_dir", "loader_workers")
-RUN_ONLY = ("address", "no_report", "skip_data_check", "storage", "name", "resume", "dry_run")
+RUN_ONLY = (
+    "address",
+    "no_report",
+    "skip_data_check",
+    "storage",
+    "name",
+    "resume",
+    "dry_run",
+    "trust_code",
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -247,6 +256,12 @@ def build_parser(description: str = "") -> OneLineParser:
     )
     add("--resume", action="store_true", help="continue the study named by --name")
     add(
+        "--trust-code",
+        action="store_true",
+        help="with --resume: continue a study another user or machine made (resuming runs "
+        "its code: its workload and Tune's pickled state); only for a study you trust",
+    )
+    add(
         "--smoke",
         action="store_true",
         help="tiny study: 2 batch sizes, one rule, 16 steps, 4 trials + 2 confirmations",
@@ -420,6 +435,8 @@ def check_combinations(options: dict[str, Any]) -> None:
         check_branch(options)
     if options.get("resume") and not options.get("name"):
         raise InputError("--resume needs --name NAME of the study to continue (and its --storage)")
+    if options.get("trust_code") and not options.get("resume"):
+        raise InputError("--trust-code goes with --resume (a new study runs the code you name)")
     if not options.get("resume") and not options.get("workload"):
         raise InputError("name a workload (python -m tuner.search --list shows them)")
 

@@ -30,6 +30,7 @@ from tuner.shipping import make_importable
 from tuner.spec import StudySpec, load_spec, study_location
 from tuner.store import objects as store
 from tuner.store.names import SPEC_FILE
+from tuner.trust import Untrusted, check_trusted
 from tuner.workload_check import check_workload
 
 
@@ -69,8 +70,10 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def saved_spec(storage_arg: str | None, name: str) -> StudySpec:
-    """The spec of the study to continue; from an object store, fetched into the working copy."""
+def saved_spec(storage_arg: str | None, name: str, trust_code: bool = False) -> StudySpec:
+    """The spec of the study to continue; from an object store, fetched into the working copy.
+    Resuming runs the study's code (Tune's pickled state, its workload): refused in one line for
+    a study this user did not make here, unless `trust_code` (tuner.trust)."""
     storage = opts.absolute_storage(resolve.pick(storage_arg, "studies"))
     study_dir, study_uri = study_location(storage, name)
     if store.is_uri(storage):
@@ -78,10 +81,13 @@ def saved_spec(storage_arg: str | None, name: str) -> StudySpec:
             store.download_file(store.join(study_uri, SPEC_FILE), study_dir / SPEC_FILE)
         except store.StorageError as error:
             raise InputError(f"no study to resume at {study_uri}: {error}") from None
+    if not (study_dir / SPEC_FILE).is_file():
+        raise InputError(f"no study to resume at {study_dir} (no {SPEC_FILE} there)")
     try:
-        return load_spec(study_dir)
-    except FileNotFoundError:
-        raise InputError(f"no study to resume at {study_dir} (no {SPEC_FILE} there)") from None
+        check_trusted(study_dir / SPEC_FILE, "--resume", trust_code)
+    except Untrusted as error:
+        raise InputError(str(error)) from None
+    return load_spec(study_dir)
 
 
 def check_new_study(spec: StudySpec) -> None:
@@ -115,7 +121,7 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
     run = {"address": address, "resume": args.resume, "report": not args.no_report}
     run["dry_run"] = bool(args.dry_run)
     if args.resume:
-        saved = saved_spec(args.storage, args.name)
+        saved = saved_spec(args.storage, args.name, args.trust_code)
         make_importable(saved.workload_source)
         spec, changed = resolve.resume_spec(saved, args)
         for line in changed:

@@ -21,10 +21,11 @@ from trainables.budget import Budget, BudgetError
 from trainables.config import BatchLayout, ConfigError, TrialConfig, batch_layout
 from trainables.metrics import StudyMetric, get_metric
 from trainables.workload import Workload
-from trainables.workloads import get_workload
+from trainables.workloads import BUILTIN_NAMES, builtin, get_workload
 from tuner.shipping import make_importable
 from tuner.store import objects as store
 from tuner.store.names import SPEC_FILE
+from tuner.trust import MARK, owner_mark
 
 PACKAGES = (
     "ray",
@@ -312,8 +313,14 @@ class StudySpec:
 
     @property
     def reference(self) -> int:
-        """The batch size at which base_lr is defined."""
-        return self.reference_batch or self.load_workload().reference(self.batch_sizes)
+        """The batch size at which base_lr is defined. Read from the spec, never from the
+        workload's code (a report runs none of a study's code: tuner.trust): studies from
+        before the spec saved it named built-in workloads only, whose reference is ours."""
+        if self.reference_batch:
+            return self.reference_batch
+        if self.workload in BUILTIN_NAMES:
+            return builtin(self.workload).reference(self.batch_sizes)
+        return min(self.batch_sizes)
 
     @property
     def title(self) -> str:
@@ -383,10 +390,14 @@ def environment() -> dict[str, Any]:
 
 
 def save_spec(spec: StudySpec) -> Path:
-    """Write `study.json` (spec + environment) into the study directory."""
+    """Write `study.json` (spec + environment + this user's mark) into the study directory."""
     spec.study_dir.mkdir(parents=True, exist_ok=True)
     path = spec.study_dir / SPEC_FILE
-    path.write_text(json.dumps({"spec": spec.to_dict(), "environment": environment()}, indent=2))
+    saved = spec.to_dict()
+    # this user's mark: explain and --resume run the study's code only for its maker
+    # (tuner.trust), or where a user says so
+    content = {"spec": saved, "environment": environment(), MARK: owner_mark(saved)}
+    path.write_text(json.dumps(content, indent=2))
     return path
 
 

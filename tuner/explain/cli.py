@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> None:
         help="e.g. 0,5e-4: train the smallest and the largest batch size's best configuration "
         "again with each and draw their 2-D landscapes as a grid (Li et al.'s Figure 3)",
     )
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="run the code of a study another user or machine made (its workload, its "
+        "checkpoints): only for a study you trust",
+    )
     try:
         args = parser.parse_args(argv)
         from tuner.explain.run import explain
@@ -63,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
             examples=args.examples,
             device=args.device,
             weight_decays=decays,
+            trust_code=args.trust_code,
         )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -30,6 +30,7 @@ import torch
 
 from trainables import geometry
 from trainables.batchnorm import apply_bn_mode
+from trainables.checkpoint_dir import load_state
 from trainables.datasets import DEFAULT_DATA_DIR
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.trials import FINAL, trial_summary
@@ -39,6 +40,7 @@ from tuner.report.format import value_text
 from tuner.spec import StudySpec, load_spec
 from tuner.store.names import TRAIN_RUNS
 from tuner.store.table import collect_trials
+from tuner.trust import Untrusted, check_trusted
 
 ALPHAS = [round(a, 2) for a in np.linspace(-1.0, 2.0, 13)]
 BATCH = 128  # examples per forward pass of the measurements
@@ -83,10 +85,17 @@ def explain(
     device: str = "cpu",
     progress: bool = True,
     weight_decays: tuple[float, ...] = (),
+    trust_code: bool = False,
 ) -> Path:
-    """Measure, write why.md / why.json / figures / TensorBoard, and return why.md's path."""
+    """Measure, write why.md / why.json / figures / TensorBoard, and return why.md's path.
+    Imports the study's workload and loads its checkpoints: only for a study this user made on
+    this machine, or with `trust_code` (tuner.trust)."""
     if not (study_dir / "study.json").exists():
         raise InputError(f"{study_dir}: not a study directory (no study.json)")
+    try:
+        check_trusted(study_dir / "study.json", "explain", trust_code)
+    except Untrusted as error:
+        raise InputError(str(error)) from None
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: this machine has no CUDA GPU; use --device cpu")
     spec = load_spec(study_dir)
@@ -128,7 +137,7 @@ def explain(
         batch = int(trial["batch_size"])
         path = checkpoint_of(study_dir, trial["trial_id"])
         try:
-            state = torch.load(path, map_location=device, weights_only=False) if path else None
+            state = load_state(path, device) if path else None
         except (FileNotFoundError, RuntimeError, EOFError):
             state = None
         if state is None:
