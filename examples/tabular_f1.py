@@ -3,10 +3,12 @@ trained with AdamW on scikit-learn's generated classification problem (no downlo
 
     python -m tuner.search examples/tabular_f1.py:workload --name tabular
 
-Its large batch sizes reach the target within their first evaluations (issue 36: the study
-that found a critical-batch interval lying wholly above its own estimate): the report marks a
-batch size past the target at its first evaluation as an upper bound ("2048: before step 30")
-and says "beyond the grid: at least X" where the data put B_crit past the largest batch size.
+Measured (its defaults, 2 CPUs, stopped after 94 trials; re-reported with `python -m
+tuner.report`): best macro-F1 0.957 / 0.954 / 0.952 / 0.946 at batch 32 / 128 / 512 / 2048.
+At a target of 0.8 three of the four batch sizes are past it at their first evaluation ("32:
+before step 200, 128: before step 50, 2048: before step 15": upper bounds, issue 36) and the
+critical batch size is not fitted; at 0.9 (the default here) every crossing is resolved: 613,
+128, 60 and 32 steps, B_crit about 638 (95% CI 511-1250); at 0.93, 1150 (757-2520).
 """
 
 import torch
@@ -65,6 +67,6 @@ workload = Workload(
     batch_sizes=(32, 128, 512, 2048),
     budget="epochs:8",
     min_steps=300,
-    target=0.8,
+    target=0.9,
     description="an 8-class tabular MLP with AdamW, judged by macro-F1 (your own metric)",
 )
