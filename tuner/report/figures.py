@@ -175,27 +175,16 @@ def steps_to_target(m: DegradationMap) -> Figure:
         label="perfect scaling (steps x batch = const)",
     )
     _draw_fit(ax, m.fit, grid, m.b_crit_ci)
-    censored = m.frontier[m.frontier["steps"].isna() & m.frontier["censored_at"].notna()]
-    if len(censored):
-        ax.plot(
-            censored["batch_size"],
-            censored["censored_at"],
-            "^",
-            color="tab:red",
-            ms=9,
-            label="target not reached: more than this many steps",
-        )
-    if "steps_at_most" in m.frontier:
-        at_once = m.frontier[m.frontier["steps"].isna() & m.frontier["steps_at_most"].notna()]
-        if len(at_once):
-            ax.plot(
-                at_once["batch_size"],
-                at_once["steps_at_most"],
-                "v",
-                color="tab:blue",
-                ms=9,
-                label="past the target at the first evaluation: at most this many steps",
-            )
+    # the bounds: never reached (more than this), past the target at once (at most this)
+    for column, marker, color, label in (
+        ("censored_at", "^", "tab:red", "target not reached: more than this many steps"),
+        ("steps_at_most", "v", "tab:blue", "past the target at its first evaluation: at most this"),
+    ):
+        if column not in m.frontier:
+            continue
+        bounded = m.frontier[m.frontier["steps"].isna() & m.frontier[column].notna()]
+        if len(bounded):
+            ax.plot(bounded["batch_size"], bounded[column], marker, color=color, ms=9, label=label)
     _batch_axis(ax, m.batch_sizes)
     ax.set_yscale("log")
     ax.set_ylabel(f"optimizer steps to val acc >= {m.target:.3g}")
