@@ -41,24 +41,6 @@ SMALL_STUDY_ARGS = [
 ]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest files first (those with slow tests, then those with Ray tests), each file's
-    tests in their own order: pytest-xdist hands out whole files (--dist loadfile) in this
-    order, so the two workers end together instead of one running the kill-and-resume files
-    alone at the end."""
-
-    def weight(item: pytest.Item) -> int:
-        marks = {m.name for m in item.iter_markers()}
-        return 0 if "slow" in marks else 1 if "ray" in marks else 2
-
-    by_file: dict[str, int] = {}
-    for item in items:
-        by_file[item.nodeid.split("::")[0]] = min(
-            by_file.get(item.nodeid.split("::")[0], 2), weight(item)
-        )
-    items.sort(key=lambda item: by_file[item.nodeid.split("::")[0]])
-
-
 def run_cli(
     module: str, *args: str, timeout: float = 900, env: dict | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:

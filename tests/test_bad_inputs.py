@@ -154,6 +154,13 @@ def ray_started() -> bool:
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
+@pytest.fixture(autouse=True)
+def _no_ray_yet(no_ray_in_this_process) -> None:
+    """Each test here checks that a bad input starts no Ray in this process: the shared Ray an
+    earlier test left running here (tests/conftest.py: local_ray) is ended first (seen: run
+    after test_faults in the same process, every such test failed)."""
+
+
 @pytest.mark.parametrize("args, fragment", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
 def test_a_bad_option_is_one_line_and_writes_nothing(args, fragment, tmp_path, capsys):
     storage = tmp_path / "studies"
