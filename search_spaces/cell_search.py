@@ -346,6 +346,13 @@ class CellSearch:
             )
         return self._studies[CHECKS_STUDY]
 
+    def record_of(self, key: str) -> tuple[str, int] | None:
+        """The Optuna study (its name) and trial number that record trial `key`."""
+        if key not in self.trials:
+            return None
+        cell, number, phase = self.trials[key]
+        return f"{self.study_name}/{CHECKS_STUDY if phase in PROBES else cell}", number
+
     def cell_of(self, key: str) -> Cell:
         return next(c for c in self.cells if c.key == self.trials[key][0])
 

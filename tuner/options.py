@@ -23,6 +23,7 @@ from trainables.config import BN_MODES
 from tuner.cluster.address import address_problem
 from tuner.errors import InputError
 from tuner.store import objects as store
+from tuner.tracking.checks import add_options as add_tracking_options
 
 # --smoke: 2 batch sizes, one rule, 2 trials per cell, 1 confirmation seed, small data, 16 steps,
 # no checks.
@@ -61,6 +62,8 @@ RUN_ONLY = (
     "resume",
     "dry_run",
     "trust_code",
+    "mlflow",
+    "optuna_storage",
 )
 
 
@@ -272,6 +275,7 @@ def build_parser(description: str = "") -> OneLineParser:
         help="do not check the data on this machine (it lives on the workers)",
     )
     add("--no-report", action="store_true", help="do not write the report at the end")
+    add_tracking_options(p)
     add(
         "--dry-run",
         action="store_true",

@@ -30,6 +30,7 @@ from tuner.shipping import make_importable
 from tuner.spec import StudySpec, load_spec, study_location
 from tuner.store import objects as store
 from tuner.store.names import SPEC_FILE
+from tuner.tracking.checks import check_tracking
 from tuner.trust import Untrusted, check_trusted
 from tuner.workload_check import check_workload
 
@@ -135,6 +136,8 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
         check_new_study(spec)
     if local:
         resolve.check_local_fit(spec)
+    if not run["dry_run"]:
+        run["tracking"] = check_tracking(args, spec.study_dir, spec.name, spec.method == "branch")
     return spec, run
 
 

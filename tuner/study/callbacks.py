@@ -159,3 +159,33 @@ class ProgressCallback(Callback):
         if line != self._last_line and (force or now - self._last_print >= self.every_s):
             print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
             self._last_print, self._last_line = now, line
+
+
+class TrackingCallback(Callback):
+    """Each trial's start, evaluations and end to MLflow (tuner.tracking.mlflow_study). Saved
+    with Tune's state without its client: a resumed study gives it a fresh one."""
+
+    def __init__(self, study: Any):
+        self.study = study
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"study": None}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._tell("start a trial's run", "trial_started", trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
+        self._tell("log a trial's evaluation", "trial_result", trial.trial_id, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        outcome = trial_outcome(trial.last_result or None, error=False)
+        self._tell("end a trial's run", "trial_ended", trial.trial_id, outcome)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        outcome = trial_outcome(trial.last_result or None, error=True)
+        self._tell("end a trial's run", "trial_ended", trial.trial_id, outcome)
+
+    def _tell(self, what: str, method: str, *args: Any) -> None:
+        # Tune counts an exception in a callback as the trial's error: never let one out.
+        if self.study is not None:
+            self.study._call(what, getattr(self.study, method), *args)

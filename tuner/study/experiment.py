@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from functools import partial
 
 import optuna
@@ -17,7 +18,7 @@ from tuner.cluster.capacity import workers_that_fit
 from tuner.cluster.connect import cluster_nodes
 from tuner.spec import StudySpec
 from tuner.store.optuna_db import optuna_storage
-from tuner.study.callbacks import ProgressCallback, StepTensorBoardCallback
+from tuner.study.callbacks import ProgressCallback, StepTensorBoardCallback, TrackingCallback
 from tuner.study.scheduler import PerCellASHA
 from tuner.study.searcher import CellSearcher
 from tuner.study.trial import reuses_actors, trainable
@@ -79,11 +80,11 @@ def callbacks(spec: StudySpec) -> list[tune.Callback]:
     return [StepTensorBoardCallback(), ProgressCallback(spec.batch_sizes, spec.study_metric)]
 
 
-def run_config(spec: StudySpec) -> tune.RunConfig:
+def run_config(spec: StudySpec, extra: Sequence[tune.Callback] = ()) -> tune.RunConfig:
     return tune.RunConfig(
         name=spec.name,
         storage_path=spec.storage if spec.remote else os.path.abspath(spec.storage),
-        callbacks=callbacks(spec),
+        callbacks=[*callbacks(spec), *extra],
         verbose=0,
         # A failed trial is recorded and the study goes on. A one-worker trial trains in its
         # Tune actor: Tune restarts it, --worker-retries times, and it resumes from its last
@@ -123,7 +124,7 @@ def allow_pending(trials: int) -> None:
     os.environ[_OURS] = "1"
 
 
-def make_tuner(spec: StudySpec) -> tune.Tuner:
+def make_tuner(spec: StudySpec, extra: Sequence[tune.Callback] = ()) -> tune.Tuner:
     snapshot_at_every_step()
     scheduler = make_scheduler(spec)
     searcher = make_searcher(spec, scheduler)  # saves the scheduler's rungs too
@@ -143,7 +144,7 @@ def make_tuner(spec: StudySpec) -> tune.Tuner:
             # Tune 2.60 starts a new one per trial by default.
             reuse_actors=reuses_actors(spec),
         ),
-        run_config=run_config(spec),
+        run_config=run_config(spec, extra),
     )
 
 
@@ -175,9 +176,18 @@ def searcher_of(tuner: tune.Tuner) -> object:
     return tuner._local_tuner._tune_config.search_alg
 
 
-def restore_tuner(spec: StudySpec) -> tune.Tuner:
+def with_callbacks(tuner: tune.Tuner, extra: Sequence[tune.Callback]) -> None:
+    """A restored experiment's callbacks with this run's tracking (a saved TrackingCallback
+    lost its client when Tune saved it)."""
+    config = tuner._local_tuner._run_config
+    kept = [c for c in config.callbacks or [] if not isinstance(c, TrackingCallback)]
+    config.callbacks = [*kept, *extra]
+
+
+def restore_tuner(spec: StudySpec, extra: Sequence[tune.Callback] = ()) -> tune.Tuner:
     """Continue an interrupted grid study (`restored`), --max-concurrent set on its searcher."""
     tuner, searcher = restored(spec, trainable(spec))
+    with_callbacks(tuner, extra)
     trials = concurrency(spec)  # asks the cluster for its nodes: once
     searcher.max_concurrent = trials
     allow_pending(trials)

@@ -98,7 +98,19 @@ class CellSearcher(Searcher):
         self._search.attach(storage_factory())
 
     def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()  # CellSearch drops its live storage when pickled
+        state = self.__dict__.copy()  # CellSearch drops its live storage when pickled
+        state.pop("_mirror", None)  # a database login is never saved in Tune's state
+        return state
+
+    def mirror_to(self, mirror: Any) -> None:
+        """Copy every trial to `mirror` (tuner.tracking.optuna_mirror) as it changes."""
+        self._mirror = mirror
+
+    def _mirrored(self, trial_id: str) -> None:
+        mirror = self.__dict__.get("_mirror")
+        record = self._search.record_of(trial_id) if mirror is not None else None
+        if record is not None:
+            mirror.sync(*record)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -116,6 +128,7 @@ class CellSearcher(Searcher):
             return Searcher.FINISHED
         if suggestion is None:
             return None  # confirmation runs wait for their cell's search to finish
+        self._mirrored(trial_id)
         return {
             **suggestion.params,
             "cell": suggestion.cell.key,
@@ -126,6 +139,7 @@ class CellSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self._metric in result and STEP in result:
             self._search.report(trial_id, float(result[self._metric]), int(result[STEP]))
+            self._mirrored(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         told = self._scheduler.stop_result(trial_id) if self._scheduler is not None else None
@@ -139,6 +153,7 @@ class CellSearcher(Searcher):
         step = int(result[STEP]) if result and STEP in result else None
         budget = int(result["budget_steps"]) if result and result.get("budget_steps") else None
         self._search.complete(trial_id, outcome, value, step, budget)
+        self._mirrored(trial_id)
 
     @property
     def search(self) -> CellSearch:

@@ -20,6 +20,8 @@ from tuner.store.optuna_db import close_lost_trials, pull_optuna_db
 from tuner.store.table import write_trial_table
 from tuner.study import experiment
 from tuner.study.searcher import tune_trials
+from tuner.study.tracked import StudyTracking
+from tuner.tracking.checks import Tracking
 
 INTERRUPTED = 130  # the exit status of a study stopped by Ctrl+C, as a shell's
 
@@ -34,6 +36,7 @@ class RunOptions:
     # --gpus-per-worker was not given and the cluster was not known before Ray started:
     # take one GPU per worker if the cluster has GPUs.
     gpus_from_cluster: bool = False
+    tracking: Tracking = Tracking()  # --mlflow, --optuna-storage (checked: tuner.tracking)
 
 
 def prepare(spec: StudySpec, options: RunOptions) -> StudySpec:
@@ -67,7 +70,12 @@ def run(spec: StudySpec, options: RunOptions) -> int:
         file=sys.stderr,
         flush=True,
     )
-    tuner = experiment.restore_tuner(spec) if options.resume else experiment.make_tuner(spec)
+    tracked = StudyTracking(spec, options.tracking, options.resume)
+    if options.resume:
+        tuner = experiment.restore_tuner(spec, tracked.callbacks)
+    else:
+        tuner = experiment.make_tuner(spec, tracked.callbacks)
+    tracked.attach(experiment.searcher_of(tuner))
     results = tuner.fit()
     if spec.remote:  # Tune's results and TensorBoard files, for the trial table and report
         store.download_study(spec.study_uri, spec.study_dir)
@@ -99,6 +107,7 @@ def run(spec: StudySpec, options: RunOptions) -> int:
                 f"python -m tuner.report {spec.study_dir}",
                 file=sys.stderr,
             )
+    tracked.finish(interrupted=stopped_early)
     if spec.remote:
         try:
             count = store.upload_study(spec.study_dir, spec.study_uri)
