@@ -216,14 +216,20 @@ def test_comparison_combines_seed_spread_and_validation_error():
     assert compare(base, other, tolerance=0.08).status == "holds"
 
 
-def test_single_runs_carry_only_the_validation_error():
-    base = estimate([0.9], 400, "search")
-    other = estimate([0.9], 400, "search")
-    result = compare(base, other, tolerance=0.01)
-    se = math.sqrt(2 * 0.9 * 0.1 / 400)
-    assert math.isinf(result.df)
-    assert result.resolution == pytest.approx(stats.norm.ppf(0.95) * se)
-    assert result.status == "unresolved"  # 400 examples cannot resolve 1 pt
+def test_one_run_on_a_side_gives_no_interval_and_no_verdict():
+    """Issue 32: with one run on a side the seeds' spread is unknown (and seeds move a value
+    more than the validation set's sampling error): no bounds, never holds or degraded, however
+    large or small the difference; two runs on each side give an interval again."""
+    for base_values, other_values in (([0.9], [0.9]), ([0.9, 0.91], [0.5]), ([0.9], [0.2, 0.3])):
+        for tolerance in (0.01, 0.5):
+            result = compare(
+                estimate(base_values, 400, "c"), estimate(other_values, 400, "c"), tolerance
+            )
+            assert result.status == "no interval", (base_values, other_values, tolerance)
+            assert math.isnan(result.low) and math.isnan(result.high)
+            assert math.isnan(result.resolution)
+    result = compare(estimate([0.9, 0.91], 400, "c"), estimate([0.5, 0.52], 400, "c"), 0.01)
+    assert result.status == "degraded" and math.isfinite(result.high)
 
 
 def test_more_seeds_narrow_the_bounds_but_not_below_the_validation_error():
@@ -585,13 +591,13 @@ def test_an_estimate_knows_its_parts():
 
 
 def test_a_loss_comparison_uses_the_per_example_spread_and_reads_a_rise_as_the_drop():
-    """Single runs of a loss study: the uncertainty is the validation set's own, from the
-    per-example loss spread (val_sd / sqrt(n)); a higher loss is worse."""
+    """A loss study whose seeds agree (two each): the uncertainty is the validation set's own,
+    from the per-example loss spread (val_sd / sqrt(n)); a higher loss is worse."""
     from trainables.metrics import get_metric
 
     loss = get_metric("loss")
-    base = estimate([2.00], 10000, "confirmed", val_sd=0.5)
-    other = estimate([2.10], 10000, "confirmed", val_sd=0.5)
+    base = estimate([2.00, 2.00], 10000, "confirmed", val_sd=0.5)
+    other = estimate([2.10, 2.10], 10000, "confirmed", val_sd=0.5)
     result = compare(base, other, tolerance=0.02, metric=loss)
     half = stats.norm.ppf(0.95) * math.sqrt(2 * 0.5**2 / 10000)
     assert result.drop == pytest.approx(0.10)
@@ -600,7 +606,7 @@ def test_a_loss_comparison_uses_the_per_example_spread_and_reads_a_rise_as_the_d
     # the other way round the loss fell: not a drop
     assert compare(other, base, tolerance=0.02, metric=loss).status == "holds"
     # a small rise within the tolerance, resolved by 10000 examples
-    near = estimate([2.005], 10000, "confirmed", val_sd=0.5)
+    near = estimate([2.005, 2.005], 10000, "confirmed", val_sd=0.5)
     assert compare(base, near, tolerance=0.02, metric=loss).status == "holds"
 
 
@@ -635,7 +641,7 @@ def rule_runs(batch: int, accuracies: list[float | None], rule: str = "sqrt") ->
 def test_the_rule_test_says_how_far_each_rule_holds_and_where_it_diverges():
     """Under sqrt with no retuning: 32 holds, 128 is short by 2 pt (degraded), one of three
     seeds diverges at 512 (a finding, named, though the rule had stopped holding before)."""
-    from tuner.report.verdict import rule_test_verdict
+    from tuner.report.rule_verdict import rule_test_verdict
 
     parts = [
         *rule_runs(32, [0.978, 0.981, 0.979]),

@@ -48,12 +48,13 @@ def test_paired_intervals_cover_a_known_drop(regime, seeds):
 
 
 def test_only_disagreements_count():
-    """Two runs that differ at 2 of 359 examples: the paired bound is about those 2, where
-    two independent binomials at 98% would put it at about 1.7 points."""
-    base = np.ones((1, 359))
-    base[0, :7] = 0
+    """Two sides (two identical seeds each: one run on a side gives no interval) that differ at
+    2 of 359 examples: the paired bound is about those 2, where two independent binomials at
+    98% would put it at about 1.7 points."""
+    base = np.ones((2, 359))
+    base[:, :7] = 0
     other = base.copy()
-    other[0, 100:102] = 0
+    other[:, 100:102] = 0
     result = judged(base, other)
     assert result.paired and result.drop == pytest.approx(2 / 359)
     assert result.resolution < 0.01

@@ -760,3 +760,22 @@ def test_a_hostile_study_is_reported_and_runs_no_code_unless_trusted(small_study
     # the gate is what kept it out: trusted, the same study runs its code
     run_cli("tuner.explain", str(study), "--trust-code", check=False)
     assert marker.exists()
+
+
+def test_one_run_on_a_side_gives_no_interval_and_no_verdict(tmp_path, monkeypatch):
+    """Issue 32: one confirmation seed per batch size (`--seeds 1`): the report gives each
+    value and difference but claims no confidence, and calls nothing holding or degraded, not
+    even a 5 pt drop."""
+    study = make_study(tmp_path, "8,32,512")
+    parts = []
+    for batch, value in ((8, 0.98), (32, 0.978), (512, 0.93)):
+        parts.append(trial(f"s{batch}", batch, [(50, 0.9), (100, 0.99)], val_examples=10000))
+        parts += confirmations(batch, [value], val_examples=10000)
+    verdict = verdict_of(report_on(study, table(*parts), monkeypatch))
+    frontier = pd.read_csv(study / "frontier.csv")
+    assert frontier["status"].tolist() == ["baseline", "no interval", "no interval"]
+    assert frontier[["drop_low", "drop_high"]].iloc[1:].isna().all().all()
+    assert json.loads((study / "frontier.json").read_text())["holds_up_to"] == 8
+    assert "No interval at batch 32" in verdict and "the baseline has one run" in verdict
+    assert "no confidence is claimed" in verdict and "drop 0.2 pt" in verdict
+    assert "Degraded at" not in verdict and "95% bounds" not in verdict

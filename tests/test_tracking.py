@@ -281,3 +281,37 @@ def test_a_study_in_mlflow_and_a_shared_optuna_database(mlflow_uri, tmp_path, re
                   if by_trial[t].data.tags["config"] == tag]  # fmt: skip
         assert len(search) == 1, cell  # the configuration the seeds confirm
     assert not math.isnan(float(parent.data.metrics["cost/device_hours"]))
+
+
+@pytest.mark.ray
+def test_a_branch_study_in_mlflow(mlflow_uri, tmp_path):
+    """A `--method branch` study: its parent run ends with branch.md and branch.json, and each
+    of its jobs (lr probes, the base run, the rungs) is a nested run tagged with its kind."""
+    from mlflow.tracking import MlflowClient
+
+    from tuner.study.searcher import tune_trials
+
+    storage = tmp_path / "studies"
+    run_cli("tuner.search", "simple_cnn", "--dataset", "digits", "--method", "branch", "--smoke",
+            "--storage", str(storage), "--name", "br", "--mlflow", mlflow_uri)  # fmt: skip
+    study = storage / "br"
+    client = MlflowClient(mlflow_uri)
+    parent_id = json.loads((study / "tracking.json").read_text())["mlflow"]["parent_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["method"] == "branch"
+    assert {"branch.md", "branch.json", "study.json"} <= {
+        a.path for a in client.list_artifacts(parent_id)
+    }
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000
+    )
+    jobs = tune_trials(study)
+    assert {c.data.tags["trial_id"] for c in children} == set(jobs)
+    for child in children:
+        job = jobs[child.data.tags["trial_id"]]
+        assert child.data.tags["phase"] == job.config["kind"]
+        assert child.data.tags["outcome"] in ("completed", "target", "stopped", "diverged")
+        if job.config["kind"] == "rung":  # each candidate's and seed's end
+            assert any(k.startswith("rung/") for k in child.data.metrics), child.data.metrics
+        else:  # its evaluations
+            assert client.get_metric_history(child.info.run_id, "val_acc")

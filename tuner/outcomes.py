@@ -1,4 +1,5 @@
-"""How a trial ended, decided in one place for the searcher, the trial table and the report."""
+"""How a trial ended, decided in one place for the searcher, the trial table and the report,
+and what each of its evaluations reports (the curves TensorBoard and MLflow show)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,22 @@ from collections.abc import Mapping
 from typing import Any
 
 OUTCOMES = ("completed", "target", "stopped", "diverged", "errored", "running")
+# A trial's reported numbers drawn as curves against optimizer steps (TensorBoard, MLflow).
+TRIAL_SCALARS = (
+    "val_acc",
+    "val_metric",
+    "val_loss",
+    "train_loss",
+    "lr",
+    "epoch",
+    "examples_seen",
+    "progress",
+    "samples_per_second",
+    "tokens_per_second",
+    "window_time_s",
+    "gns_b_simple",
+    "diverged",
+)
 FULL_BUDGET = 1 - 1e-9  # progress at which a trial has run its whole budget (float-safe)
 
 

@@ -22,6 +22,9 @@ Everything here is in the study metric's own values (`trainables.metrics`); "bet
   *unresolved* otherwise: the study cannot tell, and says how large a drop it could resolve.
   Degrees of freedom are Welch-Satterthwaite's over the seed terms (the validation terms count
   as known).
+- With one run on a side (`--seeds 1`, an unconfirmed search trial) the spread over seeds is
+  unknown, and seeds move a value far more than the validation set's sampling error does: no
+  interval is claimed and the comparison is *no interval*, never holds or degraded (issue 32).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from tuner.analysis.trials import FINAL
 CONFIDENCE = 0.95  # one-sided, for the bounds of a drop (a 90% two-sided interval)
 N_BOOT = 2000
 MIN_EVIDENCE = 3  # finished runs a cell needs before a per-rule verdict speaks of it
-STATUSES = ("holds", "unresolved", "degraded", "under-trained", "under-searched")
+NO_INTERVAL = "no interval"  # one run on a side: its seed spread unknown, nothing claimed
+STATUSES = ("holds", "unresolved", "degraded", "under-trained", "under-searched", NO_INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class Comparison:
     high: float
     resolution: float  # the bounds' half-width: drops smaller than this are not resolved
     df: float
-    status: str  # holds, unresolved or degraded
+    status: str  # holds, unresolved, degraded, or no interval (one run on a side)
     paired: bool = False  # example by example on the same validation examples
 
 
@@ -145,6 +149,8 @@ def compare(
     `confidence` bounds, and what it says."""
     drop = metric.sign * (base.mean - other.mean)
     paired = _paired(base, other)
+    if min(base.n, other.n) < 2:
+        return Comparison(drop, math.nan, math.nan, math.nan, math.nan, NO_INTERVAL, paired)
     if paired:
         terms = paired_terms(base.per_example, other.per_example)  # type: ignore[arg-type]
     else:

@@ -34,6 +34,7 @@ from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import (
     MIN_EVIDENCE,
     N_BOOT,
+    NO_INTERVAL,
     Comparison,
     Estimate,
     cell_accuracy,
@@ -270,7 +271,7 @@ def _rule_verdicts(by_rule: pd.DataFrame, rules: Sequence[str]) -> list[RuleVerd
             elif row.status == "degraded":
                 first_degraded = first_degraded or batch
                 stopped = True
-            elif row.status == "unresolved":
+            elif row.status in ("unresolved", NO_INTERVAL):
                 unresolved.append(batch)
                 stopped = True
         verdicts.append(RuleVerdict(rule, holds, first_degraded, unresolved, not_enough))

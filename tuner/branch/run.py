@@ -21,6 +21,7 @@ import pickle
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from tuner.study import experiment
 from tuner.study.experiment import allow_pending, concurrency
 from tuner.study.searcher import tune_trials
 from tuner.study.session import INTERRUPTED
+from tuner.study.tracked import StudyTracking
 
 PHASES = {"probe": "lr search", "base": "base run", "rung": "branches", "verify": "schedule"}
 
@@ -347,7 +349,9 @@ def training_examples(spec: StudySpec) -> int:
     return len(splits.train)
 
 
-def new_tuner(spec: StudySpec, plan: BranchPlan, searcher: BranchSearcher) -> tune.Tuner:
+def new_tuner(
+    spec: StudySpec, plan: BranchPlan, searcher: BranchSearcher, extra: Sequence[Any] = ()
+) -> tune.Tuner:
     most = planning.PROBE_LRS + 2 + len(plan.fractions) * len(plan.multipliers)
     return tune.Tuner(
         trainable(spec),
@@ -359,6 +363,7 @@ def new_tuner(spec: StudySpec, plan: BranchPlan, searcher: BranchSearcher) -> tu
             storage_path=spec.storage if spec.remote else os.path.abspath(spec.storage),
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.worker_retries, fail_fast=False),
+            callbacks=list(extra),  # --mlflow (tuner.study.tracked)
         ),
     )
 
@@ -384,6 +389,8 @@ def run(spec: StudySpec, options: Any) -> int:
     experiment.snapshot_at_every_step()  # the searcher's state and Tune's, saved together
     if options.resume:
         tuner, searcher = experiment.restored(spec, trainable(spec))
+        tracked = StudyTracking(spec, options.tracking, resume=True)
+        experiment.with_callbacks(tuner, tracked.callbacks)
         plan = searcher.plan
         searcher.spec, searcher.max_concurrent = spec, concurrency(spec)  # this run's
     else:
@@ -391,13 +398,15 @@ def run(spec: StudySpec, options: Any) -> int:
         save_spec(spec)
         if spec.remote:
             store.upload_file(spec.study_dir / SPEC_FILE, store.join(spec.study_uri, SPEC_FILE))
+        tracked = StudyTracking(spec, options.tracking, resume=False)
         searcher = BranchSearcher(spec, plan, concurrency(spec))
-        tuner = new_tuner(spec, plan, searcher)
+        tuner = new_tuner(spec, plan, searcher, tracked.callbacks)
     print(write.plan_line(spec, plan), file=sys.stderr, flush=True)
     allow_pending(max(searcher.max_concurrent, 1))
     tuner.fit()
     left = len(searcher.queue) + len(searcher.running)
     if left and not searcher.failure:
+        tracked.finish(interrupted=True)
         # Tune stopped early (Ctrl+C): ladders half climbed would read as measured
         print(
             f"error: the branch study was interrupted with {left} job(s) to run; nothing is "
@@ -415,6 +424,7 @@ def run(spec: StudySpec, options: Any) -> int:
             file=sys.stderr,
         )
         return 1
+    tracked.finish(interrupted=False)
     if spec.remote:
         count = store.upload_study(spec.study_dir, spec.study_uri)
         print(f"uploaded {count} files to {spec.study_uri}", file=sys.stderr)

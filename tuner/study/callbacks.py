@@ -10,23 +10,9 @@ from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 
 from trainables.metrics import ACCURACY, StudyMetric
+from tuner.outcomes import TRIAL_SCALARS as SCALARS
 from tuner.outcomes import trial_outcome
 
-SCALARS = (
-    "val_acc",
-    "val_metric",
-    "val_loss",
-    "train_loss",
-    "lr",
-    "epoch",
-    "examples_seen",
-    "progress",
-    "samples_per_second",
-    "tokens_per_second",
-    "window_time_s",
-    "gns_b_simple",
-    "diverged",
-)
 STEP = "optimizer_steps"  # the x axis of every per-trial curve
 
 

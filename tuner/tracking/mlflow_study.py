@@ -26,23 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuner.outcomes import TRIAL_SCALARS as METRICS
 from tuner.tracking.checks import Tracking, save_tracking, saved_tracking
 
 EXPERIMENT = "batch-scaling"  # unless $MLFLOW_EXPERIMENT_NAME names another
 PARAM_MAX = 6000  # MLflow's longest param value
-METRICS = (
-    "val_acc",
-    "val_metric",
-    "val_loss",
-    "train_loss",
-    "lr",
-    "epoch",
-    "examples_seen",
-    "progress",
-    "samples_per_second",
-    "tokens_per_second",
-    "gns_b_simple",
-)
 BY_EXAMPLES = ("val_acc", "val_metric", "val_loss")
 NOT_CONFIG = ("seed", "phase")  # what differs between the seeds of one configuration
 STATUS = {"completed": "FINISHED", "target": "FINISHED", "stopped": "KILLED"}
@@ -75,6 +63,27 @@ def spec_params(spec: Any) -> dict[str, str]:
             value = json.dumps(value, sort_keys=True, default=str)
         params[key] = str(value)[:PARAM_MAX]
     return params
+
+
+def evaluation_metrics(result: dict[str, Any], now: int) -> list[Any]:
+    """One evaluation as MLflow metrics: against optimizer steps, and the study metric's
+    values against examples seen (`by_examples/...`)."""
+    from mlflow.entities import Metric
+
+    step = _plain(result.get("optimizer_steps"))
+    if step is None:
+        return []
+    metrics = []
+    for key in METRICS:
+        value = _plain(result.get(key))
+        if value is not None:
+            metrics.append(Metric(key, value, now, int(step)))
+    examples = _plain(result.get("examples_seen"))
+    for key in BY_EXAMPLES:
+        value = _plain(result.get(key))
+        if value is not None and examples is not None:
+            metrics.append(Metric(f"by_examples/{key}", value, now, int(examples)))
+    return metrics
 
 
 class MlflowStudy:
@@ -175,7 +184,9 @@ class MlflowStudy:
     def _new_trial(self, trial_id: str, config: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        cell, phase = str(config.get("cell", "")), str(config.get("phase", "search"))
+        # A branch study's jobs have a kind (probe, base, rung) where a grid's have a phase.
+        cell = str(config.get("cell", config.get("batch_size", "")))
+        phase = str(config.get("phase") or config.get("kind") or "search")
         tags = {
             "mlflow.parentRunId": self.parent,
             "trial_id": trial_id,
@@ -193,25 +204,31 @@ class MlflowStudy:
         self.client.log_batch(run.info.run_id, params=params[:100])
 
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """One evaluation of a grid trial; a branch job reports once, at its end: its
+        evaluations (`history`) or its branch runs' ends (`runs`, a rung's candidates and
+        seeds, as `rung/<phase>-<candidate>-seed<seed>`)."""
         run = self.runs.get(trial_id)
-        step = _plain(result.get("optimizer_steps"))
-        if run is None or step is None:
+        if run is None:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         metrics = []
-        for key in METRICS:
-            value = _plain(result.get(key))
-            if value is not None:
-                metrics.append(Metric(key, value, now, int(step)))
-        examples = _plain(result.get("examples_seen"))
-        for key in BY_EXAMPLES:
-            value = _plain(result.get(key))
-            if value is not None and examples is not None:
-                metrics.append(Metric(f"by_examples/{key}", value, now, int(examples)))
-        if metrics:
-            self._call("log a trial's evaluation", self.client.log_batch, run, metrics=metrics)
+        if isinstance(result.get("history"), str):
+            for entry in json.loads(result["history"]):
+                metrics += evaluation_metrics(entry, now)
+        elif isinstance(result.get("runs"), str):
+            for record in json.loads(result["runs"]):
+                value = _plain(record.get("value"))
+                if value is not None:
+                    key = f"rung/{record.get('phase')}-{record.get('candidate')}-seed"
+                    key += str(record.get("seed"))
+                    metrics.append(Metric(key, value, now, int(record.get("steps", 0))))
+        else:
+            metrics = evaluation_metrics(result, now)
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a batch
+            chunk = metrics[i : i + 1000]
+            self._call("log a trial's evaluation", self.client.log_batch, run, metrics=chunk)
 
     def trial_ended(self, trial_id: str, outcome: str) -> None:
         run = self.runs.get(trial_id)
