@@ -173,22 +173,35 @@ def test_a_batch_size_with_no_estimate_ends_holds_up_to_and_is_named(tmp_path, m
     )
 
 
-def test_diverged_confirmation_seeds_are_a_finding(tmp_path, monkeypatch):
-    study = make_study(tmp_path, "8,32")
-    blown = trial(
-        "c32x", 32, [(50, 0.1)], phase="confirm", seed=9, outcome="diverged", diverged_last=True
-    )
+def test_a_diverged_seed_makes_a_batch_size_unstable_and_counts(tmp_path, monkeypatch):
+    """Issue 32: a diverged confirmation seed is a result, not a gap: it counts at its last
+    evaluation (10%), the batch size is `unstable` (never holds, though its other two seeds
+    match the baseline), and with every seed diverged it never falls back to a search trial."""
+    study = make_study(tmp_path, "8,32,128")
+    blown = [
+        trial(f"c{b}x{i}", b, [(50, 0.1)], phase="confirm", seed=9 + i, outcome="diverged",
+              diverged_last=True)
+        for b, i in ((32, 0), (128, 0), (128, 1), (128, 2))
+    ]  # fmt: skip
     trials = table(
         *cell_of(8, 0.99, [0.980, 0.981, 0.982]),
-        *cell_of(32, 0.99, [0.979, 0.980]),
-        blown,
+        *cell_of(32, 0.99, [0.980, 0.981]),
+        *cell_of(128, 0.99, []),
+        *blown,
     )
     verdict = verdict_of(report_on(study, trials, monkeypatch, tensorboard=False))
+    frontier = pd.read_csv(study / "frontier.csv").set_index("batch_size")
+    assert frontier.loc[32, "status"] == "unstable" and frontier.loc[128, "status"] == "unstable"
+    assert frontier.loc[32, "accuracy_runs"] == 3
+    assert frontier.loc[32, "accuracy"] == pytest.approx((0.980 + 0.981 + 0.1) / 3)
+    assert frontier.loc[128, "accuracy_source"] == "confirmed"  # no fallback to the search
+    assert frontier.loc[128, "accuracy"] == pytest.approx(0.1)
+    assert json.loads((study / "frontier.json").read_text())["holds_up_to"] == 8
     assert (
-        "At batch 32, 1 of 3 confirmation seeds of its best configuration diverged: that "
-        "configuration is unstable across seeds there, and its accuracy is the mean of the 2 "
-        "that did not." in verdict
+        "Unstable at batch 32: 1 of its 3 judged runs diverged, so its configuration does not "
+        "train reliably there and its accuracy is not said to hold" in verdict
     )
+    assert "Unstable at batch 128: 3 of its 3 judged runs diverged" in verdict
 
 
 def test_the_confirmed_runs_are_reported_on_the_test_set_too(tmp_path, monkeypatch):
@@ -433,9 +446,10 @@ def expected_accuracy(trials_csv: pd.DataFrame, frontier: pd.DataFrame) -> dict[
     here from the trial table: the cell of its best search trial that ran its whole budget
     (ties: the earliest trial), judged at the level its checks took it to (`judged_steps`,
     `judged_lr_factor`; the baseline at its own lr check's `baseline_lr_factor`): the mean final
-    value of that level's completed runs that did not diverge: the confirmation runs at the
-    cell's own budget and lr, else the check runs at that budget and lr x factor. Where none
-    of them finished, the best search trial's own value (flagged `search`)."""
+    value of that level's completed runs and its diverged ones, each of those at its last
+    evaluation (issue 32; a non-finite one at the worst value of the level's runs): the
+    confirmation runs at the cell's own budget and lr, else the check runs at that budget and lr
+    x factor."""
     finals = final_rows(trials_csv)
     done = finals[finals["outcome"].isin(["completed", "target"]) & ~diverged_rows(finals)]
     search = done[done["phase"] == "search"]
@@ -464,8 +478,12 @@ def expected_accuracy(trials_csv: pd.DataFrame, frontier: pd.DataFrame) -> dict[
                 & np.isclose(finals["base_lr"], lr * factor)
             ]
             assert len(runs), (batch, steps, factor)  # the level judged at ran
+        blown = runs[diverged_rows(runs)]
         runs = runs[runs["trial_id"].isin(done["trial_id"])]
-        expected[int(batch)] = runs["val_acc"].mean() if len(runs) else best["val_acc"]
+        values = [*runs["val_acc"], *blown["val_acc"]]
+        if blown["val_acc"].isna().any():  # not finite where it diverged: the worst value
+            continue  # (the analysis's own tests check that case)
+        expected[int(batch)] = float(np.mean(values)) if values else best["val_acc"]
     return expected
 
 

@@ -365,9 +365,10 @@ def train(
             if step != due and not diverged:
                 continue
             train_time = time.perf_counter() - started
-            # The run's end keeps every validation example's value, for paired comparisons,
-            # and is scored on the test set, where the data set has one (nothing selects on it).
-            keep = metric.key if step == total or step in keep_steps else None
+            # The run's end keeps every validation example's value, for paired comparisons
+            # (a diverged run's end too: it is judged at it, issue 32), and is scored on the
+            # test set, where the data set has one (nothing selects on it).
+            keep = metric.key if step == total or step in keep_steps or diverged else None
             scores = evaluate(
                 ddp_model, source, eval_batch, device, speed, own_loss, own_metric, keep
             )

@@ -22,6 +22,10 @@ Everything here is in the study metric's own values (`trainables.metrics`); "bet
   *unresolved* otherwise: the study cannot tell, and says how large a drop it could resolve.
   Degrees of freedom are Welch-Satterthwaite's over the seed terms (the validation terms count
   as known).
+- A judged run that diverged is a result, not a gap (issue 32): it counts at its last
+  evaluation (the one at the step it was found diverged: chance level or worse; where that is not
+  finite, the worst value any run of the batch size reached), the estimate says how many of its
+  runs diverged, and the batch size is *unstable*: never holds, whatever its mean.
 - With one run on a side (`--seeds 1`, an unconfirmed search trial) the spread over seeds is
   unknown, and seeds move a value far more than the validation set's sampling error does: no
   interval is claimed and the comparison is *no interval*, never holds or degraded (issue 32).
@@ -46,7 +50,16 @@ CONFIDENCE = 0.95  # one-sided, for the bounds of a drop (a 90% two-sided interv
 N_BOOT = 2000
 MIN_EVIDENCE = 3  # finished runs a cell needs before a per-rule verdict speaks of it
 NO_INTERVAL = "no interval"  # one run on a side: its seed spread unknown, nothing claimed
-STATUSES = ("holds", "unresolved", "degraded", "under-trained", "under-searched", NO_INTERVAL)
+UNSTABLE = "unstable"  # a judged run diverged
+STATUSES = (
+    "holds",
+    "unresolved",
+    "degraded",
+    "under-trained",
+    "under-searched",
+    NO_INTERVAL,
+    UNSTABLE,
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class Estimate:
     per_example: np.ndarray | None = field(default=None, compare=False, repr=False)
     # The same runs on the data set's official test set (`_test_scores`; None: not known).
     test: dict[str, float] | None = field(default=None, compare=False, repr=False)
+    diverged: int = 0  # of the n runs, those that diverged (counted at their last evaluation)
 
     @property
     def val_var(self) -> float:
@@ -119,15 +133,35 @@ def estimate(
 def runs_estimate(
     runs: pd.DataFrame, val_examples: int, source: str, metric: StudyMetric
 ) -> Estimate:
-    """The estimate of finished runs (rows of `trial_summary`), with their per-example records
-    where the metric has a sampling error over examples."""
+    """The estimate of finished runs (rows of `trial_summary`; diverged ones at their kept
+    value, `judged_runs`), with their per-example records where the metric has a sampling
+    error over examples."""
     matrix = None
     if val_examples and "final_per_example" in runs:
         matrix = per_example_matrix(runs["final_per_example"].tolist())
     found = estimate(
         runs["final_value"].tolist(), val_examples, source, _val_sd(runs, metric), matrix
     )
-    return dataclasses.replace(found, test=_test_scores(runs))
+    diverged = int(runs["diverged"].astype(bool).sum()) if "diverged" in runs else 0
+    return dataclasses.replace(found, test=_test_scores(runs), diverged=diverged)
+
+
+def judged_runs(runs: pd.DataFrame, metric: StudyMetric) -> pd.DataFrame:
+    """The runs a value is judged by: those that ran their budget, and those that diverged, each
+    at its last evaluation (where that is not finite, the worst value of any of `runs`)."""
+    diverged = runs["diverged"].astype(bool)
+    kept = runs[runs["final"] | diverged].copy()
+    if not diverged.any():
+        return kept
+    scores = pd.concat([runs["final_value"], runs["best_value"]]) * metric.sign
+    finite_scores = scores[np.isfinite(scores.astype(float))]
+    worst = metric.value(float(finite_scores.min())) if len(finite_scores) else math.nan
+    if metric.mode == "max" and not len(finite_scores):
+        worst = 0.0
+    blown = kept["diverged"].astype(bool)
+    value = pd.to_numeric(kept["final_value"], errors="coerce")
+    kept.loc[blown, "final_value"] = value[blown].where(np.isfinite(value[blown]), worst)
+    return kept
 
 
 def _paired(base: Estimate, other: Estimate) -> bool:
@@ -200,7 +234,7 @@ def cell_accuracy(
     for key, group in trials.groupby(by, sort=False):
         search = group[(group["phase"] == "search") & group["final"]]
         confirm = group[group["phase"] == "confirm"]
-        done = confirm[confirm["final"]]
+        done = judged_runs(confirm, metric)  # a diverged seed counts: never a fallback
         val_examples = group["val_examples"].max()
         val_examples = sampled(val_examples, metric)
         best = best_row(search, metric) if len(search) else None

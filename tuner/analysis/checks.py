@@ -21,7 +21,14 @@ import pandas as pd
 from search_spaces.checks import BudgetCheck, Level, budget_check
 from search_spaces.spaces import lr_edge
 from trainables.metrics import ACCURACY, StudyMetric
-from tuner.analysis.accuracy import Estimate, compare, estimate, runs_estimate, sampled
+from tuner.analysis.accuracy import (
+    Estimate,
+    compare,
+    estimate,
+    judged_runs,
+    runs_estimate,
+    sampled,
+)
 
 
 def budget_levels(
@@ -47,7 +54,7 @@ def budget_levels(
     for level, group in groups:
         if (group["outcome"] == "running").any():
             continue
-        done = group[group["final"]]
+        done = judged_runs(group, metric)
         levels[level] = (
             runs_estimate(done, val, "confirmed", metric)
             if len(done)

@@ -35,6 +35,7 @@ from tuner.analysis.accuracy import (
     MIN_EVIDENCE,
     N_BOOT,
     NO_INTERVAL,
+    UNSTABLE,
     Comparison,
     Estimate,
     cell_accuracy,
@@ -64,6 +65,7 @@ class RuleVerdict:
     first_degraded: int | None
     unresolved: list[int]
     not_enough: list[int]
+    unstable: list[int] = field(default_factory=list)  # a judged run diverged
 
 
 @dataclass
@@ -120,7 +122,10 @@ def _judge(
         values["drop_low"].append(result.low if result else math.nan)
         values["drop_high"].append(result.high if result else math.nan)
         values["resolution"].append(result.resolution if result else math.nan)
-        values["status"].append("baseline" if is_base else result.status if result else None)
+        status = result.status if result else None
+        if status is not None and est is not None and est.diverged:
+            status = UNSTABLE  # a judged run diverged: never holds, whatever the mean
+        values["status"].append("baseline" if is_base else status)
         values["paired"].append(bool(result and result.paired))
     for name, column in values.items():
         table[name] = column
@@ -219,6 +224,7 @@ def _estimate_columns(table: pd.DataFrame) -> None:
     table["accuracy"] = [e.mean if e else math.nan for e in table["estimate"]]
     table["accuracy_std"] = [e.std if e else math.nan for e in table["estimate"]]
     table["accuracy_runs"] = [e.n if e else 0 for e in table["estimate"]]
+    table["accuracy_diverged"] = [e.diverged if e else 0 for e in table["estimate"]]
     table["accuracy_source"] = [e.source if e else None for e in table["estimate"]]
     table["val_se"] = [e.val_se if e else math.nan for e in table["estimate"]]
     # On the test set, the runs the estimate is of: where the checks judged a batch size at
@@ -259,7 +265,7 @@ def _rule_verdicts(by_rule: pd.DataFrame, rules: Sequence[str]) -> list[RuleVerd
     verdicts = []
     for rule in rules:
         rows = by_rule[by_rule["scaling_rule"] == rule].sort_values("batch_size")
-        holds, first_degraded, unresolved, not_enough = None, None, [], []
+        holds, first_degraded, unresolved, not_enough, unstable = None, None, [], [], []
         stopped = False
         for row in rows.itertuples(index=False):
             batch = int(row.batch_size)
@@ -274,7 +280,10 @@ def _rule_verdicts(by_rule: pd.DataFrame, rules: Sequence[str]) -> list[RuleVerd
             elif row.status in ("unresolved", NO_INTERVAL):
                 unresolved.append(batch)
                 stopped = True
-        verdicts.append(RuleVerdict(rule, holds, first_degraded, unresolved, not_enough))
+            elif row.status == UNSTABLE:
+                unstable.append(batch)
+                stopped = True
+        verdicts.append(RuleVerdict(rule, holds, first_degraded, unresolved, not_enough, unstable))
     return verdicts
 
 

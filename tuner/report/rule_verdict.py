@@ -99,6 +99,8 @@ def rule_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
             text += f", degraded at batch {v.first_degraded}"
         if v.unresolved:
             text += f", unresolved at {batch_list(v.unresolved)}"
+        if v.unstable:
+            text += f", unstable (a judged run diverged) at {batch_list(v.unstable)}"
         if v.not_enough:
             text += f", not enough evidence at {batch_list(v.not_enough)}"
         parts.append(text)

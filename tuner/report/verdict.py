@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from trainables.metrics import StudyMetric
-from tuner.analysis.accuracy import NO_INTERVAL
+from tuner.analysis.accuracy import NO_INTERVAL, UNSTABLE
 from tuner.analysis.frontier import DegradationMap
 from tuner.analysis.trials import OUTCOMES
 from tuner.report.critical_verdict import critical_verdict
@@ -232,17 +232,25 @@ def missing_estimates(m: DegradationMap) -> list[str]:
 
 
 def diverged_seeds(m: DegradationMap) -> list[str]:
-    """Confirmation seeds that diverged: the configuration is unstable at that batch size."""
-    if "confirm_diverged" not in m.frontier:
+    """Batch sizes where a judged run diverged: unstable there, whatever the mean (a diverged
+    run counts at its last evaluation, never dropped)."""
+    if "status" not in m.frontier:
         return []
     lines = []
-    for row in m.frontier[m.frontier["confirm_diverged"].fillna(0) > 0].itertuples(index=False):
-        bad = int(row.confirm_diverged)
-        runs = int(row.confirmed_n) + int(row.confirm_failed)
+    if m.baseline is not None and m.baseline[1].diverged:
+        base = m.baseline[1]
         lines.append(
-            f"At batch {int(row.batch_size)}, {bad} of {runs} confirmation seeds of its best "
-            f"configuration diverged: that configuration is unstable across seeds there, and "
-            f"its {m.metric.noun} is the mean of the {runs - bad} that did not."
+            f"The batch-{m.baseline[0]} baseline itself is unstable: {base.diverged} of its "
+            f"{base.n} judged runs diverged (counted at their last evaluation)."
+        )
+    for row in m.frontier[m.frontier["status"] == UNSTABLE].itertuples(index=False):
+        estimate = row.estimate
+        lines.append(
+            f"Unstable at batch {int(row.batch_size)}: {estimate.diverged} of its {estimate.n} "
+            f"judged runs diverged, so its configuration does not train reliably there and its "
+            f"{m.metric.noun} is not said to hold; its {m.metric.noun} "
+            f"{value_text(m.metric, estimate.mean)} counts each diverged run at its last "
+            f"evaluation (where it diverged), not only the runs that trained."
         )
     return lines
 
