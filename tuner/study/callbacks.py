@@ -12,6 +12,7 @@ from ray.tune.logger import TBXLoggerCallback
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.outcomes import TRIAL_SCALARS as SCALARS
 from tuner.outcomes import trial_outcome
+from tuner.tracking.mlflow_study import outcome_of
 
 STEP = "optimizer_steps"  # the x axis of every per-trial curve
 
@@ -164,11 +165,11 @@ class TrackingCallback(Callback):
         self._tell("log a trial's evaluation", "trial_result", trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        outcome = trial_outcome(trial.last_result or None, error=False)
+        outcome = outcome_of(trial.last_result or None, error=False)
         self._tell("end a trial's run", "trial_ended", trial.trial_id, outcome)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        outcome = trial_outcome(trial.last_result or None, error=True)
+        outcome = outcome_of(trial.last_result or None, error=True)
         self._tell("end a trial's run", "trial_ended", trial.trial_id, outcome)
 
     def _tell(self, what: str, method: str, *args: Any) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.outcomes import TRIAL_SCALARS as METRICS
+from tuner.outcomes import trial_outcome
 from tuner.tracking.checks import Tracking, save_tracking, saved_tracking
 
 EXPERIMENT = "batch-scaling"  # unless $MLFLOW_EXPERIMENT_NAME names another
@@ -63,6 +64,26 @@ def spec_params(spec: Any) -> dict[str, str]:
             value = json.dumps(value, sort_keys=True, default=str)
         params[key] = str(value)[:PARAM_MAX]
     return params
+
+
+def outcome_of(last: dict[str, Any] | None, error: bool) -> str:
+    """A trial's outcome (tuner.outcomes); a branch job (one report, at its end, with its
+    `kind`) ran to its end unless it errored, or its run diverged."""
+    if last is None or "kind" not in last or error:
+        return trial_outcome(last, error=error)
+    record = json.loads(last["record"]) if isinstance(last.get("record"), str) else {}
+    return "diverged" if record.get("diverged") else "completed"
+
+
+def branch_evaluation(entry: dict[str, Any], metric_key: str) -> dict[str, Any]:
+    """A branch run's evaluation (tuner.branch: step, examples, value) as a trial reports one."""
+    return {
+        "optimizer_steps": entry.get("step"),
+        "examples_seen": entry.get("examples"),
+        metric_key: entry.get("value"),
+        "val_loss": entry.get("val_loss"),
+        "lr": entry.get("lr"),
+    }
 
 
 def evaluation_metrics(result: dict[str, Any], now: int) -> list[Any]:
@@ -103,6 +124,7 @@ class MlflowStudy:
         self.parent: str | None = None
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.broken = False
+        self.metric_key = "val_acc"  # the study metric's (set by `start`)
 
     # --- calls that may fail ---------------------------------------------------------------
 
@@ -128,6 +150,8 @@ class MlflowStudy:
 
     def start(self, spec: Any, resume: bool) -> None:
         """The parent run: a new one, or (resumed) the one the study started with."""
+        metric = getattr(spec, "study_metric", None)
+        self.metric_key = metric.key if metric is not None else self.metric_key
         saved = (saved_tracking(self.study_dir).get("mlflow") or {}) if resume else {}
         if saved.get("uri") == self.uri and saved.get("parent_run_id"):
             self.parent = saved["parent_run_id"]
@@ -185,7 +209,8 @@ class MlflowStudy:
         from mlflow.entities import Param
 
         # A branch study's jobs have a kind (probe, base, rung) where a grid's have a phase.
-        cell = str(config.get("cell", config.get("batch_size", "")))
+        inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+        cell = str(config.get("cell") or f"b{config.get('batch_size', inner.get('batch_size'))}")
         phase = str(config.get("phase") or config.get("kind") or "search")
         tags = {
             "mlflow.parentRunId": self.parent,
@@ -216,7 +241,7 @@ class MlflowStudy:
         metrics = []
         if isinstance(result.get("history"), str):
             for entry in json.loads(result["history"]):
-                metrics += evaluation_metrics(entry, now)
+                metrics += evaluation_metrics(branch_evaluation(entry, self.metric_key), now)
         elif isinstance(result.get("runs"), str):
             for record in json.loads(result["runs"]):
                 value = _plain(record.get("value"))
