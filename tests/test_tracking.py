@@ -315,3 +315,24 @@ def test_a_branch_study_in_mlflow(mlflow_uri, tmp_path):
             assert any(k.startswith("rung/") for k in child.data.metrics), child.data.metrics
         else:  # its evaluations
             assert client.get_metric_history(child.info.run_id, "val_acc")
+
+
+def test_a_resume_whose_mlflow_server_is_gone_says_where_the_study_logs(tmp_path, capsys):
+    """--resume uses the study's own tracking (tracking.json); where its server no longer
+    answers, one line says so and how to go on, before anything starts."""
+    from tests.servers import free_port
+    from tuner.options import build_parser
+    from tuner.resolve import build_spec
+    from tuner.spec import save_spec
+    from tuner.tracking.checks import Tracking, save_tracking
+
+    argv = ["simple_cnn", "--dataset", "digits", "--storage", str(tmp_path), "--name", "r"]
+    spec = build_spec(build_parser().parse_args(argv), gpus_available=False)
+    save_spec(spec)
+    gone = f"http://127.0.0.1:{free_port()}"
+    save_tracking(spec.study_dir, Tracking(mlflow=gone), parent_run_id="abc")
+    before = sorted(p.name for p in spec.study_dir.iterdir())
+    err = refused(["--resume", "--storage", str(tmp_path), "--name", "r"], capsys)
+    assert f"--mlflow {gone}: no MLflow server answers there" in err
+    assert "the study logs to it (tracking.json)" in err and "give --mlflow" in err
+    assert sorted(p.name for p in spec.study_dir.iterdir()) == before

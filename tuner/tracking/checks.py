@@ -51,7 +51,15 @@ def check_tracking(args: Any, study_dir: Path, study_name: str, branch: bool) ->
             "in branch.json); use it with the grid method"
         )
     if tracking.mlflow:
-        check_mlflow(tracking.mlflow)
+        try:
+            check_mlflow(tracking.mlflow)
+        except InputError as error:
+            if args.mlflow is None:  # the resumed study's own (tracking.json)
+                raise InputError(
+                    f"{error}; the study logs to it ({TRACKING_FILE}): start that server, or "
+                    f"give --mlflow with where it runs now"
+                ) from None
+            raise
     if tracking.optuna_storage:
         check_optuna_storage(tracking.optuna_storage, study_name, bool(args.resume))
     return tracking
