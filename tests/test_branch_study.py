@@ -28,9 +28,10 @@ def branch_study(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fixed_tolerance_study(tmp_path_factory):
     """A fixed tolerance (20 pt) every rung of this smoke study keeps, so its schedule grows
-    the batch and --verify-schedule has a schedule to run."""
+    the batch and --verify-schedule has a schedule to run. Two seeds per rung: on --smoke's
+    one a rung has no interval and is never shown to hold (issue 32)."""
     storage = tmp_path_factory.mktemp("branch")
-    return branch_smoke(storage, "f", "--tolerance", "20", "--verify-schedule")
+    return branch_smoke(storage, "f", "--tolerance", "20", "--verify-schedule", "--seeds", "2")
 
 
 def test_a_branch_study_measures_every_checkpoint_up_its_ladder(branch_study):
@@ -123,7 +124,7 @@ def test_the_suggested_schedule_is_run_against_the_base_run(fixed_tolerance_stud
     assert schedule == sorted(schedule) and schedule[1][0] in data["plan"]["fractions"]
     verify = data["verify"]
     assert verify["steps"] < data["base_run"]["steps"] == data["plan"]["base_steps"]
-    assert verify["status"] in ("holds", "unresolved", "degraded")
+    assert verify["status"] in ("holds", "unresolved", "degraded", "no interval")  # one run a side
     assert verify["history"][-1]["examples"] == data["plan"]["base_steps"] * 8
     assert "Verified (--verify-schedule)" in (study / "branch.md").read_text()
 

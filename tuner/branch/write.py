@@ -383,14 +383,17 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
             "holds": "keeps within the tolerance",
             "degraded": "falls short by more than the tolerance",
             "unresolved": "cannot be told within the tolerance",
+            "no interval": "cannot be told: one run a side, so no interval",
         }[verify["status"]]
+        high = verify["drop_high"]
+        bound = f" (at most {diff_text(metric, high)})" if math.isfinite(high) else ""
         lines += [
             "",
             f"Verified (--verify-schedule): the schedule reaches "
             f"{value_text(metric, verify['value'])} in {verify['steps']} steps, the base run "
             f"{value_text(metric, verify['base_value'])} in {verify['base_steps']} on the same "
-            f"data: drop {diff_text(metric, verify['drop'])} (at most "
-            f"{diff_text(metric, verify['drop_high'])}): it {verdict} ({verify_tol}).",
+            f"data: drop {diff_text(metric, verify['drop'])}{bound}: it {verdict} "
+            f"({verify_tol}).",
         ]
     elif verify:
         lines += ["", "The schedule's run failed."]

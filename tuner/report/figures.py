@@ -71,6 +71,8 @@ STATUS_MARKERS = {
     "degraded": ("X", "tab:red"),
     "under-trained": ("v", "tab:purple"),
     "under-searched": ("<", "tab:brown"),
+    "unstable": ("*", "tab:pink"),  # a judged run diverged
+    "no interval": ("P", "tab:gray"),  # one run on a side
 }
 
 

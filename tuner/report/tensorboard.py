@@ -96,13 +96,16 @@ def scalar_name(name: str, metric: StudyMetric) -> str:
     return name
 
 
-# Under-trained and under-searched are unresolved too: the study could not tell.
+# Under-trained, under-searched and no interval (one run on a side) are unresolved too: the
+# study could not tell; unstable (a judged run diverged) is a failure short of a measured drop.
 STATUS_VALUE = {
     "baseline": 0.0,
     "holds": 0.0,
     "unresolved": 0.5,
     "under-trained": 0.5,
     "under-searched": 0.5,
+    "no interval": 0.5,
+    "unstable": 0.75,
     "degraded": 1.0,
 }
 HPARAMS = {
