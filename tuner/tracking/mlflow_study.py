@@ -122,6 +122,7 @@ class MlflowStudy:
         self.uri, self.study_dir = uri, study_dir
         self.client = MlflowClient(tracking_uri=uri)
         self.parent: str | None = None
+        self.experiment: str | None = None  # the parent's experiment id
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.broken = False
         self.metric_key = "val_acc"  # the study metric's (set by `start`)
@@ -154,7 +155,7 @@ class MlflowStudy:
         self.metric_key = metric.key if metric is not None else self.metric_key
         saved = (saved_tracking(self.study_dir).get("mlflow") or {}) if resume else {}
         if saved.get("uri") == self.uri and saved.get("parent_run_id"):
-            self.parent = saved["parent_run_id"]
+            self.parent, self.experiment = saved["parent_run_id"], saved.get("experiment_id")
             self._call("resume the parent run", self.client.update_run, self.parent, "RUNNING")
             self._call("find the trials' runs", self._find_runs)
             return
@@ -175,17 +176,19 @@ class MlflowStudy:
         spec_file = self.study_dir / "study.json"
         if spec_file.is_file():
             self.client.log_artifact(self.parent, str(spec_file))
+        self.experiment = experiment
         ids = {"experiment_id": experiment, "parent_run_id": self.parent}
         save_tracking(self.study_dir, Tracking(mlflow=self.uri), **ids)
 
     def _find_runs(self) -> None:
         """The runs a resumed study's trials already have (tagged with their trial id)."""
-        run = self.client.get_run(self.parent)
+        if self.experiment is None:  # a tracking.json written without it
+            self.experiment = self.client.get_run(self.parent).info.experiment_id
         query = f"tags.mlflow.parentRunId = '{self.parent}'"
         token = None
         while True:
             page = self.client.search_runs(
-                [run.info.experiment_id], query, max_results=1000, page_token=token
+                [self.experiment], query, max_results=1000, page_token=token
             )
             for child in page:
                 if "trial_id" in child.data.tags:
@@ -220,7 +223,7 @@ class MlflowStudy:
             "config": config_group(config),
         }
         run = self.client.create_run(
-            self.client.get_run(self.parent).info.experiment_id,
+            self.experiment,
             run_name=f"{cell}-{phase}-{trial_id}",
             tags=tags,
         )

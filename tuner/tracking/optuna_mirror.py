@@ -24,7 +24,8 @@ class OptunaMirror:
     """Copies trials of the local storage to the one at `url`, as they change."""
 
     def __init__(self, url: str, local: Callable[[], BaseStorage]):
-        self.url, self._local = url, local
+        self.url, self._open_local = url, local
+        self._local_storage: BaseStorage | None = None
         self._remote: BaseStorage | None = None
         self._ids: dict[str, int] = {}  # study name -> its id in the mirror
         self._counts: dict[str, int] = {}  # study name -> trials it has in the mirror
@@ -32,6 +33,13 @@ class OptunaMirror:
 
     def __getstate__(self) -> dict:
         raise TypeError("an OptunaMirror is not saved with the study (its URL holds a login)")
+
+    def _local(self) -> BaseStorage:
+        """The study's own storage, opened once (every trial event syncs: opening an
+        RDBStorage each time would rerun its schema check on Tune's loop)."""
+        if self._local_storage is None:
+            self._local_storage = self._open_local()
+        return self._local_storage
 
     @property
     def remote(self) -> BaseStorage:
