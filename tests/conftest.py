@@ -41,6 +41,35 @@ SMALL_STUDY_ARGS = [
 ]
 
 
+# Seconds each heavy file took in a fresh-clone run under `-n 2` (6 December 2026). Under
+# pytest-xdist's `--dist loadfile` the files are handed out in collection order: the longest
+# first, so that the two workers end together instead of one running the resume tests alone at
+# the end (longest-processing-time-first; unlisted files are fast and go last, in their order).
+FILE_SECONDS = {
+    "test_resume.py": 400,
+    "test_branch_resume.py": 250,
+    "test_cluster.py": 260,
+    "test_branch_study.py": 240,
+    "test_own_workload_study.py": 190,
+    "test_lm_study.py": 180,
+    "test_report.py": 160,  # runs the shared small study first: explain and e2e then wait less
+    "test_object_store.py": 135,
+    "test_checks_study.py": 135,
+    "test_node_removal.py": 133,
+    "test_tracking.py": 120,
+    "test_explain.py": 110,
+    "test_faults.py": 80,
+    "test_critical_coverage.py": 76,
+    "test_study_e2e.py": 75,
+    "test_distributed.py": 51,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The heaviest files first (see FILE_SECONDS); a stable sort keeps each file's order."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))
+
+
 def run_cli(
     module: str, *args: str, timeout: float = 900, env: dict | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:

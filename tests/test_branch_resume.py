@@ -85,7 +85,10 @@ def test_a_branch_study_stopped_with_ctrl_c_says_so_and_reports_nothing_until_re
     measurement (exit 130, one error line that says how to continue), and --resume ends it."""
     storage = tmp_path / "studies"
     study = storage / NAME
-    argv = [*ARGS, "--storage", str(storage), "--name", NAME]
+    # One branch point: Ctrl+C lands once the base run has kept its first checkpoint, and the
+    # ladder the resume then climbs at a second point would check nothing more (issue 31).
+    one_point = [*ARGS[: ARGS.index("--branch-at")], *ARGS[ARGS.index("--branch-at") + 2 :]]
+    argv = [*one_point, "--branch-at", "0.1", "--storage", str(storage), "--name", NAME]
     log = tmp_path / "first.log"
     assert ctrl_c_study_when(argv, log, lambda: bool(kept_steps(study))) == 130
     log = log.read_text()
@@ -100,3 +103,4 @@ def test_a_branch_study_stopped_with_ctrl_c_says_so_and_reports_nothing_until_re
     run_cli("tuner.search", "--resume", "--storage", str(storage), "--name", NAME)
     data = json.loads((study / "branch.json").read_text())
     assert not data["failure"] and data["base_run"]["resumed_at_step"] in kept_steps(study)
+    assert [p["checkpoint"] for p in data["points"]] == [0.1]

@@ -152,10 +152,14 @@ def test_a_branch_study_says_what_it_cost_and_shows_in_tensorboard(fixed_toleran
 def test_a_branch_study_runs_its_trials_on_two_workers_each(tmp_path):
     """With --workers-per-trial 2 every job is a Ray Train run of two data-parallel workers:
     the base run keeps its checkpoints (rank 0 writes them), each rung's two workers start from
-    them, and the study reads and reports as with one worker."""
-    study, err = branch_smoke(tmp_path, "w", "--workers-per-trial", "2", "--base-lr", "0.05")
+    them, and the study reads and reports as with one worker. One branch point: every Ray Train
+    job starts a worker group (~12 s on 2 CPUs), and the ladder at --smoke's second point adds
+    nothing two workers change (issue 31)."""
+    args = ["--workers-per-trial", "2", "--base-lr", "0.05", "--branch-at", "0.5"]
+    study, err = branch_smoke(tmp_path, "w", *args)
     data = json.loads((study / "branch.json").read_text())
     assert not data["failure"], data["failure"]
+    assert [p["checkpoint"] for p in data["points"]] == [0.5]
     assert data["base_run"]["workers"] == 2 and data["base_run"]["per_worker_batch"] == 4
     for step in data["plan"]["checkpoints"]:
         assert list((study / "branch_points" / f"step-{step:08d}").glob("checkpoint_*/state.pt"))
