@@ -48,7 +48,9 @@ SMALL_STUDY_ARGS = [
 FILE_SECONDS = {
     "test_resume.py": 400,
     "test_branch_resume.py": 250,
-    "test_cluster.py": 260,
+    # Last, after the fast files: its two-node test needs its study's trials to overlap, and
+    # beside another file's study they did not once (all four on one node: issue 31's note).
+    "test_cluster.py": -1,
     "test_branch_study.py": 240,
     "test_own_workload_study.py": 190,
     "test_lm_study.py": 180,

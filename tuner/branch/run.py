@@ -47,6 +47,7 @@ from tuner.branch.trial import trainable
 from tuner.spec import StudySpec, save_spec
 from tuner.store import objects as store
 from tuner.store.names import SPEC_FILE
+from tuner.store.tune_state import keep_backup
 from tuner.study import experiment
 from tuner.study.experiment import allow_pending, concurrency
 from tuner.study.searcher import tune_trials
@@ -123,6 +124,7 @@ class BranchSearcher(Searcher):
         self.saved_at = time.time()
         with open(checkpoint_path, "wb") as file:
             pickle.dump(self.__dict__, file)
+        keep_backup(Path(checkpoint_path).parent)
 
     def restore(self, checkpoint_path: str) -> None:
         """Continue from a saved state, told by Tune's saved trials what became of the jobs

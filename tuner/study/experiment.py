@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import optuna
 from ray import tune
@@ -18,6 +20,7 @@ from tuner.cluster.capacity import workers_that_fit
 from tuner.cluster.connect import cluster_nodes
 from tuner.spec import StudySpec
 from tuner.store.optuna_db import optuna_storage
+from tuner.store.tune_state import repair_torn_state
 from tuner.study.callbacks import ProgressCallback, StepTensorBoardCallback, TrackingCallback
 from tuner.study.scheduler import PerCellASHA
 from tuner.study.searcher import CellSearcher
@@ -159,6 +162,13 @@ def restored(spec: StudySpec, trainable_: object) -> tuple[tune.Tuner, object]:
     attributes: this is the one place that touches them).
     """
     snapshot_at_every_step()
+    if "://" not in spec.study_uri and repair_torn_state(Path(spec.study_uri)):
+        # (an object store's upload is whole or absent: only a local copy can be torn)
+        print(
+            "resume: Tune's experiment state was torn by the interruption; continuing from "
+            "its last complete copy",
+            file=sys.stderr,
+        )
     tuner = tune.Tuner.restore(
         spec.study_uri,
         trainable=trainable_,

@@ -28,6 +28,7 @@ from search_spaces.cell_search import FINISHED, CellSearch
 from tuner.outcomes import trial_outcome
 from tuner.store.names import OPTUNA_SNAPSHOT
 from tuner.store.optuna_db import snapshot_sqlite
+from tuner.store.tune_state import keep_backup
 
 STEP = "optimizer_steps"  # the x of Optuna's intermediate values
 
@@ -167,6 +168,7 @@ class CellSearcher(Searcher):
             pickle.dump(state, file)
         database = Path(self._search.storage_url.removeprefix("sqlite:///"))
         snapshot_sqlite(database, Path(checkpoint_path).parent / OPTUNA_SNAPSHOT)
+        keep_backup(Path(checkpoint_path).parent)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as file:
