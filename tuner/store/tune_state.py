@@ -20,7 +20,8 @@ STATES = "experiment_state-*.json"  # Tune's name for its state (TuneController.
 BACKUP = "experiment_state_backup.json"  # not matched by STATES: Tune never restores it
 
 
-def _newest(directory: Path) -> Path | None:
+def newest_state(directory: Path) -> Path | None:
+    """The experiment state Tune restores from in `directory`, None if it has none."""
     states = sorted(directory.glob(STATES))  # Tune restores the newest by name (its session)
     return states[-1] if states else None
 
@@ -42,7 +43,7 @@ def _copy_atomically(source: Path, dest: Path) -> None:
 def keep_backup(staging_dir: Path) -> None:
     """Copy the experiment state Tune has just written in `staging_dir` to `BACKUP` (called
     from a searcher's `save`, which Tune calls after writing its state, before copying both)."""
-    newest = _newest(staging_dir)
+    newest = newest_state(staging_dir)
     if newest is not None:
         _copy_atomically(newest, staging_dir / BACKUP)
 
@@ -51,7 +52,7 @@ def repair_torn_state(study_dir: Path) -> bool:
     """Put the last complete copy in place of a torn experiment state; True if it did. An older
     state than the searcher's is fine: the searchers reconcile their trials with Tune's on
     restore (the two were never saved at one instant)."""
-    newest, backup = _newest(study_dir), study_dir / BACKUP
+    newest, backup = newest_state(study_dir), study_dir / BACKUP
     if newest is None or _parses(newest) or not _parses(backup):
         return False
     _copy_atomically(backup, newest)

@@ -19,6 +19,7 @@ from search_spaces.cell_search import CellSearch
 from tuner.cluster.capacity import workers_that_fit
 from tuner.cluster.connect import cluster_nodes
 from tuner.spec import StudySpec
+from tuner.store import objects as store
 from tuner.store.optuna_db import optuna_storage
 from tuner.store.tune_state import repair_torn_state
 from tuner.study.callbacks import ProgressCallback, StepTensorBoardCallback, TrackingCallback
@@ -162,7 +163,7 @@ def restored(spec: StudySpec, trainable_: object) -> tuple[tune.Tuner, object]:
     attributes: this is the one place that touches them).
     """
     snapshot_at_every_step()
-    if "://" not in spec.study_uri and repair_torn_state(Path(spec.study_uri)):
+    if not store.is_uri(spec.study_uri) and repair_torn_state(Path(spec.study_uri)):
         # (an object store's upload is whole or absent: only a local copy can be torn)
         print(
             "resume: Tune's experiment state was torn by the interruption; continuing from "

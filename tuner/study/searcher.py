@@ -28,7 +28,7 @@ from search_spaces.cell_search import FINISHED, CellSearch
 from tuner.outcomes import trial_outcome
 from tuner.store.names import OPTUNA_SNAPSHOT
 from tuner.store.optuna_db import snapshot_sqlite
-from tuner.store.tune_state import keep_backup
+from tuner.store.tune_state import keep_backup, newest_state
 
 STEP = "optimizer_steps"  # the x of Optuna's intermediate values
 
@@ -50,11 +50,11 @@ class TuneTrial:
 def tune_trials(experiment_dir: Path) -> dict[str, TuneTrial] | None:
     """The trials in the newest Tune experiment state of `experiment_dir` (the one Tune
     restores from), by id; None where it cannot be read (its format is Tune's own)."""
-    states = sorted(experiment_dir.glob("experiment_state-*.json"))
-    if not states:
+    state = newest_state(experiment_dir)
+    if state is None:
         return None
     try:
-        data = json.loads(states[-1].read_text())
+        data = json.loads(state.read_text())
         trials = {}
         for entry in data["trial_data"]:
             state = json.loads(entry[0])
