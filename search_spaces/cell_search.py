@@ -162,20 +162,28 @@ class CellSearch:
         self.edge_trials = {c.key: 0 for c in self.cells}  # range extensions handed out
         self.queued_levels: set[tuple[str, int, int]] = set()  # (cell, steps, lr step) checked
         self.rule_queued = False
+        # Bumped by whatever can make a confirmation, check or the rule test due (a trial's
+        # end, a resume): `suggest` looks for new runs to queue only then. Looking on every
+        # call read every trial from Optuna ten times a second while trials ran (issue 33).
+        self.changes, self.looked_at = 0, -1
         self._storage = storage
         self._studies: dict[str, optuna.Study] = {}
+        # Running trials' Optuna handles: opening one reads the trial back from the
+        # database, which every evaluation did (1.4 of the driver's 29 CPU-s, issue 33).
+        self._live: dict[str, tuple[optuna.Study, optuna.Trial]] = {}
 
     # --- state that survives a pickle (the storage is reattached by the caller) ------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_storage"], state["_studies"] = None, {}
+        state["_storage"], state["_studies"], state["_live"] = None, {}, {}
         return state
 
     def attach(self, storage: Any) -> None:
         """Reopen the studies in `storage` (after unpickling, on whichever machine)."""
-        self._storage, self._studies = storage, {}
+        self._storage, self._studies, self._live = storage, {}, {}
         self.__dict__.setdefault("handed", {})  # a state saved before it kept this
+        self.changes, self.looked_at = self.__dict__.get("changes", 0) + 1, -1
 
     def reconcile(
         self, tune: Mapping[str, Mapping[str, Any] | None] | set[str] | None = None
@@ -221,6 +229,9 @@ class CellSearch:
                     if not done and key in self.finished:
                         self.finished.discard(key)  # the database is older: tell its end again
                         changed += 1
+                    if done and key not in self.finished:
+                        self.finished.add(key)  # the database is newer: it ended (as told)
+                        changed += 1
                     if not done and not tune_has:
                         self._hand_back(key)
                         changed += 1
@@ -251,6 +262,7 @@ class CellSearch:
             self._record(key, cell, params, phase, seed)
             self._count_in(key, cell, phase, params, seed, edge=False)
             changed += 1
+        self.changes += 1
         return changed
 
     def _from_config(self, config: Mapping[str, Any]) -> tuple[Cell, dict[str, Any], str, int]:
@@ -298,6 +310,8 @@ class CellSearch:
         its confirmation or check, goes to the next trial asked for."""
         cell_key, _, phase = self.trials.pop(key)
         self.finished.discard(key)
+        self._live.pop(key, None)
+        self.changes += 1
         run, edge = self.handed.pop(key, (None, False))
         if phase == SEARCH:
             self.edge_trials[cell_key] -= 1 if edge else 0
@@ -375,9 +389,11 @@ class CellSearch:
             index = self.assigned[cell.key]
             self.assigned[cell.key] += 1
             return self._ask_search(key, cell, self._sobol_point(cell, index))
-        self._queue_confirmations()
-        self._queue_rule_test()
-        self._queue_extensions()
+        if self.looked_at != self.changes:
+            self.looked_at = self.changes
+            self._queue_confirmations()
+            self._queue_rule_test()
+            self._queue_extensions()
         if self.pending:
             run = self.pending.pop(0)
             self.handed[key] = (run, False)
@@ -670,17 +686,20 @@ class CellSearch:
     # --- outcomes --------------------------------------------------------------------------
 
     def _trial(self, key: str) -> tuple[optuna.Study, optuna.Trial]:
+        if key in self._live:
+            return self._live[key]
         _, number, phase = self.trials[key]
         study = self.checks_study() if phase in PROBES else self.study(self.cell_of(key))
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-        return study, optuna.Trial(study, trial_id)
+        self._live[key] = study, optuna.Trial(study, trial_id)
+        return self._live[key]
 
     def add_downtime(self, key: str, down: float, up: float) -> None:
         """A running trial was down from `down` to `up` (an interrupted study, from its last
         save to its resume; seconds since the epoch): its record's `down` intervals and their
         total `downtime_s`, which its cost leaves out."""
         if key not in self.trials or key in self.finished:
-            return
+            return  # (a trial Optuna saw end after this state was saved is finished here)
         study, trial = self._trial(key)
         earlier = study._storage.get_trial(trial._trial_id).user_attrs.get("down", [])
         intervals = [*earlier, [down, up]]
@@ -707,7 +726,9 @@ class CellSearch:
         if key not in self.trials or key in self.finished:
             return
         self.finished.add(key)
+        self.changes += 1
         study, trial = self._trial(key)
+        del self._live[key]
         try:
             trial.set_user_attr("outcome", outcome)
             if budget_steps:

@@ -439,6 +439,25 @@ def test_a_trial_tune_never_started_neither_blocks_the_search_nor_is_lost(tmp_pa
     assert expected[:handed] + again == expected
 
 
+def test_a_trial_that_ended_after_the_state_was_saved_is_finished_on_resume(tmp_path):
+    """Saved while trial t0 ran; Optuna then recorded its end; Tune's older state still has it
+    running. The resume takes its end from Optuna: the trial is finished (its down time is not
+    written to a finished record, which raised UpdateFinishedTrialError and lost the resume),
+    and its cell's search goes on as an uninterrupted one does."""
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    search = make_search(storage=optuna.storages.RDBStorage(url), strata=(), trials_per_cell=2)
+    expected = hand_out_everything(make_search(strata=(), trials_per_cell=2))
+    search.suggest("t0")
+    saved = pickle.dumps(search)  # t0 running
+    search.complete("t0", "completed", 0.5, 10)
+    restored = pickle.loads(saved)
+    restored.attach(optuna.storages.RDBStorage(url))
+    assert restored.reconcile({"t0": None}) == 1
+    restored.add_downtime("t0", 1.0, 2.0)  # what the searcher does for Tune's running trials
+    assert restored.running == 0
+    assert expected[:1] + hand_out_everything(restored, start=1) == expected
+
+
 # --- the synthetic objective ------------------------------------------------------------------
 
 

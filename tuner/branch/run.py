@@ -119,8 +119,8 @@ class BranchSearcher(Searcher):
         getattr(self, f"_after_{job.kind}")(job)
 
     def save(self, checkpoint_path: str) -> None:
-        """Everything the study knows, with Tune's experiment state (saved after every step
-        of Tune's loop: `experiment.snapshot_at_every_step`)."""
+        """Everything the study knows, with Tune's experiment state (saved when the study
+        changed: `tuner.study.saving`)."""
         self.saved_at = time.time()
         with open(checkpoint_path, "wb") as file:
             pickle.dump(self.__dict__, file)
@@ -388,7 +388,7 @@ def run(spec: StudySpec, options: Any) -> int:
     """Run a branch study on the joined cluster and write what it found."""
     from tuner.branch import write
 
-    experiment.snapshot_at_every_step()  # the searcher's state and Tune's, saved together
+    experiment.save_on_change()  # the searcher's state and Tune's, saved together
     if options.resume:
         tuner, searcher = experiment.restored(spec, trainable(spec))
         tracked = StudyTracking(spec, options.tracking, resume=True)

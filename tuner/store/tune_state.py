@@ -1,8 +1,8 @@
 """A last complete copy of Tune's experiment state, for a resume after a kill that tore it.
 
 Tune writes its experiment state (experiment_state-<session>.json) in its staging directory
-and copies it into the study directory in place, after every step of its loop
-(`experiment.snapshot_at_every_step`). A kill during that copy leaves the study's file torn
+and copies it into the study directory in place, each time it saves
+(`tuner.study.saving`). A kill during that copy leaves the study's file torn
 (seen in CI: empty), and `Tuner.restore` then fails ("Failed to restore the run state"): the
 study is lost. The searchers copy the state Tune has just written, whole, to `BACKUP` (atomically,
 in the staging directory) each time Tune saves them; Tune copies that file into the study

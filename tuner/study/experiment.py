@@ -22,6 +22,7 @@ from tuner.spec import StudySpec
 from tuner.store import objects as store
 from tuner.store.optuna_db import optuna_storage
 from tuner.store.tune_state import repair_torn_state
+from tuner.study import saving
 from tuner.study.callbacks import ProgressCallback, StepTensorBoardCallback, TrackingCallback
 from tuner.study.scheduler import PerCellASHA
 from tuner.study.searcher import CellSearcher
@@ -102,14 +103,11 @@ def run_config(spec: StudySpec, extra: Sequence[tune.Callback] = ()) -> tune.Run
     )
 
 
-def snapshot_at_every_step() -> None:
-    """Tune saves its experiment state (trials, searcher, scheduler) at most every 10 s by
-    default, while the searcher records every trial in optuna.db at once: a study killed in
-    between came back with finished trials Tune had never saved (their results lost, their
-    points searched again) and a started one recorded as failed. Saving after every step of
-    Tune's loop keeps the two records together; it cost nothing measurable on the README study
-    (20 trials: 47 s with it, 61 s without)."""
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+def save_on_change() -> None:
+    """Tune saves the experiment state (trials, searcher, scheduler) when it has changed, at
+    most once per gap (`tuner.study.saving`), not on a timer: a study killed between saves
+    loses little, and saving stays a small share of the driver however large the study."""
+    saving.install()
 
 
 PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
@@ -129,7 +127,7 @@ def allow_pending(trials: int) -> None:
 
 
 def make_tuner(spec: StudySpec, extra: Sequence[tune.Callback] = ()) -> tune.Tuner:
-    snapshot_at_every_step()
+    save_on_change()
     scheduler = make_scheduler(spec)
     searcher = make_searcher(spec, scheduler)  # saves the scheduler's rungs too
     searcher.max_concurrent = concurrency(spec)  # the searcher limits, not Tune's wrapper
@@ -162,7 +160,7 @@ def restored(spec: StudySpec, trainable_: object) -> tuple[tune.Tuner, object]:
     it), which `Tuner.restore` does not take; the searcher is the one Tune will run (private
     attributes: this is the one place that touches them).
     """
-    snapshot_at_every_step()
+    save_on_change()
     if not store.is_uri(spec.study_uri) and repair_torn_state(Path(spec.study_uri)):
         # (an object store's upload is whole or absent: only a local copy can be torn)
         print(
