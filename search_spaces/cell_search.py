@@ -484,6 +484,17 @@ class CellSearch:
         otherwise."""
         if self.edge_trials[cell.key] >= EDGE_TRIALS or cell.key in self.confirmed:
             return None
+        # None stays None until a trial ends or an edge trial is handed out: every `suggest`
+        # asked, and read all the cell's trials each time (O(trials^2) over a study, issue 33)
+        memo = (self.changes, self.edge_trials[cell.key])
+        if self.__dict__.setdefault("_no_edge", {}).get(cell.key) == memo:
+            return None
+        found = self._find_edge_point(cell, peek)
+        if found is None:
+            self._no_edge[cell.key] = memo
+        return found
+
+    def _find_edge_point(self, cell: Cell, peek: bool) -> dict[str, Any] | None:
         mine = [t for t in self.study(cell).get_trials(deepcopy=False) if t.params]
         searched = [t for t in mine if t.user_attrs.get("phase") == SEARCH]
         if any(t.user_attrs.get("edge") and not t.state.is_finished() for t in searched):

@@ -126,14 +126,18 @@ def allow_pending(trials: int) -> None:
     os.environ[_OURS] = "1"
 
 
-def make_tuner(spec: StudySpec, extra: Sequence[tune.Callback] = ()) -> tune.Tuner:
+def make_tuner(
+    spec: StudySpec, extra: Sequence[tune.Callback] = (), trainable_: object = None
+) -> tune.Tuner:
+    """The study's Tune experiment; `trainable_`: another trial function (bench/cluster_scale.py's
+    stand-in), else the study's own."""
     save_on_change()
     scheduler = make_scheduler(spec)
     searcher = make_searcher(spec, scheduler)  # saves the scheduler's rungs too
     searcher.max_concurrent = concurrency(spec)  # the searcher limits, not Tune's wrapper
     allow_pending(searcher.max_concurrent)
     return tune.Tuner(
-        trainable(spec),
+        trainable(spec) if trainable_ is None else trainable_,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
