@@ -233,8 +233,8 @@ def truth_check(spec: Any, critical: int) -> dict[str, Any]:
         batch, steps = int(row["batch_size"]), row.get("judged_steps") or row.get("budget_steps")
         if steps is None or row.get("accuracy") is None:
             continue
-        best[batch] = A0 + (A_MAX - A0) * (
-            1 - math.exp(-3 * steps / (S_MIN * (1 + critical / batch)))
+        best[batch] = truth_accuracy(
+            steps, batch, lr_opt(batch, spec.reference, critical), spec.reference, critical
         )
         lr = row.get("best_actual_lr")
         rows[batch] = {

@@ -171,17 +171,18 @@ class CellSearch:
         # Running trials' Optuna handles: opening one reads the trial back from the
         # database, which every evaluation did (1.4 of the driver's 29 CPU-s, issue 33).
         self._live: dict[str, tuple[optuna.Study, optuna.Trial]] = {}
+        self._no_edge: dict[str, tuple[int, int]] = {}  # cell -> when it last had no edge point
 
     # --- state that survives a pickle (the storage is reattached by the caller) ------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_storage"], state["_studies"], state["_live"] = None, {}, {}
+        state["_storage"], state["_studies"], state["_live"], state["_no_edge"] = None, {}, {}, {}
         return state
 
     def attach(self, storage: Any) -> None:
         """Reopen the studies in `storage` (after unpickling, on whichever machine)."""
-        self._storage, self._studies, self._live = storage, {}, {}
+        self._storage, self._studies, self._live, self._no_edge = storage, {}, {}, {}
         self.__dict__.setdefault("handed", {})  # a state saved before it kept this
         self.changes, self.looked_at = self.__dict__.get("changes", 0) + 1, -1
 
@@ -487,7 +488,7 @@ class CellSearch:
         # None stays None until a trial ends or an edge trial is handed out: every `suggest`
         # asked, and read all the cell's trials each time (O(trials^2) over a study, issue 33)
         memo = (self.changes, self.edge_trials[cell.key])
-        if self.__dict__.setdefault("_no_edge", {}).get(cell.key) == memo:
+        if self._no_edge.get(cell.key) == memo:
             return None
         found = self._find_edge_point(cell, peek)
         if found is None:
