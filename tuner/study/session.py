@@ -42,7 +42,8 @@ class RunOptions:
 def prepare(spec: StudySpec, options: RunOptions) -> StudySpec:
     """Join the cluster and return the spec as it will run; `InputError` / `ConfigError` when
     the cluster cannot run it. Nothing is written."""
-    connect(options.address, spec.workload_source)
+    # Ray Train trials (more than one worker) need the dashboard's State API: local_ray_kwargs
+    connect(options.address, spec.workload_source, dashboard=spec.workers_per_trial > 1)
     nodes = cluster_nodes()
     if options.gpus_from_cluster and any(n.get("GPU", 0) > 0 for n in nodes):
         spec = dataclasses.replace(spec, gpus_per_worker=1.0)
