@@ -11,9 +11,10 @@ the study calls degraded must not reach the baseline's value here with more step
 
 `--lrs` are peak lrs (the scaling rule is `none`: each lr is used as given); `--steps` are
 budgets in optimizer steps (`epochs:E` is also accepted: E epochs at every batch size, with the
-workload's step floor). Any other study option (--dataset, --weight-decay is not one: use
-`--wd`) is given after `--`, e.g. `-- --dataset synthetic`. Runs are spread over `--jobs`
-processes with one torch thread each (the study's own trials also run one per CPU).
+workload's step floor; `-- --min-steps 0` drops it: equal data at every batch size, as a
+study's equal-data answer is measured). Any other study option (--dataset, --weight-decay is
+not one: use `--wd`) is given after `--`, e.g. `-- --dataset synthetic`. Runs are spread over
+`--jobs` processes with one torch thread each (the study's own trials also run one per CPU).
 """
 
 from __future__ import annotations
@@ -121,8 +122,14 @@ def main() -> None:
     jobs = [
         {
             "workload": args.workload,
+            # the workload's step floor, unless the steps are the budget or `-- --min-steps`
+            # says otherwise (`--min-steps 0`: equal data at every batch size)
             "extra": extra
-            + ([] if b.startswith("steps:") else ["--min-steps", str(spec.min_steps)]),
+            + (
+                []
+                if b.startswith("steps:") or "--min-steps" in extra
+                else ["--min-steps", str(spec.min_steps)]
+            ),
             "batch": int(batch),
             "lr": float(lr),
             "budget": b,

@@ -137,6 +137,7 @@ class CellSearch:
         max_steps: int = 0,
         rule_test: bool = True,
         checks: bool = True,
+        equal_data: bool = True,
         sampler: Callable[[int], optuna.samplers.BaseSampler] = default_sampler,
     ):
         self.study_name, self.cells = study_name, list(cells)
@@ -148,6 +149,8 @@ class CellSearch:
         # up to `max_steps` (0: twice the longest budget any trial of the study had).
         self.tolerance, self.max_steps, self.rule_test = tolerance, max_steps, rule_test
         self.run_checks = checks  # the lr and more-steps checks
+        # with the checks: each batch size at the baseline's data too (`checks.equal_data_run`)
+        self.equal_data = checks and equal_data
         self.sampler = sampler
         self.assigned = {c.key: 0 for c in self.cells}  # search trials per cell
         self.trials: dict[str, tuple[str, int, str]] = {}  # key -> (cell key, number, phase)
@@ -184,6 +187,7 @@ class CellSearch:
         """Reopen the studies in `storage` (after unpickling, on whichever machine)."""
         self._storage, self._studies, self._live, self._no_edge = storage, {}, {}, {}
         self.__dict__.setdefault("handed", {})  # a state saved before it kept this
+        self.__dict__.setdefault("equal_data", False)  # a study started without equal-data runs
         self.changes, self.looked_at = self.__dict__.get("changes", 0) + 1, -1
 
     def reconcile(
@@ -632,6 +636,8 @@ class CellSearch:
             checked.setdefault(level, []).append(t)
         for level, runs in checked.items():
             if len(runs) < self.seeds or not all(t.state.is_finished() for t in runs):
+                if level[0] < own:  # an equal-data run: no check decision waits for it
+                    continue
                 return None
             results[level] = self._mean(runs)
         return own, results
@@ -651,7 +657,9 @@ class CellSearch:
 
     def _queue_extensions(self) -> None:
         """Check every confirmed cell short of the baseline: half and twice its lr, then twice
-        its steps, while they help (`checks.budget_check`)."""
+        its steps, while they help (`checks.budget_check`); and run each one whose budget gave
+        it other data than the baseline's for the baseline's examples (`checks.equal_data_run`),
+        once the baseline's lr is settled."""
         if not self.run_checks:
             return
         base = self.baseline_cell()
@@ -676,6 +684,10 @@ class CellSearch:
                 baseline, levels[1], levels[0], self.tolerance, self.step_cap(), self.sign
             )
             self._queue_levels(cell, check.runs)
+            # and at the baseline's data, where its budget gave it other data
+            equal = checks.equal_data_run(levels[0], cell.batch_size, own, base.batch_size)
+            if equal is not None and self.equal_data and self.best(cell) is not None:
+                self._queue_levels(cell, ((equal, 0),))
 
     def _queue_levels(self, cell: Cell, levels: tuple[tuple[int, int], ...]) -> None:
         """Queue the cell's best configuration at each (steps, k) level not queued yet: its

@@ -12,6 +12,10 @@
   each (steps, lr) level.
 - **The baseline** gets the same lr check (half and twice its lr): a weak baseline would make
   every larger batch size look better than it is.
+- **Equal data.** Where a batch size's budget gave it other data than the baseline's (a floor
+  of steps under an epoch budget, or an equal-step budget), its confirmed configuration runs
+  again, same seeds, for the baseline's examples: the answer at equal data beside the answer
+  given more data (`tuner.analysis.equal_data`).
 - **The rule test.** For each rule, the baseline's best configuration (its peak lr, warmup and
   weight decay) is moved to every batch size by the rule alone, no retuning, and run with the
   confirmation seeds: "under sqrt scaling with no retuning, accuracy holds up to B".
@@ -29,6 +33,10 @@ from trainables.optim import scaled_lr, scaling_factor
 # The rule test's warmup where the baseline's own could not act (at or below the reference
 # batch Goyal et al.'s ramp does nothing): their 5 of 90 epochs.
 RULE_TEST_WARMUP = 0.05
+
+# A batch size whose budget saw the baseline's examples within this share (integer steps, an
+# epoch's last partial batch dropped) is already at equal data: no run of its own.
+EQUAL_DATA_SLACK = 0.05
 
 HOLDS = "holds"  # within the tolerance of the baseline at this budget and lr
 DEGRADED = "degraded"  # short of it; half or twice the lr and twice the steps did not help
@@ -130,6 +138,20 @@ def budget_check(
                 return BudgetCheck(DEGRADED, best if gain > 0 else center, gain=gain)
             longer = best
         center = longer
+
+
+def equal_data_steps(base_steps: int, base_batch: int, batch: int) -> int:
+    """Steps at `batch` that see the examples the baseline saw in `base_steps` (at least 1)."""
+    return max(1, round(base_steps * base_batch / batch))
+
+
+def equal_data_run(own_steps: int, batch: int, base_steps: int, base_batch: int) -> int | None:
+    """The budget (steps) a batch size trained for `own_steps` needs to run again to be
+    measured at the baseline's data; None where its own budget is that measurement already
+    (its examples within `EQUAL_DATA_SLACK` of the baseline's, or the nearest whole step)."""
+    steps = equal_data_steps(base_steps, base_batch, batch)
+    ratio = own_steps * batch / (base_steps * base_batch)
+    return None if abs(ratio - 1) <= EQUAL_DATA_SLACK or steps == own_steps else steps
 
 
 def baseline_check(

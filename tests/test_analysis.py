@@ -660,3 +660,46 @@ def test_the_rule_test_says_how_far_each_rule_holds_and_where_it_diverges():
     assert (rows.loc[128, "worst_run"], rows.loc[128, "best_run"]) == pytest.approx((0.958, 0.962))
     assert "(drop 2.0 pt, runs 95.8% to 96.2%, peak lr" in line
     assert "diverged at batch 512 (1 of 3 runs" in line
+
+
+# --- what data each batch size was judged at, and the answer at the baseline's ---------------
+
+
+def test_both_answers_say_what_data_each_batch_size_was_judged_at():
+    """Equal steps (100 at every batch size, 1000 training examples): batch 32 holds given its
+    4x the baseline's data, and is degraded when run again for the baseline's 800 examples (25
+    steps): the two answers differ, and each says what it compared."""
+    at_equal_data = [
+        *extensions(32, [0.900, 0.910, 0.905], 25, val_examples=10000),
+        *extensions(128, [0.60, 0.62, 0.61], 6, val_examples=10000),  # round(800 / 128)
+    ]
+    trials = pd.concat([degradation_table(), table(*at_equal_data)], ignore_index=True)
+    m = degradation_map(trials, target=0.9, tolerance=0.01, n_boot=50, max_steps=400)
+    f = m.frontier.set_index("batch_size")
+    assert f["steps_judged"].tolist() == [100, 100, 100, 200]  # 512: its checks' 200 steps
+    assert f["epochs_judged"].tolist() == pytest.approx([0.8, 3.2, 12.8, 102.4])
+    assert f["data_ratio"].tolist() == pytest.approx([1, 4, 16, 128])
+    assert m.holds_up_to == 32 and f.loc[32, "status"] == "holds"
+    assert f["equal_data_steps"].tolist() == [100, 25, 6, 2]
+    assert f.loc[8, "equal_data_status"] == "baseline"
+    assert f.loc[32, "equal_data_status"] == "degraded"
+    assert f.loc[32, "equal_data_accuracy"] == pytest.approx(0.905)
+    assert f.loc[128, "equal_data_status"] == "degraded"
+    assert pd.isna(f.loc[512, "equal_data_status"]) and f.loc[512, "equal_data_runs"] == 0
+    assert m.holds_up_to_equal_data == 8
+
+
+def test_a_batch_size_whose_budget_saw_the_baselines_data_is_its_own_equal_data_answer():
+    """An epoch budget (800 examples at every batch size: 100 steps at 8, 25 at 32): batch 32's
+    confirmation runs answer both questions, and no other run is looked for."""
+    parts = []
+    for batch, steps, confirmed in ((8, 100, [0.975, 0.98, 0.985]), (32, 25, [0.976, 0.98, 0.982])):
+        parts.append(trial(f"s{batch}", batch, [(steps, 0.99)], val_examples=10000))
+        parts += confirmations(batch, confirmed, steps=steps, val_examples=10000)
+    parts += lr_checked(8, [0.975, 0.98, 0.985])
+    m = degradation_map(table(*parts), target=0.9, tolerance=0.01, n_boot=50)
+    f = m.frontier.set_index("batch_size")
+    assert f["data_ratio"].tolist() == pytest.approx([1, 1])
+    assert f.loc[32, "equal_data_steps"] == 25 and f.loc[32, "equal_data_runs"] == 3
+    assert f.loc[32, "equal_data_status"] == f.loc[32, "status"] == "holds"
+    assert m.holds_up_to_equal_data == m.holds_up_to == 32

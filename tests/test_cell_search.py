@@ -50,12 +50,17 @@ def make_search(
     seed=0,
     rule_test=False,
     max_steps=0,
+    equal_data=False,
 ):
+    """A search over GRID whose trials the test completes by hand; every cell trains the
+    same steps, so with `equal_data` each larger batch size also gets its runs at the
+    baseline's data (off by default: the other checks' tests follow their own runs)."""
     space = space or get_space("simple_cnn")
     cells = study_cells(GRID, space, default_strata(space) if strata is None else strata)
     return CellSearch(
         rule_test=rule_test,
         max_steps=max_steps,
+        equal_data=equal_data,
         study_name="t",
         storage=storage or optuna.storages.InMemoryStorage(),
         cells=cells,
@@ -191,11 +196,18 @@ def test_a_best_on_the_range_edge_moves_the_range_while_the_best_follows():
     assert search.best(search.cells[0]).params["base_lr"] == pytest.approx(steps[-1])
 
 
-def confirmed_search(values: dict[int, float], *, rule_test=False, max_steps=0, seeds=2):
+def confirmed_search(
+    values: dict[int, float], *, rule_test=False, max_steps=0, seeds=2, equal_data=False
+):
     """A search whose every cell has searched (value 0.9 at 100 steps) and confirmed its best at
     `values[batch]`; returns it and the next free trial number."""
     search = make_search(
-        strata=(), trials_per_cell=1, seeds=seeds, rule_test=rule_test, max_steps=max_steps
+        strata=(),
+        trials_per_cell=1,
+        seeds=seeds,
+        rule_test=rule_test,
+        max_steps=max_steps,
+        equal_data=equal_data,
     )
     for i in range(4):
         search.suggest(f"t{i}")
@@ -303,6 +315,41 @@ def test_the_baseline_moves_to_a_better_lr_before_anything_is_judged_against_it(
     finish(search, ["b0"], value=0.7)
     judged = hand_out(search, "d")  # the baseline is now 0.95: 0.9 elsewhere falls short
     assert {c.cell.batch_size for c in judged} == {32, 128, 512} and len(confirm) == 4
+
+
+def test_every_batch_size_that_saw_other_data_runs_again_at_the_baselines_data():
+    """An equal-step study (100 steps at every batch size): once the baseline's lr is settled,
+    each larger batch size's confirmed configuration runs again with the confirmation seeds for
+    the baseline's 800 examples (25, 6 and 2 steps), beside the checks of a short one (512),
+    which do not wait for them."""
+    search, first, n = confirmed_search(
+        {8: 0.95, 32: 0.95, 128: 0.95, 512: 0.80}, max_steps=1000, equal_data=True
+    )
+    runs = [first, *hand_out(search, "a")]
+    assert {c.phase for c in runs} == {EXTEND}
+    equal = sorted((c.cell.batch_size, level(c), c.seed) for c in runs if level(c)[0] < 100)
+    assert equal == [
+        (b, (s, 0), seed) for b, s in ((32, 25), (128, 6), (512, 2)) for seed in (1, 2)
+    ]
+    for c in runs:
+        best = search.best(next(x for x in search.cells if x.batch_size == c.cell.batch_size))
+        assert c.params["base_lr"] == pytest.approx(best.params["base_lr"] * 2.0 ** level(c)[1])
+    lr = [c for c in runs if level(c)[0] == 100]
+    assert {c.cell.batch_size for c in lr} == {512} and len(lr) == 4  # its lr check, at once
+    keys = [f"c{n}", *(f"a{i}" for i in range(len(runs) - 1))]
+    for key, c in zip(keys, runs, strict=True):
+        if level(c)[0] == 100:
+            search.complete(key, "completed", 0.78, 100, 100)
+    assert [level(c) for c in hand_out(search, "b")] == [(200, 0), (200, 0)]  # not waiting
+    for key, c in zip(keys, runs, strict=True):
+        if level(c)[0] < 100:
+            search.complete(key, "completed", 0.5, level(c)[0], level(c)[0])
+    finish(search, ["b0", "b1"], value=0.79, steps=200)
+    assert len(hand_out(search, "d")) == 4  # its lr at 200 steps: equal data asks no more runs
+    finish(search, [f"d{i}" for i in range(4)], value=0.79, steps=200)
+    own, results = search.levels(search.cells[-1])
+    assert own == 100 and results[(2, 0)] == pytest.approx(0.5)
+    assert search.suggest("done") == FINISHED
 
 
 def test_the_rule_test_runs_the_baselines_best_moved_by_each_rule():

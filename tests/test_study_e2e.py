@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from search_spaces.checks import equal_data_steps
 from tests.conftest import run_cli
+from trainables.budget import evaluation_steps
 from tuner.spec import load_spec
 from tuner.store.table import collect_trials
 
@@ -49,11 +51,11 @@ def test_trial_table_is_complete(small_study):
     for trial_id, rows in table.groupby("trial_id"):
         steps = rows["optimizer_steps"].tolist()
         budget = int(rows["budget_steps"].iloc[-1])
-        # every evaluation, once, in order, none missing: 10, 20, ... (~20 of 200 steps); a
-        # trial that diverges ends with an evaluation at the step it was found diverged (the
-        # loss is checked every DIVERGENCE_CHECK_EVERY steps: seen, [10, 16]), which can fall
-        # between two of those
-        grid = list(range(10, budget + 1, 10))
+        # every evaluation, once, in order, none missing: 10, 20, ... (~20 of 200 steps) and
+        # the budget's last step (trainables.budget.evaluation_steps); a trial that diverges
+        # ends with an evaluation at the step it was found diverged (the loss is checked every
+        # DIVERGENCE_CHECK_EVERY steps: seen, [10, 16]), which can fall between two of those
+        grid = evaluation_steps(budget, 10)
         if rows["outcome"].iloc[0] == "diverged":
             assert steps[:-1] == grid[: len(steps) - 1], (trial_id, steps)
             assert ([0, *steps])[-2] < steps[-1] <= budget, (trial_id, steps)
@@ -61,14 +63,40 @@ def test_trial_table_is_complete(small_study):
         else:
             assert steps == grid[: len(steps)], (trial_id, steps)
         if rows["outcome"].iloc[0] == "completed":
-            assert steps[-1] == 200 and rows["progress"].iloc[-1] == 1.0
+            assert steps[-1] == budget and rows["progress"].iloc[-1] == 1.0
         # examples seen = optimizer steps x global batch, whatever the batch size
         assert (rows["examples_seen"] == rows["optimizer_steps"] * rows["batch_size"]).all()
         assert rows["val_acc"].between(0, 1).all()
-        if rows["phase"].iloc[0] == "extend":  # the lr check at 200, more steps: 400
-            assert set(rows["budget_steps"]) <= {200, 400}  # the cap: twice the longest budget
+        batch = int(rows["batch_size"].iloc[0])
+        if rows["phase"].iloc[0] == "extend":
+            # the lr check at 200, more steps: 400 (the cap: twice the longest budget); and
+            # the batch-8 baseline's 1600 examples (search_spaces.checks.equal_data_run)
+            assert set(rows["budget_steps"]) <= {200, 400, equal_data_steps(200, 8, batch)}
         else:
             assert set(rows["budget_steps"]) == {200}
+
+
+def test_every_larger_batch_size_ran_again_at_the_baselines_data(small_study):
+    """An equal-step study: each batch size above the baseline saw B/8 times its examples, so
+    its confirmed configuration ran again with both confirmation seeds for the baseline's 1600
+    examples, and the report says both answers."""
+    trials = per_trial(small_study)
+    confirm = trials[trials["phase"] == "confirm"]
+    for batch in (32, 128, 512):
+        steps = equal_data_steps(200, 8, batch)
+        runs = trials[(trials["phase"] == "extend") & (trials["budget_steps"] == steps)]
+        runs = runs[runs["batch_size"] == batch]
+        assert sorted(runs["seed"]) == [1, 2], batch
+        ours = confirm[confirm["batch_size"] == batch].iloc[0]
+        for name in ("base_lr", "weight_decay", "warmup_fraction", "scaling_rule"):
+            assert set(runs[name]) == {ours[name]}, (batch, name)
+    data = json.loads((small_study / "frontier.json").read_text())
+    rows = {r["batch_size"]: r for r in data["frontier"]}
+    assert [rows[b]["data_ratio"] for b in (8, 32, 128, 512)] == pytest.approx([1, 4, 16, 64])
+    assert rows[512]["equal_data_steps"] == equal_data_steps(200, 8, 512)
+    assert rows[512]["equal_data_status"] is not None  # measured, whatever it says
+    verdict = (small_study / "report.md").read_text().split("## Verdict", 1)[1]
+    assert "The answer above is given more data" in verdict and "At equal data (" in verdict
 
 
 def test_optuna_storage_agrees_with_outcomes(small_study):

@@ -73,16 +73,24 @@ class Budget:
         return f"{self.unit}:{amount}{floor}"
 
     def describe(self) -> str:
-        """What the budget means for a comparison across batch sizes (said in the report)."""
+        """What the budget means for a comparison across batch sizes (said in the report).
+        A floor of steps breaks equal data: where it binds, a batch size trains the floor's
+        steps, more examples than the baseline (the report's data ratios say how many)."""
         meaning = {
             "epochs": "equal data at every batch size (favours small batches)",
-            "steps": "equal optimizer steps at every batch size (favours large batches)",
+            "steps": "equal optimizer steps at every batch size, so more data at the larger "
+            "ones (favours large batches)",
             "examples": "equal examples at every batch size (favours small batches)",
         }[self.unit]
-        floor = (
-            f", and at least {self.min_steps} steps at every batch size" if self.min_steps else ""
-        )
-        return f"{self.amount:g} {self.unit} per trial: {meaning}{floor}"
+        if self.min_steps and self.unit != "steps":
+            meaning = (
+                f"equal data only where that is at least {self.min_steps} steps; where it is "
+                f"fewer (the larger batch sizes) a trial runs {self.min_steps} steps, more "
+                f"data than the baseline"
+            )
+        elif self.min_steps:
+            meaning += f", and at least {self.min_steps} steps"
+        return f"{self.amount:g} {self.unit} per trial: {meaning}"
 
 
 def default_eval_every(total_steps: int, evaluations: int = EVALUATIONS) -> int:

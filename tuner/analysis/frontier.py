@@ -32,9 +32,7 @@ import pandas as pd
 from search_spaces.checks import baseline_check
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import (
-    MIN_EVIDENCE,
     N_BOOT,
-    NO_INTERVAL,
     UNSTABLE,
     Comparison,
     Estimate,
@@ -50,22 +48,12 @@ from tuner.analysis.checks import (
 )
 from tuner.analysis.cost import StudyCost, study_cost, time_to_target
 from tuner.analysis.critical import CriticalFit, estimate_critical_batch, regime
+from tuner.analysis.equal_data import data_columns, examples_per_epoch, judge_equal_data
 from tuner.analysis.hparams import best_hyperparameters, boundary_warnings
+from tuner.analysis.rules import RuleVerdict, best_cells, rule_verdicts, rule_view
 from tuner.analysis.steps import first_crossings, steps_to_target
 from tuner.analysis.throughput import throughput
 from tuner.analysis.trials import outcome_counts, trial_summary
-
-
-@dataclass
-class RuleVerdict:
-    """How far one scaling rule holds, from cells with enough evidence only."""
-
-    rule: str
-    holds_up_to: int | None
-    first_degraded: int | None
-    unresolved: list[int]
-    not_enough: list[int]
-    unstable: list[int] = field(default_factory=list)  # a judged run diverged
 
 
 @dataclass
@@ -83,7 +71,7 @@ class DegradationMap:
     throughput: pd.DataFrame
     crossings: pd.DataFrame
     baseline: tuple[int, Estimate] | None
-    holds_up_to: int | None
+    holds_up_to: int | None  # given the data each batch size was judged at (`data_ratio`)
     rules: list[RuleVerdict]
     fit: CriticalFit | None
     b_crit_ci: tuple[float, float]
@@ -101,6 +89,8 @@ class DegradationMap:
     cost: StudyCost | None = None  # device time (tuner.analysis.cost)
     # Per batch size and worker count: training hours and device-hours to the target.
     time_to_target: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # At the baseline's data (tuner.analysis.equal_data); None without a baseline.
+    holds_up_to_equal_data: int | None = None
 
 
 def _judge(
@@ -238,61 +228,12 @@ def _estimate_columns(table: pd.DataFrame) -> None:
             ]
 
 
-def _best_cells(
-    cells: pd.DataFrame, keys: Sequence[str], metric: StudyMetric = ACCURACY
-) -> pd.DataFrame:
-    """Per group of `keys`, the cell with the best search result (ties: the first cell)."""
-    if cells.empty:
-        return cells
-    ranked = cells.assign(_rank=(cells["search_best"] * metric.sign).fillna(-math.inf))
-    ranked = ranked.sort_values([*keys, "_rank"], ascending=[True] * len(keys) + [False])
-    return ranked.groupby(list(keys), sort=True).head(1).drop(columns="_rank")
-
-
-def _rule_view(
-    trials: pd.DataFrame, cells: pd.DataFrame, stratified: bool, metric: StudyMetric = ACCURACY
-) -> pd.DataFrame:
-    """Per batch size x rule: the rule's cell (its best one, stratified), or the rule's best
-    search trial inside unstratified cells (no confirmation runs: flagged `search`)."""
-    if stratified:
-        return _best_cells(cells, ["batch_size", "scaling_rule"], metric).reset_index(drop=True)
-    keyed = trials.assign(rule_cell=trials["batch_size"].astype(str) + "-" + trials["scaling_rule"])
-    keyed = keyed[keyed["phase"] == "search"]
-    return cell_accuracy(keyed, by="rule_cell", metric=metric)
-
-
-def _rule_verdicts(by_rule: pd.DataFrame, rules: Sequence[str]) -> list[RuleVerdict]:
-    verdicts = []
-    for rule in rules:
-        rows = by_rule[by_rule["scaling_rule"] == rule].sort_values("batch_size")
-        holds, first_degraded, unresolved, not_enough, unstable = None, None, [], [], []
-        stopped = False
-        for row in rows.itertuples(index=False):
-            batch = int(row.batch_size)
-            if row.evidence < MIN_EVIDENCE or row.status is None:
-                not_enough.append(batch)
-                stopped = True
-            elif row.status in ("holds", "baseline") and not stopped:
-                holds = batch
-            elif row.status == "degraded":
-                first_degraded = first_degraded or batch
-                stopped = True
-            elif row.status in ("unresolved", NO_INTERVAL):
-                unresolved.append(batch)
-                stopped = True
-            elif row.status == UNSTABLE:
-                unstable.append(batch)
-                stopped = True
-        verdicts.append(RuleVerdict(rule, holds, first_degraded, unresolved, not_enough, unstable))
-    return verdicts
-
-
 def _frontier(
     trials: pd.DataFrame, cells: pd.DataFrame, grid: list[int], metric: StudyMetric = ACCURACY
 ) -> pd.DataFrame:
     frontier = pd.DataFrame({"batch_size": grid})
     frontier = frontier.merge(outcome_counts(trials), on="batch_size", how="left")
-    best = _best_cells(cells, ["batch_size"], metric)
+    best = best_cells(cells, ["batch_size"], metric)
     best = best.rename(
         columns={"cell": "best_cell", "scaling_rule": "best_rule", "optimizer": "best_optimizer"}
     )
@@ -357,6 +298,8 @@ def degradation_map(
     _judge(frontier, base, tolerance, metric)
     _refine_statuses(frontier, trials, checks, ranges or {})
     _estimate_columns(frontier)
+    data_columns(frontier, base[0] if base else None, examples_per_epoch(table))
+    holds_equal = judge_equal_data(frontier, trials, base, tolerance, metric)
     rules_tested = (
         rule_test(trials, base, tolerance, metric)
         if len(trials)
@@ -369,14 +312,14 @@ def degradation_map(
         elif holds_up_to is not None:
             break  # anything else, a batch size with no estimate too, ends the run of holds
 
-    by_rule = _rule_view(trials, cells, rule_stratified, metric) if len(trials) else cells.copy()
+    by_rule = rule_view(trials, cells, rule_stratified, metric) if len(trials) else cells.copy()
     _judge(by_rule, base, tolerance, metric)
     if len(by_rule):
         _estimate_columns(by_rule)
     rules = list(
         (ranges or {}).get("scaling_rule") or sorted(trials["scaling_rule"].dropna().unique())
     )
-    verdicts = _rule_verdicts(by_rule, rules) if len(by_rule) else []
+    verdicts = rule_verdicts(by_rule, rules) if len(by_rule) else []
 
     crossings = first_crossings(table, target, metric)
     steps = steps_to_target(crossings, trials)
@@ -461,6 +404,7 @@ def degradation_map(
         tokens_per_example=_tokens_per_example(table),
         cost=study_cost(table, *resources),
         time_to_target=timing,
+        holds_up_to_equal_data=holds_equal,
     )
 
 

@@ -13,6 +13,7 @@ from tuner.analysis.accuracy import NO_INTERVAL, UNSTABLE
 from tuner.analysis.frontier import DegradationMap
 from tuner.analysis.trials import OUTCOMES
 from tuner.report.critical_verdict import critical_verdict
+from tuner.report.data_verdict import data_verdict
 from tuner.report.format import (
     batch_list,
     diff_text,
@@ -387,6 +388,7 @@ def verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     """The plain-language lines that open the report."""
     lines = [
         *accuracy_verdict(m, spec),
+        *data_verdict(m),
         *rule_verdict(m, spec),
         *critical_verdict(m),
         *lr_verdict(m),

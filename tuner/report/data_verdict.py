@@ -1,0 +1,129 @@
+"""The verdict's two answers side by side: given the data each batch size's budget gave it, and
+at the baseline's data (`tuner.analysis.equal_data`), each saying what it compared."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from search_spaces.checks import EQUAL_DATA_SLACK
+from tuner.analysis.accuracy import NO_INTERVAL, UNSTABLE
+from tuner.analysis.frontier import DegradationMap
+from tuner.report.format import batch_list, diff_text, finite, num, value_text
+
+
+def amount(value: float) -> str:
+    """A count of epochs or a data ratio, as a reader says it: 0.8, 3.2, 13, 102."""
+    return f"{value:.0f}" if abs(value) >= 10 else f"{value:.2g}"
+
+
+def _data(m: DegradationMap, row: pd.Series) -> str:
+    """'150 steps, 53 epochs' (a language model: '..., 1.2M tokens')."""
+    text = f"{int(row['steps_judged'])} steps"
+    if finite(row.get("epochs_judged")):
+        text += f", {amount(row['epochs_judged'])} epochs"
+    if m.tokens_per_example and finite(row.get("examples_judged")):
+        text += f", {num(row['examples_judged'] * m.tokens_per_example, 3)} tokens"
+    return text
+
+
+def data_verdict(m: DegradationMap) -> list[str]:
+    """What data the answer above compared, and the answer at the baseline's data."""
+    if m.baseline is None or "data_ratio" not in m.frontier:
+        return []
+    frontier = m.frontier.set_index("batch_size")
+    measured = frontier[frontier["status"].notna()]
+    base_batch = m.baseline[0]
+    if len(measured) < 2 or not finite(frontier.loc[base_batch, "steps_judged"]):
+        return []
+    base_data = _data(m, frontier.loc[base_batch])
+    more = measured[measured["data_ratio"] > 1 + EQUAL_DATA_SLACK]
+    if more.empty:
+        return [
+            f"Every batch size was judged at the baseline's data ({base_data} at batch "
+            f"{base_batch}): the answer above is the answer at equal data."
+        ]
+    judged = "; ".join(
+        f"{int(b)} at {_data(m, row)}, {amount(row['data_ratio'])}x" for b, row in more.iterrows()
+    )
+    lines = [
+        f"The answer above is given more data: each batch size was judged at the data its budget "
+        f"and checks gave it, against the baseline's {base_data}: batch {judged} the "
+        f"baseline's examples."
+    ]
+    return lines + _equal_data_answer(m, frontier, base_data)
+
+
+def _equal_data_answer(m: DegradationMap, frontier: pd.DataFrame, base_data: str) -> list[str]:
+    metric, base_batch = m.metric, m.baseline[0]
+    tol = diff_text(metric, m.tolerance)
+    others = frontier[frontier.index != base_batch]
+    status = others["equal_data_status"]
+    if status.isna().all():
+        return [
+            f"At equal data ({base_data}) nothing was measured: the equal-data runs come with "
+            f"the checks (--no-checks turns them off)."
+        ]
+    holds = m.holds_up_to_equal_data
+    how = (
+        f"each batch size's confirmed configuration (its lr and warmup as searched at its own "
+        f"budget) run again with the confirmation seeds for the baseline's {base_data}"
+    )
+    if holds is None or holds == base_batch:
+        opening = f"At equal data ({how}), {metric.noun} is not shown to hold within {tol} "
+        opening += f"beyond batch {base_batch}"
+    else:
+        opening = f"At equal data ({how}), {metric.noun} holds within {tol} up to batch {holds}"
+    parts = []
+    for label, key in (
+        ("degraded", "degraded"),
+        ("unstable (a run diverged)", UNSTABLE),
+        ("unresolved", "unresolved"),
+        ("no interval (one run)", NO_INTERVAL),
+    ):
+        rows = others[status == key]
+        if len(rows):
+            values = ", ".join(
+                f"{int(b)}: {value_text(metric, r['equal_data_accuracy'])} at "
+                f"{int(r['equal_data_steps'])} steps, {metric.worse} "
+                f"{diff_text(metric, r['equal_data_drop'])}"
+                for b, r in rows.iterrows()
+            )
+            parts.append(f"{label} at batch {values}")
+    missing = others[status.isna() & others["status"].notna()].index.astype(int).tolist()
+    if missing:
+        parts.append(f"not measured at batch {batch_list(missing)}")
+    return [opening + ("; " + "; ".join(parts) if parts else "") + "."]
+
+
+def data_table(m: DegradationMap) -> list[str]:
+    """The report's section: per batch size, the data it was judged at and both answers."""
+    if m.baseline is None or "data_ratio" not in m.frontier or m.frontier.empty:
+        return []
+    from tuner.report.format import count, markdown_table, text
+
+    value = lambda v: value_text(m.metric, v)  # noqa: E731
+    diff = lambda v: diff_text(m.metric, v)  # noqa: E731
+    return [
+        "## Two answers: given more data, and at equal data",
+        "",
+        "Judged = the level each batch size's verdict rests on (its checks' steps, else its "
+        "budget); data = its examples over the baseline's. At equal data, its confirmed "
+        "configuration ran again with the confirmation seeds for the baseline's examples "
+        "(a batch size whose budget already saw them is its own answer).",
+        "",
+        markdown_table(
+            m.frontier,
+            [
+                ("batch_size", "batch", count),
+                ("steps_judged", "steps judged", count),
+                ("epochs_judged", "epochs judged", lambda v: amount(v) if finite(v) else "-"),
+                ("data_ratio", "data vs baseline", lambda v: f"{amount(v)}x" if finite(v) else "-"),
+                ("status", "given more data", text),
+                ("equal_data_steps", "equal-data steps", count),
+                ("equal_data_accuracy", f"equal-data {m.metric.noun}", value),
+                ("equal_data_drop", f"equal-data {m.metric.worse}", diff),
+                ("equal_data_status", "at equal data", text),
+            ],
+        ),
+        "",
+    ]
