@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from search_spaces.checks import equal_data_run
 from trainables.config import TrialConfig
 from trainables.datasets import DEFAULT_DATA_DIR
 from tuner.report.format import duration
@@ -102,7 +103,18 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int) -> list[str]:
         check_round = spec.seeds * (
             2 * trial_hours(worst) + 3 * trial_hours(worst, 2 * budget.steps(n_train, worst))
         )
-    total = search + confirm + rule
+    # equal data: each cell above the smallest batch size for the baseline's examples, where
+    # its own budget gave it others (search_spaces.checks.equal_data_run)
+    smallest = min(spec.batch_sizes)
+    base_steps = budget.steps(n_train, smallest)
+    equal_runs, equal = 0, 0.0
+    for cell in cells if spec.checks else []:
+        own = budget.steps(n_train, cell.batch_size)
+        steps = equal_data_run(own, cell.batch_size, base_steps, smallest)
+        if cell.batch_size > smallest and steps is not None:
+            equal_runs += spec.seeds
+            equal += spec.seeds * trial_hours(cell.batch_size, steps)
+    total = search + confirm + rule + equal
     lines = [
         f"dry run: {spec.what}, batch sizes {list(spec.batch_sizes)}, budget {budget} per "
         f"trial, {workers} worker(s) of {per_worker:g} {device}(s) each; nothing trains",
@@ -114,12 +126,13 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int) -> list[str]:
         + ", ".join(f"{b}: {budget.steps(n_train, b)}" for b in spec.batch_sizes),
         f"planned trials: {spec.trials} search (+ up to {EXTENSIONS_PER_CELL * len(cells)} "
         f"range extensions), up to {spec.confirmation_trials} confirmation runs, "
-        f"{spec.rule_test_trials} rule-test runs"
+        f"{spec.rule_test_trials} rule-test runs, {equal_runs} equal-data runs (the batch "
+        f"sizes whose budget gives them other data than the baseline's, for its examples)"
         + (", and the checks where a batch size falls short" if spec.checks else ""),
         f"estimated cost, every trial at its full budget (ASHA stops most search trials "
         f"early, so the search costs less): search {duration(search)}, confirmation "
-        f"{duration(confirm)}, rule test {duration(rule)}: {duration(total * workers * per_worker)}"
-        f" of {device} time in all",
+        f"{duration(confirm)}, rule test {duration(rule)}, equal data {duration(equal)}: "
+        f"{duration(total * workers * per_worker)} of {device} time in all",
     ]
     if spec.checks:
         lines.append(

@@ -165,11 +165,22 @@ class StudySpec:
         return len(self.space().scaling_rules) * (len(self.batch_sizes) - 1) * self.seeds
 
     @property
+    def equal_data_trials(self) -> int:
+        """The most equal-data runs (with the checks): each cell above the smallest batch size
+        whose budget saw other data than the baseline's, per seed."""
+        if not self.checks:
+            return 0
+        smallest = min(self.batch_sizes)
+        return sum(c.batch_size > smallest for c in self.cells()) * self.seeds
+
+    @property
     def most_trials(self) -> int:
         """A bound on the trials of the study, for Tune's `num_samples` (the searcher says when
-        it is done): the checks run a cell's best at up to 64 levels (lr and steps); a cell's
-        range extensions add at most 3 search trials."""
-        extensions = len(self.cells()) * self.seeds * 64 if self.checks else 0
+        it is done): the checks run a cell's best at up to 64 levels (lr and steps) and once at
+        equal data; a cell's range extensions add at most 3 search trials."""
+        extensions = (
+            len(self.cells()) * self.seeds * 64 + self.equal_data_trials if self.checks else 0
+        )
         edges = 3 * len(self.cells())
         return self.trials + edges + self.confirmation_trials + self.rule_test_trials + extensions
 
