@@ -137,7 +137,9 @@ def test_the_verdict_gives_both_answers_and_what_data_each_compared(tmp_path, mo
         "The answer above is given more data: each batch size was judged at the data its "
         "budget and checks gave it, against the baseline's 100 steps, 0.8 epochs: batch 32 at "
         "100 steps, 3.2 epochs, 4x; 128 at 100 steps, 13 epochs, 16x; 512 at 200 steps, 102 "
-        "epochs, 128x the baseline's examples." in verdict
+        "epochs, 128x the baseline's examples; the checks gave batch 512 more steps than its "
+        "budget and the baseline none, so the baseline, which may gain from more steps too, "
+        "was compared at its own budget." in verdict
     )
     assert (
         "At equal data (each batch size's confirmed configuration (its lr and warmup as searched "

@@ -48,9 +48,24 @@ def data_verdict(m: DegradationMap) -> list[str]:
     lines = [
         f"The answer above is given more data: each batch size was judged at the data its budget "
         f"and checks gave it, against the baseline's {base_data}: batch {judged} the "
-        f"baseline's examples."
+        f"baseline's examples{_one_sided(measured, base_batch)}."
     ]
     return lines + _equal_data_answer(m, frontier, base_data)
+
+
+def _one_sided(measured: pd.DataFrame, base_batch: int) -> str:
+    """Say where the checks gave a batch size more steps than its budget: the baseline was
+    never given more steps, so it was compared at a smaller multiple (issue 32)."""
+    judged = pd.to_numeric(measured.get("judged_steps"), errors="coerce")
+    longer = measured[judged > pd.to_numeric(measured["budget_steps"], errors="coerce")]
+    longer = longer[longer.index != base_batch]
+    if longer.empty:
+        return ""
+    return (
+        f"; the checks gave batch {batch_list(longer.index.astype(int).tolist())} more steps "
+        f"than its budget and the baseline none, so the baseline, which may gain from more "
+        f"steps too, was compared at its own budget"
+    )
 
 
 def _equal_data_answer(m: DegradationMap, frontier: pd.DataFrame, base_data: str) -> list[str]:
