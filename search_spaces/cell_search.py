@@ -684,10 +684,14 @@ class CellSearch:
                 baseline, levels[1], levels[0], self.tolerance, self.step_cap(), self.sign
             )
             self._queue_levels(cell, check.runs)
-            # and at the baseline's data, where its budget gave it other data
+            # and at the baseline's data, where its budget gave it other data: its confirmed
+            # configuration, then the lr line search the baseline had (half and twice the lr)
             equal = checks.equal_data_run(levels[0], cell.batch_size, own, base.batch_size)
             if equal is not None and self.equal_data and self.best(cell) is not None:
-                self._queue_levels(cell, ((equal, 0),))
+                runs: tuple[tuple[int, int], ...] = ((equal, 0),)
+                if (equal, 0) in levels[1]:
+                    _, runs = checks.baseline_check(levels[1], equal, self.tolerance, self.sign)
+                self._queue_levels(cell, runs)
 
     def _queue_levels(self, cell: Cell, levels: tuple[tuple[int, int], ...]) -> None:
         """Queue the cell's best configuration at each (steps, k) level not queued yet: its

@@ -687,6 +687,18 @@ def test_both_answers_say_what_data_each_batch_size_was_judged_at():
     assert f.loc[128, "equal_data_status"] == "degraded"
     assert pd.isna(f.loc[512, "equal_data_status"]) and f.loc[512, "equal_data_runs"] == 0
     assert m.holds_up_to_equal_data == 8
+    # the line search the baseline's lr had, at equal data: twice the lr gains 3 pt, four
+    # times loses, half loses: batch 32 is judged at twice its lr there
+    lr_search = [
+        *extensions(32, [0.930, 0.940, 0.935], 25, 1, val_examples=10000),
+        *extensions(32, [0.880, 0.890, 0.885], 25, -1, val_examples=10000),
+        *extensions(32, [0.920, 0.930, 0.925], 25, 2, val_examples=10000),
+    ]
+    more = pd.concat([trials, table(*lr_search)], ignore_index=True)
+    f = degradation_map(more, target=0.9, tolerance=0.01, n_boot=50, max_steps=400).frontier
+    row = f.set_index("batch_size").loc[32]
+    assert row["equal_data_lr_factor"] == 2 and row["equal_data_accuracy"] == pytest.approx(0.935)
+    assert row["equal_data_status"] == "degraded"
 
 
 def test_a_batch_size_whose_budget_saw_the_baselines_data_is_its_own_equal_data_answer():

@@ -345,10 +345,29 @@ def test_every_batch_size_that_saw_other_data_runs_again_at_the_baselines_data()
         if level(c)[0] < 100:
             search.complete(key, "completed", 0.5, level(c)[0], level(c)[0])
     finish(search, ["b0", "b1"], value=0.79, steps=200)
-    assert len(hand_out(search, "d")) == 4  # its lr at 200 steps: equal data asks no more runs
-    finish(search, [f"d{i}" for i in range(4)], value=0.79, steps=200)
+    then = hand_out(search, "d")  # its lr at 200 steps; at equal data, the baseline's lr search
+    assert sorted(level(c) for c in then if c.cell.batch_size == 512 and level(c)[0] == 200) == [
+        (200, -1),
+        (200, -1),
+        (200, 1),
+        (200, 1),
+    ]
+    equal_lr = sorted((c.cell.batch_size, level(c)) for c in then if level(c)[0] < 100)
+    assert equal_lr == sorted(
+        (b, (s, k)) for b, s in ((32, 25), (128, 6), (512, 2)) for k in (-1, 1) for _ in (1, 2)
+    )
+    for i, c in enumerate(then):  # at equal data twice the lr gains 10 pt, half loses
+        value = 0.79 if level(c)[0] == 200 else 0.6 if level(c)[1] == 1 else 0.4
+        search.complete(f"d{i}", "completed", value, level(c)[0], level(c)[0])
+    further = hand_out(search, "e")  # so four times the lr, at equal data only
+    assert sorted((c.cell.batch_size, level(c)) for c in further) == sorted(
+        (b, (s, 2)) for b, s in ((32, 25), (128, 6), (512, 2)) for _ in (1, 2)
+    )
+    for i, c in enumerate(further):
+        search.complete(f"e{i}", "completed", 0.55, level(c)[0], level(c)[0])
     own, results = search.levels(search.cells[-1])
     assert own == 100 and results[(2, 0)] == pytest.approx(0.5)
+    assert checks.baseline_check(results, 2, 0.01) == ((2, 1), ())  # settled at twice the lr
     assert search.suggest("done") == FINISHED
 
 

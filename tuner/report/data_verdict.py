@@ -68,6 +68,11 @@ def _one_sided(measured: pd.DataFrame, base_batch: int) -> str:
     )
 
 
+def _lr(row: pd.Series) -> str:
+    factor = row.get("equal_data_lr_factor")
+    return f" and its lr x{num(factor, 2)}" if finite(factor) and factor != 1 else ""
+
+
 def _equal_data_answer(m: DegradationMap, frontier: pd.DataFrame, base_data: str) -> list[str]:
     metric, base_batch = m.metric, m.baseline[0]
     tol = diff_text(metric, m.tolerance)
@@ -80,8 +85,9 @@ def _equal_data_answer(m: DegradationMap, frontier: pd.DataFrame, base_data: str
         ]
     holds = m.holds_up_to_equal_data
     how = (
-        f"each batch size's confirmed configuration (its lr and warmup as searched at its own "
-        f"budget) run again with the confirmation seeds for the baseline's {base_data}"
+        f"each batch size's confirmed configuration run again with the confirmation seeds for "
+        f"the baseline's {base_data}, at half and twice its lr while one gained more than {tol}, "
+        f"as the baseline's lr was checked"
     )
     if holds is None or holds == base_batch:
         opening = f"At equal data ({how}), {metric.noun} is not shown to hold within {tol} "
@@ -99,7 +105,7 @@ def _equal_data_answer(m: DegradationMap, frontier: pd.DataFrame, base_data: str
         if len(rows):
             values = ", ".join(
                 f"{int(b)}: {value_text(metric, r['equal_data_accuracy'])} at "
-                f"{int(r['equal_data_steps'])} steps, {metric.worse} "
+                f"{int(r['equal_data_steps'])} steps{_lr(r)}, {metric.worse} "
                 f"{diff_text(metric, r['equal_data_drop'])}"
                 for b, r in rows.iterrows()
             )

@@ -300,11 +300,16 @@ def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     totals = {o: int((search["outcome"] == o).sum()) for o in OUTCOMES}
     totals["diverged"] = int(search["diverged"].sum())
     confirm = m.trials[m.trials["phase"] == "confirm"]
-    longer = int((m.trials["phase"] == "extend").sum())
-    rule_runs = int((m.trials["phase"] == "rule").sum())
+    extend = m.trials[m.trials["phase"] == "extend"]
+    own = extend["batch_size"].map(
+        m.trials[m.trials["phase"] == "confirm"].groupby("batch_size")["budget_steps"].max()
+    )
+    equal = int((extend["budget_steps"] < own).sum())  # tuner.analysis.equal_data
+    longer, rule_runs = len(extend) - equal, int((m.trials["phase"] == "rule").sum())
     checks = (
-        f" Checks: {longer} run(s) with more steps, {rule_runs} rule-test run(s)."
-        if longer or rule_runs
+        f" Checks: {longer} run(s) with another lr or more steps, {equal} at equal data, "
+        f"{rule_runs} rule-test run(s)."
+        if longer or rule_runs or equal
         else ""
     )
     stop = (
