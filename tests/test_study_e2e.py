@@ -3,6 +3,7 @@ its files: fair shares per cell, confirmation runs, a complete trial table, Optu
 TensorBoard files, and the verdict a careful reader of Shallue et al. would sign."""
 
 import json
+import math
 import shutil
 from collections import Counter
 
@@ -13,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from search_spaces.checks import equal_data_steps
 from tests.conftest import run_cli
-from trainables.budget import evaluation_steps
+from trainables.budget import default_eval_every, evaluation_steps
 from tuner.spec import load_spec
 from tuner.store.table import collect_trials
 
@@ -51,11 +52,12 @@ def test_trial_table_is_complete(small_study):
     for trial_id, rows in table.groupby("trial_id"):
         steps = rows["optimizer_steps"].tolist()
         budget = int(rows["budget_steps"].iloc[-1])
-        # every evaluation, once, in order, none missing: 10, 20, ... (~20 of 200 steps) and
-        # the budget's last step (trainables.budget.evaluation_steps); a trial that diverges
+        # every evaluation, once, in order, none missing: about 20 per trial (10, 20, ... of
+        # 200 steps; 1, 2, 3 of an equal-data run's 3) and the budget's last step
+        # (trainables.budget.evaluation_steps); a trial that diverges
         # ends with an evaluation at the step it was found diverged (the loss is checked every
         # DIVERGENCE_CHECK_EVERY steps: seen, [10, 16]), which can fall between two of those
-        grid = evaluation_steps(budget, 10)
+        grid = evaluation_steps(budget, default_eval_every(budget))
         if rows["outcome"].iloc[0] == "diverged":
             assert steps[:-1] == grid[: len(steps) - 1], (trial_id, steps)
             assert ([0, *steps])[-2] < steps[-1] <= budget, (trial_id, steps)
@@ -85,11 +87,16 @@ def test_every_larger_batch_size_ran_again_at_the_baselines_data(small_study):
     for batch in (32, 128, 512):
         steps = equal_data_steps(200, 8, batch)
         runs = trials[(trials["phase"] == "extend") & (trials["budget_steps"] == steps)]
-        runs = runs[runs["batch_size"] == batch]
-        assert sorted(runs["seed"]) == [1, 2], batch
         ours = confirm[confirm["batch_size"] == batch].iloc[0]
-        for name in ("base_lr", "weight_decay", "warmup_fraction", "scaling_rule"):
+        runs = runs[runs["batch_size"] == batch]
+        for name in ("weight_decay", "warmup_fraction", "scaling_rule"):
             assert set(runs[name]) == {ours[name]}, (batch, name)
+        # its confirmed lr, then the baseline's line search: x2^k while a step gained
+        factors = (runs["base_lr"] / ours["base_lr"]).map(lambda f: round(math.log2(f)))
+        assert sorted(runs[factors == 0]["seed"]) == [1, 2], batch
+        assert {-1, 1} <= set(factors) and all(
+            sorted(g) == [1, 2] for _, g in runs.groupby(factors)["seed"]
+        ), batch
     data = json.loads((small_study / "frontier.json").read_text())
     rows = {r["batch_size"]: r for r in data["frontier"]}
     assert [rows[b]["data_ratio"] for b in (8, 32, 128, 512)] == pytest.approx([1, 4, 16, 64])
