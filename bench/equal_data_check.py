@@ -1,0 +1,85 @@
+"""A study's equal-data answer against plain in-process runs at the same data, lr and seeds.
+
+For every batch size the study measured at the baseline's data (`frontier.json`:
+`equal_data_steps`, `equal_data_lr_factor`), this trains the same configuration (the cell's
+confirmed peak lr x that factor, its warmup and weight decay, the same confirmation seeds and
+steps) with `trainables.loop.train` in this process (`bench/inprocess_check.py`'s runner) and
+prints the study's value beside the in-process one. Issue 32 asks them to agree within 1 pt.
+
+    python bench/equal_data_check.py studies/digits-study [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.inprocess_check import run_one  # noqa: E402
+from tuner.spec import load_spec  # noqa: E402
+
+
+def jobs_of(study: Path) -> list[dict]:
+    """One in-process run per (batch size, seed) of each equal-data level the study judged."""
+    spec = load_spec(study)
+    frontier = json.loads((study / "frontier.json").read_text())["frontier"]
+    trials = pd.read_csv(study / "trials.csv", dtype={"trial_id": str})
+    finals = trials.sort_values("optimizer_steps").groupby("trial_id").tail(1)
+    extra = ["--dataset", spec.dataset, "--seed", str(spec.seed)]
+    jobs = []
+    for row in frontier:
+        steps, factor = row.get("equal_data_steps"), row.get("equal_data_lr_factor")
+        batch = row["batch_size"]
+        if steps is None or factor is None or batch == min(r["batch_size"] for r in frontier):
+            continue
+        confirm = finals[(finals["cell"] == row["best_cell"]) & (finals["phase"] == "confirm")]
+        if confirm.empty:
+            continue
+        first = confirm.iloc[0]
+        for seed in sorted(confirm["seed"].astype(int)):
+            jobs.append(
+                {
+                    "workload": spec.workload,
+                    "extra": extra,
+                    "batch": int(batch),
+                    "lr": float(first["actual_lr"]) * factor,
+                    "budget": f"steps:{int(steps)}",
+                    "seed": seed,  # the run's own seed, as the study recorded it
+                    "warmup": float(first["warmup_fraction"]),
+                    "wd": float(first["weight_decay"]),
+                    "optimizer": first["optimizer"],
+                    "study_value": row["equal_data_accuracy"],
+                }
+            )
+    return jobs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("study", type=Path)
+    p.add_argument("--jobs", type=int, default=2)
+    args = p.parse_args()
+    jobs = jobs_of(args.study)
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(run_one, jobs))
+    by_batch: dict[int, list] = {}
+    for job, result in zip(jobs, results, strict=True):
+        by_batch.setdefault(job["batch"], []).append((job, result))
+    for batch, runs in sorted(by_batch.items()):
+        job = runs[0][0]
+        mean = sum(r["final"] for _, r in runs) / len(runs)
+        print(
+            f"batch {batch:>5} at {job['budget']} peak lr {job['lr']:.4g} seeds "
+            f"{[j['seed'] for j, _ in runs]}: study {job['study_value']:.4f}, in-process "
+            f"{mean:.4f} (difference {100 * (mean - job['study_value']):+.1f} pt)"
+        )
+
+
+if __name__ == "__main__":
+    main()
