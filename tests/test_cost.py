@@ -121,8 +121,9 @@ def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
         "planned trials: 16 search (+ up to 6 range extensions), up to 4 confirmation runs" in out
     )
     assert "2 rule-test runs" in out and "steps per trial: 8: 358, 128: 150" in out
-    # batch 128's 150-step floor gives it 6.7x batch 8's 2 epochs: equal data is 22 steps
-    assert "2 equal-data runs (the batch sizes whose budget gives them other data" in out
+    # batch 128's 150-step floor gives it 6.7x batch 8's 2 epochs: equal data is 22 steps, at
+    # its lr and at half and twice it, 2 seeds each
+    assert "6 equal-data runs (the batch sizes whose budget gives them other data" in out
     assert "equal data " in out.split("estimated cost", 1)[1]
     probe = out.split("samples/s")[0]
     assert float(probe.rsplit("8: ", 1)[1]) > 0  # a measured speed

@@ -112,8 +112,9 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int) -> list[str]:
         own = budget.steps(n_train, cell.batch_size)
         steps = equal_data_run(own, cell.batch_size, base_steps, smallest)
         if cell.batch_size > smallest and steps is not None:
-            equal_runs += spec.seeds
-            equal += spec.seeds * trial_hours(cell.batch_size, steps)
+            # its confirmed lr, then half and twice it: the line search's first round
+            equal_runs += 3 * spec.seeds
+            equal += 3 * spec.seeds * trial_hours(cell.batch_size, steps)
     total = search + confirm + rule + equal
     lines = [
         f"dry run: {spec.what}, batch sizes {list(spec.batch_sizes)}, budget {budget} per "

@@ -166,21 +166,20 @@ class StudySpec:
 
     @property
     def equal_data_trials(self) -> int:
-        """The most equal-data runs (with the checks): each cell above the smallest batch size
-        whose budget saw other data than the baseline's, per seed."""
+        """The equal-data runs' first round (with the checks): each cell above the smallest
+        batch size, at its confirmed lr and at half and twice it, per seed (the line search
+        goes on while a step gains; a cell whose budget saw the baseline's data runs none)."""
         if not self.checks:
             return 0
         smallest = min(self.batch_sizes)
-        return sum(c.batch_size > smallest for c in self.cells()) * self.seeds
+        return 3 * sum(c.batch_size > smallest for c in self.cells()) * self.seeds
 
     @property
     def most_trials(self) -> int:
         """A bound on the trials of the study, for Tune's `num_samples` (the searcher says when
-        it is done): the checks run a cell's best at up to 64 levels (lr and steps) and once at
-        equal data; a cell's range extensions add at most 3 search trials."""
-        extensions = (
-            len(self.cells()) * self.seeds * 64 + self.equal_data_trials if self.checks else 0
-        )
+        it is done): the checks run a cell's best at up to 64 levels (lr and steps) and up to 16
+        at equal data; a cell's range extensions add at most 3 search trials."""
+        extensions = len(self.cells()) * self.seeds * (64 + 16) if self.checks else 0
         edges = 3 * len(self.cells())
         return self.trials + edges + self.confirmation_trials + self.rule_test_trials + extensions
 

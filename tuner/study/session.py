@@ -65,7 +65,7 @@ def run(spec: StudySpec, options: RunOptions) -> int:
         f"study {spec.name}: {spec.what}, batch sizes "
         f"{list(spec.batch_sizes)}, {len(spec.cells())} cells, {spec.trials} search trials "
         f"+ up to {spec.confirmation_trials} confirmation runs + {spec.rule_test_trials} "
-        f"rule-test runs + up to {spec.equal_data_trials} equal-data runs + more steps where "
+        f"rule-test runs + about {spec.equal_data_trials} equal-data runs + more steps where "
         f"a batch size falls short (up to "
         f"{spec.max_steps or 'twice the longest budget'}), budget {spec.budget_spec()} "
         f"per trial, {spec.workers_per_trial} worker(s)/trial, results in {spec.study_dir}",
