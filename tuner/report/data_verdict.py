@@ -8,7 +8,16 @@ import pandas as pd
 from search_spaces.checks import EQUAL_DATA_SLACK
 from tuner.analysis.accuracy import NO_INTERVAL, UNSTABLE
 from tuner.analysis.frontier import DegradationMap
-from tuner.report.format import batch_list, diff_text, finite, num, value_text
+from tuner.report.format import (
+    batch_list,
+    count,
+    diff_text,
+    finite,
+    markdown_table,
+    num,
+    text,
+    value_text,
+)
 
 
 def amount(value: float) -> str:
@@ -120,8 +129,6 @@ def data_table(m: DegradationMap) -> list[str]:
     """The report's section: per batch size, the data it was judged at and both answers."""
     if m.baseline is None or "data_ratio" not in m.frontier or m.frontier.empty:
         return []
-    from tuner.report.format import count, markdown_table, text
-
     value = lambda v: value_text(m.metric, v)  # noqa: E731
     diff = lambda v: diff_text(m.metric, v)  # noqa: E731
     return [
@@ -129,8 +136,9 @@ def data_table(m: DegradationMap) -> list[str]:
         "",
         "Judged = the level each batch size's verdict rests on (its checks' steps, else its "
         "budget); data = its examples over the baseline's. At equal data, its confirmed "
-        "configuration ran again with the confirmation seeds for the baseline's examples "
-        "(a batch size whose budget already saw them is its own answer).",
+        "configuration ran again with the confirmation seeds for the baseline's examples, "
+        "at half and twice its lr while one gained more than the tolerance (a batch size "
+        "whose budget already saw them is its own answer).",
         "",
         markdown_table(
             m.frontier,
