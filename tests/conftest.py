@@ -51,6 +51,7 @@ FILE_SECONDS = {
     # Last, after the fast files: its two-node test needs its study's trials to overlap, and
     # beside another file's study they did not once (all four on one node: issue 31's note).
     "test_cluster.py": -1,
+    "test_cluster_launcher.py": 85,  # `ray up` over SSH: need not wait for the two-node tests
     "test_branch_study.py": 240,
     "test_own_workload_study.py": 190,
     "test_lm_study.py": 180,

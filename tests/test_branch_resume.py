@@ -86,9 +86,12 @@ def test_a_branch_study_stopped_with_ctrl_c_says_so_and_reports_nothing_until_re
     storage = tmp_path / "studies"
     study = storage / NAME
     # One branch point: Ctrl+C lands once the base run has kept its first checkpoint, and the
-    # ladder the resume then climbs at a second point would check nothing more (issue 31).
+    # ladder the resume then climbs at a second point would check nothing more; the base lr
+    # given (no lr search: that finished jobs are not run again is the bucket test's to show)
+    # and half the steps (Ctrl+C lands at step 60 of 600, the poll within a second): issue 31.
     one_point = [*ARGS[: ARGS.index("--branch-at")], *ARGS[ARGS.index("--branch-at") + 2 :]]
-    argv = [*one_point, "--branch-at", "0.1", "--storage", str(storage), "--name", NAME]
+    argv = [*one_point, "--branch-at", "0.1", "--budget", "steps:600", "--base-lr", "0.05"]
+    argv += ["--storage", str(storage), "--name", NAME]
     log = tmp_path / "first.log"
     assert ctrl_c_study_when(argv, log, lambda: bool(kept_steps(study))) == 130
     log = log.read_text()
