@@ -103,10 +103,10 @@ def final_rows(study_dir) -> pd.DataFrame:
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-worker-trials", "ray-train-trials"])
 def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
-    """Killed once 2 trials had finished (in the first, for Ray Train trials), resumed: the finished trials
-    and their Optuna records are kept as they were, no trial is recorded twice, no step is
-    trained twice, and (one trial at a time, so the order of trials is fixed) the final table
-    is the one an uninterrupted study of the same options ends with."""
+    """Killed once 2 trials had finished (in the first, for Ray Train trials), resumed: the
+    finished trials and their Optuna records are kept as they were, no trial is recorded
+    twice, no step is trained twice, and (one trial at a time, so the order of trials is fixed)
+    the final table is the one an uninterrupted study of the same options ends with."""
     extra = ["--workers-per-trial", str(workers)]
     finished = 2
     if workers > 1:
