@@ -47,7 +47,7 @@ from scipy.stats import qmc
 
 from search_spaces import checks
 from search_spaces.cells import Cell
-from search_spaces.spaces import SearchSpace, lr_edge, lr_param, search_rule, suggest, warmup_acts
+from search_spaces.spaces import SearchSpace, lr_edge, lr_param, search_rule, suggest
 
 SEARCH, CONFIRM, EXTEND, RULE = "search", "confirm", "extend", "rule"
 PROBES = (EXTEND, RULE)  # runs of the checks, recorded in the `checks` Optuna study
@@ -456,8 +456,7 @@ class CellSearch:
         }
         if cell.optimizer is None:
             named["optimizer"] = params["optimizer"]
-        rule = cell.rule or search_rule(self.space)
-        if warmup_acts(rule, cell.batch_size, self.ref) and self.space.warmup_fraction[1] > 0:
+        if self.space.warmup_fraction[1] > 0:
             named["warmup_fraction"] = params["warmup_fraction"]
         return named
 
@@ -473,14 +472,13 @@ class CellSearch:
             return math.exp(low + unit * (high - low))
 
         low, high = self.space.warmup_fraction
-        acts = warmup_acts(rule, cell.batch_size, self.ref) and high > 0
         return {
             "batch_size": cell.batch_size,
             "scaling_rule": rule,
             "optimizer": optimizer,
             "base_lr": log_uniform(u[0], self.ranges[cell.key][optimizer]),
             "weight_decay": log_uniform(u[1], self.space.weight_decay),
-            "warmup_fraction": low + u[2] * (high - low) if acts else 0.0,
+            "warmup_fraction": low + u[2] * (high - low),
         }
 
     def _edge_point(self, cell: Cell, peek: bool = False) -> dict[str, Any] | None:

@@ -27,12 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces.spaces import warmup_acts
 from trainables.optim import scaled_lr, scaling_factor
-
-# The rule test's warmup where the baseline's own could not act (at or below the reference
-# batch Goyal et al.'s ramp does nothing): their 5 of 90 epochs.
-RULE_TEST_WARMUP = 0.05
 
 # A batch size whose budget saw the baseline's examples within this share (integer steps, an
 # epoch's last partial batch dropped) is already at equal data: no run of its own.
@@ -183,17 +178,15 @@ def rule_test_params(
 ) -> dict[str, Any]:
     """The baseline's best configuration (`best`, at `base_batch`) moved to `batch_size` by
     `rule` alone: the peak lr scales by the rule's factor between the two batch sizes (expressed
-    as a base lr at the reference batch, as every trial's is); weight decay is the baseline's;
-    warmup is the baseline's where it searched one, else `RULE_TEST_WARMUP`, and none where
-    the rule does not raise the lr above the reference batch's."""
+    as a base lr at the reference batch, as every trial's is); weight decay and warmup are the
+    baseline's (its warmup searched like every batch size's: issue 32, one protocol)."""
     peak = scaled_lr(best["base_lr"], best["scaling_rule"], base_batch, reference_batch)
     base_lr = peak / scaling_factor(rule, base_batch, reference_batch)
-    warmup = best.get("warmup_fraction") or RULE_TEST_WARMUP
     return {
         "batch_size": batch_size,
         "scaling_rule": rule,
         "optimizer": best["optimizer"],
         "base_lr": base_lr,
         "weight_decay": best["weight_decay"],
-        "warmup_fraction": warmup if warmup_acts(rule, batch_size, reference_batch) else 0.0,
+        "warmup_fraction": best.get("warmup_fraction", 0.0),
     }

@@ -4,9 +4,9 @@
 actual lr of a trial (`trainables.optim.scaled_lr`). Its range depends on the optimiser: LARS
 and LAMB scale each layer's step by a trust ratio, so their lrs live on other scales than
 SGD's (science.md section 3; measured here: one LARS step at lr 0.1 moves a conv layer's
-weights 57x less than SGD's). Warmup is a fraction of the trial's budget, searched only where it
-can act: Goyal et al.'s ramp goes from the reference lr to the scaled lr, so it does nothing
-under rule `none` or at batch sizes at or below the reference.
+weights 57x less than SGD's). Warmup is a fraction of the trial's budget, a ramp from 0 to the
+peak lr (`trainables.optim.lr_at_step`), searched in the same range at every batch size, the
+baseline's included (issue 32: whatever a larger batch size gets, the baseline gets too).
 
 The batch size is not sampled: the search gives every cell (batch size x rule x optimiser, see
 `search_spaces.cells`) its share of trials and asks that cell's own Optuna study.
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.config import WARMUP_MAX_FRACTION
-from trainables.optim import scaling_factor
 
 
 @dataclass(frozen=True)
@@ -130,12 +129,6 @@ def lr_edge(best_lr: float, tried: list[float], low: float, high: float) -> str 
     return None
 
 
-def warmup_acts(rule: str, batch_size: int, reference_batch: int) -> bool:
-    """Goyal et al.'s warmup ramps from the reference lr up to the scaled lr: it acts only
-    where the rule scales the lr up."""
-    return scaling_factor(rule, batch_size, reference_batch) > 1
-
-
 def lr_param(optimizer: str, per_optimizer: bool) -> str:
     """Optuna's name of the base lr: one per optimiser when a cell searches several, as their
     ranges differ."""
@@ -163,7 +156,7 @@ def suggest(
     base_lr = trial.suggest_float(lr_param(optimizer, per_optimizer), low, high, log=True)
     weight_decay = trial.suggest_float("weight_decay", *space.weight_decay, log=True)
     warmup = 0.0
-    if warmup_acts(rule, batch_size, reference_batch) and space.warmup_fraction[1] > 0:
+    if space.warmup_fraction[1] > 0:  # at every batch size, the baseline's too (issue 32)
         warmup = trial.suggest_float("warmup_fraction", *space.warmup_fraction)
     return {
         "batch_size": batch_size,

@@ -62,6 +62,8 @@ BAD_OPTIONS = [
     (["--budget", "300"], "write UNIT:AMOUNT"),
     (["--epochs", "3", "--budget", "steps:10"], "--epochs E is --budget epochs:E"),
     (["--grace", "1"], "--grace 1: ASHA's first rung is a fraction of the budget in (0, 1)"),
+    (["--grace", "0.1"], "--grace: ASHA's first rung at 0.1 of the budget falls inside the"),
+    (["--grace-epochs", "1", "--epochs", "10"], "--grace-epochs: ASHA's first rung at 0.1 of"),
     (["--grace-epochs", "1", "--budget", "steps:100"], "--grace-epochs needs an epochs budget"),
     (["--rules", "cubic"], "--rules cubic: not in this workload's space"),
     (["--optimizers", "lars"], "--optimizers lars: not in this workload's space"),

@@ -395,20 +395,22 @@ def test_the_rule_test_runs_the_baselines_best_moved_by_each_rule():
 
 
 @pytest.mark.parametrize(
-    "batch, rule, searched",
-    [(8, "linear", False), (32, "linear", False), (128, "linear", True), (512, "none", False)],
+    "batch, rule", [(8, "linear"), (32, "linear"), (128, "linear"), (512, "none")]
 )
-def test_warmup_is_searched_only_where_it_can_act(batch, rule, searched):
-    """Goyal et al.'s ramp goes from the reference lr up to the scaled lr: nothing to ramp under
-    rule `none` or at batch sizes at or below the reference (32 here)."""
+def test_warmup_is_searched_at_every_batch_size_in_the_same_range(batch, rule):
+    """One protocol at every batch size (issue 32): the baseline (8 here, below the reference
+    batch 32) and a batch size under rule `none` search the warmup the larger ones do."""
     space = get_space("simple_cnn").restricted(rules=(rule,))
     search = make_search(space, strata=())
     suggestion = next(
         s for s in (search.suggest(f"t{i}") for i in range(4)) if s.cell.batch_size == batch
     )
     trial = search.study(suggestion.cell).trials[0]
-    assert ("warmup_fraction" in trial.params) is searched
-    assert (suggestion.params["warmup_fraction"] > 0) is searched
+    assert "warmup_fraction" in trial.params
+    low, high = space.warmup_fraction
+    assert low <= suggestion.params["warmup_fraction"] <= high and high > 0
+    assert trial.distributions["warmup_fraction"].low == low
+    assert trial.distributions["warmup_fraction"].high == high
 
 
 def test_lr_ranges_are_per_optimizer():

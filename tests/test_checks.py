@@ -12,7 +12,6 @@ from search_spaces.checks import (
     DEGRADED,
     DIVERGED,
     HOLDS,
-    RULE_TEST_WARMUP,
     RUN,
     budget_check,
     rule_test_params,
@@ -126,7 +125,8 @@ def test_the_rule_test_moves_the_baselines_peak_lr_by_the_rule_alone():
         peak = scaled_lr(params["base_lr"], rule, 1024, 32)
         assert peak == pytest.approx(peak16 * factor)
         assert params["weight_decay"] == 3e-4 and params["optimizer"] == "sgd"
-        # The baseline (below the reference batch) had no warmup to give: Goyal et al.'s.
-        assert params["warmup_fraction"] == (0.0 if rule == "none" else RULE_TEST_WARMUP)
-    searched = rule_test_params({**best, "warmup_fraction": 0.12}, 16, 64, "linear", 32)
-    assert searched["warmup_fraction"] == 0.12
+        # the baseline's own warmup (none here), whatever the rule (issue 32)
+        assert params["warmup_fraction"] == 0.0
+    for rule in ("none", "linear"):
+        searched = rule_test_params({**best, "warmup_fraction": 0.12}, 16, 64, rule, 32)
+        assert searched["warmup_fraction"] == 0.12

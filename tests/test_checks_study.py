@@ -120,6 +120,7 @@ def test_the_rule_test_ran_at_the_baselines_recipe(checks_study):
     base = runs.query("cell == 'b8' and phase == 'confirm'").iloc[0]
     assert sorted(rule["seed"]) == [1, 2] and set(rule["batch_size"]) == {128}
     assert set(rule["budget_steps"]) == {11}  # the batch size's own budget
-    for row in rule.itertuples():  # sqrt from batch 8 to 128: x4, with 5% warmup
+    for row in rule.itertuples():  # sqrt from batch 8 to 128: x4, the baseline's warmup
         assert row.actual_lr == pytest.approx(4 * base["actual_lr"])
-        assert row.warmup_fraction == pytest.approx(0.05)
+        assert row.warmup_fraction == pytest.approx(base["warmup_fraction"])
+        assert row.weight_decay == pytest.approx(base["weight_decay"])

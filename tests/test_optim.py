@@ -33,17 +33,18 @@ def test_unknown_rule_names_the_known_ones():
         scaling_factor("cubic", 64, 256)
 
 
-def test_gradual_warmup_ramps_from_reference_lr_to_peak():
-    kw = dict(peak_lr=0.8, base_lr=0.1, warmup_steps=10, total_steps=100, schedule="cosine")
-    assert lr_at_step(0, **kw) == pytest.approx(0.1)
-    assert lr_at_step(5, **kw) == pytest.approx(0.45)
-    assert lr_at_step(10, **kw) == pytest.approx(0.8)
+def test_gradual_warmup_ramps_from_zero_to_peak():
+    kw = dict(peak_lr=0.8, warmup_steps=10, total_steps=100, schedule="cosine")
+    assert lr_at_step(0, **kw) == pytest.approx(0.08)
+    assert lr_at_step(4, **kw) == pytest.approx(0.4)
+    assert lr_at_step(9, **kw) == pytest.approx(0.8)  # the peak at the last warmup step
+    assert lr_at_step(10, **kw) == pytest.approx(0.8)  # and the decay starts from it
     ramp = [lr_at_step(s, **kw) for s in range(11)]
     assert ramp == sorted(ramp)
 
 
 def test_no_warmup_starts_at_peak_and_cosine_decays_to_floor():
-    kw = dict(peak_lr=1.0, base_lr=1.0, warmup_steps=0, total_steps=100, final_factor=0.01)
+    kw = dict(peak_lr=1.0, warmup_steps=0, total_steps=100, final_factor=0.01)
     assert lr_at_step(0, schedule="cosine", **kw) == pytest.approx(1.0)
     assert lr_at_step(50, schedule="cosine", **kw) == pytest.approx(0.505)
     assert lr_at_step(100, schedule="cosine", **kw) == pytest.approx(0.01)
@@ -51,9 +52,12 @@ def test_no_warmup_starts_at_peak_and_cosine_decays_to_floor():
     assert lr_at_step(99, schedule="constant", **kw) == 1.0
 
 
-def test_warmup_when_scaled_lr_is_below_reference_keeps_peak():
-    # Batch below the reference with the linear rule: nothing to ramp up to.
-    assert lr_at_step(0, peak_lr=0.05, base_lr=0.1, warmup_steps=10, total_steps=100) == 0.05
+def test_warmup_ramps_below_the_reference_batch_too():
+    """One protocol at every batch size (issue 32): a batch size whose scaled lr is below the
+    reference lr ramps as a larger one does (Goyal et al.'s ramp from the reference lr would
+    leave it nothing to ramp)."""
+    ramp = [lr_at_step(s, peak_lr=0.05, warmup_steps=10, total_steps=100) for s in range(10)]
+    assert ramp[0] == pytest.approx(0.005) and ramp[-1] == pytest.approx(0.05)
 
 
 def test_no_weight_decay_on_biases_and_batchnorm():

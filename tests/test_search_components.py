@@ -7,6 +7,7 @@ import pickle
 from types import SimpleNamespace
 
 import optuna
+import pytest
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
@@ -231,11 +232,13 @@ def test_confirmation_runs_are_never_stopped():
 
 def test_rungs_are_real_fractions_of_every_batch_sizes_budget():
     spec = study_spec()
-    assert spec.rungs() == [1 / 9, 1 / 3]
-    # digits: 2 epochs with at least 150 steps: the first rung is 17+ steps at every batch size
+    # the first rung after the longest warmup the search tries (issue 32), else 1/9
+    warmup_max = spec.search_ranges["warmup_fraction"][1]
+    assert warmup_max > 1 / 9 and spec.rungs() == pytest.approx([warmup_max, 3 * warmup_max])
+    # digits: 2 epochs with at least 150 steps: the first rung is 30+ steps at every batch size
     budget = spec.budget_spec()
     for batch in spec.batch_sizes:
-        assert spec.rungs()[0] * budget.steps(1438, batch) >= 16
+        assert spec.rungs()[0] * budget.steps(1438, batch) >= 30
 
 
 def test_trials_start_no_dataset_manager_actor_without_datasets(tmp_path):

@@ -75,7 +75,7 @@ class TrialConfig:
     base_lr: float
     reference_batch: int
     momentum: float
-    warmup_fraction: float  # of the budget's steps; Goyal et al.'s ramp from base to peak lr
+    warmup_fraction: float  # of the budget's steps: a ramp from 0 to the peak lr
     weight_decay: float
     budget_unit: str  # epochs, steps or examples (trainables.budget)
     budget_amount: float
@@ -171,7 +171,6 @@ class TrialConfig:
         """The keyword arguments of `trainables.optim.lr_at_step` for a run of `total_steps`."""
         return {
             "peak_lr": self.peak_lr,
-            "base_lr": self.base_lr,
             "warmup_steps": warmup_steps(self.warmup_fraction, total_steps),
             "total_steps": total_steps,
             "schedule": self.schedule,

@@ -39,7 +39,6 @@ def lr_at_step(
     step: int,
     *,
     peak_lr: float,
-    base_lr: float,
     warmup_steps: int,
     total_steps: int,
     schedule: str = "cosine",
@@ -47,16 +46,16 @@ def lr_at_step(
 ) -> float:
     """Lr for optimizer step `step` (0-based): gradual warmup, then decay.
 
-    Warmup follows Goyal et al.: start at the reference lr (`base_lr`) and ramp linearly per
-    step to the scaled `peak_lr`. When the scaled lr is not above the reference lr there is
-    nothing to ramp, and warmup keeps the peak. After warmup, `schedule` decays the peak to
-    `final_factor * peak_lr` at `total_steps`.
+    Warmup ramps linearly per step from 0 to `peak_lr`, reaching it at the last warmup step,
+    at every batch size alike (issue 32: one protocol; Goyal et al.'s ramp starts at the
+    reference lr instead, which leaves nothing to ramp at or below the reference batch, so the
+    baseline could never have a warmup that the larger batch sizes had). After warmup,
+    `schedule` decays the peak to `final_factor * peak_lr` at `total_steps`.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     if step < warmup_steps:
-        start = min(base_lr, peak_lr)
-        return start + (peak_lr - start) * step / warmup_steps
+        return peak_lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return peak_lr
     decay_steps = max(total_steps - warmup_steps, 1)

@@ -75,22 +75,38 @@ def resolve_budget(args: argparse.Namespace, settings: Any, smoke: bool) -> tupl
     return f"{budget.unit}:{budget.amount:g}", min_steps
 
 
-def resolve_grace(args: argparse.Namespace, budget: str) -> float:
-    """ASHA's first rung as a fraction of the budget (--grace-epochs: epoch budgets only)."""
-    if args.grace_epochs is None:
-        return pick(args.grace, GRACE)
+def resolve_grace(args: argparse.Namespace, budget: str, warmup_max: float = 0.0) -> float:
+    """ASHA's first rung as a fraction of the budget (--grace-epochs: epoch budgets only): by
+    default 1/9, or the end of the longest warmup the search tries where that is later (issue
+    32: a rung inside a warmup compares trials by how far their lr has ramped). A rung given
+    inside that warmup is refused."""
+    grace = max(GRACE, warmup_max) if args.grace is None else args.grace
+    if args.grace_epochs is not None:
+        grace = _grace_from_epochs(args.grace_epochs, budget)
+    given = "--grace" if args.grace_epochs is None else "--grace-epochs"
+    if grace < warmup_max and (args.grace is not None or args.grace_epochs is not None):
+        raise InputError(
+            f"{given}: ASHA's first rung at {grace:.3g} of the budget falls inside the longest "
+            f"warmup the search tries ({warmup_max:g} of the budget), where trials compare by how "
+            f"far their lr has ramped; give a first rung at {warmup_max:g} or later"
+        )
+    return grace
+
+
+def _grace_from_epochs(grace_epochs: int, budget: str) -> float:
+    """--grace-epochs as a fraction of an epochs budget."""
     unit, _, amount = budget.partition(":")
     if unit != "epochs":
         raise InputError(
             f"--grace-epochs needs an epochs budget (this study's is {budget}); use --grace "
             f"FRACTION of the budget"
         )
-    if args.grace_epochs >= float(amount):
+    if grace_epochs >= float(amount):
         raise InputError(
-            f"--grace-epochs {args.grace_epochs} is not before the end of the {amount}-epoch "
+            f"--grace-epochs {grace_epochs} is not before the end of the {amount}-epoch "
             f"budget: ASHA's first rung must come before the end"
         )
-    return args.grace_epochs / float(amount)
+    return grace_epochs / float(amount)
 
 
 def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySpec:
@@ -178,7 +194,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         max_train_examples=max_train,
         bn_mode=pick(args.bn_mode, "ghost"),
         ghost_batch=pick(args.ghost_batch, workload.bn_batch),
-        grace=resolve_grace(args, budget),
+        grace=resolve_grace(args, budget, space.warmup_fraction[1]),
         reduction_factor=pick(args.reduction_factor, 3),
         divergence_factor=pick(args.divergence_factor, 5.0),
         worker_retries=pick(args.worker_retries, 2),
