@@ -407,7 +407,8 @@ def test_the_study_section_states_budget_rungs_and_bn(tmp_path, monkeypatch):
         "baseline" in text
     )
     assert (
-        "ASHA rungs at 11%, 33% of the budget, in steps by batch size: 8: 40, 119; 32: 17" in text
+        # the first rung at the end of the longest warmup searched (0.2 here), then x3
+        "ASHA rungs at 20%, 60% of the budget, in steps by batch size: 8: 72, 215; 32: 30" in text
     )
     assert "- BatchNorm statistics batch: 8: none, 32: none" in text
 
