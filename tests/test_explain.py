@@ -55,7 +55,7 @@ def test_explain_a_real_study(small_study, tmp_path):
     shutil.copytree(small_study, study)
     proc = subprocess.run(
         [sys.executable, "-m", "tuner.explain", str(study), "--grid", "5", "--examples", "256"]
-        + ["--weight-decays", "0,1e-3"],
+        + ["--weight-decays", "1e-3"],  # one decay: each is two retrained runs (issue 31)
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -95,10 +95,10 @@ def test_explain_a_real_study(small_study, tmp_path):
         assert measured and all(v > 0 for v in measured), curve
 
     decays = {(d["batch_size"], d["weight_decay"]): d for d in why["weight_decay_grid"]}
-    assert set(decays) == {(b, wd) for b in (grid[0], grid[-1]) for wd in (0.0, 1e-3)}
+    assert set(decays) == {(b, 1e-3) for b in (grid[0], grid[-1])}
     assert all(0 <= d["val_acc"] <= 1 and len(d["loss_2d"]) == 5 for d in decays.values())
-    # the best configuration retrained learns with one decay at least (a retrained run of the
-    # largest batch size's peak lr can collapse: seen on one machine at 0.5 and below)
+    # the best configuration retrained learns at one batch size at least (a retrained run of
+    # the largest batch size's peak lr can collapse: seen on one machine at 0.5 and below)
     assert max(d["val_acc"] for d in decays.values()) > 0.5
 
     report = (study / "report.md").read_text()
