@@ -174,3 +174,36 @@ def test_a_local_study_starts_the_dashboard_only_for_ray_train_trials(
         assert bool(url) == (workers > 1), url
     finally:
         disconnect()
+
+
+@pytest.mark.parametrize("fails", [1, 2])
+def test_a_local_ray_that_times_out_starting_is_started_again_once(
+    no_ray_in_this_process, monkeypatch, fails
+):
+    """Ray gives a new local node 30 s to register; on a machine whose CPUs are all busy it can
+    take longer (seen once in CI). The study starts its local Ray again, once; a second time
+    out is one clear error, and no Ray is left running."""
+    import ray
+
+    from tuner.cluster import connect as connection
+    from tuner.errors import InputError
+
+    real_init, calls = ray.init, []
+
+    def slow_node(**kwargs):
+        calls.append(kwargs)
+        real_init(**kwargs)  # a real start, whose processes the retry must end
+        if len(calls) <= fails:
+            raise Exception(f"{connection.STARTUP_TIMEOUT}. This could happen because ...")
+
+    monkeypatch.setattr(ray, "init", slow_node)
+    try:
+        if fails == 1:
+            connection.connect(None, dashboard=False)
+            assert ray.is_initialized() and len(calls) == 2
+        else:
+            with pytest.raises(InputError, match="cannot start a local Ray: The current node"):
+                connection.connect(None, dashboard=False)
+            assert not ray.is_initialized() and len(calls) == 2
+    finally:
+        connection.disconnect()

@@ -110,7 +110,7 @@ def connect(address: str | None, code: str = "", dashboard: bool = True) -> None
             kwargs = {"address": address, "runtime_env": {"env_vars": dict(WORKER_ENV)}, **common}
         if code:
             kwargs["runtime_env"]["py_modules"] = [code]
-        ray.init(**kwargs)
+        _init(kwargs, local=address in (None, "", "local"))
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if address not in (None, "", "local") and os.environ.get("RAY_AUTH_MODE") != "token":
@@ -120,7 +120,33 @@ def connect(address: str | None, code: str = "", dashboard: bool = True) -> None
                 "; if the cluster uses token auth, export RAY_AUTH_MODE=token (the token from "
                 "~/.ray/auth_token or RAY_AUTH_TOKEN)"
             )
-        raise InputError(f"cannot connect to Ray at {address}: {message}") from None
+        where = f"connect to Ray at {address}" if address else "start a local Ray"
+        raise InputError(f"cannot {where}: {message}") from None
+
+
+# Ray waits a fixed 30 s for a new local node's raylet to register with its GCS; on a machine
+# whose CPUs are all busy that can take longer (seen once in CI: "The current node timed out
+# during startup", three test files on 2 CPUs). A local Ray of our own is started again, once.
+STARTUP_TIMEOUT = "The current node timed out during startup"
+LOCAL_START_TRIES = 2
+
+
+def _init(kwargs: dict, local: bool) -> None:
+    """`ray.init(**kwargs)`; a local node that timed out starting is shut down and started
+    again (`LOCAL_START_TRIES` in all); the last failure is a RuntimeError."""
+    for attempt in range(1, LOCAL_START_TRIES + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as error:  # Ray raises a bare Exception for this one
+            if not local or STARTUP_TIMEOUT not in str(error):
+                raise
+            ray.shutdown()  # ends the processes the failed start left
+            if attempt == LOCAL_START_TRIES:
+                raise RuntimeError(
+                    f"{STARTUP_TIMEOUT} {LOCAL_START_TRIES} times (the machine's CPUs may be "
+                    f"too busy for Ray's raylet to register within 30 s)"
+                ) from None
 
 
 def disconnect() -> None:
