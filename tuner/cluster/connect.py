@@ -103,24 +103,25 @@ def connect(address: str | None, code: str = "", dashboard: bool = True) -> None
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
     common = {"log_to_driver": False, "configure_logging": False, "logging_level": "ERROR"}
+    local = address in (None, "", "local")
     try:
-        if address in (None, "", "local"):
+        if local:
             kwargs = local_ray_kwargs(dashboard, **common)
         else:
             kwargs = {"address": address, "runtime_env": {"env_vars": dict(WORKER_ENV)}, **common}
         if code:
             kwargs["runtime_env"]["py_modules"] = [code]
-        _init(kwargs, local=address in (None, "", "local"))
+        _init(kwargs, local)
     except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if address not in (None, "", "local") and os.environ.get("RAY_AUTH_MODE") != "token":
+        if not local and os.environ.get("RAY_AUTH_MODE") != "token":
             # Ray sends its auth token to an explicit address only when told to, and a cluster
             # with token auth (the default since Ray 2.59) then refuses it just like this.
             message += (
                 "; if the cluster uses token auth, export RAY_AUTH_MODE=token (the token from "
                 "~/.ray/auth_token or RAY_AUTH_TOKEN)"
             )
-        where = f"connect to Ray at {address}" if address else "start a local Ray"
+        where = "start a local Ray" if local else f"connect to Ray at {address}"
         raise InputError(f"cannot {where}: {message}") from None
 
 
