@@ -424,9 +424,7 @@ class CellSearch:
         trial = self.study(cell).ask()
         with warnings.catch_warnings():  # an extended range's lr is "out of range": meant
             warnings.simplefilter("ignore", UserWarning)
-            params = suggest(
-                trial, self.space, cell.batch_size, self.ref, cell.rule, cell.optimizer
-            )
+            params = suggest(trial, self.space, cell.batch_size, cell.rule, cell.optimizer)
         for name, value in (("tune_trial_id", key), ("phase", phase), ("seed", seed)):
             trial.set_user_attr(name, value)
         trial.set_user_attr("cell", cell.key)

@@ -139,7 +139,6 @@ def suggest(
     trial: Any,
     space: SearchSpace,
     batch_size: int,
-    reference_batch: int,
     rule: str | None = None,
     optimizer: str | None = None,
 ) -> dict[str, Any]:
