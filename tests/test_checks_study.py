@@ -124,3 +124,24 @@ def test_the_rule_test_ran_at_the_baselines_recipe(checks_study):
         assert row.actual_lr == pytest.approx(4 * base["actual_lr"])
         assert row.warmup_fraction == pytest.approx(base["warmup_fraction"])
         assert row.weight_decay == pytest.approx(base["weight_decay"])
+
+
+def test_trials_out_together_run_together_in_kept_processes(checks_study):
+    """46 short trials, handed out a few at a time as the ones before end (confirmations after
+    the search, each check level after the one before). Each ran in a kept process
+    (tuner.study.actor_cache): no trial waited for a process busy with another, and no more
+    processes ran trials than trials were ever out at once. Tune alone killed one of two
+    actors that ended together, started a new process for the next trial and gave that trial
+    the surviving actor before it came up: from the confirmations on, one trial at a time in
+    one process (21 of 46 trials waited), and a process started in vain for each."""
+    runs = finals(checks_study).sort_values("started")
+    assert len(runs) > 40 and runs["pid"].notna().all()
+    for _, trials in runs.groupby(["node_id", "pid"]):  # one trial at a time in a process
+        waited = trials["started"].to_numpy()[1:] < trials["ended"].to_numpy()[:-1]
+        assert not waited.any(), trials[["trial_id", "phase", "started", "ended"]]
+    events = sorted([(t, 1) for t in runs["started"]] + [(t, -1) for t in runs["ended"]])
+    out = most = 0
+    for _, change in events:  # an end and a start at one instant: the end first
+        out += change
+        most = max(most, out)
+    assert runs.groupby(["node_id", "pid"]).ngroups <= most

@@ -37,7 +37,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        metrics = {**metrics, "node_id": node_id}
+        metrics = {**metrics, "node_id": node_id, "pid": os.getpid()}
         # Every rank must call report (it is a barrier); only rank 0 writes the checkpoint.
         if rank == 0 and state is not None:
             with tempfile.TemporaryDirectory() as directory:

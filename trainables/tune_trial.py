@@ -13,6 +13,7 @@ Trials with two or more workers stay Ray Train runs (`trainables.ray_worker`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray
@@ -56,7 +57,7 @@ def train_one_worker(values: dict[str, Any], cpus: float, checkpoint_uri: str) -
         if state is not None:
             checkpoints.save(state)
         # When Tune stops the trial (ASHA), this call ends the training thread (SystemExit).
-        tune.report({**metrics, "node_id": node_id})
+        tune.report({**metrics, "node_id": node_id, "pid": os.getpid()})
 
     train(
         trial,

@@ -67,6 +67,8 @@ METRICS = (
     "bn_mode",
     "bn_batch",
     "node_id",
+    # the trial's process there (rank 0's): trials that share one were run by one reused actor
+    "pid",
     # A run's last evaluation: its value at every validation example (trainables.per_example)
     "val_per_example",
 )

@@ -22,7 +22,7 @@ from tuner.spec import StudySpec
 from tuner.store import objects as store
 from tuner.store.optuna_db import optuna_storage
 from tuner.store.tune_state import repair_torn_state
-from tuner.study import saving
+from tuner.study import actor_cache, saving
 from tuner.study.callbacks import ProgressCallback, StepTensorBoardCallback, TrackingCallback
 from tuner.study.scheduler import PerCellASHA
 from tuner.study.searcher import CellSearcher
@@ -106,8 +106,11 @@ def run_config(spec: StudySpec, extra: Sequence[tune.Callback] = ()) -> tune.Run
 def save_on_change() -> None:
     """Tune saves the experiment state (trials, searcher, scheduler) when it has changed, at
     most once per gap (`tuner.study.saving`), not on a timer: a study killed between saves
-    loses little, and saving stays a small share of the driver however large the study."""
+    loses little, and saving stays a small share of the driver however large the study.
+    Also: finished trials' actors are kept while no trial waits (`tuner.study.actor_cache`),
+    so that a searcher handing out its next trials a moment later finds them."""
     saving.install()
+    actor_cache.install()
 
 
 PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
