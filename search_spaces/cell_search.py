@@ -612,10 +612,13 @@ class CellSearch:
         values = [t.value for t in runs if t.state == TrialState.COMPLETE]
         return sum(values) / len(values) if values else math.nan
 
-    def levels(self, cell: Cell) -> tuple[int, dict[tuple[int, int], float]] | None:
+    def levels(
+        self, cell: Cell, ended_only: bool = False
+    ) -> tuple[int, dict[tuple[int, int], float]] | None:
         """The cell's own budget and the mean value of each level run so far: (steps, k) ->
         mean, its confirmation runs at (own budget, 0), the checks' runs at their budget and
-        lr x 2^k; None while a level still has a run going."""
+        lr x 2^k; None while a level still has a run going (`ended_only`: that level left out,
+        as if not run: the baseline's longer runs hold up no other batch size's check)."""
         confirm = self._runs(cell, CONFIRM)
         if len(confirm) < self.seeds or not all(t.state.is_finished() for t in confirm):
             return None
@@ -632,7 +635,7 @@ class CellSearch:
             checked.setdefault(level, []).append(t)
         for level, runs in checked.items():
             if len(runs) < self.seeds or not all(t.state.is_finished() for t in runs):
-                if level[0] < own:  # an equal-data run: no check decision waits for it
+                if level[0] < own or ended_only:  # an equal-data run: no decision waits for it
                     continue
                 return None
             results[level] = self._mean(runs)
@@ -659,7 +662,7 @@ class CellSearch:
         if not self.run_checks:
             return
         base = self.baseline_cell()
-        base_levels = self.levels(base) if base is not None else None
+        base_levels = self.levels(base, ended_only=True) if base is not None else None
         if not base_levels:
             return
         own, results = base_levels
@@ -669,7 +672,12 @@ class CellSearch:
         if runs:  # the baseline's own lr first: every other batch size is judged against it
             self._queue_levels(base, runs)
             return
-        baseline = results[center]
+        # the baseline at each multiple of its budget run so far, at its checked lr
+        baseline = {
+            steps // own: value
+            for (steps, k), value in results.items()
+            if k == center[1] and steps >= own and steps % own == 0
+        }
         for cell in self.cells:
             if cell.batch_size == base.batch_size or cell.key not in self.confirmed:
                 continue
@@ -680,6 +688,7 @@ class CellSearch:
                 baseline, levels[1], levels[0], self.tolerance, self.step_cap(), self.sign
             )
             self._queue_levels(cell, check.runs)
+            self._queue_levels(base, tuple((m * own, center[1]) for m in check.baseline_runs))
             # and at the baseline's data, where its budget gave it other data: its confirmed
             # configuration, then the lr line search the baseline had (half and twice the lr)
             equal = checks.equal_data_run(levels[0], cell.batch_size, own, base.batch_size)

@@ -11,7 +11,9 @@
   *degraded* only where neither helps. `budget_check` is that decision, on the mean value of
   each (steps, lr) level.
 - **The baseline** gets the same lr check (half and twice its lr): a weak baseline would make
-  every larger batch size look better than it is.
+  every larger batch size look better than it is. And where a batch size is compared at m
+  times its budget, the baseline (at its checked lr) runs at m times its own, with the same
+  seeds: more steps are given to both sides, never to one (issue 32).
 - **Equal data.** Where a batch size's budget gave it other data than the baseline's (a floor
   of steps under an epoch budget, or an equal-step budget), its confirmed configuration runs
   again, same seeds, for the baseline's examples: the answer at equal data beside the answer
@@ -24,6 +26,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +53,8 @@ class BudgetCheck:
     center: Level  # the level it is judged at: its best so far
     runs: tuple[Level, ...] = ()  # the levels to run next (state RUN)
     gain: float = math.nan  # the last doubling of the steps' improvement (positive: better)
+    # multiples of the baseline's budget it must run before this batch size is compared (RUN)
+    baseline_runs: tuple[int, ...] = ()
 
     @property
     def steps(self) -> int:
@@ -77,11 +82,13 @@ class BudgetCheck:
             return f"still improving at the cap ({self.steps} steps{lr}, --max-steps)"
         if self.state == DIVERGED:
             return f"diverged at {self.steps} steps"
-        return f"being checked ({', '.join(f'{s} steps, lr x{2.0**k:g}' for s, k in self.runs)})"
+        runs = [f"{s} steps, lr x{2.0**k:g}" for s, k in self.runs]
+        runs += [f"the baseline at {m}x its steps" for m in self.baseline_runs]
+        return f"being checked ({', '.join(runs)})"
 
 
 def budget_check(
-    baseline: float,
+    baseline: float | Mapping[int, float],
     results: dict[Level, float],
     own_steps: int,
     tolerance: float,
@@ -93,19 +100,43 @@ def budget_check(
     degraded, half and twice its lr are tried at its budget (a better lr moves it there, and
     the line search goes on), then twice the steps (at the best of three lrs there); it is
     degraded only where neither helps by more than the tolerance. `sign` +1 where higher is
-    better (accuracy), -1 for a loss; `cap` the most steps a run may have."""
+    better (accuracy), -1 for a loss; `cap` the most steps a run may have.
+
+    `baseline`: the baseline's value at each multiple of its own budget run so far ({1: at its
+    budget, 2: at twice its steps, ...}): a level at m times this batch size's budget is
+    compared with the baseline at m times its own, so that more steps are given to both sides
+    alike (issue 32); where that multiple has not been run the check asks for it
+    (`baseline_runs`). A plain number: the same baseline at every multiple (a baseline that is
+    not run again)."""
 
     def score(level: Level) -> float:
         value = results.get(level, math.nan)
         return sign * value if math.isfinite(value) else -math.inf
+
+    def base_at(level: Level) -> tuple[float | None, int]:
+        multiple = max(1, level[0] // own_steps)
+        if isinstance(baseline, Mapping):
+            return baseline.get(multiple), multiple
+        return baseline, multiple
+
+    def waits(level: Level, gain: float) -> BudgetCheck | None:
+        """The check of `level` against the baseline at its multiple: HOLDS, a RUN of the
+        baseline there, or None (short of it)."""
+        base, multiple = base_at(level)
+        if base is None:
+            return BudgetCheck(RUN, center, gain=gain, baseline_runs=(multiple,))
+        if sign * (base - results[level]) <= tolerance:
+            return BudgetCheck(HOLDS, level, gain=gain)
+        return None
 
     center, gain = (own_steps, 0), math.nan
     if not math.isfinite(results.get(center, math.nan)):
         return BudgetCheck(DIVERGED, center)
     while True:
         steps, k = center
-        if sign * (baseline - results[center]) <= tolerance:
-            return BudgetCheck(HOLDS, center, gain=gain)
+        decided = waits(center, gain)
+        if decided is not None:
+            return decided
         neighbours = [(steps, k - 1), (steps, k + 1)]
         missing = tuple(n for n in neighbours if n not in results)
         if missing:
@@ -130,7 +161,11 @@ def budget_check(
             best = max([longer, *around], key=score)
             gain = score(best) - score(center)
             if gain <= tolerance:
-                return BudgetCheck(DEGRADED, best if gain > 0 else center, gain=gain)
+                if gain <= 0:
+                    return BudgetCheck(DEGRADED, center, gain=gain)
+                # judged at twice the steps: against the baseline given them too
+                decided = waits(best, gain)
+                return decided if decided is not None else BudgetCheck(DEGRADED, best, gain=gain)
             longer = best
         center = longer
 

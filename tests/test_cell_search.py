@@ -261,7 +261,13 @@ def test_a_cell_short_of_the_baseline_tries_half_and_twice_its_lr_then_twice_the
     finish(search, keys[3:], value=0.78)  # neither lr helped: twice the steps
     longer = hand_out(search, "b")
     assert [level(c) for c in longer] == [(200, 0), (200, 0)]
-    finish(search, ["b0", "b1"], value=0.90, steps=200)  # +10 pt: it helped; lr again there
+    finish(search, ["b0", "b1"], value=0.90, steps=200)  # +10 pt: it helped
+    # compared at twice its budget: the baseline first gets twice its own, same seeds
+    base = hand_out(search, "g")
+    assert sorted((c.cell.batch_size, level(c), c.seed) for c in base) == [
+        (8, (200, 0), 1), (8, (200, 0), 2)
+    ]  # fmt: skip
+    finish(search, ["g0", "g1"], value=0.95, steps=200)  # still 5 pt short: lr again there
     again = hand_out(search, "d")
     assert sorted(level(c) for c in again) == [(200, -1), (200, -1), (200, 1), (200, 1)]
     finish(search, [f"d{i}" for i in range(4)], value=0.88, steps=200)
@@ -270,10 +276,14 @@ def test_a_cell_short_of_the_baseline_tries_half_and_twice_its_lr_then_twice_the
     finish(search, ["e0", "e1"], value=0.905, steps=400)  # +0.5 pt: its lr there next
     around = hand_out(search, "f")
     assert sorted(level(c) for c in around) == [(400, -1), (400, -1), (400, 1), (400, 1)]
-    finish(search, [f"f{i}" for i in range(4)], value=0.9, steps=400)  # a plateau: degraded
+    finish(search, [f"f{i}" for i in range(4)], value=0.9, steps=400)  # a plateau at 400
+    base = hand_out(search, "h")  # judged at 4x its budget: against the baseline at 4x
+    assert sorted((c.cell.batch_size, level(c)) for c in base) == [(8, (400, 0))] * 2
+    finish(search, ["h0", "h1"], value=0.95, steps=400)  # degraded
     assert search.suggest("done") == FINISHED
     own, results = search.levels(search.cells[-1])
     assert own == 100 and results[(400, 0)] == pytest.approx(0.905)
+    assert search.levels(search.cells[0])[1][(400, 0)] == pytest.approx(0.95)
 
 
 def test_a_better_lr_moves_the_check_there():
@@ -290,6 +300,8 @@ def test_more_steps_stop_at_the_cap():
     finish(search, [f"c{n}", *(f"a{i}" for i in range(len(hand_out(search, "a"))))], 0.78)
     assert [level(c) for c in hand_out(search, "b")] == [(200, 0), (200, 0)]
     finish(search, ["b0", "b1"], value=0.9, steps=200)
+    assert [level(c) for c in hand_out(search, "g")] == [(200, 0)] * 2  # the baseline at 2x
+    finish(search, ["g0", "g1"], value=0.95, steps=200)
     assert len(hand_out(search, "d")) == 4  # the lr at 200 steps
     finish(search, [f"d{i}" for i in range(4)], value=0.85, steps=200)
     assert search.suggest("done") == FINISHED  # 400 would pass --max-steps 300

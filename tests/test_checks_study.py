@@ -90,8 +90,22 @@ def test_a_batch_size_short_of_steps_is_given_more_until_it_holds(checks_study):
     # (issue 32), against the baseline as the study judged it (at its own lr check's level,
     # which may not be its confirmation's)
     done = at[at["outcome"].isin(["completed", "diverged"])]
-    accuracy, base = frontier.loc[128, "accuracy"], frontier.loc[8, "accuracy"]
+    accuracy, base = frontier.loc[128, "accuracy"], frontier.loc[128, "baseline_accuracy"]
     assert accuracy == pytest.approx(done["val_acc"].mean())
+    # against the baseline given the same multiple of its own budget (179 steps), same seeds
+    multiple = judged // 11
+    assert frontier.loc[128, "baseline_multiple"] == multiple
+    b8 = runs.query("cell == 'b8' and phase in ('confirm', 'extend')")
+    b8 = b8[b8["budget_steps"].astype(int) == 179 * multiple]
+    factor = frontier.loc[8, "baseline_lr_factor"]
+    b8_lr = b8["base_lr"] / float(
+        runs.query("cell == 'b8' and phase == 'confirm'")["base_lr"].iloc[0]
+    )
+    b8 = b8[b8_lr.round(6).eq(round(factor, 6) if factor == factor else 1.0)]
+    assert sorted(b8["seed"]) == [1, 2]
+    assert base == pytest.approx(
+        b8.loc[b8["outcome"].isin(["completed", "diverged"]), "val_acc"].mean()
+    )
     if (done["outcome"] == "diverged").any():  # a judged run diverged: unstable, never holds
         assert frontier.loc[128, "status"] == "unstable"
         return
@@ -110,6 +124,8 @@ def test_a_batch_size_short_of_steps_is_given_more_until_it_holds(checks_study):
         assert accuracy < base - 0.01 and status != "holds"
         assert status != "degraded" or check.startswith("a plateau")
     assert f"at {judged} steps (" in verdict and "x its budget" in verdict
+    if multiple > 1:
+        assert f"against the baseline given {multiple}x its steps too" in verdict
     data = json.loads((checks_study / "frontier.json").read_text())
     assert data["study"]["budget"].startswith("epochs:1")
 

@@ -98,9 +98,10 @@ def test_verdict_on_known_degradation(tmp_path, monkeypatch):
         "up to batch 32: 98.0% (3 seed(s), sd 0.2 pt) with linear scaling" in verdict
     )
     assert (
-        "Degraded at batch 512: 93.7% (3 seed(s), sd 0.4 pt) at 200 steps (2x its budget), "
-        "drop 4.3 pt" in verdict
-    )
+        "Degraded at batch 512: 93.7% (3 seed(s), sd 0.4 pt) at 200 steps (2x its budget; "
+        "against the baseline at its own budget: it was not run with more steps), drop 4.3 pt"
+        in verdict
+    )  # a study that ended before the baseline had twice its steps: said, not hidden
     assert (
         "a plateau at 200 steps: neither half nor twice the lr gained more than 1 pt, nor did "
         "twice the steps at any of the three" in verdict
@@ -130,7 +131,11 @@ def test_the_verdict_gives_both_answers_and_what_data_each_compared(tmp_path, mo
 
     study = make_study(tmp_path, "8,32,128,512")
     at_equal_data = extensions(32, [0.900, 0.910, 0.905], 25, val_examples=10000)
-    trials = pd.concat([degradation_table(), table(*at_equal_data)], ignore_index=True)
+    # batch 512 was judged at twice its steps: the baseline ran twice its own too
+    base_longer = extensions(8, [0.985, 0.990, 0.995], 200, val_examples=10000)
+    trials = pd.concat(
+        [degradation_table(), table(*at_equal_data, *base_longer)], ignore_index=True
+    )
     text = report_on(study, trials, monkeypatch, tensorboard=False)
     verdict = verdict_of(text)
     assert (
@@ -138,8 +143,12 @@ def test_the_verdict_gives_both_answers_and_what_data_each_compared(tmp_path, mo
         "budget and checks gave it, against the baseline's 100 steps, 0.8 epochs: batch 32 at "
         "100 steps, 3.2 epochs, 4x; 128 at 100 steps, 13 epochs, 16x; 512 at 200 steps, 102 "
         "epochs, 128x the baseline's examples; the checks gave batch 512 more steps than its "
-        "budget and the baseline none, so the baseline, which may gain from more steps too, "
-        "was compared at its own budget." in verdict
+        "budget, and the baseline the same multiple of its own before they were compared."
+        in verdict
+    )
+    assert (
+        "Degraded at batch 512: 93.7% (3 seed(s), sd 0.4 pt) at 200 steps (2x its budget; "
+        "against the baseline given 2x its steps too: 99.0%), drop 5.3 pt" in verdict
     )
     assert (
         "At equal data (each batch size's confirmed configuration run again with the "
@@ -155,6 +164,10 @@ def test_the_verdict_gives_both_answers_and_what_data_each_compared(tmp_path, mo
     rows = {r["batch_size"]: r for r in data["frontier"]}
     assert rows[512]["data_ratio"] == 128 and rows[512]["epochs_judged"] == pytest.approx(102.4)
     assert rows[32]["steps_judged"] == 100 and rows[32]["equal_data_status"] == "degraded"
+    assert rows[512]["baseline_multiple"] == 2
+    assert rows[512]["baseline_accuracy"] == pytest.approx(0.99)
+    assert rows[512]["drop"] == pytest.approx(0.99 - rows[512]["accuracy"])
+    assert rows[32]["baseline_multiple"] == 1 and rows[32]["baseline_accuracy"] == 0.98
 
 
 def test_the_report_says_whether_the_study_was_adequate(tmp_path, monkeypatch):

@@ -139,6 +139,7 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int) -> list[str]:
         lines.append(
             f"each batch size that falls short adds its checks: a first round costs about "
             f"{duration(check_round * workers * per_worker)} of {device} time at batch {worst}, "
-            f"and each further doubling of its steps about twice that"
+            f"and each further doubling of its steps about twice that, beside the baseline's "
+            f"runs at the same multiple of its own budget"
         )
     return lines

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from search_spaces.checks import BudgetCheck, Level, budget_check
+from search_spaces.checks import BudgetCheck, Level, baseline_check, budget_check
 from search_spaces.spaces import lr_edge
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import (
@@ -79,23 +79,62 @@ class Judged:
     steps: int
     lr_factor: float  # its lr against the confirmed configuration's
     check: BudgetCheck
+    baseline: Estimate  # what it is compared with: the baseline at the same multiple of its
+    baseline_multiple: int  # budget where it was run (`checks.budget_check`), else the largest
+
+
+def baseline_levels(
+    trials: pd.DataFrame, cell: str, tolerance: float, metric: StudyMetric = ACCURACY
+) -> tuple[int, float, dict[int, Estimate]] | None:
+    """The baseline cell as the study judged others against it: its own budget, its lr factor
+    after its own lr check (`checks.baseline_check`), and its estimate at each multiple of its
+    budget it was run at with that lr ({1: at its budget, 2: at twice its steps, ...}). None
+    without confirmation runs."""
+    levels = budget_levels(trials, cell, metric)
+    if not levels:
+        return None
+    own, estimates = levels
+    means = {level: e.mean for level, e in estimates.items()}
+    center, _ = baseline_check(means, own, tolerance, metric.sign)
+    if center not in estimates:
+        center = (own, 0)
+    by_multiple = {
+        steps // own: e
+        for (steps, k), e in estimates.items()
+        if k == center[1] and steps >= own and steps % own == 0
+    }
+    return own, 2.0 ** center[1], by_multiple
+
+
+def at_multiple(baseline: dict[int, Estimate], multiple: int) -> int:
+    """The multiple of the baseline's budget a level at `multiple` times its own is compared
+    with: the same where the baseline was run at it, else the largest below (a study that
+    stopped first, or made before the baseline was given more steps: the report says so)."""
+    return max((m for m in baseline if m <= multiple), default=min(baseline))
 
 
 def judge_levels(
     levels: tuple[int, dict[Level, Estimate]] | None,
-    baseline: Estimate,
+    baseline: dict[int, Estimate],
     tolerance: float,
     cap: int,
     metric: StudyMetric = ACCURACY,
 ) -> Judged | None:
-    """The level a batch size is judged at (the checks' best) and what the decision says."""
-    if not levels or (levels[0], 0) not in levels[1]:
+    """The level a batch size is judged at (the checks' best), what the decision says, and the
+    baseline it is compared with (`baseline`: the baseline's estimate per multiple of its
+    budget, as `baseline_levels` gives)."""
+    if not levels or (levels[0], 0) not in levels[1] or not baseline:
         return None
     own, estimates = levels
     means = {level: e.mean for level, e in estimates.items()}
-    check = budget_check(baseline.mean, means, own, tolerance, cap, metric.sign)
+    multiples = {max(1, steps // own) for steps, _ in estimates}
+    against = {m: baseline[at_multiple(baseline, m)].mean for m in multiples}
+    check = budget_check(against, means, own, tolerance, cap, metric.sign)
     center = check.center if check.center in estimates else (own, 0)
-    return Judged(estimates[center], center[0], 2.0 ** center[1], check)
+    multiple = at_multiple(baseline, max(1, center[0] // own))
+    return Judged(
+        estimates[center], center[0], 2.0 ** center[1], check, baseline[multiple], multiple
+    )
 
 
 def lr_range_edge(

@@ -29,7 +29,6 @@ from typing import Any
 
 import pandas as pd
 
-from search_spaces.checks import baseline_check
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import (
     N_BOOT,
@@ -40,6 +39,7 @@ from tuner.analysis.accuracy import (
     compare,
 )
 from tuner.analysis.checks import (
+    baseline_levels,
     budget_levels,
     judge_levels,
     lr_range_edge,
@@ -105,8 +105,10 @@ def _judge(
     for row in table.itertuples(index=False):
         est: Estimate | None = row.estimate
         result: Comparison | None = None
+        # the baseline at the multiple of its budget this row was judged at (the frontier)
+        against = getattr(row, "baseline_estimate", None) or (base[1] if base else None)
         if base is not None and est is not None and math.isfinite(est.mean):
-            result = compare(base[1], est, tolerance, metric=metric)
+            result = compare(against, est, tolerance, metric=metric)
         is_base = base is not None and int(row.batch_size) == base[0] and est is base[1]
         values["drop"].append(result.drop if result else math.nan)
         values["drop_low"].append(result.low if result else math.nan)
@@ -127,54 +129,63 @@ def _checked_baseline(
     base: tuple[int, Estimate],
     tolerance: float,
     metric: StudyMetric,
-) -> tuple[int, Estimate]:
+) -> tuple[tuple[int, Estimate], dict[int, Estimate]]:
     """The baseline at the level its own lr check settled on (`checks.baseline_check`): its
-    estimate in the frontier is replaced by that level's."""
+    estimate in the frontier is replaced by that level's; and its estimate at each multiple of
+    its budget it was run at (what a batch size judged at more steps is compared with)."""
     index = frontier.index[frontier["batch_size"] == base[0]][0]
     cell = frontier.at[index, "best_cell"]
-    levels = budget_levels(trials, cell, metric) if isinstance(cell, str) else None
-    if not levels:
-        return base
-    own, estimates = levels
-    means = {level: e.mean for level, e in estimates.items()}
-    center, _ = baseline_check(means, own, tolerance, metric.sign)
-    if center not in estimates or center == (own, 0):
-        return base
-    frontier.at[index, "estimate"] = estimates[center]
-    frontier.loc[index, "baseline_lr_factor"] = 2.0 ** center[1]
-    return base[0], estimates[center]
+    levels = baseline_levels(trials, cell, tolerance, metric) if isinstance(cell, str) else None
+    if not levels or 1 not in levels[2]:
+        return base, {1: base[1]}
+    own, factor, by_multiple = levels
+    if factor != 1.0:
+        frontier.at[index, "estimate"] = by_multiple[1]
+        frontier.loc[index, "baseline_lr_factor"] = factor
+        return (base[0], by_multiple[1]), by_multiple
+    return base, {**by_multiple, 1: base[1]}
 
 
 def _apply_budget_checks(
     frontier: pd.DataFrame,
     trials: pd.DataFrame,
     base: tuple[int, Estimate] | None,
+    by_multiple: dict[int, Estimate],
     tolerance: float,
     cap: int,
     metric: StudyMetric,
 ) -> dict[int, Any]:
     """Judge each batch size at the last budget its checks ran (its estimate is replaced by that
-    level's), and keep each one's budget decision; adds `judged_steps` and `budget_check`."""
+    level's) against the baseline at the same multiple of its budget where it ran there, and
+    keep each one's budget decision; adds `judged_steps`, `budget_check`, and the baseline
+    compared with (`baseline_estimate`, `baseline_multiple`)."""
     decisions: dict[int, Any] = {}
     judged_steps, judged_lr, described = [], [], []
+    against, multiples = [], []
     unit = f" {metric.unit}" if metric.unit else ""
     tol = f"{tolerance * 100:g} pt" if metric.unit == "pt" else f"{tolerance:g}{unit}"
     for index, row in frontier.iterrows():
         batch, steps, factor, text = int(row["batch_size"]), math.nan, math.nan, None
+        baseline, multiple = (base[1] if base else None), 1
         cell = row.get("best_cell")
         if base is not None and batch != base[0] and isinstance(cell, str):
             levels = budget_levels(trials, cell, metric)
-            judged = judge_levels(levels, base[1], tolerance, cap, metric)
+            judged = judge_levels(levels, by_multiple, tolerance, cap, metric)
             if judged is not None and math.isfinite(judged.estimate.mean):
                 frontier.at[index, "estimate"] = judged.estimate
                 steps, decisions[batch] = judged.steps, judged.check
                 factor, text = judged.lr_factor, judged.check.describe(tol)
+                baseline, multiple = judged.baseline, judged.baseline_multiple
         judged_steps.append(steps)
         judged_lr.append(factor)
         described.append(text)
+        against.append(baseline)
+        multiples.append(multiple)
     frontier["judged_steps"] = judged_steps
     frontier["judged_lr_factor"] = judged_lr
     frontier["budget_check"] = described
+    frontier["baseline_estimate"] = pd.Series(against, index=frontier.index, dtype=object)
+    frontier["baseline_multiple"] = multiples
     return decisions
 
 
@@ -217,6 +228,9 @@ def _estimate_columns(table: pd.DataFrame) -> None:
     table["accuracy_diverged"] = [e.diverged if e else 0 for e in table["estimate"]]
     table["accuracy_source"] = [e.source if e else None for e in table["estimate"]]
     table["val_se"] = [e.val_se if e else math.nan for e in table["estimate"]]
+    if "baseline_estimate" in table:  # what each row was compared with (the frontier's)
+        table["baseline_accuracy"] = [e.mean if e else math.nan for e in table["baseline_estimate"]]
+        del table["baseline_estimate"]
     # On the test set, the runs the estimate is of: where the checks judged a batch size at
     # more steps or another lr, those runs, not its confirmation runs (seen on mnist1d: a
     # batch judged at 92.1% with 4x the steps showed its 600-step confirmations' 61.2%).
@@ -292,9 +306,11 @@ def degradation_map(
     if len(measured):
         first = measured.sort_values("batch_size").iloc[0]
         base = (int(first["batch_size"]), first["estimate"])
-        base = _checked_baseline(frontier, trials, base, tolerance, metric)
+        base, by_multiple = _checked_baseline(frontier, trials, base, tolerance, metric)
     cap = step_cap(trials, max_steps) if len(trials) else 0
-    checks = _apply_budget_checks(frontier, trials, base, tolerance, cap, metric)
+    checks = _apply_budget_checks(
+        frontier, trials, base, by_multiple if base else {}, tolerance, cap, metric
+    )
     _judge(frontier, base, tolerance, metric)
     _refine_statuses(frontier, trials, checks, ranges or {})
     _estimate_columns(frontier)

@@ -63,18 +63,37 @@ def data_verdict(m: DegradationMap) -> list[str]:
 
 
 def _one_sided(measured: pd.DataFrame, base_batch: int) -> str:
-    """Say where the checks gave a batch size more steps than its budget: the baseline was
-    never given more steps, so it was compared at a smaller multiple (issue 32)."""
+    """Say where the checks gave a batch size more steps than its budget, and whether the
+    baseline was given the same multiple of its own (the study runs it there before it
+    compares: `checks.budget_check`) or, in a study that ended first or was made before that,
+    compared at its own budget (issue 32)."""
     judged = pd.to_numeric(measured.get("judged_steps"), errors="coerce")
     longer = measured[judged > pd.to_numeric(measured["budget_steps"], errors="coerce")]
     longer = longer[longer.index != base_batch]
     if longer.empty:
         return ""
-    return (
-        f"; the checks gave batch {batch_list(longer.index.astype(int).tolist())} more steps "
-        f"than its budget and the baseline none, so the baseline, which may gain from more "
-        f"steps too, was compared at its own budget"
+    multiple = pd.to_numeric(longer.get("baseline_multiple"), errors="coerce")
+    ratio = pd.to_numeric(longer["judged_steps"], errors="coerce") / pd.to_numeric(
+        longer["budget_steps"], errors="coerce"
     )
+    same = longer[(multiple > 1) & ((multiple - ratio).abs() < 1e-9)]
+    short = longer.drop(index=same.index)
+    parts = []
+    if len(same):
+        parts.append(
+            f"the checks gave batch {batch_list(same.index.astype(int).tolist())} more steps "
+            f"than its budget, and the baseline the same multiple of its own before they were "
+            f"compared"
+        )
+    if len(short):
+        smaller = (multiple.loc[short.index] > 1).any()
+        where = "a smaller multiple" if smaller else "its own budget"
+        parts.append(
+            f"the checks gave batch {batch_list(short.index.astype(int).tolist())} more steps "
+            f"than its budget and the baseline not as many, so the baseline, which may gain "
+            f"from more steps too, was compared at {where}"
+        )
+    return "; " + "; ".join(parts)
 
 
 def _lr(row: pd.Series) -> str:

@@ -67,16 +67,25 @@ def _drop(row: pd.Series, metric: StudyMetric) -> str:
     )
 
 
-def _judged_at(row: pd.Series) -> str:
-    """' at 1200 steps (4x its budget, its lr x0.5)' where the checks judged it at another
-    level than its confirmed configuration; else nothing."""
+def _judged_at(row: pd.Series, metric: StudyMetric) -> str:
+    """' at 1200 steps (4x its budget, its lr x0.5; against the baseline given 4x its steps
+    too: 97.1%)' where the checks judged it at another level than its confirmed configuration;
+    else nothing."""
     judged, own = row.get("judged_steps"), row.get("budget_steps")
     factor = row.get("judged_lr_factor")
     lr = f", its lr x{num(factor, 2)}" if finite(factor) and factor != 1 else ""
     if not finite(judged) or not finite(own) or (judged <= own and not lr):
         return ""
-    more = f" ({num(judged / own, 2)}x its budget{lr})" if judged > own else f" ({lr[2:]})"
-    return f" at {int(judged)} steps{more}"
+    if judged <= own:
+        return f" at {int(judged)} steps ({lr[2:]})"
+    multiple, base = row.get("baseline_multiple"), row.get("baseline_accuracy")
+    if finite(multiple) and multiple > 1:
+        against = (
+            f"the baseline given {num(multiple, 2)}x its steps too: {value_text(metric, base)}"
+        )
+    else:
+        against = "the baseline at its own budget: it was not run with more steps"
+    return f" at {int(judged)} steps ({num(judged / own, 2)}x its budget{lr}; against {against})"
 
 
 def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
@@ -117,13 +126,13 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
         at = frontier.loc[holds]
         tail = ", the largest measured" if holds == largest else ""
         lines.append(
-            f"{opening} up to batch {holds}{tail}: {_accuracy(at, metric)}{_judged_at(at)} "
+            f"{opening} up to batch {holds}{tail}: {_accuracy(at, metric)}{_judged_at(at, metric)} "
             f"with {_recipe(m, holds, several)} ({_drop(at, metric)})."
         )
     for batch in degraded:
         row = frontier.loc[batch]
         lines.append(
-            f"Degraded at batch {batch}: {_accuracy(row, metric)}{_judged_at(row)}, "
+            f"Degraded at batch {batch}: {_accuracy(row, metric)}{_judged_at(row, metric)}, "
             f"{_drop(row, metric)}, beyond the {tol} tolerance at 95% confidence; "
             f"{row['budget_check'] or 'more steps were not tried'}."
         )
@@ -143,14 +152,15 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
             row = frontier.loc[batch]
             lines.append(
                 f"{status.capitalize()} at batch {batch}, not shown degraded: "
-                f"{_accuracy(row, metric)}{_judged_at(row)}, {_drop(row, metric)}; {why(row)}."
+                f"{_accuracy(row, metric)}{_judged_at(row, metric)}, {_drop(row, metric)}; "
+                f"{why(row)}."
             )
     if unresolved:
         row = frontier.loc[unresolved[0]]
         lines.append(
             f"Unresolved at batch {batch_list(unresolved)}: the {metric.worse}'s bounds straddle "
             f"the {tol} tolerance (batch {unresolved[0]}: {_accuracy(row, metric)}"
-            f"{_judged_at(row)}, "
+            f"{_judged_at(row, metric)}, "
             f"{_drop(row, metric)}); this study resolves {metric.worse}s of about "
             f"{diff_text(metric, row['resolution'])} and no finer. More seeds "
             f"(--seeds) or a larger validation set would settle it."
@@ -206,7 +216,7 @@ def no_interval(
     return [
         f"No interval at batch {batch_list(batches)}: {who} one run, so the spread over seeds "
         f"is unknown and no confidence is claimed (batch {batches[0]}: "
-        f"{_accuracy(row, metric)}{_judged_at(row)}, {metric.worse} "
+        f"{_accuracy(row, metric)}{_judged_at(row, metric)}, {metric.worse} "
         f"{diff_text(metric, row['drop'])}); nothing is called holding or degraded on one "
         f"run: give --seeds 2 or more."
     ]

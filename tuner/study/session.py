@@ -67,7 +67,8 @@ def run(spec: StudySpec, options: RunOptions) -> int:
         f"+ up to {spec.confirmation_trials} confirmation runs + {spec.rule_test_trials} "
         f"rule-test runs + about {spec.equal_data_trials} equal-data runs + more steps where "
         f"a batch size falls short (up to "
-        f"{spec.max_steps or 'twice the longest budget'}), budget {spec.budget_spec()} "
+        f"{spec.max_steps or 'twice the longest budget'}; the baseline at the same "
+        f"multiples), budget {spec.budget_spec()} "
         f"per trial, {spec.workers_per_trial} worker(s)/trial, results in {spec.study_dir}",
         file=sys.stderr,
         flush=True,
