@@ -26,6 +26,11 @@ cell, a confirmation phase with fresh seeds, and the study's own checks of its a
   Both are recorded in the study's `checks` Optuna study (they are no point of any cell's
   search).
 
+Here: handing out search trials, range edges, the studies and the outcomes; the phases after
+the search are `search_spaces.later_phases`, a resume's reconciliation
+`search_spaces.reconcile` (both mixins of `CellSearch`), the shared run types
+`search_spaces.runs`.
+
 Outcomes reach Optuna honestly: a trial that ran its full budget is COMPLETE with its final
 value; one stopped early by ASHA or diverged is PRUNED (with its intermediate values), so a
 search never takes a truncated accuracy for a final one; an errored one is FAIL.
@@ -36,8 +41,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -45,15 +49,39 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from scipy.stats import qmc
 
-from search_spaces import checks
 from search_spaces.cells import Cell
+from search_spaces.later_phases import LaterPhases
+from search_spaces.reconcile import Reconciling
+from search_spaces.runs import (
+    CHECKS_STUDY,
+    CONFIRM,
+    EXTEND,
+    FINAL,
+    FINISHED,
+    PROBES,
+    RULE,
+    SEARCH,
+    Pending,
+    Suggestion,
+    trial_params,
+)
 from search_spaces.spaces import SearchSpace, lr_edge, lr_param, search_rule, suggest
 
-SEARCH, CONFIRM, EXTEND, RULE = "search", "confirm", "extend", "rule"
-PROBES = (EXTEND, RULE)  # runs of the checks, recorded in the `checks` Optuna study
-CHECKS_STUDY = "checks"
-FINISHED = "FINISHED"  # suggest() has nothing more to give, now or later
-FINAL = ("completed", "target")  # outcomes with a final value (full budget, or at the target)
+# the names the study's other modules and tests know this module by
+__all__ = [
+    "CHECKS_STUDY",
+    "CONFIRM",
+    "EDGE_TRIALS",
+    "EXTEND",
+    "FINISHED",
+    "RULE",
+    "SEARCH",
+    "CellSearch",
+    "Pending",
+    "Suggestion",
+    "trial_params",
+]
+
 EDGE_STEP = 3.0  # a range extension tries the best lr this factor beyond the edge
 # Range extensions come on top of a cell's share, at most this many per cell, and only once it
 # has this many finished search trials: taken from its share instead, they cut the synthetic
@@ -61,32 +89,6 @@ EDGE_STEP = 3.0  # a range extension tries the best lr this factor beyond the ed
 # (an optimum inside the outer fifth of the range cost a Sobol point for nothing).
 EDGE_TRIALS = 3
 EDGE_EVIDENCE = 4
-
-
-@dataclass(frozen=True)
-class Suggestion:
-    """What one trial runs: its cell, its parameters, its phase and its training seed."""
-
-    cell: Cell
-    params: dict[str, Any]  # with `budget_steps` for a run of another budget than the study's
-    phase: str
-    seed: int
-    number: int  # the trial's number in its Optuna study (the cell's, or `checks`)
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A run waiting to be handed out: a confirmation or a check."""
-
-    cell: Cell
-    params: dict[str, Any]
-    seed: int
-    phase: str
-
-    def same_run(self, cell_key: str, seed: int, phase: str, params: dict[str, Any]) -> bool:
-        return (self.cell.key, self.seed, self.phase) == (cell_key, seed, phase) and all(
-            self.params.get(k) == params.get(k) for k in ("scaling_rule", "budget_steps", "lr_step")
-        )
 
 
 def default_sampler(seed: int) -> optuna.samplers.BaseSampler:
@@ -102,23 +104,7 @@ def sobol_unit(seed: int, index: int, dims: int) -> list[float]:
     return qmc.Sobol(dims, scramble=True, seed=seed).random_base2(m)[index].tolist()
 
 
-def trial_params(space: SearchSpace, cell: Cell, trial: Any) -> dict[str, Any]:
-    """An Optuna trial's parameters in the trial config's names (a check's: as it ran)."""
-    if "run_params" in trial.user_attrs:
-        return dict(trial.user_attrs["run_params"])
-    optimizer = cell.optimizer or trial.params["optimizer"]
-    per_optimizer = cell.optimizer is None and len(space.optimizers) > 1
-    return {
-        "batch_size": cell.batch_size,
-        "scaling_rule": cell.rule or trial.params.get("scaling_rule") or search_rule(space),
-        "optimizer": optimizer,
-        "base_lr": trial.params[lr_param(optimizer, per_optimizer)],
-        "weight_decay": trial.params["weight_decay"],
-        "warmup_fraction": trial.params.get("warmup_fraction", 0.0),
-    }
-
-
-class CellSearch:
+class CellSearch(Reconciling, LaterPhases):
     """Hand out trials over the cells of a study and learn from their outcomes (no Ray)."""
 
     def __init__(
@@ -189,151 +175,6 @@ class CellSearch:
         self.__dict__.setdefault("handed", {})  # a state saved before it kept this
         self.__dict__.setdefault("equal_data", False)  # a study started without equal-data runs
         self.changes, self.looked_at = self.__dict__.get("changes", 0) + 1, -1
-
-    def reconcile(
-        self, tune: Mapping[str, Mapping[str, Any] | None] | set[str] | None = None
-    ) -> int:
-        """Bring this state in line with Optuna's record and Tune's (`tune`: the trials of the
-        restored Tune experiment, by id, with their config where known; None when unknown);
-        returns how many trials it changed.
-
-        A resumed study restores this state from the searcher's checkpoint, the database from
-        its snapshot, and Tune's trials from its own state; on an object store the three can
-        come from different moments (Tune uploads them one file after another), in any order:
-        - Optuna's record of a finished trial is taken in (never asked for again, counted in
-          its cell's share); a running one only where Tune will resume it (else nothing would
-          ever finish it, and its cell would wait for it forever: it is left to
-          `close_lost_trials`, and its cell gets another).
-        - A trial this state handed out that Tune never heard of is handed out again.
-        - A trial this state knows and the database does not (the state is the newer) is
-          recorded again from Tune's config where Tune runs it, else handed out again; one this
-          state saw finish and the database has open is reopened here, so that its end (from
-          Tune, see `tuner.study.searcher`) is told to Optuna.
-        - A trial Tune knows and neither this state nor the database does (Tune's state is the
-          newest) is recorded from its config and counted.
-        """
-        if tune is not None and not isinstance(tune, Mapping):
-            tune = dict.fromkeys(tune)
-        changed = 0
-        records = [(cell, self.study(cell)) for cell in self.cells]
-        by_key = {c.key: c for c in self.cells}
-        recorded: set[str] = set()
-        for holder, study in [*records, (None, self.checks_study())]:
-            for trial in study.get_trials(deepcopy=False):
-                cell = holder or by_key.get(trial.user_attrs.get("cell", ""))
-                key = trial.user_attrs.get("tune_trial_id")
-                if cell is None or key is None:
-                    continue
-                recorded.add(key)
-                for optimizer, bounds in trial.user_attrs.get("lr_range", {}).items():
-                    low, high = self.ranges[cell.key][optimizer]
-                    self.ranges[cell.key][optimizer] = (min(low, bounds[0]), max(high, bounds[1]))
-                done = trial.state.is_finished()
-                tune_has = tune is None or key in tune
-                if key in self.trials:
-                    if not done and key in self.finished:
-                        self.finished.discard(key)  # the database is older: tell its end again
-                        changed += 1
-                    if done and key not in self.finished:
-                        self.finished.add(key)  # the database is newer: it ended (as told)
-                        changed += 1
-                    if not done and not tune_has:
-                        self._hand_back(key)
-                        changed += 1
-                    continue
-                if not done and not tune_has:
-                    continue  # lost in the interruption: never resumed, never finished
-                phase = trial.user_attrs.get("phase", SEARCH)
-                self.trials[key] = (cell.key, trial.number, phase)
-                params = trial_params(self.space, cell, trial)
-                edge = bool(trial.user_attrs.get("edge"))
-                self._count_in(key, cell, phase, params, trial.user_attrs.get("seed"), edge)
-                if done:
-                    self.finished.add(key)
-                changed += 1
-        for key in [k for k in self.trials if k not in recorded]:
-            config = (tune or {}).get(key)
-            if config is None:  # neither Optuna nor Tune has it: handed out again
-                self._forget(key)
-            else:  # Tune runs it (or ran it): recorded again as it runs
-                self.finished.discard(key)
-                cell, params, phase, seed = self._from_config(config)
-                self._record(key, cell, params, phase, seed)
-            changed += 1
-        for key, config in (tune or {}).items():
-            if key in self.trials or config is None or config.get("cell") not in by_key:
-                continue
-            cell, params, phase, seed = self._from_config(config)
-            self._record(key, cell, params, phase, seed)
-            self._count_in(key, cell, phase, params, seed, edge=False)
-            changed += 1
-        self.changes += 1
-        return changed
-
-    def _from_config(self, config: Mapping[str, Any]) -> tuple[Cell, dict[str, Any], str, int]:
-        """A Tune trial's config (what `suggest` handed out) as cell, params, phase, seed."""
-        cell = next(c for c in self.cells if c.key == config["cell"])
-        params = {k: v for k, v in config.items() if k not in ("cell", "phase", "seed")}
-        return cell, params, config.get("phase", SEARCH), config.get("seed", self.seed)
-
-    def _record(self, key: str, cell: Cell, params: dict[str, Any], phase: str, seed: int) -> None:
-        """Record a trial handed out already (Tune runs it) in Optuna, as `suggest` would."""
-        edge = self.handed.get(key, (None, False))[1]
-        if phase in PROBES:
-            self._ask_check(key, Pending(cell, params, seed, phase))
-            return
-        ranges = {o: list(r) for o, r in self.ranges[cell.key].items()}
-        self.study(cell).enqueue_trial(
-            self._optuna_params(cell, params), user_attrs={"lr_range": ranges, "edge": edge}
-        )
-        self._ask(key, cell, phase, seed)
-
-    def _count_in(
-        self, key: str, cell: Cell, phase: str, params: dict[str, Any], seed: Any, edge: bool
-    ) -> None:
-        """Count a trial handed out before the interruption as this state would have."""
-        self.handed[key] = (Pending(cell, params, seed, phase), edge)
-        if phase == SEARCH and edge:
-            self.edge_trials[cell.key] += 1
-        elif phase == SEARCH:
-            self.assigned[cell.key] += 1
-        else:  # a confirmation or check handed out already
-            if phase == CONFIRM:
-                self._queue_confirmations(only=cell)  # if this state had not yet
-            elif phase == RULE:
-                self._queue_rule_test(force=True)
-            else:
-                self.queued_levels.add(
-                    (cell.key, int(params["budget_steps"]), int(params.get("lr_step", 0)))
-                )
-            self.pending = [
-                p for p in self.pending if not p.same_run(cell.key, seed, phase, params)
-            ]
-
-    def _forget(self, key: str) -> None:
-        """Undo the handing out of a trial (`handed` says what it ran): its cell's share, or
-        its confirmation or check, goes to the next trial asked for."""
-        cell_key, _, phase = self.trials.pop(key)
-        self.finished.discard(key)
-        self._live.pop(key, None)
-        self.changes += 1
-        run, edge = self.handed.pop(key, (None, False))
-        if phase == SEARCH:
-            self.edge_trials[cell_key] -= 1 if edge else 0
-            self.assigned[cell_key] -= 0 if edge else 1
-        elif run is not None:
-            self.pending.insert(0, run)
-
-    def _hand_back(self, key: str) -> None:
-        """Undo the handing out of a trial Tune never started, as Optuna recorded it."""
-        cell_key, number, phase = self.trials[key]
-        cell = next(c for c in self.cells if c.key == cell_key)
-        trial = (self.checks_study() if phase in PROBES else self.study(cell)).trials[number]
-        run = Pending(
-            cell, trial_params(self.space, cell, trial), trial.user_attrs.get("seed"), phase
-        )
-        self.handed[key] = (run, bool(trial.user_attrs.get("edge")))
-        self._forget(key)
 
     @property
     def storage_url(self) -> str:
@@ -531,190 +372,6 @@ class CellSearch:
         if not done:
             return None
         return max(done, key=lambda t: (self.sign * t.value, -t.number))
-
-    def _search_done(self, cell: Cell) -> bool:
-        keys = [k for k, (c, _, p) in self.trials.items() if c == cell.key and p == SEARCH]
-        return (
-            len(keys) >= self.assigned[cell.key] + self.edge_trials[cell.key]
-            and set(keys) <= self.finished
-            and self._edge_point(cell, peek=True) is None
-        )
-
-    def _queue_confirmations(self, only: Cell | None = None) -> None:
-        """Queue `seeds` fresh-seed runs of each cell's best, once its search has finished
-        (`only`: that cell, whose search Optuna's record says has finished)."""
-        for cell in [only] if only else self.cells:
-            if cell.key in self.confirmed or (not only and not self._search_done(cell)):
-                continue
-            self.confirmed.add(cell.key)
-            best = self.best(cell)
-            if best is None or self.seeds < 1:
-                continue  # nothing finished its budget in this cell: nothing to confirm
-            params = self._params_of(cell, best)
-            self.pending += [
-                Pending(cell, params, self.seed + s, CONFIRM) for s in range(1, self.seeds + 1)
-            ]
-
-    # --- the checks --------------------------------------------------------------------------
-
-    def baseline_cell(self) -> Cell | None:
-        """The best searched cell of the smallest batch size, once all its cells are searched."""
-        smallest = min(c.batch_size for c in self.cells)
-        first = [c for c in self.cells if c.batch_size == smallest]
-        if not all(c.key in self.confirmed for c in first):
-            return None
-        scored = [(c, self.best(c)) for c in first]
-        scored = [(c, b) for c, b in scored if b is not None]
-        if not scored:
-            return None
-        return max(scored, key=lambda cb: self.sign * cb[1].value)[0]
-
-    def _queue_rule_test(self, force: bool = False) -> None:
-        """Once the baseline's search is done: its best configuration moved to every other
-        batch size by each rule, with the confirmation seeds (`search_spaces.checks`)."""
-        if self.rule_queued or not self.rule_test or self.seeds < 1:
-            return
-        smallest = min(c.batch_size for c in self.cells)
-        base = self.baseline_cell()
-        if base is None:
-            if force:  # a resumed state whose database has rule runs: the baseline is known
-                for c in self.cells:
-                    if c.batch_size == smallest:
-                        self._queue_confirmations(only=c)
-                base = self.baseline_cell()
-            if base is None:
-                return
-        self.rule_queued = True
-        best = self._params_of(base, self.best(base))
-        for rule in self.space.scaling_rules:
-            for cell in self.cells:
-                if cell.batch_size == smallest or cell.optimizer not in (None, best["optimizer"]):
-                    continue
-                if cell.rule not in (None, rule):
-                    continue
-                params = checks.rule_test_params(best, smallest, cell.batch_size, rule, self.ref)
-                self.pending += [
-                    Pending(cell, params, self.seed + s, RULE) for s in range(1, self.seeds + 1)
-                ]
-
-    def _runs(self, cell: Cell, phase: str) -> list[optuna.trial.FrozenTrial]:
-        """The cell's handed-out runs of a phase (confirm: its study; checks: `checks`)."""
-        study = self.checks_study() if phase in PROBES else self.study(cell)
-        return [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.user_attrs.get("phase") == phase
-            and t.user_attrs.get("cell", cell.key) == cell.key
-            and t.user_attrs.get("tune_trial_id") in self.trials
-        ]
-
-    def _mean(self, runs: list[optuna.trial.FrozenTrial]) -> float:
-        values = [t.value for t in runs if t.state == TrialState.COMPLETE]
-        return sum(values) / len(values) if values else math.nan
-
-    def levels(
-        self, cell: Cell, ended_only: bool = False
-    ) -> tuple[int, dict[tuple[int, int], float]] | None:
-        """The cell's own budget and the mean value of each level run so far: (steps, k) ->
-        mean, its confirmation runs at (own budget, 0), the checks' runs at their budget and
-        lr x 2^k; None while a level still has a run going (`ended_only`: that level left out,
-        as if not run: the baseline's longer runs hold up no other batch size's check)."""
-        confirm = self._runs(cell, CONFIRM)
-        if len(confirm) < self.seeds or not all(t.state.is_finished() for t in confirm):
-            return None
-        steps = [t.user_attrs.get("budget_steps") for t in confirm]
-        steps = [int(s) for s in steps if s]
-        if not steps:
-            return None  # every run errored before its first report
-        own = max(steps)
-        results = {(own, 0): self._mean(confirm)}
-        checked: dict[tuple[int, int], list[optuna.trial.FrozenTrial]] = {}
-        for t in self._runs(cell, EXTEND):
-            run = t.user_attrs["run_params"]
-            level = (int(run["budget_steps"]), int(run.get("lr_step", 0)))
-            checked.setdefault(level, []).append(t)
-        for level, runs in checked.items():
-            if len(runs) < self.seeds or not all(t.state.is_finished() for t in runs):
-                if level[0] < own or ended_only:  # an equal-data run: no decision waits for it
-                    continue
-                return None
-            results[level] = self._mean(runs)
-        return own, results
-
-    def step_cap(self) -> int:
-        """The most steps a check may give a run: `max_steps`, else twice the longest budget
-        any trial of the study has had."""
-        if self.max_steps:
-            return self.max_steps
-        longest = [
-            int(t.user_attrs["budget_steps"])
-            for c in self.cells
-            for t in self.study(c).get_trials(deepcopy=False)
-            if t.user_attrs.get("budget_steps")
-        ]
-        return 2 * max(longest, default=0)
-
-    def _queue_extensions(self) -> None:
-        """Check every confirmed cell short of the baseline: half and twice its lr, then twice
-        its steps, while they help (`checks.budget_check`); and run each one whose budget gave
-        it other data than the baseline's for the baseline's examples (`checks.equal_data_run`),
-        once the baseline's lr is settled."""
-        if not self.run_checks:
-            return
-        base = self.baseline_cell()
-        base_levels = self.levels(base, ended_only=True) if base is not None else None
-        if not base_levels:
-            return
-        own, results = base_levels
-        if not math.isfinite(results[(own, 0)]):
-            return
-        center, runs = checks.baseline_check(results, own, self.tolerance, self.sign)
-        if runs:  # the baseline's own lr first: every other batch size is judged against it
-            self._queue_levels(base, runs)
-            return
-        # the baseline at each multiple of its budget run so far, at its checked lr
-        baseline = {
-            steps // own: value
-            for (steps, k), value in results.items()
-            if k == center[1] and steps >= own and steps % own == 0
-        }
-        for cell in self.cells:
-            if cell.batch_size == base.batch_size or cell.key not in self.confirmed:
-                continue
-            levels = self.levels(cell)
-            if levels is None:
-                continue
-            check = checks.budget_check(
-                baseline, levels[1], levels[0], self.tolerance, self.step_cap(), self.sign
-            )
-            self._queue_levels(cell, check.runs)
-            self._queue_levels(base, tuple((m * own, center[1]) for m in check.baseline_runs))
-            # and at the baseline's data, where its budget gave it other data: its confirmed
-            # configuration, then the lr line search the baseline had (half and twice the lr)
-            equal = checks.equal_data_run(levels[0], cell.batch_size, own, base.batch_size)
-            if equal is not None and self.equal_data and self.best(cell) is not None:
-                runs: tuple[tuple[int, int], ...] = ((equal, 0),)
-                if (equal, 0) in levels[1]:
-                    _, runs = checks.baseline_check(levels[1], equal, self.tolerance, self.sign)
-                self._queue_levels(cell, runs)
-
-    def _queue_levels(self, cell: Cell, levels: tuple[tuple[int, int], ...]) -> None:
-        """Queue the cell's best configuration at each (steps, k) level not queued yet: its
-        budget `steps`, its lr x 2^k, the confirmation seeds."""
-        best = self._params_of(cell, self.best(cell))
-        for steps, k in levels:
-            if (cell.key, steps, k) in self.queued_levels:
-                continue
-            self.queued_levels.add((cell.key, steps, k))
-            params = {
-                **best,
-                "base_lr": best["base_lr"] * 2.0**k,
-                "budget_steps": steps,
-                "lr_step": k,
-            }
-            self.pending += [
-                Pending(cell, params, self.seed + s, EXTEND) for s in range(1, self.seeds + 1)
-            ]
 
     # --- outcomes --------------------------------------------------------------------------
 

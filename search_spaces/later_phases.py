@@ -1,0 +1,203 @@
+"""The phases after a cell's search, without Ray: its confirmation runs, the rule test, and the
+checks (the baseline's lr, more steps and other lrs where a batch size falls short, the
+baseline at the same multiples, equal data): a mixin of `search_spaces.cell_search.CellSearch`,
+whose state it reads and whose `pending` runs it queues (kept apart for its size)."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import TrialState
+
+from search_spaces import checks
+from search_spaces.cells import Cell
+from search_spaces.runs import CONFIRM, EXTEND, PROBES, RULE, SEARCH, Pending
+
+
+class LaterPhases:
+    """`CellSearch`'s confirmations, rule test and checks: what to queue once results exist."""
+
+    def _search_done(self, cell: Cell) -> bool:
+        keys = [k for k, (c, _, p) in self.trials.items() if c == cell.key and p == SEARCH]
+        return (
+            len(keys) >= self.assigned[cell.key] + self.edge_trials[cell.key]
+            and set(keys) <= self.finished
+            and self._edge_point(cell, peek=True) is None
+        )
+
+    def _queue_confirmations(self, only: Cell | None = None) -> None:
+        """Queue `seeds` fresh-seed runs of each cell's best, once its search has finished
+        (`only`: that cell, whose search Optuna's record says has finished)."""
+        for cell in [only] if only else self.cells:
+            if cell.key in self.confirmed or (not only and not self._search_done(cell)):
+                continue
+            self.confirmed.add(cell.key)
+            best = self.best(cell)
+            if best is None or self.seeds < 1:
+                continue  # nothing finished its budget in this cell: nothing to confirm
+            params = self._params_of(cell, best)
+            self.pending += [
+                Pending(cell, params, self.seed + s, CONFIRM) for s in range(1, self.seeds + 1)
+            ]
+
+    # --- the checks --------------------------------------------------------------------------
+
+    def baseline_cell(self) -> Cell | None:
+        """The best searched cell of the smallest batch size, once all its cells are searched."""
+        smallest = min(c.batch_size for c in self.cells)
+        first = [c for c in self.cells if c.batch_size == smallest]
+        if not all(c.key in self.confirmed for c in first):
+            return None
+        scored = [(c, self.best(c)) for c in first]
+        scored = [(c, b) for c, b in scored if b is not None]
+        if not scored:
+            return None
+        return max(scored, key=lambda cb: self.sign * cb[1].value)[0]
+
+    def _queue_rule_test(self, force: bool = False) -> None:
+        """Once the baseline's search is done: its best configuration moved to every other
+        batch size by each rule, with the confirmation seeds (`search_spaces.checks`)."""
+        if self.rule_queued or not self.rule_test or self.seeds < 1:
+            return
+        smallest = min(c.batch_size for c in self.cells)
+        base = self.baseline_cell()
+        if base is None:
+            if force:  # a resumed state whose database has rule runs: the baseline is known
+                for c in self.cells:
+                    if c.batch_size == smallest:
+                        self._queue_confirmations(only=c)
+                base = self.baseline_cell()
+            if base is None:
+                return
+        self.rule_queued = True
+        best = self._params_of(base, self.best(base))
+        for rule in self.space.scaling_rules:
+            for cell in self.cells:
+                if cell.batch_size == smallest or cell.optimizer not in (None, best["optimizer"]):
+                    continue
+                if cell.rule not in (None, rule):
+                    continue
+                params = checks.rule_test_params(best, smallest, cell.batch_size, rule, self.ref)
+                self.pending += [
+                    Pending(cell, params, self.seed + s, RULE) for s in range(1, self.seeds + 1)
+                ]
+
+    def _runs(self, cell: Cell, phase: str) -> list[optuna.trial.FrozenTrial]:
+        """The cell's handed-out runs of a phase (confirm: its study; checks: `checks`)."""
+        study = self.checks_study() if phase in PROBES else self.study(cell)
+        return [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("phase") == phase
+            and t.user_attrs.get("cell", cell.key) == cell.key
+            and t.user_attrs.get("tune_trial_id") in self.trials
+        ]
+
+    def _mean(self, runs: list[optuna.trial.FrozenTrial]) -> float:
+        values = [t.value for t in runs if t.state == TrialState.COMPLETE]
+        return sum(values) / len(values) if values else math.nan
+
+    def levels(
+        self, cell: Cell, ended_only: bool = False
+    ) -> tuple[int, dict[tuple[int, int], float]] | None:
+        """The cell's own budget and the mean value of each level run so far: (steps, k) ->
+        mean, its confirmation runs at (own budget, 0), the checks' runs at their budget and
+        lr x 2^k; None while a level still has a run going (`ended_only`: that level left out,
+        as if not run: the baseline's longer runs hold up no other batch size's check)."""
+        confirm = self._runs(cell, CONFIRM)
+        if len(confirm) < self.seeds or not all(t.state.is_finished() for t in confirm):
+            return None
+        steps = [t.user_attrs.get("budget_steps") for t in confirm]
+        steps = [int(s) for s in steps if s]
+        if not steps:
+            return None  # every run errored before its first report
+        own = max(steps)
+        results = {(own, 0): self._mean(confirm)}
+        checked: dict[tuple[int, int], list[optuna.trial.FrozenTrial]] = {}
+        for t in self._runs(cell, EXTEND):
+            run = t.user_attrs["run_params"]
+            level = (int(run["budget_steps"]), int(run.get("lr_step", 0)))
+            checked.setdefault(level, []).append(t)
+        for level, runs in checked.items():
+            if len(runs) < self.seeds or not all(t.state.is_finished() for t in runs):
+                if level[0] < own or ended_only:  # an equal-data run: no decision waits for it
+                    continue
+                return None
+            results[level] = self._mean(runs)
+        return own, results
+
+    def step_cap(self) -> int:
+        """The most steps a check may give a run: `max_steps`, else twice the longest budget
+        any trial of the study has had."""
+        if self.max_steps:
+            return self.max_steps
+        longest = [
+            int(t.user_attrs["budget_steps"])
+            for c in self.cells
+            for t in self.study(c).get_trials(deepcopy=False)
+            if t.user_attrs.get("budget_steps")
+        ]
+        return 2 * max(longest, default=0)
+
+    def _queue_extensions(self) -> None:
+        """Check every confirmed cell short of the baseline: half and twice its lr, then twice
+        its steps, while they help (`checks.budget_check`); and run each one whose budget gave
+        it other data than the baseline's for the baseline's examples (`checks.equal_data_run`),
+        once the baseline's lr is settled."""
+        if not self.run_checks:
+            return
+        base = self.baseline_cell()
+        base_levels = self.levels(base, ended_only=True) if base is not None else None
+        if not base_levels:
+            return
+        own, results = base_levels
+        if not math.isfinite(results[(own, 0)]):
+            return
+        center, runs = checks.baseline_check(results, own, self.tolerance, self.sign)
+        if runs:  # the baseline's own lr first: every other batch size is judged against it
+            self._queue_levels(base, runs)
+            return
+        # the baseline at each multiple of its budget run so far, at its checked lr
+        baseline = {
+            steps // own: value
+            for (steps, k), value in results.items()
+            if k == center[1] and steps >= own and steps % own == 0
+        }
+        for cell in self.cells:
+            if cell.batch_size == base.batch_size or cell.key not in self.confirmed:
+                continue
+            levels = self.levels(cell)
+            if levels is None:
+                continue
+            check = checks.budget_check(
+                baseline, levels[1], levels[0], self.tolerance, self.step_cap(), self.sign
+            )
+            self._queue_levels(cell, check.runs)
+            self._queue_levels(base, tuple((m * own, center[1]) for m in check.baseline_runs))
+            # and at the baseline's data, where its budget gave it other data: its confirmed
+            # configuration, then the lr line search the baseline had (half and twice the lr)
+            equal = checks.equal_data_run(levels[0], cell.batch_size, own, base.batch_size)
+            if equal is not None and self.equal_data and self.best(cell) is not None:
+                runs: tuple[tuple[int, int], ...] = ((equal, 0),)
+                if (equal, 0) in levels[1]:
+                    _, runs = checks.baseline_check(levels[1], equal, self.tolerance, self.sign)
+                self._queue_levels(cell, runs)
+
+    def _queue_levels(self, cell: Cell, levels: tuple[tuple[int, int], ...]) -> None:
+        """Queue the cell's best configuration at each (steps, k) level not queued yet: its
+        budget `steps`, its lr x 2^k, the confirmation seeds."""
+        best = self._params_of(cell, self.best(cell))
+        for steps, k in levels:
+            if (cell.key, steps, k) in self.queued_levels:
+                continue
+            self.queued_levels.add((cell.key, steps, k))
+            params = {
+                **best,
+                "base_lr": best["base_lr"] * 2.0**k,
+                "budget_steps": steps,
+                "lr_step": k,
+            }
+            self.pending += [
+                Pending(cell, params, self.seed + s, EXTEND) for s in range(1, self.seeds + 1)
+            ]
