@@ -359,10 +359,15 @@ def search_cli(
 
 
 def test_study_through_ray_job_submit_uses_both_nodes(two_nodes, tmp_path):
-    """`ray job submit` a smoke study; its trials must run on both nodes.
+    """`ray job submit` a smoke study; trials that run at the same time run on both nodes.
 
-    Each worker asks for 2 CPUs, a whole node, so two concurrent trials can only run on two
-    different nodes. The storage is a local path: both "nodes" are this machine.
+    Each worker asks for 2 CPUs, a whole node, so two trials running at once can only be on
+    two different nodes. Whether two ever run at once is the machine's: a smoke trial lasts
+    about a second, and where the second node's actor takes longer to start (Python and torch
+    on a busy machine), Tune gives the next trial the first node's finished actor instead
+    (seen once in CI: all four trials on one node, one after another). So the rule is checked
+    on the trials' own clocks (`trial_began`, `reported_at`): any two whose runs overlapped
+    were on different nodes. The storage is a local path: both "nodes" are this machine.
     """
     from tuner.store.table import collect_trials
 
@@ -405,9 +410,24 @@ def test_study_through_ray_job_submit_uses_both_nodes(two_nodes, tmp_path):
     assert trials.ngroups == 4  # --smoke --seeds 0: 4 search trials
     assert set(table["outcome"]) <= {"completed", "stopped"}, table[["trial_id", "outcome"]]
     used = set(table["node_id"].dropna())
-    assert used == two_nodes.node_ids(), (used, two_nodes.node_ids())
+    assert used <= two_nodes.node_ids(), (used, two_nodes.node_ids())
     # One node per trial (its rank-0 worker), the same for every epoch of it.
     assert (trials["node_id"].nunique() == 1).all()
+    runs = trials.agg({"node_id": "first", "trial_began": "min", "reported_at": "max"})
+    runs = runs.to_dict("index")
+    together = [
+        (a, b)
+        for a in runs
+        for b in runs
+        if a < b
+        and runs[a]["trial_began"] < runs[b]["reported_at"]
+        and runs[b]["trial_began"] < runs[a]["reported_at"]
+    ]
+    for a, b in together:  # running at once: a whole node each
+        assert runs[a]["node_id"] != runs[b]["node_id"], (a, b, runs)
+    if together:
+        assert used == two_nodes.node_ids()
+    print(f"{len(together)} pair(s) of trials ran at once; nodes used: {len(used)}")
 
 
 def test_cli_joins_existing_cluster_with_address_and_rejects_infeasible_trials(two_nodes, tmp_path):

@@ -16,6 +16,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.test_own_workload import CLASSIFIER, REGRESSION
+from trainables.metric_boot import REPLICATES
+from trainables.per_example import decode
 from tuner.store.table import collect_trials
 
 pytestmark = pytest.mark.ray
@@ -71,6 +73,11 @@ def test_the_report_speaks_of_the_metric(own_study):
     assert rows.loc[64, "drop"] == pytest.approx(
         rows.loc[64, "accuracy"] - rows.loc[16, "accuracy"]
     )
+    # bounds from the seeds and the MAE's bootstrap replicates, paired (issue 32)
+    assert rows.loc[64, "paired"] and rows.loc[64, "drop_low"] < rows.loc[64, "drop_high"]
+    confirm = collect_trials(study).query("phase == 'confirm'")
+    boot = confirm.sort_values("optimizer_steps").groupby("trial_id")["val_metric_boot"].last()
+    assert len(boot) == 4 and {decode(b).size for b in boot} == {REPLICATES}
     report = (study / "report.md").read_text()
     assert "tiny_regression" in report and "mae" in report and "nats" not in report
     assert frontier["verdict"], "no verdict"

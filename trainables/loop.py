@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainables import accel
+from trainables import accel, metric_boot
 from trainables.batchnorm import (
     PartsAsOneForward,
     apply_bn_mode,
@@ -37,6 +37,7 @@ from trainables.metrics import get_metric
 from trainables.noise_scale import NoiseScale, squared_norm
 from trainables.optim import build_optimizer, lr_at_step, param_groups, set_lr
 from trainables.per_example import encode as encode_per_example
+from trainables.per_example import encode_single
 from trainables.workload import Workload, chance_loss
 
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
@@ -158,7 +159,10 @@ def evaluate(
         "val_loss_sd": math.sqrt(variance),
     }
     if metric is not None:
-        scores["val_metric"] = float(metric(*_gathered(outputs, targets)))
+        gathered = _gathered(outputs, targets)
+        scores["val_metric"] = float(metric(*gathered))
+        if keep is not None:  # its sampling error over the examples (trainables.metric_boot)
+            scores["val_metric_boot"] = encode_single(metric_boot.replicates(metric, *gathered))
     if keep == "val_loss" or (keep == "val_acc" and classes):
         mine = torch.cat(kept).numpy() if kept else np.zeros(0)
         scores["val_per_example"] = encode_per_example(np.concatenate(_all_gather(mine)))
@@ -417,7 +421,13 @@ def train(
                 **constants,
             }
             finished = diverged or reached or step == total
-            history.append({k: v for k, v in metrics.items() if k != "val_per_example"})
+            history.append(
+                {
+                    k: v
+                    for k, v in metrics.items()
+                    if k not in ("val_per_example", "val_metric_boot")
+                }
+            )
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),

@@ -15,7 +15,7 @@ import base64
 
 import numpy as np
 
-BITS, HALF = "b", "h"
+BITS, HALF, SINGLE = "b", "h", "f"
 
 
 def encode(values: np.ndarray) -> str:
@@ -28,6 +28,13 @@ def encode(values: np.ndarray) -> str:
     return f"{HALF}:{base64.b64encode(half).decode()}"
 
 
+def encode_single(values: np.ndarray) -> str:
+    """`values` (1-D) as float32 text, 'f:<float32>': for values whose spread may be small
+    beside their size (a metric's bootstrap replicates, `trainables.metric_boot`)."""
+    single = np.asarray(values, dtype="<f4").reshape(-1).tobytes()
+    return f"{SINGLE}:{base64.b64encode(single).decode()}"
+
+
 def decode(text: str) -> np.ndarray:
     """The float64 vector `encode` was given (float16-rounded where it was not 0/1)."""
     kind, _, rest = text.partition(":")
@@ -37,4 +44,6 @@ def decode(text: str) -> np.ndarray:
         return bits[: int(size)].astype(np.float64)
     if kind == HALF:
         return np.frombuffer(base64.b64decode(rest), dtype="<f2").astype(np.float64)
+    if kind == SINGLE:
+        return np.frombuffer(base64.b64decode(rest), dtype="<f4").astype(np.float64)
     raise ValueError(f"not a per-example record: {text[:20]!r}")

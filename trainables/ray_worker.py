@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from typing import Any
 
 import ray.train
@@ -34,10 +35,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             resume_state = load_state(os.path.join(directory, CHECKPOINT_FILE), device)
 
-    node_id = ray.get_runtime_context().get_node_id()
+    # where and when it ran (rank 0's node and process; see trainables.tune_trial)
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    where["trial_began"] = time.time()
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        metrics = {**metrics, "node_id": node_id, "pid": os.getpid()}
+        metrics = {**metrics, **where, "reported_at": time.time()}
         # Every rank must call report (it is a barrier); only rank 0 writes the checkpoint.
         if rank == 0 and state is not None:
             with tempfile.TemporaryDirectory() as directory:

@@ -14,6 +14,7 @@ Trials with two or more workers stay Ray Train runs (`trainables.ray_worker`).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import ray
@@ -51,13 +52,16 @@ def train_one_worker(values: dict[str, Any], cpus: float, checkpoint_uri: str) -
         # not include its compilation, and shapes piling up would hit the recompile limit.
         torch._dynamo.reset()
     checkpoints = CheckpointDir(checkpoint_uri)
-    node_id = ray.get_runtime_context().get_node_id()
+    # where and when it ran: its node, its process, when this process began it (a trial may
+    # wait for its resources after the search handed it out) and when it reported
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    where["trial_began"] = time.time()
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         if state is not None:
             checkpoints.save(state)
         # When Tune stops the trial (ASHA), this call ends the training thread (SystemExit).
-        tune.report({**metrics, "node_id": node_id, "pid": os.getpid()})
+        tune.report({**metrics, **where, "reported_at": time.time()})
 
     train(
         trial,

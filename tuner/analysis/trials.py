@@ -78,6 +78,7 @@ def trial_summary(table: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.Dat
         "diverged",
         "final",
         "final_per_example",
+        "final_metric_boot",
         "final_test_value",
         "test_examples",
     ]
@@ -119,6 +120,7 @@ def trial_summary(table: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.Dat
             "best_value": metric.value(float(scores.max())) if scores.notna().any() else math.nan,
             "diverged": diverged,
             "final_per_example": _text(last.get("val_per_example")),
+            "final_metric_boot": _text(last.get("val_metric_boot")),
             # the study metric on the test set (test_acc, test_loss, test_metric)
             "final_test_value": last.get("test" + metric.key[3:], math.nan),
             "test_examples": last.get("test_examples", math.nan),

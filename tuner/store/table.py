@@ -69,8 +69,12 @@ METRICS = (
     "node_id",
     # the trial's process there (rank 0's): trials that share one were run by one reused actor
     "pid",
+    "trial_began",  # when that process began the trial (seconds since the epoch)
+    "reported_at",  # when it made this report
     # A run's last evaluation: its value at every validation example (trainables.per_example)
     "val_per_example",
+    # ... and a workload's own metric on bootstrap resamples of them (trainables.metric_boot)
+    "val_metric_boot",
 )
 PARAMS = (
     "batch_size",
