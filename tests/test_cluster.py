@@ -413,7 +413,11 @@ def test_study_through_ray_job_submit_uses_both_nodes(two_nodes, tmp_path):
     assert used <= two_nodes.node_ids(), (used, two_nodes.node_ids())
     # One node per trial (its rank-0 worker), the same for every epoch of it.
     assert (trials["node_id"].nunique() == 1).all()
-    runs = trials.agg({"node_id": "first", "trial_began": "min", "reported_at": "max"})
+    runs = trials.agg(
+        {"node_id": "first", "started": "min", "trial_began": "min", "reported_at": "max"}
+    )
+    # (a process's first trial says when the process started: no earlier than handed out)
+    runs["trial_began"] = runs[["started", "trial_began"]].max(axis=1)
     runs = runs.to_dict("index")
     together = [
         (a, b)

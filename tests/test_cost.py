@@ -71,6 +71,22 @@ def test_an_interrupted_study_is_not_charged_for_the_time_it_was_down():
     assert study_cost(t, 0, 1).wall_hours == pytest.approx((1200 - 960) / 3600)
 
 
+def test_the_wait_for_resources_before_a_trial_began_is_not_charged():
+    """Handed out at 0, began at 30 (an autoscaled node starting), ended at 100: 70 s. A trial
+    handed out before an interruption (down 90-1000) that began only after it is charged from
+    its beginning, with none of that downtime."""
+    t = table([("a", 0.0, 100.0, 8, "search", 1), ("b", 80.0, 1100.0, 8, "search", 1)])
+    t["trial_began"] = [30.0, 1005.0]
+    t["down"] = ["[]", json.dumps([[90.0, 1000.0]])]
+    t["downtime_s"] = [0.0, 910.0]
+    per_trial = trial_costs(t, per_worker=1.0).set_index("trial_id")
+    assert per_trial.loc["a", "wall_s"] == 70
+    assert per_trial.loc["b", "wall_s"] == 95
+    t["trial_began"] = [math.nan, math.nan]  # a study made before trials said: as handed out
+    per_trial = trial_costs(t, per_worker=1.0).set_index("trial_id")
+    assert list(per_trial["wall_s"]) == [100, 1020 - 910]
+
+
 def test_a_study_without_times_costs_nothing_known():
     cost = study_cost(pd.DataFrame(), 0, 1)
     assert cost.trials == 0 and cost.device_hours == 0
@@ -147,3 +163,25 @@ def test_a_branch_dry_run_plans_the_ladder_and_its_cost_without_starting_anythin
     assert "at most 13 trials" in two and not (tmp_path / "s").exists()
     minutes = float(two.split(": ")[-1].split(" min of CPU time")[0])
     assert minutes >= 13 * 2 * 12 / 60
+
+
+def test_a_process_knows_when_it_started():
+    """What a trial in a new process is charged from (trainables.process): this process's
+    start, before this test ran and after the test session began."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from trainables.process import process_started
+
+    assert process_started() <= time.time()
+    before = time.time()
+    child = subprocess.run(
+        [sys.executable, "-c", "from trainables.process import process_started as p; print(p())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert before - 1 <= float(child.stdout) <= time.time()

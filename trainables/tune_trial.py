@@ -25,10 +25,12 @@ from trainables.checkpoint_dir import CheckpointDir
 from trainables.config import TrialConfig
 from trainables.data import Splits
 from trainables.loop import dataset_args, open_splits, train
+from trainables.process import process_started
 
 # One data set per process, keyed by everything that decides its contents: a reused actor never
 # hands one configuration's data to another, and holds at most one data set in memory.
 _DATA: dict[tuple, Splits] = {}
+_SERVED: list[bool] = []  # this process has begun a trial before (a reused actor)
 
 
 def cached_splits(config: TrialConfig) -> Splits:
@@ -52,10 +54,12 @@ def train_one_worker(values: dict[str, Any], cpus: float, checkpoint_uri: str) -
         # not include its compilation, and shapes piling up would hit the recompile limit.
         torch._dynamo.reset()
     checkpoints = CheckpointDir(checkpoint_uri)
-    # where and when it ran: its node, its process, when this process began it (a trial may
-    # wait for its resources after the search handed it out) and when it reported
+    # where and when it ran: its node, its process, when it began (a trial may wait for its
+    # resources after the search handed it out; a new process holds them from its start, so
+    # its first trial is charged for starting Python and torch) and when it reported
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
-    where["trial_began"] = time.time()
+    where["trial_began"] = time.time() if _SERVED else process_started()
+    _SERVED.append(True)
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         if state is not None:

@@ -40,8 +40,10 @@ class StudyCost:
 
 def trial_costs(table: pd.DataFrame, per_worker: float, workers: int = 1) -> pd.DataFrame:
     """One row per trial with a start and an end: its batch size, phase, wall and device
-    seconds (`per_worker`: GPUs or CPUs each worker holds; `workers`: the study's workers per
-    trial, for a trial that ended before reporting how many it had)."""
+    seconds from when its process began it (else from when the search handed it out) to its
+    end, less the time the study was down (`per_worker`: GPUs or CPUs each worker holds;
+    `workers`: the study's workers per trial, for a trial that ended before reporting how many
+    it had)."""
     columns = ["trial_id", "batch_size", "phase", "workers", "wall_s", "device_s"]
     if table.empty or "started" not in table:
         return pd.DataFrame(columns=columns)
@@ -49,13 +51,26 @@ def trial_costs(table: pd.DataFrame, per_worker: float, workers: int = 1) -> pd.
     for trial_id, group in table.groupby("trial_id", sort=False):
         started = pd.to_numeric(group["started"], errors="coerce").min()
         ended = pd.to_numeric(group["ended"], errors="coerce").max()
+        # From when its process began it, where it said (issue 33): the wait for resources
+        # after the search handed it out (an autoscaled node starting, a busy cluster) holds
+        # no device of the study's.
+        began = pd.to_numeric(group.get("trial_began", pd.Series(dtype=float)), errors="coerce")
+        if began.notna().any() and math.isfinite(started):
+            started = max(started, float(began.min()))
         if not (math.isfinite(started) and math.isfinite(ended)):
             continue  # still running, or never started
         reported = pd.to_numeric(group["workers"], errors="coerce").max()
         count = int(reported) if math.isfinite(reported) else workers
-        down = pd.to_numeric(group.get("downtime_s", pd.Series(dtype=float)), errors="coerce")
-        # a trial of an interrupted study is not charged for the time it was down
-        wall = max(ended - started - (down.max() if down.notna().any() else 0.0), 0.0)
+        # a trial of an interrupted study is not charged for the time it was down (only what
+        # of it came after the trial began)
+        intervals = down_intervals(group)
+        if intervals:
+            clipped = [(max(a, started), min(b, ended)) for a, b in intervals]
+            down = union_seconds([(a, b) for a, b in clipped if b > a])
+        else:
+            total = pd.to_numeric(group.get("downtime_s", pd.Series(dtype=float)), "coerce")
+            down = total.max() if total.notna().any() else 0.0
+        wall = max(ended - started - down, 0.0)
         rows.append(
             {
                 "trial_id": trial_id,
