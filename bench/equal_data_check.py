@@ -7,7 +7,8 @@ steps) with `trainables.loop.train` in this process (`bench/inprocess_check.py`'
 prints the study's value beside the in-process one. Issue 32 asks them to agree within 1 pt.
 With `--judged`, the other answer: every batch size at the level it was judged at (its
 `steps_judged` and `judged_lr_factor`, the baseline's included) against the study's
-`accuracy` (the "given more data" answer).
+`accuracy` (the "given more data" answer), and the baseline at each multiple of its budget a
+batch size was compared with (`baseline_multiple`, against `baseline_accuracy`; "8@4x").
 
     python bench/equal_data_check.py studies/digits-study [--judged] [--jobs 2]
 """
@@ -43,6 +44,8 @@ def jobs_of(study: Path, judged: bool = False) -> list[dict]:
     finals = trials.sort_values("optimizer_steps").groupby("trial_id").tail(1)
     extra = ["--dataset", spec.dataset, "--seed", str(spec.seed)]
     jobs = []
+    levels = []
+    base_batch = min(r["batch_size"] for r in frontier)
     for row in frontier:
         steps, factor = row.get("equal_data_steps"), row.get("equal_data_lr_factor")
         value = row.get("equal_data_accuracy")
@@ -50,8 +53,20 @@ def jobs_of(study: Path, judged: bool = False) -> list[dict]:
         if judged:
             steps, value = row.get("steps_judged"), row.get("accuracy")
             factor = _finite(row.get("judged_lr_factor"), row.get("baseline_lr_factor"), 1.0)
-        elif batch == min(r["batch_size"] for r in frontier):
+        elif batch == base_batch:
             continue
+        levels.append((row, steps, factor, value, str(batch)))
+    if judged:  # and the baseline at each multiple of its budget a batch size was compared with
+        base = next(r for r in frontier if r["batch_size"] == base_batch)
+        for m in sorted({int(r.get("baseline_multiple") or 1) for r in frontier} - {1}):
+            compared = next(r for r in frontier if int(r.get("baseline_multiple") or 1) == m)
+            factor = _finite(base.get("baseline_lr_factor"), 1.0)
+            steps = m * int(base["budget_steps"])
+            levels.append(
+                (base, steps, factor, compared["baseline_accuracy"], f"{base_batch}@{m}x")
+            )
+    for row, steps, factor, value, label in levels:
+        batch = row["batch_size"]
         if steps is None or factor is None or value is None:
             continue
         confirm = finals[(finals["cell"] == row["best_cell"]) & (finals["phase"] == "confirm")]
@@ -71,6 +86,7 @@ def jobs_of(study: Path, judged: bool = False) -> list[dict]:
                     "wd": float(first["weight_decay"]),
                     "optimizer": first["optimizer"],
                     "study_value": value,
+                    "label": label,
                 }
             )
     return jobs
@@ -85,14 +101,14 @@ def main() -> None:
     jobs = jobs_of(args.study, args.judged)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(run_one, jobs))
-    by_batch: dict[int, list] = {}
+    by_batch: dict[str, list] = {}
     for job, result in zip(jobs, results, strict=True):
-        by_batch.setdefault(job["batch"], []).append((job, result))
-    for batch, runs in sorted(by_batch.items()):
+        by_batch.setdefault(job["label"], []).append((job, result))
+    for label, runs in by_batch.items():
         job = runs[0][0]
         mean = sum(r["final"] for _, r in runs) / len(runs)
         print(
-            f"batch {batch:>5} at {job['budget']} peak lr {job['lr']:.4g} seeds "
+            f"batch {label:>7} at {job['budget']} peak lr {job['lr']:.4g} seeds "
             f"{[j['seed'] for j, _ in runs]}: study {job['study_value']:.4f}, in-process "
             f"{mean:.4f} (difference {100 * (mean - job['study_value']):+.1f} pt)"
         )

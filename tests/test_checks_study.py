@@ -31,6 +31,9 @@ def checks_study(tmp_path_factory):
         "tuner.search", "simple_cnn", "--dataset", "digits", "--batch-sizes", "8,128",
         "--budget", "epochs:1", "--min-steps", "0", "--lr-range", f"{LOW},{HIGH}",
         "--rules", "sqrt", "--trials", "8", "--seeds", "2", "--target", "0.9", "--seed", "0",
+        # batch 128 doubles 11 -> 22 -> 44 steps at most, and the baseline with it to 4x its
+        # 179 (8x: 1,432 steps x 2 seeds was a quarter of the study's CPU; CI time, issue 31)
+        "--max-steps", "44",
         "--storage", str(storage), "--name", "checks",
     )  # fmt: skip
     return storage / "checks"
