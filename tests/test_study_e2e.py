@@ -240,14 +240,20 @@ def test_stop_at_target_ends_a_trial_at_its_first_evaluation_past_the_target(tmp
 
 
 def test_the_report_says_what_the_study_cost(small_study):
-    """Every trial's CPU time (1 CPU per worker, 1 worker) is its Optuna wall time; the total
-    and the split by batch size add up, and the verdict states it."""
+    """Every trial's CPU time (1 CPU per worker, 1 worker) is its wall time from when it began
+    (its process's start for the first trial of a process, else its own; never before the
+    search handed it out) to its end; the total and the split by batch size add up, and the
+    verdict states it."""
     table = collect_trials(small_study)
-    spans = table.groupby("trial_id").agg(started=("started", "min"), ended=("ended", "max"))
+    spans = table.groupby("trial_id").agg(
+        started=("started", "min"), began=("trial_began", "min"), ended=("ended", "max")
+    )
     assert spans.notna().all().all() and (spans["ended"] > spans["started"]).all()
+    assert (spans["began"] <= spans["ended"]).all()
     cost = json.loads((small_study / "frontier.json").read_text())["cost"]
     assert cost["device"] == "CPU" and cost["trials"] == len(spans)
-    expected = float((spans["ended"] - spans["started"]).sum()) / 3600
+    expected = float((spans["ended"] - spans[["started", "began"]].max(axis=1)).sum()) / 3600
+    assert expected < float((spans["ended"] - spans["started"]).sum()) / 3600  # some waited
     assert cost["device_hours"] == pytest.approx(expected)
     assert sum(cost["by_batch"].values()) == pytest.approx(expected)
     assert set(cost["by_phase"]) >= {"search", "confirmation"}
