@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from trainables.optim import scaled_lr, scaling_factor
 
@@ -43,6 +43,7 @@ CAPPED = "capped"  # short of it, and the next doubling of the steps would pass 
 DIVERGED = "diverged"  # no run of its own budget ended with a value
 
 Level = tuple[int, int]  # (optimizer steps, k): the confirmed configuration with its lr x 2^k
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,16 @@ class BudgetCheck:
         runs = [f"{s} steps, lr x{2.0**k:g}" for s, k in self.runs]
         runs += [f"the baseline at {m}x its steps" for m in self.baseline_runs]
         return f"being checked ({', '.join(runs)})"
+
+
+def at_multiples(levels: Mapping[Level, V], own_steps: int, k: int) -> dict[int, V]:
+    """The levels at lr step `k` keyed by their multiple of `own_steps` ({1: at the budget,
+    2: at twice its steps, ...}): the baseline as `budget_check` takes it."""
+    return {
+        steps // own_steps: value
+        for (steps, step_k), value in levels.items()
+        if step_k == k and steps >= own_steps and steps % own_steps == 0
+    }
 
 
 def budget_check(

@@ -159,11 +159,7 @@ class LaterPhases:
             self._queue_levels(base, runs)
             return
         # the baseline at each multiple of its budget run so far, at its checked lr
-        baseline = {
-            steps // own: value
-            for (steps, k), value in results.items()
-            if k == center[1] and steps >= own and steps % own == 0
-        }
+        baseline = checks.at_multiples(results, own, center[1])
         for cell in self.cells:
             if cell.batch_size == base.batch_size or cell.key not in self.confirmed:
                 continue

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from search_spaces.checks import BudgetCheck, Level, baseline_check, budget_check
+from search_spaces.checks import (
+    BudgetCheck,
+    Level,
+    at_multiples,
+    baseline_check,
+    budget_check,
+)
 from search_spaces.spaces import lr_edge
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import (
@@ -98,12 +104,7 @@ def baseline_levels(
     center, _ = baseline_check(means, own, tolerance, metric.sign)
     if center not in estimates:
         center = (own, 0)
-    by_multiple = {
-        steps // own: e
-        for (steps, k), e in estimates.items()
-        if k == center[1] and steps >= own and steps % own == 0
-    }
-    return own, 2.0 ** center[1], by_multiple
+    return own, 2.0 ** center[1], at_multiples(estimates, own, center[1])
 
 
 def at_multiple(baseline: dict[int, Estimate], multiple: int) -> int:
