@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tuner.cluster.placement import ACCELERATOR_PREFIX
+
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,8 +209,9 @@ class LocalRayCluster:
             num_cpus,
         )
 
-    def add_node(self, num_cpus: int) -> None:
-        self._start(f"node{len(self.nodes)}", ["--address", self.gcs_address], num_cpus)
+    def add_node(self, num_cpus: int, resources: dict[str, float] | None = None) -> None:
+        extra = ["--resources", json.dumps(resources)] if resources else []
+        self._start(f"node{len(self.nodes)}", ["--address", self.gcs_address, *extra], num_cpus)
 
     def wait_started(self, timeout: float = 180) -> None:
         """Until the last node's `ray start` prints that its runtime started. Reading its log
@@ -257,6 +260,10 @@ class LocalRayCluster:
         )
 
     def node_ids(self) -> set[str]:
+        return set(self.node_resources())
+
+    def node_resources(self) -> dict[str, dict[str, float]]:
+        """Every live node's id with its total resources."""
         proc = run(
             [
                 str(BIN / "ray"),
@@ -266,13 +273,14 @@ class LocalRayCluster:
                 self.dashboard_url,
                 "--format",
                 "json",
+                "--detail",
                 "--filter",
                 "state=ALIVE",
             ],
             self.env,
             timeout=60,
         )
-        return {node["node_id"] for node in json.loads(proc.stdout)}
+        return {node["node_id"]: node["resources_total"] for node in json.loads(proc.stdout)}
 
     def logs(self) -> str:
         return "\n".join(
@@ -289,14 +297,17 @@ class LocalRayCluster:
         assert not left, f"processes of the test cluster survived SIGKILL: {left}"
 
 
-def start_two_nodes(head_ids: bool = False) -> LocalRayCluster:
+def start_two_nodes(
+    head_ids: bool = False, worker_resources: dict[str, float] | None = None
+) -> LocalRayCluster:
     """A head and a worker node of 2 CPUs each, started one after the other: started together
     on 2 cores they compete for the CPU while Ray gives a raylet a hard-coded 30 s to register
     with the GCS (ray/_private/node.py), and CI once saw the head's `ray start` give up ("The
     current node timed out during startup"). Where a `ray start` still dies that way, the whole
     cluster is started once more, on fresh ports: that is Ray's start-up under load, not the
     behaviour under test, and the retry is printed. `head_ids`: the head's node ids are kept
-    (`cluster.head_ids`), read before the second node joins, to tell the two apart."""
+    (`cluster.head_ids`), read before the second node joins, to tell the two apart;
+    `worker_resources`: custom resources of the second node."""
     for attempt in (1, 2):
         cluster = LocalRayCluster()
         try:
@@ -305,7 +316,7 @@ def start_two_nodes(head_ids: bool = False) -> LocalRayCluster:
             if head_ids:
                 cluster.wait_ready()
                 cluster.head_ids = cluster.node_ids()
-            cluster.add_node(num_cpus=2)
+            cluster.add_node(num_cpus=2, resources=worker_resources)
             cluster.wait_started()
             cluster.wait_ready()
             return cluster
@@ -322,8 +333,9 @@ def start_two_nodes(head_ids: bool = False) -> LocalRayCluster:
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    """A real two-node cluster on this machine: a head and a worker node of 2 CPUs each."""
-    cluster = start_two_nodes()
+    """A real two-node cluster on this machine: a head and a worker node of 2 CPUs each; the
+    worker node declares the accelerator type T1 (as Ray declares a GPU node's type)."""
+    cluster = start_two_nodes(worker_resources={ACCELERATOR_PREFIX + "T1": 1})
     try:
         yield cluster
     finally:
@@ -432,6 +444,52 @@ def test_study_through_ray_job_submit_uses_both_nodes(two_nodes, tmp_path):
     if together:
         assert used == two_nodes.node_ids()
     print(f"{len(together)} pair(s) of trials ran at once; nodes used: {len(used)}")
+
+
+def test_multi_worker_trials_run_whole_on_one_node_of_the_asked_accelerator_type(
+    two_nodes, tmp_path
+):
+    """`--accelerator-type T1` with two workers per trial: every trial runs on the one node that
+    declares T1 (the head is as large: without the type, trials run there too), its two
+    workers together there (STRICT_PACK: a node holds a whole trial), and the report says
+    so; a type no node has is refused in one line before anything is written."""
+    from tuner.store.table import collect_trials
+
+    env = {**two_nodes.env, "RAY_ADDRESS": two_nodes.gcs_address}
+    storage = tmp_path / "studies"
+    common = ["simple_cnn", "--smoke", "--seeds", "0", "--trials", "2", "--storage", str(storage)]
+    proc, _ = search_cli(*common, "--accelerator-type", "Z9", "--name", "z9", env=env, timeout=120)
+    assert_one_line_error(proc, "--accelerator-type Z9", "T1")
+    assert not (storage / "z9").exists()
+
+    proc, _ = search_cli(
+        *common,
+        "--workers-per-trial",
+        "2",
+        "--accelerator-type",
+        "T1",
+        "--name",
+        "typed",
+        env=env,
+        timeout=420,
+    )
+    assert proc.returncode == 0, f"study failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
+    typed = {n for n, res in two_nodes.node_resources().items() if ACCELERATOR_PREFIX + "T1" in res}
+    assert len(typed) == 1, two_nodes.node_resources()
+    table = collect_trials(storage / "typed")
+    assert table["trial_id"].nunique() == 2
+    assert set(table["node_id"]) == typed, table[["trial_id", "node_id"]]
+    assert set(table["nodes"]) == {1}, table[["trial_id", "nodes"]]  # both workers on one node
+    assert set(table["workers"]) == {2}
+    assert set(table["device_name"]) == {"cpu"}
+    spec = json.loads((storage / "typed" / "study.json").read_text())["spec"]
+    assert (spec["placement_strategy"], spec["accelerator_type"]) == ("STRICT_PACK", "T1")
+    report = (storage / "typed" / "report.md").read_text()
+    line = next(ln for ln in report.splitlines() if ln.startswith("- placement: "))
+    assert "each trial whole on one node (STRICT_PACK) on T1 only" in line, line
+    assert "2 trials ran on 1 node(s) (cpu), each whole on one node" in line, line
+    placement = json.loads((storage / "typed" / "frontier.json").read_text())["placement"]
+    assert placement["trials_spanning_nodes"] == 0 and placement["nodes_used"] == 1
 
 
 def test_cli_joins_existing_cluster_with_address_and_rejects_infeasible_trials(two_nodes, tmp_path):

@@ -54,6 +54,8 @@ def test_two_workers_split_the_batch_and_match_one_process(local_ray, tmp_path):
     metrics = result.metrics
     assert metrics["workers"] == 2 and metrics["per_worker_batch"] == 32
     assert metrics["global_batch"] == 64 and metrics["examples_seen"] == 512
+    # where its workers ran, gathered from both (one machine: one node, a CPU each)
+    assert (metrics["nodes"], metrics["device_name"]) == (1, "cpu")
     # Each worker scored its half of the validation split; the run's record of every example
     # is both halves in the split's order, as one process scores it (paired comparisons).
     kept = decode(metrics["val_per_example"])

@@ -278,3 +278,30 @@ def test_a_one_worker_trial_holds_its_workers_resources_and_a_driver_holds_a_tok
     )
     # Tune drops the request's zero CPU: a token of memory is left
     assert trainable(two)._resources.bundles == [{"memory": float(DRIVER_RESOURCES["memory"])}]
+
+
+def test_trials_are_placed_on_the_studys_accelerator_type_and_whole_on_one_node(tmp_path):
+    """A one-worker trial's actor asks for a sliver of its node's accelerator type; a Ray Train
+    trial's worker group is STRICT_PACK (or PACK where no node holds it) on that type."""
+    import dataclasses
+
+    from tuner.study.trial import scaling_config, trainable
+
+    one = build_spec(
+        build_parser().parse_args(["simple_cnn", "--accelerator-type", "A10G"]),
+        gpus_available=True,
+    )
+    assert one.accelerator_type == "A10G"
+    assert trainable(one)._resources.bundles == [
+        {"CPU": 1.0, "GPU": 1.0, "accelerator_type:A10G": 0.001}
+    ]
+    two = build_spec(
+        build_parser().parse_args(["simple_cnn", "--workers-per-trial", "2"]), gpus_available=False
+    )
+    assert (two.placement_strategy, two.accelerator_type) == ("PACK", "")  # until prepare()
+    placed = dataclasses.replace(
+        two, placement_strategy="STRICT_PACK", accelerator_type="T1", storage=str(tmp_path)
+    )
+    scaling = scaling_config(placed)
+    assert (scaling.placement_strategy, scaling.accelerator_type) == ("STRICT_PACK", "T1")
+    assert scaling.num_workers == 2

@@ -20,7 +20,7 @@ from trainables.checkpoint_dir import STATE_FILE as CHECKPOINT_FILE
 from trainables.checkpoint_dir import load_state, plain_state
 from trainables.config import TrialConfig
 from trainables.loop import train
-from trainables.process import process_started
+from trainables.process import placement_of, process_started
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -39,6 +39,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # where and when it ran (rank 0's node and process; see trainables.tune_trial)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     where["trial_began"] = process_started()  # a new worker group per trial
+    where |= placement_of(where["node_id"], device, world)  # every rank: a collective
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         metrics = {**metrics, **where, "reported_at": time.time()}

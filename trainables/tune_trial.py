@@ -25,7 +25,7 @@ from trainables.checkpoint_dir import CheckpointDir
 from trainables.config import TrialConfig
 from trainables.data import Splits
 from trainables.loop import dataset_args, open_splits, train
-from trainables.process import process_started
+from trainables.process import placement_of, process_started
 
 # One data set per process, keyed by everything that decides its contents: a reused actor never
 # hands one configuration's data to another, and holds at most one data set in memory.
@@ -59,6 +59,7 @@ def train_one_worker(values: dict[str, Any], cpus: float, checkpoint_uri: str) -
     # its first trial is charged for starting Python and torch) and when it reported
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     where["trial_began"] = time.time() if _SERVED else process_started()
+    where |= placement_of(where["node_id"], device, 1)
     _SERVED.append(True)
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:

@@ -214,6 +214,12 @@ def build_parser(description: str = "") -> OneLineParser:
     add("--gpus-per-worker", type=float, help="default: 1 if the cluster has GPUs, else 0")
     add("--max-concurrent", type=int, help="trials at once (default 0: as many as fit)")
     add(
+        "--accelerator-type",
+        help="run every trial on nodes of this accelerator type (Ray's, e.g. A10G, A100; "
+        "default: the cluster's only type, or where a GPU cluster mixes types the one that "
+        "holds the most workers)",
+    )
+    add(
         "--max-device-batch",
         type=int,
         help="largest micro-batch per worker; larger shares accumulate gradients",

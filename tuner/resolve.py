@@ -224,6 +224,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         base_lr=pick(args.base_lr, 0.0),
         verify_schedule=bool(args.verify_schedule),
         branch_tolerance=tolerance if method == "branch" and tolerance is not None else 0.0,
+        accelerator_type=pick(args.accelerator_type, ""),
     )
     spec.validate()
     return spec
@@ -298,6 +299,7 @@ DECIDES: dict[str, tuple[str, ...]] = {
     "base_lr": ("base_lr",),
     "verify_schedule": ("verify_schedule",),
     "branch_tolerance": ("branch_tolerance",),
+    "accelerator_type": ("accelerator_type",),
     **{name: (name,) for name in RESUMABLE},
 }
 

@@ -117,6 +117,11 @@ class StudySpec:
     # A branch study's tolerance, in the metric's units (0: half of what k = 1 gains over the
     # window at each checkpoint, tuner.analysis.branch.GAIN_SHARE; --tolerance sets it).
     branch_tolerance: float = 0.0
+    # Where trials run (tuner.cluster.placement, decided when the study joins its cluster): a
+    # multi-worker trial's placement group strategy (STRICT_PACK: whole on one node) and the
+    # one accelerator type every trial runs on ("": any node).
+    placement_strategy: str = "PACK"
+    accelerator_type: str = ""
 
     @property
     def remote(self) -> bool:

@@ -36,7 +36,7 @@ from trainables.tune_trial import cached_splits
 from tuner.analysis.branch import BranchRun, best_candidate, smoothed_end
 from tuner.spec import StudySpec
 from tuner.store import objects as store
-from tuner.study.trial import DRIVER_RESOURCES, torch_trainer, worker_resources
+from tuner.study.trial import DRIVER_RESOURCES, actor_resources, torch_trainer
 
 POINTS = "branch_points"  # the base run's checkpoints, under the study
 
@@ -301,5 +301,5 @@ def trainable(spec: StudySpec):
     """The branch trial with the study's spec bound: a one-worker trial's actor holds the
     worker's resources; a Ray Train run's driver, a token (its workers hold their own)."""
     one = spec.workers_per_trial == 1
-    resources = worker_resources(spec) if one else DRIVER_RESOURCES
+    resources = actor_resources(spec) if one else DRIVER_RESOURCES
     return tune.with_resources(tune.with_parameters(branch_trial, spec=spec.to_dict()), resources)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from tuner.analysis.accuracy import MIN_EVIDENCE
 from tuner.analysis.frontier import DegradationMap
+from tuner.cluster.placement import where_text
 from tuner.report.adequacy import adequacy_table
 from tuner.report.critical_section import critical_section, critical_summary, plain
 from tuner.report.data_verdict import data_table
@@ -37,9 +38,14 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def frontier_json(
-    m: DegradationMap, spec: StudySpec, lines: list[str], notes: list[str]
+    m: DegradationMap,
+    spec: StudySpec,
+    lines: list[str],
+    notes: list[str],
+    ran: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything in the report as one JSON document."""
+    """Everything in the report as one JSON document (`ran`: where the trials ran,
+    `tuner.cluster.placement.where_trials_ran`)."""
     base = m.baseline
     return plain(
         {
@@ -55,6 +61,11 @@ def frontier_json(
                 "workers_per_trial": spec.workers_per_trial,
                 "bn_mode": spec.bn_mode,
                 "ghost_batch": spec.ghost_batch,
+            },
+            "placement": {
+                "strategy": spec.placement_strategy,
+                "accelerator_type": spec.accelerator_type,
+                **(ran or {}),
             },
             # The frontier's "accuracy" columns hold this metric's values ("drop": worse by).
             "metric": {"name": m.metric.name, "key": m.metric.key, "mode": m.metric.mode},
@@ -146,8 +157,10 @@ def render_markdown(
     notes: list[str],
     figures: dict[str, Path],
     study_dir: Path,
+    ran: dict[str, Any] | None = None,
 ) -> str:
-    """The report: verdict first, then the study, tables, warnings and figures."""
+    """The report: verdict first, then the study, tables, warnings and figures (`ran`: where
+    the trials ran, `tuner.cluster.placement.where_trials_ran`)."""
     out = [
         f"# Degradation map: {spec.what} ({spec.name})",
         "",
@@ -169,6 +182,10 @@ def render_markdown(
         f"(batch size{''.join(' x ' + s for s in spec.strata)}), {spec.trials} search trials, "
         f"then {spec.seeds} confirmation run(s) of each cell's best; "
         f"{spec.workers_per_trial} worker(s) per trial",
+        "- placement: "
+        + where_text(
+            spec.placement_strategy, spec.accelerator_type, spec.workers_per_trial, ran or {}
+        ),
         f"- budget: {budget.describe()}; evaluations every "
         f"{spec.eval_every or 'about 1/20 of the budget in'} steps",
         f"- {_rungs(spec, m)}",

@@ -26,6 +26,7 @@ import pandas as pd
 
 from tuner.analysis.accuracy import N_BOOT
 from tuner.analysis.frontier import degradation_map
+from tuner.cluster.placement import where_trials_ran
 from tuner.report.figures import all_figures, save_figure
 from tuner.report.names import (
     FIGURES_DIR,
@@ -105,12 +106,13 @@ def write_report(
     }
     lines = verdict(m, spec)
     notes = [*problems, *missing_notes(m, spec, study_dir)]
+    ran = where_trials_ran(table)
     frontier = m.frontier.drop(columns=["estimate"], errors="ignore")
     _write_text(study_dir / FRONTIER_CSV, frontier.to_csv(index=False))
     _write_text(
-        study_dir / FRONTIER_JSON, json.dumps(frontier_json(m, spec, lines, notes), indent=2)
+        study_dir / FRONTIER_JSON, json.dumps(frontier_json(m, spec, lines, notes, ran), indent=2)
     )
-    text = render_markdown(m, spec, lines, notes, figures, study_dir)
+    text = render_markdown(m, spec, lines, notes, figures, study_dir, ran)
     why = study_dir / WHY_FILE
     if why.exists():  # written by `python -m tuner.explain`
         text = text.rstrip() + "\n\n" + why.read_text()

@@ -67,6 +67,8 @@ METRICS = (
     "bn_mode",
     "bn_batch",
     "node_id",
+    "nodes",  # the distinct nodes of all its workers (trainables.process.placement_of)
+    "device_name",  # what its workers trained on: a GPU model, or cpu ("+" between kinds)
     # the trial's process there (rank 0's): trials that share one were run by one reused actor
     "pid",
     "trial_began",  # when that process began the trial (seconds since the epoch)

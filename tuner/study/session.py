@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from tuner.cluster.capacity import check_fits
 from tuner.cluster.connect import cluster_nodes, connect
+from tuner.cluster.placement import plan_placement
 from tuner.spec import StudySpec, save_spec
 from tuner.store import objects as store
 from tuner.store.names import SPEC_FILE
@@ -49,7 +50,20 @@ def prepare(spec: StudySpec, options: RunOptions) -> StudySpec:
         spec = dataclasses.replace(spec, gpus_per_worker=1.0)
         spec.validate()  # e.g. fractional GPUs are now known
     check_fits(nodes, spec.workers_per_trial, spec.cpus_per_worker, spec.gpus_per_worker)
-    return spec
+    placement = plan_placement(
+        nodes,
+        spec.workers_per_trial,
+        spec.cpus_per_worker,
+        spec.gpus_per_worker,
+        spec.accelerator_type,
+    )
+    for note in placement.notes:
+        print(f"placement: {note}", file=sys.stderr)
+    return dataclasses.replace(
+        spec,
+        placement_strategy=placement.strategy,
+        accelerator_type=placement.accelerator_type,
+    )
 
 
 def run(spec: StudySpec, options: RunOptions) -> int:

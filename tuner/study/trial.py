@@ -20,6 +20,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from trainables.config import TrialConfig
 from trainables.ray_worker import train_loop_per_worker
 from trainables.tune_trial import train_one_worker
+from tuner.cluster.placement import ACCELERATOR_PREFIX, ACCELERATOR_SHARE
 from tuner.spec import StudySpec
 from tuner.store import objects as store
 from tuner.store.names import TRAIN_RUNS
@@ -107,6 +108,15 @@ def worker_resources(study: StudySpec) -> dict[str, float]:
     return resources
 
 
+def actor_resources(study: StudySpec) -> dict[str, float]:
+    """What a one-worker trial's Tune actor holds: the worker's resources, on a node of the
+    study's accelerator type where it has one (as Ray Train asks of each of its workers)."""
+    resources = worker_resources(study)
+    if study.accelerator_type:
+        resources[ACCELERATOR_PREFIX + study.accelerator_type] = ACCELERATOR_SHARE
+    return resources
+
+
 def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
     """Tune trainable: run one trial, in this actor or as a Ray Train `TorchTrainer` job."""
     study = StudySpec.from_dict(spec)
@@ -122,6 +132,18 @@ def trial_driver(params: dict[str, Any], spec: dict[str, Any]) -> None:
     torch_trainer(study, train_loop_per_worker, config, run_name).fit()
 
 
+def scaling_config(study: StudySpec) -> ray.train.ScalingConfig:
+    """A Ray Train trial's workers: whole on one node where a node holds them (STRICT_PACK), on
+    the study's accelerator type (`tuner.cluster.placement`, decided as the study starts)."""
+    return ray.train.ScalingConfig(
+        num_workers=study.workers_per_trial,
+        use_gpu=study.use_gpu,
+        resources_per_worker=worker_resources(study),
+        placement_strategy=study.placement_strategy,
+        accelerator_type=study.accelerator_type or None,
+    )
+
+
 def torch_trainer(
     study: StudySpec, loop: Any, config: dict[str, Any], run_name: str
 ) -> TorchTrainer:
@@ -131,11 +153,7 @@ def torch_trainer(
     return trainer_class(
         loop,
         train_loop_config=config,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=study.workers_per_trial,
-            use_gpu=study.use_gpu,
-            resources_per_worker=worker_resources(study),
-        ),
+        scaling_config=scaling_config(study),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=store.join(study.study_uri, TRAIN_RUNS),
@@ -156,5 +174,5 @@ def reuses_actors(spec: StudySpec) -> bool:
 def trainable(spec: StudySpec):
     """The trial function with the study's spec bound and its resources declared: a one-worker
     trial's actor holds the worker's resources; a driver, a token."""
-    resources = worker_resources(spec) if spec.workers_per_trial == 1 else DRIVER_RESOURCES
+    resources = actor_resources(spec) if spec.workers_per_trial == 1 else DRIVER_RESOURCES
     return tune.with_resources(tune.with_parameters(trial_driver, spec=spec.to_dict()), resources)
