@@ -65,7 +65,14 @@ from search_spaces.runs import (
     Suggestion,
     trial_params,
 )
-from search_spaces.spaces import SearchSpace, lr_edge, lr_param, search_rule, suggest
+from search_spaces.spaces import (
+    GAP_PREFIX,
+    SearchSpace,
+    lr_edge,
+    lr_param,
+    search_rule,
+    suggest,
+)
 
 # the names the study's other modules and tests know this module by
 __all__ = [
@@ -297,12 +304,15 @@ class CellSearch(Reconciling, LaterPhases):
             named["optimizer"] = params["optimizer"]
         if self.space.warmup_fraction[1] > 0:
             named["warmup_fraction"] = params["warmup_fraction"]
+        for name in self.space.gap_params(params["optimizer"]):
+            named[GAP_PREFIX + name] = 1 - params[name]
         return named
 
     def _sobol_point(self, cell: Cell, index: int) -> dict[str, Any]:
         """The cell's `index`-th Sobol point over its space (its lr range as extended)."""
         optimizers = [cell.optimizer] if cell.optimizer else list(self.space.optimizers)
-        u = sobol_unit(self.seed * 1009 + self.cells.index(cell), index, 4)
+        gaps = self.space.gap_params()  # a dimension each (none: the 4 of studies before them)
+        u = sobol_unit(self.seed * 1009 + self.cells.index(cell), index, 4 + len(gaps))
         optimizer = optimizers[min(int(u[3] * len(optimizers)), len(optimizers) - 1)]
         rule = cell.rule or search_rule(self.space)
 
@@ -311,6 +321,7 @@ class CellSearch(Reconciling, LaterPhases):
             return math.exp(low + unit * (high - low))
 
         low, high = self.space.warmup_fraction
+        own = self.space.gap_params(optimizer)
         return {
             "batch_size": cell.batch_size,
             "scaling_rule": rule,
@@ -318,6 +329,11 @@ class CellSearch(Reconciling, LaterPhases):
             "base_lr": log_uniform(u[0], self.ranges[cell.key][optimizer]),
             "weight_decay": log_uniform(u[1], self.space.weight_decay),
             "warmup_fraction": low + u[2] * (high - low),
+            **{  # 1 - value, log-uniform (spaces.suggest)
+                name: 1 - log_uniform(u[4 + i], (1 - bounds[1], 1 - bounds[0]))
+                for i, name in enumerate(gaps)
+                if name in own and (bounds := getattr(self.space, name))
+            },
         }
 
     def _edge_point(self, cell: Cell, peek: bool = False) -> dict[str, Any] | None:

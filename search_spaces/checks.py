@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from search_spaces.spaces import gap_values
 from trainables.optim import scaled_lr, scaling_factor
 
 # A batch size whose budget saw the baseline's examples within this share (integer steps, an
@@ -235,4 +236,5 @@ def rule_test_params(
         "base_lr": base_lr,
         "weight_decay": best["weight_decay"],
         "warmup_fraction": best.get("warmup_fraction", 0.0),
+        **gap_values(best),  # its momentum / beta2, where searched
     }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces.cells import Cell
-from search_spaces.spaces import SearchSpace, lr_param, search_rule
+from search_spaces.spaces import GAP_PARAMS, GAP_PREFIX, SearchSpace, lr_param, search_rule
 
 SEARCH, CONFIRM, EXTEND, RULE = "search", "confirm", "extend", "rule"
 PROBES = (EXTEND, RULE)  # runs of the checks, recorded in the `checks` Optuna study
@@ -57,4 +57,9 @@ def trial_params(space: SearchSpace, cell: Cell, trial: Any) -> dict[str, Any]:
         "base_lr": trial.params[lr_param(optimizer, per_optimizer)],
         "weight_decay": trial.params["weight_decay"],
         "warmup_fraction": trial.params.get("warmup_fraction", 0.0),
+        **{
+            name: 1 - trial.params[GAP_PREFIX + name]
+            for name in GAP_PARAMS
+            if GAP_PREFIX + name in trial.params
+        },
     }

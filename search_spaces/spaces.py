@@ -7,6 +7,9 @@ SGD's (science.md section 3; measured here: one LARS step at lr 0.1 moves a conv
 weights 57x less than SGD's). Warmup is a fraction of the trial's budget, a ramp from 0 to the
 peak lr (`trainables.optim.lr_at_step`), searched in the same range at every batch size, the
 baseline's included (issue 32: whatever a larger batch size gets, the baseline gets too).
+Where a workload asks (`momentum=`, `beta2=` ranges), the momentum (SGD's, LARS's; AdamW's and
+LAMB's beta1) and AdamW's / LAMB's beta2 are searched too, on a log scale of 1 - value (the
+Deep Learning Tuning Playbook's advice: 0.9 -> 0.99 is as large a step as 0.99 -> 0.999).
 
 The batch size is not sampled: the search gives every cell (batch size x rule x optimiser, see
 `search_spaces.cells`) its share of trials and asks that cell's own Optuna study.
@@ -21,6 +24,11 @@ from typing import Any
 
 from trainables.config import WARMUP_MAX_FRACTION
 
+# Searched as 1 - value on a log scale (Optuna's name: GAP_PREFIX + name)
+GAP_PARAMS = ("momentum", "beta2")
+GAP_PREFIX = "one_minus_"
+ADAM_FAMILY = frozenset({"adamw", "lamb"})  # the optimisers with a beta2
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -31,6 +39,9 @@ class SearchSpace:
     warmup_fraction: tuple[float, float]  # of the budget's steps
     scaling_rules: tuple[str, ...] = ("none", "linear", "sqrt")
     optimizers: tuple[str, ...] = ("sgd",)
+    # searched where given (None: the workload's fixed value), each in (0, 1)
+    momentum: tuple[float, float] | None = None  # SGD / LARS momentum, AdamW / LAMB beta1
+    beta2: tuple[float, float] | None = None  # AdamW / LAMB only
 
     def __post_init__(self) -> None:
         missing = [o for o in self.optimizers if o not in self.base_lr]
@@ -38,16 +49,26 @@ class SearchSpace:
             raise ValueError(f"no base_lr range for optimizer(s) {missing}")
         if not 0 <= self.warmup_fraction[0] <= self.warmup_fraction[1] <= WARMUP_MAX_FRACTION:
             raise ValueError(f"warmup_fraction range must lie in [0, {WARMUP_MAX_FRACTION}]")
+        for name in GAP_PARAMS:
+            bounds = getattr(self, name)
+            if bounds is not None and not 0 < bounds[0] < bounds[1] < 1:
+                raise ValueError(f"{name} range must be LOW < HIGH inside (0, 1), not {bounds}")
+        if self.beta2 is not None and not set(self.optimizers) & ADAM_FAMILY:
+            raise ValueError(
+                f"a beta2 range is searched by {', '.join(sorted(ADAM_FAMILY))} only, not "
+                f"{', '.join(self.optimizers)}"
+            )
 
     def ranges(self) -> dict[str, Any]:
         """Every searched parameter with its range or choices (saved with the study)."""
-        return {
+        out = {
             "base_lr": {o: list(self.base_lr[o]) for o in self.optimizers},
             "weight_decay": list(self.weight_decay),
             "warmup_fraction": list(self.warmup_fraction),
             "scaling_rule": list(self.scaling_rules),
             "optimizer": list(self.optimizers),
         }
+        return out | {name: list(getattr(self, name)) for name in self.gap_params()}
 
     @classmethod
     def from_ranges(cls, ranges: dict[str, Any]) -> SearchSpace:
@@ -58,6 +79,16 @@ class SearchSpace:
             warmup_fraction=tuple(ranges["warmup_fraction"]),
             scaling_rules=tuple(ranges["scaling_rule"]),
             optimizers=tuple(ranges["optimizer"]),
+            **{name: tuple(ranges[name]) for name in GAP_PARAMS if name in ranges},
+        )
+
+    def gap_params(self, optimizer: str | None = None) -> tuple[str, ...]:
+        """The momentum-like parameters this space searches (for `optimizer`: those it has)."""
+        return tuple(
+            name
+            for name in GAP_PARAMS
+            if getattr(self, name) is not None
+            and (name != "beta2" or optimizer is None or optimizer in ADAM_FAMILY)
         )
 
     def restricted(
@@ -157,6 +188,10 @@ def suggest(
     warmup = 0.0
     if space.warmup_fraction[1] > 0:  # at every batch size, the baseline's too (issue 32)
         warmup = trial.suggest_float("warmup_fraction", *space.warmup_fraction)
+    gaps = {}
+    for name in space.gap_params(optimizer):
+        low, high = getattr(space, name)
+        gaps[name] = 1 - trial.suggest_float(GAP_PREFIX + name, 1 - high, 1 - low, log=True)
     return {
         "batch_size": batch_size,
         "scaling_rule": rule,
@@ -164,4 +199,11 @@ def suggest(
         "base_lr": base_lr,
         "weight_decay": weight_decay,
         "warmup_fraction": warmup,
+        **gaps,
     }
+
+
+def gap_values(params: dict[str, Any]) -> dict[str, float]:
+    """The searched momentum-like values of a trial's parameters (none where not searched): a
+    confirmation, a check or the rule test runs with the configuration's own."""
+    return {name: float(params[name]) for name in GAP_PARAMS if name in params}

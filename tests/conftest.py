@@ -58,7 +58,7 @@ FILE_SECONDS = {
     "test_branch_resume.py": 250,
     # Its two-node test checks on the trials' own clocks that trials running at once were on
     # different nodes, whether or not two overlapped (issue 31): it need not run last, alone.
-    "test_cluster.py": 100,
+    "test_cluster.py": 150,
     "test_cluster_launcher.py": 85,  # `ray up` over SSH: need not wait for the two-node tests
     "test_branch_study.py": 240,
     "test_own_workload_study.py": 190,

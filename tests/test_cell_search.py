@@ -698,3 +698,71 @@ def test_a_state_newer_than_its_database_loses_nothing_and_waits_for_nothing(tmp
     assert all(t.state == TrialState.COMPLETE for t in trials)
     values = {t.user_attrs["tune_trial_id"]: t.value for t in trials}
     assert values["t7"] == pytest.approx(0.57) and values["t6"] == pytest.approx(0.56)
+
+
+def test_momentum_and_beta2_are_searched_where_the_space_asks_and_kept_by_later_runs():
+    """A space with momentum and beta2 ranges (issue 32, item 5): every search point draws the
+    momentum (beta1 for AdamW) and, for AdamW only, beta2, inside their ranges, as 1 - value on
+    a log scale; the confirmations and the rule test run the best's own values."""
+    from search_spaces.spaces import SearchSpace
+
+    space = SearchSpace(
+        base_lr={"sgd": (1e-3, 1.0), "adamw": (1e-4, 3e-2)},
+        weight_decay=(1e-6, 1e-2),
+        warmup_fraction=(0.0, 0.2),
+        scaling_rules=("sqrt",),
+        optimizers=("sgd", "adamw"),
+        momentum=(0.8, 0.99),
+        beta2=(0.9, 0.999),
+    )
+    assert SearchSpace.from_ranges(space.ranges()) == space
+    search = make_search(space, trials_per_cell=4, seeds=2, rule_test=True)
+    # the best of each cell: the momentum nearest 0.95
+    done = run_search_phase(search, lambda p: 1 - abs(p["momentum"] - 0.95))
+    for s in done:
+        assert 0.8 <= s.params["momentum"] <= 0.99
+        if s.params["optimizer"] == "adamw":
+            assert 0.9 <= s.params["beta2"] <= 0.999
+        else:
+            assert "beta2" not in s.params
+    for cell in search.cells:
+        for trial in search.study(cell).trials:
+            gap = trial.distributions["one_minus_momentum"]
+            assert (gap.low, gap.high, gap.log) == (pytest.approx(0.01), pytest.approx(0.2), True)
+            assert trial.params["one_minus_momentum"] == pytest.approx(
+                1 - search._params_of(cell, trial)["momentum"]
+            )
+    momenta = sorted(s.params["momentum"] for s in done)
+    assert len(set(momenta)) > len(momenta) / 2 and momenta[0] < 0.9 < 0.95 < momenta[-1]
+    confirmed = []
+    while (c := search.suggest(f"c{len(confirmed)}")) not in (None, FINISHED):
+        confirmed.append(c)  # edge trials of cells whose best sits on an lr edge, confirmations
+    confirmed = [c for c in confirmed if c.phase == CONFIRM]
+    assert confirmed
+    for c in confirmed:
+        best = search._params_of(c.cell, search.best(c.cell))
+        assert c.params["momentum"] == best["momentum"]
+        assert c.params.get("beta2") == best.get("beta2")
+    base = search._params_of(search.cells[0], search.best(search.cells[0]))
+    moved = checks.rule_test_params(base, 8, 128, "linear", REF)
+    assert (moved["momentum"], moved.get("beta2")) == (base["momentum"], base.get("beta2"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"momentum": (0.9, 1.0)}, "momentum range must be LOW < HIGH inside"),
+        ({"momentum": (0.99, 0.9)}, "momentum range must be LOW < HIGH inside"),
+        ({"beta2": (0.9, 0.999)}, "a beta2 range is searched by adamw, lamb only"),
+    ],
+)
+def test_a_momentum_or_beta2_range_that_cannot_be_searched_is_refused(kwargs, message):
+    from search_spaces.spaces import SearchSpace
+
+    with pytest.raises(ValueError, match=message):
+        SearchSpace(
+            base_lr={"sgd": (1e-3, 1.0)},
+            weight_decay=(1e-6, 1e-2),
+            warmup_fraction=(0.0, 0.2),
+            **kwargs,
+        )

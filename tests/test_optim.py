@@ -79,3 +79,14 @@ def test_optimizers_build_and_step(name, cls_name):
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
     assert not torch.equal(before, model.weight)
+
+
+def test_adam_family_takes_its_beta2_and_momentum_as_beta1():
+    """A searched beta2 (issue 32, item 5) reaches AdamW's and LAMB's second-moment decay; the
+    momentum is their beta1 and SGD's momentum."""
+    model = torch.nn.Linear(3, 2)
+    for name in ("adamw", "lamb"):
+        opt = build_optimizer(name, model.parameters(), lr=0.01, momentum=0.85, beta2=0.95)
+        assert opt.param_groups[0]["betas"] == (0.85, 0.95), name
+    sgd = build_optimizer("sgd", model.parameters(), lr=0.01, momentum=0.97)
+    assert sgd.param_groups[0]["momentum"] == 0.97

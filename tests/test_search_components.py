@@ -305,3 +305,23 @@ def test_trials_are_placed_on_the_studys_accelerator_type_and_whole_on_one_node(
     scaling = scaling_config(placed)
     assert (scaling.placement_strategy, scaling.accelerator_type) == ("STRICT_PACK", "T1")
     assert scaling.num_workers == 2
+
+
+def test_a_trials_searched_momentum_and_beta2_reach_its_config_else_the_workloads():
+    from trainables.config import TrialConfig
+
+    spec = build_spec(build_parser().parse_args(["simple_cnn"]), gpus_available=False)
+    params = {
+        "batch_size": 32,
+        "scaling_rule": "sqrt",
+        "optimizer": "sgd",
+        "base_lr": 0.1,
+        "weight_decay": 1e-4,
+        "warmup_fraction": 0.05,
+    }
+    fixed = TrialConfig.from_dict(spec.trial_config(params))
+    assert (fixed.momentum, fixed.beta2) == (0.9, 0.999)  # the workload's
+    searched = TrialConfig.from_dict(spec.trial_config({**params, "momentum": 0.97, "beta2": 0.9}))
+    assert (searched.momentum, searched.beta2) == (0.97, 0.9)
+    with pytest.raises(Exception, match="momentum must be in"):
+        TrialConfig.from_dict(spec.trial_config({**params, "momentum": 1.2}))

@@ -99,13 +99,15 @@ class TrialConfig:
     compile: bool  # torch.compile the model (trainables.accel)
     loader_workers: int  # DataLoader processes for streamed (ImageFolder) data
     decode: str  # where ImageFolder JPEGs are decoded: gpu (nvJPEG) or cpu
+    beta2: float = 0.999  # AdamW's / LAMB's second-moment decay (momentum is their beta1)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
         """Build and validate; unknown or missing keys raise `ConfigError`."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
-        missing = sorted(names - set(values))
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(values))
         if unknown:
             raise ConfigError(f"unknown trial config keys: {', '.join(unknown)}")
         if missing:
@@ -124,6 +126,8 @@ class TrialConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.bn_mode in BN_MODES, f"bn_mode must be one of {BN_MODES}"),
             (self.base_lr > 0, "base_lr must be positive"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (0 < self.beta2 < 1, "beta2 must be in (0, 1)"),
             (
                 0 <= self.warmup_fraction <= WARMUP_MAX_FRACTION,
                 f"warmup_fraction must be in [0, {WARMUP_MAX_FRACTION}] of the budget",

@@ -275,6 +275,7 @@ def train(
         param_groups(model, config.weight_decay),
         lr=config.peak_lr,
         momentum=config.momentum,
+        beta2=config.beta2,
         fused=speed.fused_optimizer,
     )
     own_loss = workload.loss

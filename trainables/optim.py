@@ -90,9 +90,11 @@ def build_optimizer(
     *,
     lr: float,
     momentum: float = 0.9,
+    beta2: float = 0.999,
     fused: bool = False,
 ) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum, AdamW, or timm's LARS / LAMB.
+    """SGD with Nesterov momentum, AdamW, or timm's LARS / LAMB (`momentum` is AdamW's and
+    LAMB's beta1, `beta2` their second-moment decay).
 
     `fused` selects torch's one-kernel step for SGD and AdamW (CUDA parameters only); timm's
     LARS and LAMB have no fused form and ignore it.
@@ -104,7 +106,7 @@ def build_optimizer(
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, fused=fused or None)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), fused=fused or None)
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, beta2), fused=fused or None)
     if name == "lars":
         from timm.optim import Lars
 
@@ -112,7 +114,7 @@ def build_optimizer(
     if name == "lamb":
         from timm.optim import Lamb
 
-        return Lamb(groups, lr=lr, betas=(momentum, 0.999))
+        return Lamb(groups, lr=lr, betas=(momentum, beta2))
     raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
 
 

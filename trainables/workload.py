@@ -107,7 +107,8 @@ class Workload:
     # How every trial trains (fixed, not searched).
     schedule: str = "cosine"
     final_lr_factor: float = 0.0
-    momentum: float = 0.9
+    momentum: float = 0.9  # AdamW's / LAMB's beta1 (searched where space= gives a range)
+    beta2: float = 0.999  # AdamW's / LAMB's (likewise)
     label_smoothing: float = 0.0  # of the default cross-entropy loss
     bn_batch: int = 32  # ghost BatchNorm group: Goyal et al.'s 32 examples per GPU
     max_device_batch: int = 1024

@@ -286,7 +286,9 @@ class StudySpec:
             "optimizer": params["optimizer"],
             "base_lr": float(params["base_lr"]),
             "reference_batch": self.reference,
-            "momentum": workload.momentum,
+            # searched where the space has a range (spaces.GAP_PARAMS), else the workload's
+            "momentum": float(params.get("momentum", workload.momentum)),
+            "beta2": float(params.get("beta2", getattr(workload, "beta2", 0.999))),
             "warmup_fraction": float(params["warmup_fraction"]),
             "weight_decay": float(params["weight_decay"]),
             "budget_unit": budget.unit,

@@ -367,6 +367,8 @@ def degradation_map(
                 "base_lr",
                 "warmup_fraction",
                 "weight_decay",
+                "momentum",
+                "beta2",
                 "lr_linear",
                 "lr_sqrt",
             ]
@@ -376,6 +378,8 @@ def degradation_map(
                 "base_lr": "best_base_lr",
                 "warmup_fraction": "best_warmup_fraction",
                 "weight_decay": "best_weight_decay",
+                "momentum": "best_momentum",  # NaN where not searched
+                "beta2": "best_beta2",
             }
         ),
         on="batch_size",

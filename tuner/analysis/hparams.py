@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search_spaces.spaces import EDGE_FRACTION, range_position
+from search_spaces.spaces import EDGE_FRACTION, GAP_PARAMS, range_position
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import best_row
 from tuner.analysis.trials import PARAMS
@@ -69,17 +69,20 @@ def boundary_warnings(
     """
     warnings = []
     for row in best.itertuples(index=False):
-        for name in ("base_lr", "weight_decay", "warmup_fraction"):
-            bounds, value = ranges.get(name), getattr(row, name)
+        for name in ("base_lr", "weight_decay", "warmup_fraction", *GAP_PARAMS):
+            bounds, value = ranges.get(name), getattr(row, name, None)
             if isinstance(bounds, dict):  # per optimizer
                 bounds = bounds.get(row.optimizer)
             if bounds is None or value is None or not math.isfinite(float(value)):
                 continue
             low, high = float(bounds[0]), float(bounds[1])
-            log = name in LOG_PARAMS
+            log = name in LOG_PARAMS or name in GAP_PARAMS
             if log and (value <= 0 or low <= 0):
                 continue
-            position = range_position(float(value), low, high, log)
+            if name in GAP_PARAMS:  # searched as 1 - value on a log scale (spaces.suggest)
+                position = 1 - range_position(1 - float(value), 1 - high, 1 - low, log)
+            else:
+                position = range_position(float(value), low, high, log)
             side = "lower" if position <= edge else "upper" if position >= 1 - edge else None
             if side is None or (side == "lower" and not log and low == 0.0):
                 continue

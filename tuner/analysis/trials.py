@@ -19,12 +19,16 @@ PARAMS = (
     "actual_lr",
     "warmup_fraction",
     "weight_decay",
+    "momentum",  # where searched (NaN where the workload's fixed value ran)
+    "beta2",
 )
 NUMERIC = (
     "base_lr",
     "actual_lr",
     "warmup_fraction",
     "weight_decay",
+    "momentum",
+    "beta2",
     "workers",
     "steps",
     "budget_steps",
@@ -103,7 +107,7 @@ def trial_summary(table: pd.DataFrame, metric: StudyMetric = ACCURACY) -> pd.Dat
             "seed": last["seed"],
             "outcome": last["outcome"],
             "batch_size": int(last["batch_size"]),
-            **{p: last[p] for p in PARAMS},
+            **{p: last.get(p, math.nan) for p in PARAMS},  # (older tables lack some)
             "workers": last["workers"],
             "steps": last["optimizer_steps"],
             "budget_steps": last["budget_steps"],

@@ -299,6 +299,11 @@ def render_markdown(
                 ("lr_sqrt", "sqrt pred.", num),
                 ("warmup_fraction", "warmup (of budget)", num),
                 ("weight_decay", "weight decay", num),
+                *[  # where the workload searched them
+                    (name, name, num)
+                    for name in ("momentum", "beta2")
+                    if name in m.best_hparams and m.best_hparams[name].notna().any()
+                ],
             ],
         ),
         "",

@@ -40,9 +40,14 @@ def _recipe(m: DegradationMap, batch: int, several_optimizers: bool) -> str:
         if finite(warmup) and warmup > 0
         else "no warmup"
     )
+    searched = "".join(  # momentum / beta2 where the workload searched them
+        f", {name} {num(row.get('best_' + name), 3)}"
+        for name in ("momentum", "beta2")
+        if finite(row.get("best_" + name))
+    )
     return (
         f"{optimizer}{row['best_rule']} scaling, {warm}, peak lr {num(row['best_actual_lr'], 2)}, "
-        f"weight decay {num(row['best_weight_decay'], 2)}"
+        f"weight decay {num(row['best_weight_decay'], 2)}{searched}"
     )
 
 

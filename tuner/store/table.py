@@ -85,6 +85,8 @@ PARAMS = (
     "base_lr",
     "weight_decay",
     "warmup_fraction",
+    "momentum",  # where searched (search_spaces.spaces.GAP_PARAMS); NaN where fixed
+    "beta2",
 )
 COLUMNS = (
     "trial_id",
