@@ -105,6 +105,26 @@ class LaterPhases:
         mean, its confirmation runs at (own budget, 0), the checks' runs at their budget and
         lr x 2^k; None while a level still has a run going (`ended_only`: that level left out,
         as if not run: the baseline's longer runs hold up no other batch size's check)."""
+        found = self._level_runs(cell, ended_only)
+        if found is None:
+            return None
+        own, runs = found
+        return own, {level: self._mean(done) for level, done in runs.items()}
+
+    def level_seeds(self, cell: Cell) -> dict[tuple[int, int], dict[int, float]]:
+        """Each level's runs that ended with a value, by seed (`checks.gain_upper`)."""
+        found = self._level_runs(cell, ended_only=True)
+        return {
+            level: {
+                int(t.user_attrs["seed"]): t.value for t in done if t.state == TrialState.COMPLETE
+            }
+            for level, done in (found[1].items() if found else ())
+        }
+
+    def _level_runs(
+        self, cell: Cell, ended_only: bool
+    ) -> tuple[int, dict[tuple[int, int], list[optuna.trial.FrozenTrial]]] | None:
+        """`levels`' runs: the cell's own budget and each level's trials."""
         confirm = self._runs(cell, CONFIRM)
         if len(confirm) < self.seeds or not all(t.state.is_finished() for t in confirm):
             return None
@@ -113,7 +133,7 @@ class LaterPhases:
         if not steps:
             return None  # every run errored before its first report
         own = max(steps)
-        results = {(own, 0): self._mean(confirm)}
+        results = {(own, 0): confirm}
         checked: dict[tuple[int, int], list[optuna.trial.FrozenTrial]] = {}
         for t in self._runs(cell, EXTEND):
             run = t.user_attrs["run_params"]
@@ -124,7 +144,7 @@ class LaterPhases:
                 if level[0] < own or ended_only:  # an equal-data run: no decision waits for it
                     continue
                 return None
-            results[level] = self._mean(runs)
+            results[level] = runs
         return own, results
 
     def step_cap(self) -> int:
@@ -167,7 +187,13 @@ class LaterPhases:
             if levels is None:
                 continue
             check = checks.budget_check(
-                baseline, levels[1], levels[0], self.tolerance, self.step_cap(), self.sign
+                baseline,
+                levels[1],
+                levels[0],
+                self.tolerance,
+                self.step_cap(),
+                self.sign,
+                self.level_seeds(cell),
             )
             self._queue_levels(cell, check.runs)
             self._queue_levels(base, tuple((m * own, center[1]) for m in check.baseline_runs))

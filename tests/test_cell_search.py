@@ -766,3 +766,32 @@ def test_a_momentum_or_beta2_range_that_cannot_be_searched_is_refused(kwargs, me
             warmup_fraction=(0.0, 0.2),
             **kwargs,
         )
+
+
+@pytest.mark.parametrize("spread", [0.001, 0.02])
+def test_a_doubling_is_a_plateau_only_where_its_gain_is_shown_within_the_tolerance(spread):
+    """Batch 512 is 15 pt short and half or twice its lr do not help; twice the steps gain
+    0.5 pt on the mean, within the 1 pt tolerance. With the two seeds agreeing (0.55 and
+    0.45 pt) the gain's 95% bound (0.5 + 6.31 x 0.05 = 0.82 pt) is within it too: a plateau,
+    whose lr is checked there next. With them far apart (+1.5 and -0.5 pt) nothing is shown:
+    the steps are still improving, and 512 goes on to be judged at 2x (the baseline at 2x
+    first)."""
+    search, first, n = confirmed_search({8: 0.95, 32: 0.95, 128: 0.95, 512: 0.80})
+    finish(search, [f"c{n}", *(f"a{i}" for i in range(len(hand_out(search, "a"))))], 0.78)
+    longer = hand_out(search, "b")
+    assert [level(c) for c in longer] == [(200, 0), (200, 0)]
+    for i, c in enumerate(longer):  # seeds 1 and 2: +0.5 pt -/+ spread/2
+        value = 0.805 + (spread / 2 if c.seed == 1 else -spread / 2)
+        search.complete(f"b{i}", "completed", value, 200, 200)
+    following = hand_out(search, "d")
+    if spread < 0.01:
+        assert sorted((c.cell.batch_size, level(c)) for c in following) == [
+            (512, (200, -1)), (512, (200, -1)), (512, (200, 1)), (512, (200, 1))
+        ]  # fmt: skip
+    else:
+        assert sorted((c.cell.batch_size, level(c)) for c in following) == [(8, (200, 0))] * 2
+    seeds = search.level_seeds(search.cells[-1])
+    assert seeds[(200, 0)] == {
+        1: pytest.approx(0.805 + spread / 2),
+        2: pytest.approx(0.805 - spread / 2),
+    }

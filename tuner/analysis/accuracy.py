@@ -87,6 +87,9 @@ class Estimate:
     # Runs x bootstrap replicates of a workload's own metric on the same resamples of the
     # validation examples (`trainables.metric_boot`; None where not kept).
     boot: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # Each run's value by its seed (None where not known): two levels of the checks run the
+    # same seeds, so a gain between them is bounded on paired runs (`checks.gain_upper`).
+    by_seed: dict[int, float] | None = field(default=None, compare=False, repr=False)
 
     @property
     def val_var(self) -> float:
@@ -159,7 +162,12 @@ def runs_estimate(
         boot = per_example_matrix(runs["final_metric_boot"].tolist())
         if boot is not None and boot.shape[0] != found.n:
             boot = None  # a run without a final value (diverged): no replicates to pair
-    return dataclasses.replace(found, test=_test_scores(runs), diverged=diverged, boot=boot)
+    by_seed = None
+    if "seed" in runs:
+        by_seed = {int(s): float(v) for s, v in zip(runs["seed"], runs["final_value"], strict=True)}
+    return dataclasses.replace(
+        found, test=_test_scores(runs), diverged=diverged, boot=boot, by_seed=by_seed
+    )
 
 
 def judged_runs(runs: pd.DataFrame, metric: StudyMetric) -> pd.DataFrame:

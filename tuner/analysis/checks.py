@@ -130,7 +130,8 @@ def judge_levels(
     means = {level: e.mean for level, e in estimates.items()}
     multiples = {max(1, steps // own) for steps, _ in estimates}
     against = {m: baseline[at_multiple(baseline, m)].mean for m in multiples}
-    check = budget_check(against, means, own, tolerance, cap, metric.sign)
+    by_seed = {level: e.by_seed for level, e in estimates.items() if e.by_seed is not None}
+    check = budget_check(against, means, own, tolerance, cap, metric.sign, by_seed)
     center = check.center if check.center in estimates else (own, 0)
     multiple = at_multiple(baseline, max(1, center[0] // own))
     return Judged(
