@@ -8,7 +8,8 @@ prints the study's value beside the in-process one. Issue 32 asks them to agree 
 With `--judged`, the other answer: every batch size at the level it was judged at (its
 `steps_judged` and `judged_lr_factor`, the baseline's included) against the study's
 `accuracy` (the "given more data" answer), and the baseline at each multiple of its budget a
-batch size was compared with (`baseline_multiple`, against `baseline_accuracy`; "8@4x").
+batch size was compared with (`baseline_multiple`, against `baseline_accuracy`; "8@4x"); a
+level the checks chose with the fresh seeds it was measured again with (phase `judge`).
 
     python bench/equal_data_check.py studies/digits-study [--judged] [--jobs 2]
 """
@@ -73,7 +74,17 @@ def jobs_of(study: Path, judged: bool = False) -> list[dict]:
         if confirm.empty:
             continue
         first = confirm.iloc[0]
-        for seed in sorted(confirm["seed"].astype(int)):
+        seeds = confirm["seed"]
+        # a level the checks chose is judged by its fresh seeds (phase judge), where it ran
+        fresh = finals[
+            (finals["cell"] == row["best_cell"])
+            & (finals["phase"] == "judge")
+            & (finals["budget_steps"] == steps)
+            & (finals["base_lr"] / float(first["base_lr"])).round(6).eq(round(factor, 6))
+        ]
+        if judged and len(fresh):
+            seeds = fresh["seed"]
+        for seed in sorted(seeds.astype(int)):
             jobs.append(
                 {
                     "workload": spec.workload,

@@ -58,6 +58,7 @@ from search_spaces.runs import (
     EXTEND,
     FINAL,
     FINISHED,
+    JUDGE,
     PROBES,
     RULE,
     SEARCH,
@@ -82,6 +83,7 @@ __all__ = [
     "EXTEND",
     "FINISHED",
     "RULE",
+    "JUDGE",
     "SEARCH",
     "CellSearch",
     "Pending",
@@ -156,7 +158,8 @@ class CellSearch(Reconciling, LaterPhases):
         # Each cell's lr range per optimiser, as range extensions have grown it.
         self.ranges = {c.key: {o: tuple(space.base_lr[o]) for o in space.optimizers} for c in cells}
         self.edge_trials = {c.key: 0 for c in self.cells}  # range extensions handed out
-        self.queued_levels: set[tuple[str, int, int]] = set()  # (cell, steps, lr step) checked
+        # (cell, steps, lr step) checked, and with JUDGE appended: run again with fresh seeds
+        self.queued_levels: set[tuple] = set()
         self.rule_queued = False
         # Bumped by whatever can make a confirmation, check or the rule test due (a trial's
         # end, a resume): `suggest` looks for new runs to queue only then. Looking on every

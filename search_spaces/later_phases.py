@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from search_spaces import checks
 from search_spaces.cells import Cell
-from search_spaces.runs import CONFIRM, EXTEND, PROBES, RULE, SEARCH, Pending
+from search_spaces.runs import CONFIRM, EXTEND, JUDGE, PROBES, RULE, SEARCH, Pending
 
 
 class LaterPhases:
@@ -197,6 +197,15 @@ class LaterPhases:
             )
             self._queue_levels(cell, check.runs)
             self._queue_levels(base, tuple((m * own, center[1]) for m in check.baseline_runs))
+            if check.state in (checks.HOLDS, checks.DEGRADED, checks.CAPPED):
+                # decided: the levels it is judged at and against, run again with fresh seeds
+                # where the check's own runs chose them (not a plain confirmation)
+                multiple = max(1, check.center[0] // levels[0])
+                against = (multiple * own, center[1])
+                if multiple in baseline:  # else the report compares with the largest run
+                    self._queue_levels(base, (against,) if against != (own, 0) else (), JUDGE)
+                if check.center != (levels[0], 0):
+                    self._queue_levels(cell, (check.center,), JUDGE)
             # and at the baseline's data, where its budget gave it other data: its confirmed
             # configuration, then the lr line search the baseline had (half and twice the lr)
             equal = checks.equal_data_run(levels[0], cell.batch_size, own, base.batch_size)
@@ -206,14 +215,18 @@ class LaterPhases:
                     _, runs = checks.baseline_check(levels[1], equal, self.tolerance, self.sign)
                 self._queue_levels(cell, runs)
 
-    def _queue_levels(self, cell: Cell, levels: tuple[tuple[int, int], ...]) -> None:
+    def _queue_levels(
+        self, cell: Cell, levels: tuple[tuple[int, int], ...], phase: str = EXTEND
+    ) -> None:
         """Queue the cell's best configuration at each (steps, k) level not queued yet: its
-        budget `steps`, its lr x 2^k, the confirmation seeds."""
+        budget `steps`, its lr x 2^k, the confirmation seeds (`JUDGE`: as many fresh ones)."""
         best = self._params_of(cell, self.best(cell))
+        first = 1 + (self.seeds if phase == JUDGE else 0)
         for steps, k in levels:
-            if (cell.key, steps, k) in self.queued_levels:
+            queued = (cell.key, steps, k) + ((JUDGE,) if phase == JUDGE else ())
+            if queued in self.queued_levels:
                 continue
-            self.queued_levels.add((cell.key, steps, k))
+            self.queued_levels.add(queued)
             params = {
                 **best,
                 "base_lr": best["base_lr"] * 2.0**k,
@@ -221,5 +234,6 @@ class LaterPhases:
                 "lr_step": k,
             }
             self.pending += [
-                Pending(cell, params, self.seed + s, EXTEND) for s in range(1, self.seeds + 1)
+                Pending(cell, params, self.seed + s, phase)
+                for s in range(first, first + self.seeds)
             ]

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from search_spaces.cells import Cell
-from search_spaces.runs import CONFIRM, PROBES, RULE, SEARCH, Pending, trial_params
+from search_spaces.runs import CONFIRM, JUDGE, PROBES, RULE, SEARCH, Pending, trial_params
 
 
 class Reconciling:
@@ -127,9 +127,8 @@ class Reconciling:
             elif phase == RULE:
                 self._queue_rule_test(force=True)
             else:
-                self.queued_levels.add(
-                    (cell.key, int(params["budget_steps"]), int(params.get("lr_step", 0)))
-                )
+                level = (cell.key, int(params["budget_steps"]), int(params.get("lr_step", 0)))
+                self.queued_levels.add(level + ((JUDGE,) if phase == JUDGE else ()))
             self.pending = [
                 p for p in self.pending if not p.same_run(cell.key, seed, phase, params)
             ]

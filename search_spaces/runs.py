@@ -12,7 +12,10 @@ from search_spaces.cells import Cell
 from search_spaces.spaces import GAP_PARAMS, GAP_PREFIX, SearchSpace, lr_param, search_rule
 
 SEARCH, CONFIRM, EXTEND, RULE = "search", "confirm", "extend", "rule"
-PROBES = (EXTEND, RULE)  # runs of the checks, recorded in the `checks` Optuna study
+# The level the checks judge a batch size (or the baseline) at, run again with fresh seeds: the
+# value it is judged by never comes from the runs that chose its level or lr (issue 32).
+JUDGE = "judge"
+PROBES = (EXTEND, RULE, JUDGE)  # runs of the checks, recorded in the `checks` Optuna study
 CHECKS_STUDY = "checks"
 FINISHED = "FINISHED"  # suggest() has nothing more to give, now or later
 FINAL = ("completed", "target")  # outcomes with a final value (full budget, or at the target)

@@ -22,6 +22,7 @@ from search_spaces.cell_search import (
     EDGE_TRIALS,
     EXTEND,
     FINISHED,
+    JUDGE,
     RULE,
     SEARCH,
     CellSearch,
@@ -280,6 +281,14 @@ def test_a_cell_short_of_the_baseline_tries_half_and_twice_its_lr_then_twice_the
     base = hand_out(search, "h")  # judged at 4x its budget: against the baseline at 4x
     assert sorted((c.cell.batch_size, level(c)) for c in base) == [(8, (400, 0))] * 2
     finish(search, ["h0", "h1"], value=0.95, steps=400)  # degraded
+    # judged by fresh seeds (3, 4) at the level the checks chose, both sides (issue 32)
+    fresh = hand_out(search, "j")
+    assert {c.phase for c in fresh} == {JUDGE}
+    assert sorted((c.cell.batch_size, level(c), c.seed) for c in fresh) == [
+        (8, (400, 0), 3), (8, (400, 0), 4), (512, (400, 0), 3), (512, (400, 0), 4)
+    ]  # fmt: skip
+    assert search.suggest("w") is None  # the fresh runs are going
+    finish(search, ["j0", "j1", "j2", "j3"], value=0.9, steps=400)
     assert search.suggest("done") == FINISHED
     own, results = search.levels(search.cells[-1])
     assert own == 100 and results[(400, 0)] == pytest.approx(0.905)
@@ -292,7 +301,14 @@ def test_a_better_lr_moves_the_check_there():
     for key, c in zip([f"c{n}", "a0", "a1", "a2"], runs, strict=True):
         value = 0.95 if c.params["lr_step"] == -1 else 0.7  # half the lr saves it
         search.complete(key, "completed", value, 100, 100)
-    assert search.suggest("done") == FINISHED  # holds at (100 steps, lr x0.5)
+    # holds at (100 steps, lr x0.5): measured again there with fresh seeds; the baseline at
+    # its confirmation (fresh seeds already) is not run again
+    fresh = hand_out(search, "j")
+    assert sorted((c.cell.batch_size, level(c), c.seed, c.phase) for c in fresh) == [
+        (512, (100, -1), 3, JUDGE), (512, (100, -1), 4, JUDGE)
+    ]  # fmt: skip
+    finish(search, ["j0", "j1"], value=0.95)
+    assert search.suggest("done") == FINISHED
 
 
 def test_more_steps_stop_at_the_cap():
@@ -304,7 +320,12 @@ def test_more_steps_stop_at_the_cap():
     finish(search, ["g0", "g1"], value=0.95, steps=200)
     assert len(hand_out(search, "d")) == 4  # the lr at 200 steps
     finish(search, [f"d{i}" for i in range(4)], value=0.85, steps=200)
-    assert search.suggest("done") == FINISHED  # 400 would pass --max-steps 300
+    fresh = hand_out(search, "j")  # 400 would pass --max-steps 300: judged at 200, fresh seeds
+    assert sorted((c.cell.batch_size, level(c), c.seed) for c in fresh) == [
+        (8, (200, 0), 3), (8, (200, 0), 4), (512, (200, 0), 3), (512, (200, 0), 4)
+    ]  # fmt: skip
+    finish(search, ["j0", "j1", "j2", "j3"], value=0.9, steps=200)
+    assert search.suggest("done") == FINISHED
     own, results = search.levels(search.cells[-1])
     check = checks.budget_check(0.95, results, own, 0.01, 300)
     assert check.state == checks.CAPPED and check.center == (200, 0)

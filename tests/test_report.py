@@ -863,3 +863,44 @@ def test_one_run_on_a_side_gives_no_interval_and_no_verdict(tmp_path, monkeypatc
     assert "No interval at batch 32" in verdict and "the baseline has one run" in verdict
     assert "no confidence is claimed" in verdict and "drop 0.2 pt" in verdict
     assert "Degraded at" not in verdict and "95% bounds" not in verdict
+
+
+def test_a_level_the_checks_chose_is_judged_by_fresh_seeds_on_both_sides(tmp_path, monkeypatch):
+    """Batch 512 was judged at twice its steps, the baseline at twice its own; both levels ran
+    again with fresh seeds (4-6, `search_spaces.runs.JUDGE`): the verdict compares those, and
+    says so; the decision to stop there (a plateau) stays the check's, on the runs it had."""
+    from tests.test_analysis import extensions, trial
+
+    def fresh(batch: int, accuracies: list[float], steps: int) -> list[list[dict]]:
+        return [
+            trial(
+                f"j{batch}-{i}",
+                batch,
+                [(steps // 2, a - 0.05), (steps, a)],
+                phase="judge",
+                seed=4 + i,
+                val_examples=10000,
+            )
+            for i, a in enumerate(accuracies)
+        ]
+
+    study = make_study(tmp_path, "8,32,128,512")
+    base_longer = extensions(8, [0.985, 0.990, 0.995], 200, val_examples=10000)
+    runs = [*base_longer, *fresh(512, [0.95, 0.951, 0.952], 200), *fresh(8, [0.98] * 3, 200)]
+    trials = pd.concat([degradation_table(), table(*runs)], ignore_index=True)
+    verdict = verdict_of(report_on(study, trials, monkeypatch, tensorboard=False))
+    assert (
+        "Degraded at batch 512: 95.1% (3 seed(s), sd 0.1 pt) at 200 steps (2x its budget; "
+        "against the baseline given 2x its steps too: 98.0%; measured again with fresh seeds), "
+        "drop 2.9 pt" in verdict
+    )
+    assert "a plateau at 200 steps" in verdict  # decided on the checks' own runs (93.7%)
+    rows = {
+        r["batch_size"]: r for r in json.loads((study / "frontier.json").read_text())["frontier"]
+    }
+    assert rows[512]["judged_fresh"] is True and rows[32]["judged_fresh"] is False
+    assert rows[512]["accuracy"] == pytest.approx(0.951)
+    assert rows[512]["baseline_accuracy"] == pytest.approx(0.98)
+    assert (
+        "3 with fresh seeds at the levels the checks chose" in verdict or "6 with fresh" in verdict
+    )

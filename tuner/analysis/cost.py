@@ -23,6 +23,7 @@ PHASES = {
     "confirm": "confirmation",
     "extend": "checks (lr and steps)",
     "rule": "rule test",
+    "judge": "fresh seeds at the judged levels",
 }
 
 

@@ -39,9 +39,8 @@ from tuner.analysis.accuracy import (
     compare,
 )
 from tuner.analysis.checks import (
-    baseline_levels,
-    budget_levels,
-    judge_levels,
+    apply_budget_checks,
+    checked_baseline,
     lr_range_edge,
     rule_test,
     step_cap,
@@ -121,72 +120,6 @@ def _judge(
         values["paired"].append(bool(result and result.paired))
     for name, column in values.items():
         table[name] = column
-
-
-def _checked_baseline(
-    frontier: pd.DataFrame,
-    trials: pd.DataFrame,
-    base: tuple[int, Estimate],
-    tolerance: float,
-    metric: StudyMetric,
-) -> tuple[tuple[int, Estimate], dict[int, Estimate]]:
-    """The baseline at the level its own lr check settled on (`checks.baseline_check`): its
-    estimate in the frontier is replaced by that level's; and its estimate at each multiple of
-    its budget it was run at (what a batch size judged at more steps is compared with)."""
-    index = frontier.index[frontier["batch_size"] == base[0]][0]
-    cell = frontier.at[index, "best_cell"]
-    levels = baseline_levels(trials, cell, tolerance, metric) if isinstance(cell, str) else None
-    if not levels or 1 not in levels[2]:
-        return base, {1: base[1]}
-    own, factor, by_multiple = levels
-    if factor != 1.0:
-        frontier.at[index, "estimate"] = by_multiple[1]
-        frontier.loc[index, "baseline_lr_factor"] = factor
-        return (base[0], by_multiple[1]), by_multiple
-    return base, {**by_multiple, 1: base[1]}
-
-
-def _apply_budget_checks(
-    frontier: pd.DataFrame,
-    trials: pd.DataFrame,
-    base: tuple[int, Estimate] | None,
-    by_multiple: dict[int, Estimate],
-    tolerance: float,
-    cap: int,
-    metric: StudyMetric,
-) -> dict[int, Any]:
-    """Judge each batch size at the last budget its checks ran (its estimate is replaced by that
-    level's) against the baseline at the same multiple of its budget where it ran there, and
-    keep each one's budget decision; adds `judged_steps`, `budget_check`, and the baseline
-    compared with (`baseline_estimate`, `baseline_multiple`)."""
-    decisions: dict[int, Any] = {}
-    judged_steps, judged_lr, described = [], [], []
-    against, multiples = [], []
-    unit = f" {metric.unit}" if metric.unit else ""
-    tol = f"{tolerance * 100:g} pt" if metric.unit == "pt" else f"{tolerance:g}{unit}"
-    for index, row in frontier.iterrows():
-        batch, steps, factor, text = int(row["batch_size"]), math.nan, math.nan, None
-        baseline, multiple = (base[1] if base else None), 1
-        cell = row.get("best_cell")
-        if base is not None and batch != base[0] and isinstance(cell, str):
-            levels = budget_levels(trials, cell, metric)
-            judged = judge_levels(levels, by_multiple, tolerance, cap, metric)
-            if judged is not None and math.isfinite(judged.estimate.mean):
-                frontier.at[index, "estimate"] = judged.estimate
-                steps, decisions[batch] = judged.steps, judged.check
-                factor, text = judged.lr_factor, judged.check.describe(tol)
-                baseline, multiple = judged.baseline, judged.baseline_multiple
-        judged_steps.append(steps)
-        judged_lr.append(factor)
-        described.append(text)
-        against.append(baseline)
-        multiples.append(multiple)
-    frontier["judged_steps"] = judged_steps
-    frontier["judged_lr_factor"] = judged_lr
-    frontier["budget_check"] = described
-    frontier["baseline_estimate"] = pd.Series(against, index=frontier.index, dtype=object)
-    frontier["baseline_multiple"] = multiples
-    return decisions
 
 
 def _refine_statuses(
@@ -306,10 +239,17 @@ def degradation_map(
     if len(measured):
         first = measured.sort_values("batch_size").iloc[0]
         base = (int(first["batch_size"]), first["estimate"])
-        base, by_multiple = _checked_baseline(frontier, trials, base, tolerance, metric)
+        base, decided_on, by_multiple = checked_baseline(frontier, trials, base, tolerance, metric)
     cap = step_cap(trials, max_steps) if len(trials) else 0
-    checks = _apply_budget_checks(
-        frontier, trials, base, by_multiple if base else {}, tolerance, cap, metric
+    checks = apply_budget_checks(
+        frontier,
+        trials,
+        base,
+        by_multiple if base else {},
+        tolerance,
+        cap,
+        metric,
+        decided_on if base else None,
     )
     _judge(frontier, base, tolerance, metric)
     _refine_statuses(frontier, trials, checks, ranges or {})

@@ -81,8 +81,10 @@ def _judged_at(row: pd.Series, metric: StudyMetric) -> str:
     lr = f", its lr x{num(factor, 2)}" if finite(factor) and factor != 1 else ""
     if not finite(judged) or not finite(own) or (judged <= own and not lr):
         return ""
+    # the value at a level the checks chose comes from seeds that did not choose it (issue 32)
+    fresh = "; measured again with fresh seeds" if row.get("judged_fresh") in (True,) else ""
     if judged <= own:
-        return f" at {int(judged)} steps ({lr[2:]})"
+        return f" at {int(judged)} steps ({lr[2:]}{fresh})"
     multiple, base = row.get("baseline_multiple"), row.get("baseline_accuracy")
     if finite(multiple) and multiple > 1:
         against = (
@@ -90,7 +92,10 @@ def _judged_at(row: pd.Series, metric: StudyMetric) -> str:
         )
     else:
         against = "the baseline at its own budget: it was not run with more steps"
-    return f" at {int(judged)} steps ({num(judged / own, 2)}x its budget{lr}; against {against})"
+    return (
+        f" at {int(judged)} steps ({num(judged / own, 2)}x its budget{lr}; against {against}"
+        f"{fresh})"
+    )
 
 
 def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
@@ -321,10 +326,13 @@ def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     )
     equal = int((extend["budget_steps"] < own).sum())  # tuner.analysis.equal_data
     longer, rule_runs = len(extend) - equal, int((m.trials["phase"] == "rule").sum())
+    fresh = int((m.trials["phase"] == "judge").sum())
     checks = (
         f" Checks: {longer} run(s) with another lr or more steps, {equal} at equal data, "
-        f"{rule_runs} rule-test run(s)."
-        if longer or rule_runs or equal
+        f"{rule_runs} rule-test run(s)"
+        + (f", {fresh} with fresh seeds at the levels the checks chose" if fresh else "")
+        + "."
+        if longer or rule_runs or equal or fresh
         else ""
     )
     stop = (
