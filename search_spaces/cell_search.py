@@ -130,6 +130,7 @@ class CellSearch(Reconciling, LaterPhases):
         mode: str = "max",
         tolerance: float = 0.01,
         max_steps: int = 0,
+        max_data_multiple: float = 0.0,
         rule_test: bool = True,
         checks: bool = True,
         equal_data: bool = True,
@@ -141,8 +142,10 @@ class CellSearch(Reconciling, LaterPhases):
         self.direction = "maximize" if mode == "max" else "minimize"
         self.sign = 1 if mode == "max" else -1
         # Checks: a batch size short of the baseline by more than `tolerance` gets more steps,
-        # up to `max_steps` (0: twice the longest budget any trial of the study had).
+        # up to `max_steps`, else `max_data_multiple` x the baseline's examples (0 for both:
+        # twice the longest budget any trial of the study had, as studies made before did).
         self.tolerance, self.max_steps, self.rule_test = tolerance, max_steps, rule_test
+        self.max_data_multiple = max_data_multiple
         self.run_checks = checks  # the lr and more-steps checks
         # with the checks: each batch size at the baseline's data too (`checks.equal_data_run`)
         self.equal_data = checks and equal_data

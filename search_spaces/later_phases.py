@@ -147,11 +147,14 @@ class LaterPhases:
             results[level] = runs
         return own, results
 
-    def step_cap(self) -> int:
-        """The most steps a check may give a run: `max_steps`, else twice the longest budget
-        any trial of the study has had."""
+    def step_cap(self, batch: int = 0, base: tuple[int, int] | None = None) -> int:
+        """The most steps a check may give a run of `batch`: `max_steps`; else
+        `max_data_multiple` x the baseline's examples (`base`: its budget steps and batch);
+        else (studies made before) twice the longest budget any trial of the study has had."""
         if self.max_steps:
             return self.max_steps
+        if self.max_data_multiple and base and batch:
+            return checks.data_step_cap(batch, base[0], base[1], self.max_data_multiple)
         longest = [
             int(t.user_attrs["budget_steps"])
             for c in self.cells
@@ -191,7 +194,7 @@ class LaterPhases:
                 levels[1],
                 levels[0],
                 self.tolerance,
-                self.step_cap(),
+                self.step_cap(cell.batch_size, (own, base.batch_size)),
                 self.sign,
                 self.level_seeds(cell),
             )

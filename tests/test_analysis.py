@@ -715,3 +715,16 @@ def test_a_batch_size_whose_budget_saw_the_baselines_data_is_its_own_equal_data_
     assert f.loc[32, "equal_data_steps"] == 25 and f.loc[32, "equal_data_runs"] == 3
     assert f.loc[32, "equal_data_status"] == f.loc[32, "status"] == "holds"
     assert m.holds_up_to_equal_data == m.holds_up_to == 32
+
+
+def test_the_report_reads_the_checks_cap_in_the_baselines_examples():
+    """The report decides each batch size with the cap the search had: 32x the baseline's
+    examples (its confirmations' budget at its batch size), else --max-steps."""
+    from tuner.analysis.checks import step_cap
+
+    trials = trial_summary(degradation_table())
+    assert step_cap(trials, 0, 512, (100, 8), 32) == 50
+    assert step_cap(trials, 0, 128, (100, 8), 32) == 200
+    assert step_cap(trials, 300, 512, (100, 8), 32) == 300  # --max-steps wins
+    own = trials[trials["phase"].isin(["search", "confirm"])]["budget_steps"]
+    assert step_cap(trials, 0) == 2 * int(own.max())  # studies made before: 2x the longest budget

@@ -52,6 +52,7 @@ def make_search(
     rule_test=False,
     max_steps=0,
     equal_data=False,
+    max_data_multiple=0.0,
 ):
     """A search over GRID whose trials the test completes by hand; every cell trains the
     same steps, so with `equal_data` each larger batch size also gets its runs at the
@@ -61,6 +62,7 @@ def make_search(
     return CellSearch(
         rule_test=rule_test,
         max_steps=max_steps,
+        max_data_multiple=max_data_multiple,
         equal_data=equal_data,
         study_name="t",
         storage=storage or optuna.storages.InMemoryStorage(),
@@ -198,7 +200,13 @@ def test_a_best_on_the_range_edge_moves_the_range_while_the_best_follows():
 
 
 def confirmed_search(
-    values: dict[int, float], *, rule_test=False, max_steps=0, seeds=2, equal_data=False
+    values: dict[int, float],
+    *,
+    rule_test=False,
+    max_steps=0,
+    seeds=2,
+    equal_data=False,
+    max_data_multiple=0.0,
 ):
     """A search whose every cell has searched (value 0.9 at 100 steps) and confirmed its best at
     `values[batch]`; returns it and the next free trial number."""
@@ -209,6 +217,7 @@ def confirmed_search(
         rule_test=rule_test,
         max_steps=max_steps,
         equal_data=equal_data,
+        max_data_multiple=max_data_multiple,
     )
     for i in range(4):
         search.suggest(f"t{i}")
@@ -816,3 +825,19 @@ def test_a_doubling_is_a_plateau_only_where_its_gain_is_shown_within_the_toleran
         1: pytest.approx(0.805 + spread / 2),
         2: pytest.approx(0.805 - spread / 2),
     }
+
+
+def test_more_steps_stop_at_a_cap_stated_in_the_baselines_examples():
+    """32x batch 8's 100 steps: batch 128 may double to 200 steps (25,600 examples), batch 512
+    not at all (its own 100 steps are 64x already): only its lr is checked."""
+    search, first, n = confirmed_search(
+        {8: 0.95, 32: 0.95, 128: 0.80, 512: 0.80}, max_data_multiple=32
+    )
+    lr_round = [first, *hand_out(search, "a")]
+    assert sorted((c.cell.batch_size, level(c)) for c in lr_round) == sorted(
+        (b, (100, k)) for b in (128, 512) for k in (-1, 1) for _ in range(2)
+    )
+    finish(search, [f"c{n}", *(f"a{i}" for i in range(len(lr_round) - 1))], 0.78)
+    longer = hand_out(search, "b")
+    assert [(c.cell.batch_size, level(c)) for c in longer] == [(128, (200, 0))] * 2
+    assert search.step_cap(512, (100, 8)) == 50 and search.step_cap(128, (100, 8)) == 200

@@ -224,6 +224,26 @@ def test_a_plateau_is_a_gain_shown_within_the_tolerance_not_a_mean_below_it():
     capped = checks.budget_check({1: 0.99, 2: 0.99}, longer, 600, 0.01, 1200, by_seed=noisy)
     assert (capped.state, capped.center) == (checks.CAPPED, (1200, 0))
     assert capped.describe("1 pt") == (
-        "still improving at the cap (1200 steps, --max-steps): the last doubling gained +0.009, "
+        "still improving at the cap (1200 steps): the last doubling gained +0.009, "
         "up to +0.0721 at 95%"
+    )
+
+
+def test_the_cap_is_stated_in_the_baselines_examples_and_priced_round_by_round():
+    """32x batch 8's 800 examples: batch 512 may run 50 steps (its own 100 already pass it:
+    only its lr is checked), batch 128 200 (one doubling); the rounds are the lr at its
+    budget, then each doubling at three lrs."""
+    assert checks.data_step_cap(512, 100, 8, 32) == 50
+    assert checks.data_step_cap(128, 100, 8, 32) == 200
+    assert checks.check_rounds(100, 50) == [((100, -1), (100, 1))]
+    assert checks.check_rounds(100, 400) == [
+        ((100, -1), (100, 1)),
+        ((200, 0), (200, -1), (200, 1)),
+        ((400, 0), (400, -1), (400, 1)),
+    ]
+    results = {(100, 0): 0.80, (100, -1): 0.78, (100, 1): 0.78}
+    capped = checks.budget_check(0.95, results, 100, 0.01, checks.data_step_cap(512, 100, 8, 32))
+    assert capped.state == checks.CAPPED and capped.describe("1 pt") == (
+        "not checked with more steps (100): 200 would pass the cap (--max-data-multiple, "
+        "--max-steps)"
     )

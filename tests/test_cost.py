@@ -144,6 +144,14 @@ def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
     probe = out.split("samples/s")[0]
     assert float(probe.rsplit("8: ", 1)[1]) > 0  # a measured speed
     assert "of CPU time in all" in out
+    # every round of the checks up to the cap, stated in data: 32x batch 8's 358 x 8 examples
+    # = 91,648, i.e. 716 steps at batch 128: its lr at 150 steps, then 300 and 600 (1200 would
+    # pass the cap)
+    assert "the checks' cap: 32x the baseline's 2864 examples" in out
+    assert "  128: 3 round(s), to 600 steps (26.8x the baseline's examples): up to " in out
+    capped = dry_run([*args, "--rules", "sqrt", "--max-data-multiple", "8"], tmp_path / "s")
+    assert "  128: 2 round(s), to 150 steps" not in capped  # 8x: 183 steps, no doubling
+    assert "  128: 1 round(s), to 150 steps (6.7x the baseline's examples)" in capped
     assert not (tmp_path / "s").exists()
 
 

@@ -755,7 +755,7 @@ def test_a_batch_size_never_checked_is_under_trained_not_degraded(tmp_path, monk
     # the check the search would queue next: half and twice the lr at its budget
     assert (
         "; being checked (100 steps, lr x0.5, 100 steps, lr x2): more steps may still save it "
-        "(--max-steps)." in verdict
+        "(--max-data-multiple, --max-steps)." in verdict
     )
     assert "Degraded at" not in verdict
 

@@ -2,8 +2,9 @@
 
 The plan counts the trials the study will start: the search (the cells' shares, and up to 3
 range extensions per cell), the confirmation seeds, the rule test, and the checks, which are
-adaptive (only a batch size short of the baseline gets them), so they are given as what one
-batch size's first round costs. The cost comes from a throughput probe: the study's own loop,
+adaptive (only a batch size short of the baseline gets them), so they are priced per batch
+size, every round up to the cap (`--max-steps`, else `--max-data-multiple` x the baseline's
+examples). The cost comes from a throughput probe: the study's own loop,
 model and data train a few steps at every batch size in this process, on this machine (a GPU
 if the study asks for GPU workers and this machine has one, else its CPU with the study's CPUs
 per worker as threads), and each trial's time is its budget in steps at that speed plus a
@@ -18,7 +19,12 @@ import math
 
 import torch
 
-from search_spaces.checks import equal_data_run
+from search_spaces.checks import (
+    DATA_CAP_MULTIPLE,
+    check_rounds,
+    data_step_cap,
+    equal_data_run,
+)
 from trainables.config import TrialConfig
 from trainables.datasets import DEFAULT_DATA_DIR
 from tuner.report.format import duration
@@ -97,12 +103,6 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int) -> list[str]:
         / max(len(spec.batch_sizes) - 1, 1)
         * sum(trial_hours(b) for b in spec.batch_sizes[1:])
     )
-    worst = max(spec.batch_sizes)
-    check_round = 0.0
-    if spec.checks:  # half and twice the lr, then twice the steps at three lrs, per seed
-        check_round = spec.seeds * (
-            2 * trial_hours(worst) + 3 * trial_hours(worst, 2 * budget.steps(n_train, worst))
-        )
     # equal data: each cell above the smallest batch size for the baseline's examples, where
     # its own budget gave it others (search_spaces.checks.equal_data_run)
     smallest = min(spec.batch_sizes)
@@ -136,10 +136,43 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int) -> list[str]:
         f"{duration(total * workers * per_worker)} of {device} time in all",
     ]
     if spec.checks:
-        lines.append(
-            f"each batch size that falls short adds its checks: a first round costs about "
-            f"{duration(check_round * workers * per_worker)} of {device} time at batch {worst}, "
-            f"and each further doubling of its steps about twice that, beside the baseline's "
-            f"runs at the same multiple of its own budget"
-        )
+        lines += check_lines(spec, n_train, trial_hours, workers * per_worker, device)
     return lines
+
+
+def check_lines(spec: StudySpec, n_train: int, trial_hours, scale: float, device: str) -> list[str]:
+    """What the checks may cost: every round up to the cap, for each batch size that falls
+    short of the baseline (`checks.check_rounds`: half and twice its lr, then each doubling of
+    its steps at three lrs, with the baseline at the same multiple of its own budget, and the
+    fresh seeds at the level judged, both sides), each round's levels x the seeds."""
+    budget = spec.budget_spec()
+    smallest = min(spec.batch_sizes)
+    base_steps = budget.steps(n_train, smallest)
+    if spec.max_steps:
+        stated = f"--max-steps {spec.max_steps}"
+    else:
+        multiple = spec.max_data_multiple or DATA_CAP_MULTIPLE
+        stated = f"{multiple:g}x the baseline's {base_steps * smallest} examples"
+    out = [f"the checks' cap: {stated}; where a batch size falls short, every round up to it:"]
+    for batch in spec.batch_sizes[1:]:
+        own = budget.steps(n_train, batch)
+        cap = spec.max_steps or data_step_cap(
+            batch, base_steps, smallest, spec.max_data_multiple or DATA_CAP_MULTIPLE
+        )
+        rounds = check_rounds(own, cap)
+        hours = 0.0
+        for levels in rounds:
+            hours += spec.seeds * sum(trial_hours(batch, steps) for steps, _ in levels)
+            multiple = levels[0][0] // own
+            if multiple > 1:  # the baseline at the same multiple of its own budget
+                hours += spec.seeds * trial_hours(smallest, multiple * base_steps)
+        last = rounds[-1][0][0]
+        hours += spec.seeds * (  # the fresh seeds at the last level, both sides
+            trial_hours(batch, last) + trial_hours(smallest, last // own * base_steps)
+        )
+        examples = last * batch / (base_steps * smallest)
+        out.append(
+            f"  {batch}: {len(rounds)} round(s), to {last} steps ({examples:.3g}x the "
+            f"baseline's examples): up to {duration(hours * scale)} of {device} time"
+        )
+    return out

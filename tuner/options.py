@@ -15,13 +15,19 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from trainables.config import BN_MODES
 from tuner.cluster.address import address_problem
 from tuner.errors import InputError
+from tuner.option_bounds import (
+    BRANCH_ONLY,
+    SEED_MAX,
+    check_bounds,
+    check_branch,
+    flag,
+)
 from tuner.store import objects as store
 from tuner.tracking.checks import add_options as add_tracking_options
 
@@ -49,7 +55,6 @@ BRANCH_SEEDS = 2
 SMOKE_BRANCH_AT = (0.25, 0.5)
 GRACE = 1 / 9  # ASHA's first rung: 1/9 of the budget (rungs at 1/9 and 1/3 with factor 3)
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-SEED_MAX = 2**32 - 1  # Optuna's samplers seed numpy, which takes 32 bits
 MAX_GRID = 64  # batch sizes in one grid: more is a typo, not a study
 # Options that may change when a study is resumed; every other one must match the saved study.
 RESUMABLE = ("max_concurrent", "worker_retries", "data_dir", "loader_workers")
@@ -174,6 +179,13 @@ def build_parser(description: str = "") -> OneLineParser:
         help="the most optimizer steps the more-steps check may give a batch size that falls "
         "short of the baseline (its budget doubles while that helps; default 0: twice the "
         "longest budget of the study, the smallest batch size's under an epoch budget)",
+    )
+    add(
+        "--max-data-multiple",
+        type=float,
+        help="where --max-steps is not given: the more-steps check gives a batch size at most "
+        "this many times the baseline's training examples (default 32; --dry-run prices every "
+        "round up to it)",
     )
     add(
         "--tolerance",
@@ -344,67 +356,7 @@ def given(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if v is not None and v is not False}
 
 
-def flag(name: str) -> str:
-    """`max_concurrent` -> `--max-concurrent`."""
-    return "--" + name.replace("_", "-")
-
-
 # --- single options -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bound:
-    """An inclusive range for one numeric option, and what the option means."""
-
-    low: float
-    high: float | None
-    meaning: str
-    low_open: bool = False  # the low end itself is refused (e.g. > 0)
-
-
-BOUNDS: dict[str, Bound] = {
-    "trials": Bound(1, None, "trials in the study"),
-    "epochs": Bound(1, None, "epochs per trial"),
-    "workers_per_trial": Bound(1, None, "data-parallel workers per trial"),
-    "cpus_per_worker": Bound(0, None, "CPUs each worker holds", low_open=True),
-    "gpus_per_worker": Bound(0, 1, "GPUs each worker holds (a fraction shares one GPU)"),
-    "max_concurrent": Bound(0, None, "trials at once; 0 means as many as the cluster holds"),
-    "max_device_batch": Bound(1, None, "the largest micro-batch of one worker"),
-    "max_train_examples": Bound(0, None, "training examples kept; 0 means all"),
-    "ghost_batch": Bound(1, None, "examples per ghost BatchNorm group"),
-    "grace_epochs": Bound(1, None, "epochs before ASHA's first rung"),
-    "grace": Bound(0, 1, "a fraction of the budget", low_open=True),
-    "min_steps": Bound(0, None, "optimizer steps every batch size trains at least"),
-    "eval_every": Bound(1, None, "optimizer steps between evaluations"),
-    "seeds": Bound(0, 100, "confirmation runs of each cell's best; 0 skips them"),
-    "reduction_factor": Bound(2, None, "ASHA keeps 1 in this many trials at each rung"),
-    "divergence_factor": Bound(1, None, "multiples of the chance-level loss", low_open=True),
-    "worker_retries": Bound(0, None, "restarts of a failed worker group; 0 means none"),
-    "loader_workers": Bound(1, 64, "DataLoader processes per worker"),
-    # Its upper end depends on the workload's metric (an accuracy <= 1, a loss in nats).
-    "target": Bound(0, None, "a target accuracy or validation loss", low_open=True),
-    "seed": Bound(0, SEED_MAX, "the seed"),
-    "max_steps": Bound(0, None, "the most steps of the more-steps check; 0 means automatic"),
-    "tolerance": Bound(0, None, "percentage points (accuracy) or nats (loss)"),
-    "window": Bound(1, None, "examples each branch trains"),
-    "base_lr": Bound(0, None, "the base run's lr", low_open=True),
-}
-BRANCH_ONLY = ("branch_at", "window", "base_lr", "verify_schedule")
-
-
-def check_bounds(options: dict[str, Any]) -> None:
-    """Every numeric option within its range, finite."""
-    for name, bound in BOUNDS.items():
-        value = options.get(name)
-        if value is None:
-            continue
-        low_ok = value > bound.low if bound.low_open else value >= bound.low
-        high_ok = bound.high is None or value <= bound.high
-        if math.isfinite(value) and low_ok and high_ok:
-            continue
-        low = f"above {show(bound.low)}" if bound.low_open else f"at least {show(bound.low)}"
-        wanted = low if bound.high is None else f"{low} and at most {show(bound.high)}"
-        raise InputError(f"{flag(name)} {show(value)}: must be {wanted} ({bound.meaning})")
 
 
 def check_name_and_storage(options: dict[str, Any]) -> None:
@@ -451,26 +403,6 @@ def check_combinations(options: dict[str, Any]) -> None:
         raise InputError("name a workload (python -m tuner.search --list shows them)")
 
 
-def check_branch(options: dict[str, Any]) -> None:
-    """What a branch study (tuner.branch) cannot take."""
-    if "tolerance" in options and options["tolerance"] <= 0:
-        raise InputError(
-            f"--tolerance {show(options['tolerance'])}: a branch study compares branches within "
-            f"a tolerance, which must be above 0 (default: half of what k=1 gains over the "
-            f"window at each checkpoint)"
-        )
-    grid_only = ("stop_at_target", "no_rule_test", "no_checks", "trials", "grace")
-    grid_only += ("grace_epochs", "reduction_factor", "max_steps", "stratify")
-    for name in grid_only:
-        if name in options:
-            raise InputError(f"{flag(name)} is an option of the grid method, not of a branch study")
-    if options.get("seeds") == 0:
-        raise InputError(
-            "--seeds 0: a branch study confirms each rung's best lr with fresh seeds; give 1 or "
-            "more (default 2)"
-        )
-
-
 def check_options(args: argparse.Namespace) -> None:
     """Every check that needs no workload and no cluster."""
     options = given(args)
@@ -485,12 +417,3 @@ def check_options(args: argparse.Namespace) -> None:
 def absolute_storage(storage: str) -> str:
     """--storage as the spec keeps it: a URI as given, a directory made absolute."""
     return storage if store.is_uri(storage) else str(Path(storage).resolve())
-
-
-def show(value: Any) -> str:
-    """A value as the user would type it: 8,32 for a grid, 4294967296 not 4.29497e+09."""
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
-        return str(int(value))
-    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.cells import STRATA, default_strata, study_cells
+from search_spaces.checks import DATA_CAP_MULTIPLE
 from trainables.budget import Budget, BudgetError
 from trainables.config import ConfigError
 from trainables.metrics import get_metric
 from tuner.cluster.capacity import check_fits
 from tuner.errors import InputError
+from tuner.option_bounds import flag, show
 from tuner.options import (
     BRANCH_AT,
     BRANCH_SEEDS,
@@ -33,9 +35,7 @@ from tuner.options import (
     SMOKE_BRANCH_AT,
     TRIALS_PER_BATCH,
     absolute_storage,
-    flag,
     given,
-    show,
 )
 from tuner.shipping import canonical_ref, source_to_ship
 from tuner.spec import StudySpec
@@ -208,6 +208,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         loader_workers=pick(args.loader_workers, 0),
         decode=pick(args.decode, "auto"),
         max_steps=pick(args.max_steps, 0),
+        max_data_multiple=pick(args.max_data_multiple, DATA_CAP_MULTIPLE),
         tolerance=pick(tolerance, metric_tolerance(workload, metric)),
         rule_test=not (args.no_rule_test or args.no_checks or args.smoke),
         checks=not (args.no_checks or args.smoke),
@@ -288,6 +289,7 @@ DECIDES: dict[str, tuple[str, ...]] = {
     "seed": ("seed",),
     "compile": ("compile",),
     "max_steps": ("max_steps",),
+    "max_data_multiple": ("max_data_multiple",),
     "tolerance": ("tolerance",),
     "no_rule_test": ("rule_test",),
     "no_checks": ("checks", "rule_test"),

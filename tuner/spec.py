@@ -93,6 +93,9 @@ class StudySpec:
     # `tolerance` (the metric's units) gets more steps, up to `max_steps` (0: twice the longest
     # budget of the study); `rule_test`: each rule's prediction from the baseline is run.
     max_steps: int = 0
+    # ... up to this many times the baseline's examples where `max_steps` is 0 (0: studies
+    # made before the cap was in data, twice the longest budget; search_spaces.checks)
+    max_data_multiple: float = 0.0
     tolerance: float = 0.01
     rule_test: bool = True
     checks: bool = True  # the lr and more-steps checks (False: --no-checks, --smoke)

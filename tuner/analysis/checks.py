@@ -25,6 +25,7 @@ from search_spaces.checks import (
     at_multiples,
     baseline_check,
     budget_check,
+    data_step_cap,
 )
 from search_spaces.spaces import lr_edge
 from trainables.metrics import ACCURACY, StudyMetric
@@ -78,10 +79,19 @@ def fresh_levels(trials: pd.DataFrame, cell: str, metric: StudyMetric) -> dict[L
     return found[1] if found else {}
 
 
-def step_cap(trials: pd.DataFrame, max_steps: int) -> int:
-    """The cap the search's more-steps check had (`CellSearch.step_cap`)."""
+def step_cap(
+    trials: pd.DataFrame,
+    max_steps: int,
+    batch: int = 0,
+    base: tuple[int, int] | None = None,
+    data_multiple: float = 0.0,
+) -> int:
+    """The cap the search's more-steps check had for `batch` (`CellSearch.step_cap`; `base`:
+    the baseline's budget steps and batch size)."""
     if max_steps:
         return max_steps
+    if data_multiple and base and batch:
+        return data_step_cap(batch, base[0], base[1], data_multiple)
     own = trials[trials["phase"].isin(["search", "confirm"])]["budget_steps"]
     return 2 * int(own.max()) if own.notna().any() else 0
 
@@ -302,7 +312,7 @@ def apply_budget_checks(
     base: tuple[int, Estimate] | None,
     by_multiple: dict[int, Estimate],
     tolerance: float,
-    cap: int,
+    cap: int | dict[int, int],
     metric: StudyMetric,
     decided_on: dict[int, Estimate] | None = None,
 ) -> dict[int, Any]:
@@ -323,8 +333,9 @@ def apply_budget_checks(
         if base is not None and batch != base[0] and isinstance(cell, str):
             levels = budget_levels(trials, cell, metric)
             fresh = fresh_levels(trials, cell, metric)
+            limit = cap.get(batch, 0) if isinstance(cap, dict) else cap
             judged = judge_levels(
-                levels, by_multiple, tolerance, cap, metric, fresh, decided_on or by_multiple
+                levels, by_multiple, tolerance, limit, metric, fresh, decided_on or by_multiple
             )
             if judged is not None and math.isfinite(judged.estimate.mean):
                 frontier.at[index, "estimate"] = judged.estimate

@@ -222,6 +222,7 @@ def degradation_map(
     ranges: dict[str, Any] | None = None,
     rule_stratified: bool = True,
     max_steps: int = 0,
+    max_data_multiple: float = 0.0,
     n_boot: int = N_BOOT,
     seed: int = 0,
     metric: StudyMetric = ACCURACY,
@@ -240,7 +241,15 @@ def degradation_map(
         first = measured.sort_values("batch_size").iloc[0]
         base = (int(first["batch_size"]), first["estimate"])
         base, decided_on, by_multiple = checked_baseline(frontier, trials, base, tolerance, metric)
-    cap = step_cap(trials, max_steps) if len(trials) else 0
+    cap: dict[int, int] = {}
+    if len(trials):
+        # the baseline's own budget (its confirmations'), in whose examples the cap is stated
+        confirmed = (
+            (trials["batch_size"] == base[0]) & (trials["phase"] == "confirm") if base else None
+        )
+        own = trials.loc[confirmed, "budget_steps"] if base else None
+        anchor = (int(own.max()), base[0]) if own is not None and own.notna().any() else None
+        cap = {b: step_cap(trials, max_steps, b, anchor, max_data_multiple) for b in grid}
     checks = apply_budget_checks(
         frontier,
         trials,

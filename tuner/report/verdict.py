@@ -150,7 +150,7 @@ def accuracy_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     why_not_degraded = {
         "under-trained": lambda row: (
             f"{row['budget_check'] or 'more steps were not tried'}: "
-            "more steps may still save it (--max-steps)"
+            "more steps may still save it (--max-data-multiple, --max-steps)"
         ),
         "under-searched": lambda row: (
             f"its best lr sits on the {row['lr_edge']} its search "

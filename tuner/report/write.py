@@ -95,6 +95,7 @@ def write_report(
         ranges=spec.search_ranges,
         rule_stratified="rule" in spec.strata,
         max_steps=spec.max_steps,
+        max_data_multiple=spec.max_data_multiple,
         n_boot=n_boot,
         seed=spec.seed,
         metric=metric,

@@ -50,6 +50,7 @@ def make_search(spec: StudySpec) -> CellSearch:
         mode=spec.study_metric.mode,
         tolerance=spec.tolerance,
         max_steps=spec.max_steps,
+        max_data_multiple=spec.max_data_multiple,
         rule_test=spec.rule_test,
         checks=spec.checks,
     )

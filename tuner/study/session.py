@@ -40,6 +40,15 @@ class RunOptions:
     tracking: Tracking = Tracking()  # --mlflow, --optuna-storage (checked: tuner.tracking)
 
 
+def cap_text(spec: StudySpec) -> str:
+    """The checks' cap as the study states it (search_spaces.checks.DATA_CAP_MULTIPLE)."""
+    if spec.max_steps:
+        return f"{spec.max_steps} steps"
+    if spec.max_data_multiple:
+        return f"{spec.max_data_multiple:g}x the baseline's examples"
+    return "twice the longest budget"
+
+
 def prepare(spec: StudySpec, options: RunOptions) -> StudySpec:
     """Join the cluster and return the spec as it will run; `InputError` / `ConfigError` when
     the cluster cannot run it. Nothing is written."""
@@ -81,7 +90,7 @@ def run(spec: StudySpec, options: RunOptions) -> int:
         f"+ up to {spec.confirmation_trials} confirmation runs + {spec.rule_test_trials} "
         f"rule-test runs + about {spec.equal_data_trials} equal-data runs + more steps where "
         f"a batch size falls short (up to "
-        f"{spec.max_steps or 'twice the longest budget'}; the baseline at the same "
+        f"{cap_text(spec)}; the baseline at the same "
         f"multiples), budget {spec.budget_spec()} "
         f"per trial, {spec.workers_per_trial} worker(s)/trial, results in {spec.study_dir}",
         file=sys.stderr,
