@@ -213,9 +213,50 @@ def main() -> None:
         out["minimum_s"] = args.bookkeeping / args.slots
     else:
         out["truth"] = truth_check(spec, args.critical)
+        out |= predicted(spec, total_steps, step_s, args.slots, last, busy)
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
+
+
+def predicted(
+    spec: Any, total_steps: Any, step_s: float, slots: int, last: Any, busy: dict[str, float]
+) -> dict[str, Any]:
+    """What `--dry-run --slots` predicts for this study (tuner.analysis.schedule: its planned
+    jobs, a trial's seconds from the stand-in's step time plus the trials' measured mean
+    start-up), and the part of the measured work it does not plan (the adaptive checks)."""
+    from tuner.analysis.schedule import simulate, study_jobs
+
+    rows = last.set_index("trial_id")
+    slept = {
+        t: rows.at[t, "optimizer_steps"] * step_s * max(1.0, rows.at[t, "batch_size"] / 256)
+        for t in busy
+        if t in rows.index
+    }
+    overhead = sum(busy[t] - slept[t] for t in slept) / max(1, len(slept))
+
+    def seconds(batch: int, n: int) -> float:
+        return n * step_s * max(1.0, batch / 256) + overhead
+
+    from search_spaces.checks import DATA_CAP_MULTIPLE, data_step_cap
+
+    found = simulate(study_jobs(spec, total_steps, seconds), slots)
+    smallest = min(spec.batch_sizes)
+    multiple = spec.max_data_multiple or DATA_CAP_MULTIPLE
+
+    def cap_of(batch: int) -> int:
+        return spec.max_steps or data_step_cap(batch, total_steps(smallest), smallest, multiple)
+
+    worst = simulate(study_jobs(spec, total_steps, seconds, cap_of), slots)
+    planned = last["phase"].isin(["search", "confirm", "rule"]).sum()
+    return {
+        "predicted_wall_s": round(found.wall_s, 1),
+        "predicted_critical_path_s": round(found.critical_path_s, 1),
+        # every batch size through every round of the checks up to the cap: the most
+        "predicted_worst_wall_s": round(worst.wall_s, 1),
+        "trial_overhead_s": round(overhead, 2),
+        "unplanned_trials": int(len(last) - planned),  # checks, equal data, fresh seeds
+    }
 
 
 def truth_check(spec: Any, critical: int) -> dict[str, Any]:

@@ -215,6 +215,15 @@ def budget_check(
             return BudgetCheck(HOLDS, level, gain=gain)
         return None
 
+    def run(at: Level, levels: tuple[Level, ...], gain: float) -> BudgetCheck:
+        """RUN `levels`, and beside them the baseline at their multiples where it has not run
+        there: a level at m x the budget is compared with the baseline at m x its own, so it
+        starts now rather than after (one wait less per doubling on a cluster; issue 33)."""
+        have = set(baseline) if isinstance(baseline, Mapping) else None
+        wanted = {max(1, steps // own_steps) for steps, _ in levels}
+        extra = () if have is None else tuple(sorted(m for m in wanted - have if m > 1))
+        return BudgetCheck(RUN, at, levels, gain, baseline_runs=extra)
+
     def upper(before: Level, after: Level) -> float:
         """The gain of `after` over `before`: shown at most this (95%), else its point value."""
         if by_seed and before in by_seed and after in by_seed:
@@ -232,7 +241,7 @@ def budget_check(
         neighbours = [(steps, k - 1), (steps, k + 1)]
         missing = tuple(n for n in neighbours if n not in results)
         if missing:
-            return BudgetCheck(RUN, center, missing, gain)
+            return run(center, missing, gain)
         best = max(neighbours, key=score)
         if score(best) - score(center) > tolerance:
             center = best  # a better lr: go on from there
@@ -241,7 +250,7 @@ def budget_check(
         if longer not in results:
             if 2 * steps > cap:
                 return BudgetCheck(CAPPED, center, gain=gain, gain_upper=bound)
-            return BudgetCheck(RUN, center, (longer,), gain)
+            return run(center, (longer,), gain)
         gain, bound = score(longer) - score(center), upper(center, longer)
         if bound <= tolerance:
             # Twice the steps may want another lr (a high lr that suits a short run can be
@@ -249,7 +258,7 @@ def budget_check(
             around = [(2 * steps, k - 1), (2 * steps, k + 1)]
             missing = tuple(n for n in around if n not in results)
             if missing:
-                return BudgetCheck(RUN, center, missing, gain)
+                return run(center, missing, gain)
             best = max([longer, *around], key=score)
             gain, bound = score(best) - score(center), upper(center, best)
             if bound <= tolerance:  # a plateau: shown to gain no more than the tolerance

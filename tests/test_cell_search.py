@@ -269,27 +269,28 @@ def test_a_cell_short_of_the_baseline_tries_half_and_twice_its_lr_then_twice_the
     finish(search, keys[:3], value=0.78)
     assert search.suggest("w") is None  # a level waits for all its seeds
     finish(search, keys[3:], value=0.78)  # neither lr helped: twice the steps
+    # ... and beside them the baseline at twice its own, same seeds: a level at 2x its budget
+    # is compared with that, so it starts now, not after (issue 33)
     longer = hand_out(search, "b")
-    assert [level(c) for c in longer] == [(200, 0), (200, 0)]
-    finish(search, ["b0", "b1"], value=0.90, steps=200)  # +10 pt: it helped
-    # compared at twice its budget: the baseline first gets twice its own, same seeds
-    base = hand_out(search, "g")
-    assert sorted((c.cell.batch_size, level(c), c.seed) for c in base) == [
-        (8, (200, 0), 1), (8, (200, 0), 2)
+    assert sorted((c.cell.batch_size, level(c), c.seed) for c in longer) == [
+        (8, (200, 0), 1), (8, (200, 0), 2), (512, (200, 0), 1), (512, (200, 0), 2)
     ]  # fmt: skip
-    finish(search, ["g0", "g1"], value=0.95, steps=200)  # still 5 pt short: lr again there
-    again = hand_out(search, "d")
+    for i, c in enumerate(longer):  # 512 +10 pt: it helped; still 5 pt short of 95%
+        value = 0.90 if c.cell.batch_size == 512 else 0.95
+        search.complete(f"b{i}", "completed", value, 200, 200)
+    again = hand_out(search, "d")  # the lr again there
     assert sorted(level(c) for c in again) == [(200, -1), (200, -1), (200, 1), (200, 1)]
     finish(search, [f"d{i}" for i in range(4)], value=0.88, steps=200)
-    last = hand_out(search, "e")
-    assert [level(c) for c in last] == [(400, 0), (400, 0)]
-    finish(search, ["e0", "e1"], value=0.905, steps=400)  # +0.5 pt: its lr there next
+    last = hand_out(search, "e")  # 4x, and the baseline at 4x beside it
+    assert sorted((c.cell.batch_size, level(c)) for c in last) == [
+        (8, (400, 0)), (8, (400, 0)), (512, (400, 0)), (512, (400, 0))
+    ]  # fmt: skip
+    for i, c in enumerate(last):  # 512 +0.5 pt: its lr there next
+        value = 0.905 if c.cell.batch_size == 512 else 0.95
+        search.complete(f"e{i}", "completed", value, 400, 400)
     around = hand_out(search, "f")
     assert sorted(level(c) for c in around) == [(400, -1), (400, -1), (400, 1), (400, 1)]
-    finish(search, [f"f{i}" for i in range(4)], value=0.9, steps=400)  # a plateau at 400
-    base = hand_out(search, "h")  # judged at 4x its budget: against the baseline at 4x
-    assert sorted((c.cell.batch_size, level(c)) for c in base) == [(8, (400, 0))] * 2
-    finish(search, ["h0", "h1"], value=0.95, steps=400)  # degraded
+    finish(search, [f"f{i}" for i in range(4)], value=0.9, steps=400)  # a plateau: degraded
     # judged by fresh seeds (3, 4) at the level the checks chose, both sides (issue 32)
     fresh = hand_out(search, "j")
     assert {c.phase for c in fresh} == {JUDGE}
@@ -323,10 +324,13 @@ def test_a_better_lr_moves_the_check_there():
 def test_more_steps_stop_at_the_cap():
     search, first, n = confirmed_search({8: 0.95, 32: 0.95, 128: 0.95, 512: 0.80}, max_steps=300)
     finish(search, [f"c{n}", *(f"a{i}" for i in range(len(hand_out(search, "a"))))], 0.78)
-    assert [level(c) for c in hand_out(search, "b")] == [(200, 0), (200, 0)]
-    finish(search, ["b0", "b1"], value=0.9, steps=200)
-    assert [level(c) for c in hand_out(search, "g")] == [(200, 0)] * 2  # the baseline at 2x
-    finish(search, ["g0", "g1"], value=0.95, steps=200)
+    longer = hand_out(search, "b")  # with the baseline at 2x beside it
+    assert sorted((c.cell.batch_size, level(c)) for c in longer) == [
+        (8, (200, 0)), (8, (200, 0)), (512, (200, 0)), (512, (200, 0))
+    ]  # fmt: skip
+    for i, c in enumerate(longer):
+        value = 0.9 if c.cell.batch_size == 512 else 0.95
+        search.complete(f"b{i}", "completed", value, 200, 200)
     assert len(hand_out(search, "d")) == 4  # the lr at 200 steps
     finish(search, [f"d{i}" for i in range(4)], value=0.85, steps=200)
     fresh = hand_out(search, "j")  # 400 would pass --max-steps 300: judged at 200, fresh seeds
@@ -382,11 +386,16 @@ def test_every_batch_size_that_saw_other_data_runs_again_at_the_baselines_data()
     for key, c in zip(keys, runs, strict=True):
         if level(c)[0] == 100:
             search.complete(key, "completed", 0.78, 100, 100)
-    assert [level(c) for c in hand_out(search, "b")] == [(200, 0), (200, 0)]  # not waiting
+    longer = hand_out(search, "b")  # not waiting; the baseline at 2x beside it
+    assert sorted((c.cell.batch_size, level(c)) for c in longer) == [
+        (8, (200, 0)), (8, (200, 0)), (512, (200, 0)), (512, (200, 0))
+    ]  # fmt: skip
     for key, c in zip(keys, runs, strict=True):
         if level(c)[0] < 100:
             search.complete(key, "completed", 0.5, level(c)[0], level(c)[0])
-    finish(search, ["b0", "b1"], value=0.79, steps=200)
+    for i, c in enumerate(longer):
+        value = 0.79 if c.cell.batch_size == 512 else 0.95
+        search.complete(f"b{i}", "completed", value, 200, 200)
     then = hand_out(search, "d")  # its lr at 200 steps; at equal data, the baseline's lr search
     assert sorted(level(c) for c in then if c.cell.batch_size == 512 and level(c)[0] == 200) == [
         (200, -1),
@@ -804,22 +813,26 @@ def test_a_doubling_is_a_plateau_only_where_its_gain_is_shown_within_the_toleran
     0.5 pt on the mean, within the 1 pt tolerance. With the two seeds agreeing (0.55 and
     0.45 pt) the gain's 95% bound (0.5 + 6.31 x 0.05 = 0.82 pt) is within it too: a plateau,
     whose lr is checked there next. With them far apart (+1.5 and -0.5 pt) nothing is shown:
-    the steps are still improving, and 512 goes on to be judged at 2x (the baseline at 2x
-    first)."""
-    search, first, n = confirmed_search({8: 0.95, 32: 0.95, 128: 0.95, 512: 0.80})
+    the steps are still improving, and 512 goes on to 4x once its lr at 2x is checked."""
+    search, first, n = confirmed_search({8: 0.95, 32: 0.95, 128: 0.95, 512: 0.80}, max_steps=1000)
     finish(search, [f"c{n}", *(f"a{i}" for i in range(len(hand_out(search, "a"))))], 0.78)
-    longer = hand_out(search, "b")
-    assert [level(c) for c in longer] == [(200, 0), (200, 0)]
-    for i, c in enumerate(longer):  # seeds 1 and 2: +0.5 pt -/+ spread/2
+    longer = hand_out(search, "b")  # 512 at 2x, the baseline at 2x beside it
+    for i, c in enumerate(longer):  # 512's seeds 1 and 2: +0.5 pt -/+ spread/2
         value = 0.805 + (spread / 2 if c.seed == 1 else -spread / 2)
-        search.complete(f"b{i}", "completed", value, 200, 200)
-    following = hand_out(search, "d")
-    if spread < 0.01:
+        search.complete(f"b{i}", "completed", value if c.cell.batch_size == 512 else 0.95, 200)
+    around = hand_out(search, "d")  # either way its lr at 2x next (a plateau's, or its own)
+    assert sorted((c.cell.batch_size, level(c)) for c in around) == [
+        (512, (200, -1)), (512, (200, -1)), (512, (200, 1)), (512, (200, 1))
+    ]  # fmt: skip
+    finish(search, [f"d{i}" for i in range(4)], value=0.78, steps=200)
+    following = hand_out(search, "e")
+    if spread < 0.01:  # a plateau shown: degraded at 2x, judged there by fresh seeds
+        assert {c.phase for c in following} == {JUDGE}
+        assert {level(c) for c in following} == {(200, 0)}
+    else:  # nothing shown: still improving, on to 4x (the baseline at 4x beside it)
         assert sorted((c.cell.batch_size, level(c)) for c in following) == [
-            (512, (200, -1)), (512, (200, -1)), (512, (200, 1)), (512, (200, 1))
+            (8, (400, 0)), (8, (400, 0)), (512, (400, 0)), (512, (400, 0))
         ]  # fmt: skip
-    else:
-        assert sorted((c.cell.batch_size, level(c)) for c in following) == [(8, (200, 0))] * 2
     seeds = search.level_seeds(search.cells[-1])
     assert seeds[(200, 0)] == {
         1: pytest.approx(0.805 + spread / 2),
@@ -838,6 +851,8 @@ def test_more_steps_stop_at_a_cap_stated_in_the_baselines_examples():
         (b, (100, k)) for b in (128, 512) for k in (-1, 1) for _ in range(2)
     )
     finish(search, [f"c{n}", *(f"a{i}" for i in range(len(lr_round) - 1))], 0.78)
-    longer = hand_out(search, "b")
-    assert [(c.cell.batch_size, level(c)) for c in longer] == [(128, (200, 0))] * 2
+    longer = hand_out(search, "b")  # with the baseline at 2x beside it
+    assert sorted((c.cell.batch_size, level(c)) for c in longer) == [
+        (8, (200, 0)), (8, (200, 0)), (128, (200, 0)), (128, (200, 0))
+    ]  # fmt: skip
     assert search.step_cap(512, (100, 8)) == 50 and search.step_cap(128, (100, 8)) == 200

@@ -215,6 +215,8 @@ def test_a_plateau_is_a_gain_shown_within_the_tolerance_not_a_mean_below_it():
     longer = {**results, (1200, -1): 0.91, (1200, 1): 0.91}
     check = checks.budget_check({1: 0.99, 2: 0.99}, longer, 600, 0.01, 10_000, by_seed=noisy)
     assert (check.center, check.runs) == ((1200, 0), ((2400, 0),))  # still improving
+    # the baseline at 4x its budget starts beside it: 2400 steps will be compared with that
+    assert check.baseline_runs == (4,)
     agreeing = {
         (600, 0): {1: 0.918, 2: 0.920, 3: 0.922},
         (1200, 0): {1: 0.927, 2: 0.929, 3: 0.931},

@@ -3,6 +3,7 @@ completion times x workers x what each worker holds, by phase and batch size."""
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -149,7 +150,15 @@ def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
     # pass the cap)
     assert "the checks' cap: 32x the baseline's 2864 examples" in out
     assert "  128: 3 round(s), to 600 steps (26.8x the baseline's examples): up to " in out
-    capped = dry_run([*args, "--rules", "sqrt", "--max-data-multiple", "8"], tmp_path / "s")
+    # as many slots as this machine holds trials (its CPUs, or GPUs where it has them)
+    assert re.search(r"wall time on \d+ slots \(what this machine holds; --slots N\): about ", out)
+    capped = dry_run(
+        [*args, "--rules", "sqrt", "--max-data-multiple", "8", "--slots", "64"], tmp_path / "s"
+    )
+    # 64 slots hold every planned trial at once: the wall time is the critical path
+    wall = capped.split("wall time on 64 slots: about ", 1)[1].split(" for the planned ")[0]
+    critical = capped.split("the runs that wait for it) is ", 1)[1].split(", and no")[0]
+    assert wall == critical
     assert "  128: 2 round(s), to 150 steps" not in capped  # 8x: 183 steps, no doubling
     assert "  128: 1 round(s), to 150 steps (6.7x the baseline's examples)" in capped
     assert not (tmp_path / "s").exists()

@@ -96,7 +96,7 @@ def run_study(workload: str | Workload, **options: Any) -> StudyResult:
     if run.pop("dry_run"):
         from tuner.search import dry_run
 
-        print("\n".join(dry_run(spec)))
+        print("\n".join(dry_run(spec, run.pop("slots"))))
         return load_result(spec.study_dir, 0)
     run_options = session.RunOptions(**run)
     spec = run_checked(lambda: session.prepare(spec, run_options))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import torch
 
@@ -27,6 +28,7 @@ from search_spaces.checks import (
 )
 from trainables.config import TrialConfig
 from trainables.datasets import DEFAULT_DATA_DIR
+from tuner.analysis.schedule import simulate, study_jobs
 from tuner.report.format import duration
 from tuner.spec import StudySpec
 
@@ -81,8 +83,11 @@ def probe(spec: StudySpec) -> tuple[dict[int, float], int]:
     return speeds, len(splits.train)
 
 
-def plan(spec: StudySpec, speeds: dict[int, float], n_train: int) -> list[str]:
-    """The lines `--dry-run` prints."""
+def plan(
+    spec: StudySpec, speeds: dict[int, float], n_train: int, slots: int | None = None
+) -> list[str]:
+    """The lines `--dry-run` prints (`slots`: trials at once for the wall time; default what
+    this machine holds)."""
     budget = spec.budget_spec()
     cells = spec.cells()
     workers = spec.workers_per_trial
@@ -135,9 +140,60 @@ def plan(spec: StudySpec, speeds: dict[int, float], n_train: int) -> list[str]:
         f"{duration(confirm)}, rule test {duration(rule)}, equal data {duration(equal)}: "
         f"{duration(total * workers * per_worker)} of {device} time in all",
     ]
+    lines.append(wall_line(spec, n_train, trial_hours, slots))
     if spec.checks:
         lines += check_lines(spec, n_train, trial_hours, workers * per_worker, device)
     return lines
+
+
+def machine_slots(spec: StudySpec) -> int:
+    """The trials this machine holds at once (a local study's)."""
+    if spec.use_gpu and torch.cuda.is_available():
+        held = torch.cuda.device_count() / max(spec.gpus_per_worker, 1e-9)
+    else:
+        held = (os.cpu_count() or 1) / max(spec.cpus_per_worker, 1e-9)
+    return max(1, int(held // spec.workers_per_trial))
+
+
+def wall_line(spec: StudySpec, n_train: int, trial_hours, slots: int | None) -> str:
+    """The study's wall time on `slots` (tuner.analysis.schedule: its planned job graph, list
+    scheduled), and its critical path."""
+    budget = spec.budget_spec()
+    given = slots is not None
+    slots = slots or machine_slots(spec)
+    if spec.max_concurrent:
+        slots = min(slots, spec.max_concurrent)
+    jobs = study_jobs(
+        spec, lambda b: budget.steps(n_train, b), lambda b, s: 3600 * trial_hours(b, s)
+    )
+    found = simulate(jobs, slots)
+    where = f"{slots} slots" + ("" if given else " (what this machine holds; --slots N)")
+    text = (
+        f"wall time on {where}: about {duration(found.wall_s / 3600)} for the planned "
+        f"{len(jobs)} trials (utilisation {found.utilisation:.0%}); the critical path (the "
+        f"longest chain of trials that wait for each other: the baseline's search, "
+        f"confirmation and lr check, then the runs that wait for it) is "
+        f"{duration(found.critical_path_s / 3600)}, and no number of slots finishes sooner"
+    )
+    if not spec.checks:
+        return text
+    smallest = min(spec.batch_sizes)
+    base_steps = budget.steps(n_train, smallest)
+    multiple = spec.max_data_multiple or DATA_CAP_MULTIPLE
+    worst = simulate(
+        study_jobs(
+            spec,
+            lambda b: budget.steps(n_train, b),
+            lambda b, s: 3600 * trial_hours(b, s),
+            lambda b: spec.max_steps or data_step_cap(b, base_steps, smallest, multiple),
+        ),
+        slots,
+    )
+    return (
+        f"{text}; with every batch size short of the baseline through every round of the "
+        f"checks up to the cap (below): at most {duration(worst.wall_s / 3600)} (critical path "
+        f"{duration(worst.critical_path_s / 3600)})"
+    )
 
 
 def check_lines(spec: StudySpec, n_train: int, trial_hours, scale: float, device: str) -> list[str]:

@@ -45,6 +45,7 @@ BOUNDS: dict[str, Bound] = {
     # Its upper end depends on the workload's metric (an accuracy <= 1, a loss in nats).
     "target": Bound(0, None, "a target accuracy or validation loss", low_open=True),
     "seed": Bound(0, SEED_MAX, "the seed"),
+    "slots": Bound(1, None, "trials at once in the predicted wall time"),
     "max_steps": Bound(0, None, "the most steps of the more-steps check; 0 means automatic"),
     "max_data_multiple": Bound(
         1, None, "the more-steps check's most data, a multiple of the baseline's examples"

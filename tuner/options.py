@@ -66,6 +66,7 @@ RUN_ONLY = (
     "name",
     "resume",
     "dry_run",
+    "slots",
     "trust_code",
     "mlflow",
     "optuna_storage",
@@ -301,6 +302,12 @@ def build_parser(description: str = "") -> OneLineParser:
         "on this machine) and exit: nothing trains, nothing is written, Ray does not start",
     )
     add(
+        "--slots",
+        type=int,
+        help="with --dry-run: predict the wall time on this many trial slots (trials at once; "
+        "default: what this machine holds)",
+    )
+    add(
         "--method",
         choices=("grid", "branch"),
         help="grid (default): search and confirm every batch size; branch: the local critical "
@@ -383,6 +390,8 @@ def check_combinations(options: dict[str, Any]) -> None:
         problem = address_problem(options["address"])
         if problem:
             raise InputError(f"--address {options['address']}: {problem}")
+    if "slots" in options and not options.get("dry_run"):
+        raise InputError("--slots goes with --dry-run (the wall time it predicts on that many)")
     if options.get("dry_run") and options.get("resume"):
         raise InputError(
             "--dry-run plans a new study; a resumed study's plan is the one it started with "

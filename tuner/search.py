@@ -121,6 +121,8 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
     local = resolve.local_cluster(address)
     run = {"address": address, "resume": args.resume, "report": not args.no_report}
     run["dry_run"] = bool(args.dry_run)
+    if args.dry_run:
+        run["slots"] = args.slots
     if args.resume:
         saved = saved_spec(args.storage, args.name, args.trust_code)
         make_importable(saved.workload_source)
@@ -141,8 +143,9 @@ def parse_and_check(argv: list[str] | None) -> tuple[StudySpec, dict] | None:
     return spec, run
 
 
-def dry_run(spec: StudySpec) -> list[str]:
-    """What `--dry-run` prints: the plan and its estimated cost (tuner.dry_run)."""
+def dry_run(spec: StudySpec, slots: int | None = None) -> list[str]:
+    """What `--dry-run` prints: the plan, its estimated cost and its wall time on `slots`
+    (tuner.dry_run)."""
     import dataclasses
 
     from tuner import dry_run as planner
@@ -153,7 +156,7 @@ def dry_run(spec: StudySpec) -> list[str]:
         ladder = branching.ladder_sizes(spec)
         speeds, n_train = planner.probe(dataclasses.replace(spec, batch_sizes=ladder))
         return branching.estimate_lines(spec, branching.make_plan(spec, n_train), speeds)
-    return planner.plan(spec, *planner.probe(spec))
+    return planner.plan(spec, *planner.probe(spec), slots=slots)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     spec, run = resolved
     if run.pop("dry_run"):
-        print("\n".join(dry_run(spec)))
+        print("\n".join(dry_run(spec, run.pop("slots"))))
         return 0
     # Ray is imported only now, with the inputs known good.
     from tuner.study import session
