@@ -85,3 +85,15 @@ def test_where_trials_ran_counts_nodes_trials_that_spanned_and_devices():
     old = where_trials_ran(table.drop(columns=["nodes", "device_name"]))
     assert old["trials_spanning_nodes"] is None
     assert where_text(STRICT_PACK, "", 2, old).endswith("3 trials ran on 2 node(s)")
+
+
+def test_a_local_rays_dashboard_never_takes_a_port_ray_keeps_for_another_component(monkeypatch):
+    """The OS may hand out 52365 (Ray's dashboard agent's default, in Linux's ephemeral range):
+    the dashboard then takes the next free port (seen once: Ray refused to start)."""
+    from tuner.cluster import connect
+
+    handed = iter([52365, 8265, 41234])
+    monkeypatch.setattr(connect, "free_port", lambda: next(handed))
+    kwargs = connect.local_ray_kwargs()
+    assert kwargs["dashboard_port"] == 41234
+    assert kwargs["runtime_env"]["env_vars"]["RAY_API_SERVER_ADDRESS"].endswith(":41234")

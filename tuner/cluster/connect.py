@@ -48,6 +48,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Ports a local Ray takes by default for its other components: the dashboard agent's HTTP port
+# (52365) lies in Linux's ephemeral range, and a dashboard given it fails to start ("Ray
+# component dashboard_agent_http is trying to use a port number 52365 that is used by other
+# components": seen once in bench/cluster_scale.py).
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
+
+
+def dashboard_port() -> int:
+    """A free port for a local Ray's dashboard that none of Ray's default ports collides with."""
+    while (port := free_port()) in RAY_DEFAULT_PORTS:
+        continue
+    return port
+
+
 def local_ray_kwargs(dashboard: bool = True, **kwargs: Any) -> dict[str, Any]:
     """`ray.init` arguments for a fresh local Ray that cannot be confused with another one.
 
@@ -61,7 +75,7 @@ def local_ray_kwargs(dashboard: bool = True, **kwargs: Any) -> dict[str, Any]:
     for workers (seen here). Pinning the dashboard port and telling every worker process where
     it is (RAY_API_SERVER_ADDRESS) removes the ambiguity.
     """
-    port = free_port()
+    port = dashboard_port()
     env = {
         **WORKER_ENV,
         "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}",
