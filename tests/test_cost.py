@@ -133,7 +133,7 @@ def dry_run(args: list[str], storage) -> str:
 def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
     """`--dry-run`: the plan and a cost from a real throughput probe; no Ray, no files."""
     args = ["simple_cnn", "--dataset", "digits", "--batch-sizes", "8,128", "--seeds", "2"]
-    out = dry_run([*args, "--rules", "sqrt"], tmp_path / "s")
+    out = dry_run([*args, "--rules", "sqrt", "--slots", "64"], tmp_path / "s")
     assert (
         "planned trials: 16 search (+ up to 6 range extensions), up to 4 confirmation runs" in out
     )
@@ -150,18 +150,32 @@ def test_dry_run_plans_and_estimates_without_starting_anything(tmp_path):
     # pass the cap)
     assert "the checks' cap: 32x the baseline's 2864 examples" in out
     assert "  128: 3 round(s), to 600 steps (26.8x the baseline's examples): up to " in out
-    # as many slots as this machine holds trials (its CPUs, or GPUs where it has them)
-    assert re.search(r"wall time on \d+ slots \(what this machine holds; --slots N\): about ", out)
-    capped = dry_run(
-        [*args, "--rules", "sqrt", "--max-data-multiple", "8", "--slots", "64"], tmp_path / "s"
-    )
     # 64 slots hold every planned trial at once: the wall time is the critical path
-    wall = capped.split("wall time on 64 slots: about ", 1)[1].split(" for the planned ")[0]
-    critical = capped.split("the runs that wait for it) is ", 1)[1].split(", and no")[0]
+    wall = out.split("wall time on 64 slots: about ", 1)[1].split(" for the planned ")[0]
+    critical = out.split("the runs that wait for it) is ", 1)[1].split(", and no")[0]
     assert wall == critical
-    assert "  128: 2 round(s), to 150 steps" not in capped  # 8x: 183 steps, no doubling
-    assert "  128: 1 round(s), to 150 steps (6.7x the baseline's examples)" in capped
     assert not (tmp_path / "s").exists()
+
+
+def test_the_dry_run_prices_the_checks_rounds_up_to_a_cap_of_the_users(tmp_path):
+    """--max-data-multiple 8: 8x batch 8's 2864 examples is 179 steps at batch 128, so its
+    150-step budget gets no doubling, only its lr; without a probe (one-second trials)."""
+    from tuner.dry_run import check_lines, wall_line
+    from tuner.options import build_parser
+    from tuner.resolve import build_spec
+
+    argv = ["simple_cnn", "--dataset", "digits", "--batch-sizes", "8,128", "--seeds", "2"]
+    spec = build_spec(
+        build_parser().parse_args([*argv, "--max-data-multiple", "8", "--storage", str(tmp_path)]),
+        gpus_available=False,
+    )
+    lines = check_lines(spec, 1437, lambda batch, steps=None: 1 / 3600, 1.0, "CPU")
+    assert lines[0].startswith("the checks' cap: 8x the baseline's 2864 examples")
+    assert lines[1] == (
+        "  128: 1 round(s), to 150 steps (6.7x the baseline's examples): up to 8 s of CPU time"
+    )  # its lr: 2 levels x 2 seeds, then 2 fresh seeds on each side
+    line = wall_line(spec, 1437, lambda batch, steps=None: 1 / 3600, None)
+    assert re.search(r"^wall time on \d+ slots \(what this machine holds; --slots N\)", line)
 
 
 def test_a_branch_dry_run_plans_the_ladder_and_its_cost_without_starting_anything(tmp_path):
