@@ -514,8 +514,8 @@ def expected_accuracy(trials_csv: pd.DataFrame, frontier: pd.DataFrame) -> dict[
     `judged_lr_factor`; the baseline at its own lr check's `baseline_lr_factor`): the mean final
     value of that level's completed runs and its diverged ones, each of those at its last
     evaluation (issue 32; a non-finite one at the worst value of the level's runs): the
-    confirmation runs at the cell's own budget and lr, else the check runs at that budget and lr
-    x factor."""
+    confirmation runs at the cell's own budget and lr, else that level's runs with fresh seeds
+    (phase judge) where it ran again, else the check runs at that budget and lr x factor."""
     finals = final_rows(trials_csv)
     done = finals[finals["outcome"].isin(["completed", "target"]) & ~diverged_rows(finals)]
     search = done[done["phase"] == "search"]
@@ -537,12 +537,14 @@ def expected_accuracy(trials_csv: pd.DataFrame, frontier: pd.DataFrame) -> dict[
         if (int(steps), float(factor)) == (own, 1.0):
             runs = confirm
         else:
-            runs = finals[
+            level = (
                 (finals["cell"] == cell)
-                & (finals["phase"] == "extend")
                 & (finals["budget_steps"] == steps)
                 & np.isclose(finals["base_lr"], lr * factor)
-            ]
+            )
+            runs = finals[level & (finals["phase"] == "judge")]
+            if runs.empty:
+                runs = finals[level & (finals["phase"] == "extend")]
             assert len(runs), (batch, steps, factor)  # the level judged at ran
         blown = runs[diverged_rows(runs)]
         runs = runs[runs["trial_id"].isin(done["trial_id"])]

@@ -39,7 +39,9 @@ def test_each_cells_best_is_confirmed_with_fresh_seeds(small_study):
         search = group[(group["phase"] == "search") & (group["outcome"] == "completed")]
         confirm = group[group["phase"] == "confirm"]
         assert len(search) >= 1, cell  # ASHA always lets a cell's first trial through
-        best = search.sort_values("val_acc", ascending=False).iloc[0]
+        # the searcher's best: the highest value, ties to the earliest trial
+        ordered = search.sort_values(["val_acc", "optuna_number"], ascending=[False, True])
+        best = ordered.iloc[0]
         assert sorted(confirm["seed"]) == [1, 2], cell
         # never stopped early (a seed may diverge: a recorded outcome of its own)
         assert set(confirm["outcome"]) <= {"completed", "diverged"}, cell
