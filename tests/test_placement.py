@@ -55,9 +55,12 @@ def test_a_gpu_study_on_mixed_types_takes_the_type_a_node_of_which_holds_a_trial
 def test_a_type_no_node_has_is_refused_unless_no_node_says_its_type():
     with pytest.raises(InputError, match=r"--accelerator-type H100: no node .* A100, A10G"):
         plan_placement([G5, P4D], 1, 1.0, 1.0, "H100")
-    # an autoscaler's node types may not list their accelerator: the user is trusted
-    plan = plan_placement([{"CPU": 8.0, "GPU": 1.0}], 1, 1.0, 1.0, "H100")
-    assert (plan.strategy, plan.accelerator_type) == (STRICT_PACK, "H100")
+    # a machine whose nodes declare no type at all: every trial would wait forever
+    with pytest.raises(InputError, match=r"--accelerator-type H100: .* \(its types: none"):
+        plan_placement([{"CPU": 8.0, "GPU": 1.0}], 1, 1.0, 1.0, "H100")
+    # an autoscaler's node type whose resources are not filled in yet: the user is trusted
+    plan = plan_placement([{"CPU": 8.0}, {}], 1, 1.0, 1.0, "H100")
+    assert plan.accelerator_type == "H100"
 
 
 def test_where_trials_ran_counts_nodes_trials_that_spanned_and_devices():

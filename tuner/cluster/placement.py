@@ -52,10 +52,10 @@ def plan_placement(
     """Decide a study's placement on `nodes` (what the cluster has or can add).
 
     - The accelerator type: the one asked for (`--accelerator-type`), which some node must
-      declare where any node declares a type (an autoscaler's node types may not say: then it
-      is trusted); else, for a GPU study on nodes of several types, a type one node of which
-      holds a whole trial, of those the one that holds the most workers at once (said in a
-      note); else none.
+      declare (unless a node's resources are not known yet, as an autoscaler's unfilled
+      node type: then it is trusted); else, for a GPU study on nodes of several types, a
+      type one node of which holds a whole trial, of those the one that holds the most
+      workers at once (said in a note); else none.
     - `STRICT_PACK` where one node (of that type) holds a whole trial, so no trial straddles
       nodes; else `PACK`, with a note that trials span nodes.
     Raises `InputError` for a type no node has."""
@@ -66,10 +66,14 @@ def plan_placement(
 
     declared = Counter(t for node in nodes for t in node_types(node))
     if accelerator_type:
-        if declared and accelerator_type not in declared:
+        # a node type whose resources are not known yet (an autoscaler's `resources: {}`)
+        # may be of any type; else a type no node has would leave every trial waiting
+        unknown = any(not node for node in nodes)
+        if accelerator_type not in declared and not unknown:
+            kinds = ", ".join(sorted(declared)) or "none declared"
             raise InputError(
                 f"--accelerator-type {accelerator_type}: no node of the cluster has it "
-                f"(its types: {', '.join(sorted(declared))})"
+                f"(its types: {kinds})"
             )
     elif gpus_per_worker > 0 and len(declared) > 1:
 
