@@ -114,11 +114,17 @@ class LaterPhases:
     def level_seeds(self, cell: Cell) -> dict[tuple[int, int], dict[int, float]]:
         """Each level's runs that ended with a value, by seed (`checks.gain_upper`)."""
         found = self._level_runs(cell, ended_only=True)
+        return self._by_seed(found[1]) if found else {}
+
+    @staticmethod
+    def _by_seed(
+        runs: dict[tuple[int, int], list[optuna.trial.FrozenTrial]],
+    ) -> dict[tuple[int, int], dict[int, float]]:
         return {
             level: {
                 int(t.user_attrs["seed"]): t.value for t in done if t.state == TrialState.COMPLETE
             }
-            for level, done in (found[1].items() if found else ())
+            for level, done in runs.items()
         }
 
     def _level_runs(
@@ -186,9 +192,10 @@ class LaterPhases:
         for cell in self.cells:
             if cell.batch_size == base.batch_size or cell.key not in self.confirmed:
                 continue
-            levels = self.levels(cell)
-            if levels is None:
+            found = self._level_runs(cell, ended_only=False)  # once: means and seeds from it
+            if found is None:
                 continue
+            levels = (found[0], {level: self._mean(done) for level, done in found[1].items()})
             check = checks.budget_check(
                 baseline,
                 levels[1],
@@ -196,7 +203,7 @@ class LaterPhases:
                 self.tolerance,
                 self.step_cap(cell.batch_size, (own, base.batch_size)),
                 self.sign,
-                self.level_seeds(cell),
+                self._by_seed(found[1]),
             )
             self._queue_levels(cell, check.runs)
             self._queue_levels(base, tuple((m * own, center[1]) for m in check.baseline_runs))
