@@ -238,16 +238,11 @@ def predicted(
     def seconds(batch: int, n: int) -> float:
         return n * step_s * max(1.0, batch / 256) + overhead
 
-    from search_spaces.checks import DATA_CAP_MULTIPLE, data_step_cap
+    from tuner.dry_run import check_caps
 
     found = simulate(study_jobs(spec, total_steps, seconds), slots)
-    smallest = min(spec.batch_sizes)
-    multiple = spec.max_data_multiple or DATA_CAP_MULTIPLE
-
-    def cap_of(batch: int) -> int:
-        return spec.max_steps or data_step_cap(batch, total_steps(smallest), smallest, multiple)
-
-    worst = simulate(study_jobs(spec, total_steps, seconds, cap_of), slots)
+    caps = check_caps(spec, EXAMPLES)
+    worst = simulate(study_jobs(spec, total_steps, seconds, caps.__getitem__), slots)
     planned = last["phase"].isin(["search", "confirm", "rule"]).sum()
     return {
         "predicted_wall_s": round(found.wall_s, 1),

@@ -123,6 +123,19 @@ def data_step_cap(batch: int, base_steps: int, base_batch: int, multiple: float)
     return int(multiple * base_steps * base_batch // batch)
 
 
+def cap_steps(
+    batch: int, base: tuple[int, int] | None, max_steps: int, data_multiple: float
+) -> int | None:
+    """The most steps the checks may give `batch`: `max_steps`, else `data_multiple` x the
+    baseline's examples (`base`: its budget steps and batch size); None for neither (a study
+    made before the cap was in data: twice its longest budget, which its caller reads)."""
+    if max_steps:
+        return max_steps
+    if data_multiple and base and batch:
+        return data_step_cap(batch, base[0], base[1], data_multiple)
+    return None
+
+
 def check_rounds(own_steps: int, cap: int) -> list[tuple[Level, ...]]:
     """The levels a batch size short of the baseline may run, round by round, up to `cap`
     steps: half and twice its lr at its budget, then each doubling of its steps at three lrs

@@ -157,10 +157,9 @@ class LaterPhases:
         """The most steps a check may give a run of `batch`: `max_steps`; else
         `max_data_multiple` x the baseline's examples (`base`: its budget steps and batch);
         else (studies made before) twice the longest budget any trial of the study has had."""
-        if self.max_steps:
-            return self.max_steps
-        if self.max_data_multiple and base and batch:
-            return checks.data_step_cap(batch, base[0], base[1], self.max_data_multiple)
+        cap = checks.cap_steps(batch, base, self.max_steps, self.max_data_multiple)
+        if cap is not None:
+            return cap
         longest = [
             int(t.user_attrs["budget_steps"])
             for c in self.cells

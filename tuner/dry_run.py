@@ -22,8 +22,8 @@ import torch
 
 from search_spaces.checks import (
     DATA_CAP_MULTIPLE,
+    cap_steps,
     check_rounds,
-    data_step_cap,
     equal_data_run,
 )
 from trainables.config import TrialConfig
@@ -163,9 +163,14 @@ def wall_line(spec: StudySpec, n_train: int, trial_hours, slots: int | None) -> 
     slots = slots or machine_slots(spec)
     if spec.max_concurrent:
         slots = min(slots, spec.max_concurrent)
-    jobs = study_jobs(
-        spec, lambda b: budget.steps(n_train, b), lambda b, s: 3600 * trial_hours(b, s)
-    )
+
+    def steps_of(batch: int) -> int:
+        return budget.steps(n_train, batch)
+
+    def seconds(batch: int, steps: int) -> float:
+        return 3600 * trial_hours(batch, steps)
+
+    jobs = study_jobs(spec, steps_of, seconds)
     found = simulate(jobs, slots)
     where = f"{slots} slots" + ("" if given else " (what this machine holds; --slots N)")
     text = (
@@ -177,16 +182,9 @@ def wall_line(spec: StudySpec, n_train: int, trial_hours, slots: int | None) -> 
     )
     if not spec.checks:
         return text
-    smallest = min(spec.batch_sizes)
-    base_steps = budget.steps(n_train, smallest)
-    multiple = spec.max_data_multiple or DATA_CAP_MULTIPLE
+    caps = check_caps(spec, n_train)
     worst = simulate(
-        study_jobs(
-            spec,
-            lambda b: budget.steps(n_train, b),
-            lambda b, s: 3600 * trial_hours(b, s),
-            lambda b: spec.max_steps or data_step_cap(b, base_steps, smallest, multiple),
-        ),
+        study_jobs(spec, steps_of, seconds, caps.__getitem__),
         slots,
     )
     return (
@@ -194,6 +192,15 @@ def wall_line(spec: StudySpec, n_train: int, trial_hours, slots: int | None) -> 
         f"checks up to the cap (below): at most {duration(worst.wall_s / 3600)} (critical path "
         f"{duration(worst.critical_path_s / 3600)})"
     )
+
+
+def check_caps(spec: StudySpec, n_train: int) -> dict[int, int]:
+    """Each batch size's cap on the checks' steps (`checks.cap_steps`: `--max-steps`, else
+    `--max-data-multiple` x the baseline's examples)."""
+    budget, smallest = spec.budget_spec(), min(spec.batch_sizes)
+    base = (budget.steps(n_train, smallest), smallest)
+    multiple = spec.max_data_multiple or DATA_CAP_MULTIPLE  # a new study's: never 0
+    return {b: cap_steps(b, base, spec.max_steps, multiple) for b in spec.batch_sizes}
 
 
 def check_lines(spec: StudySpec, n_train: int, trial_hours, scale: float, device: str) -> list[str]:
@@ -210,12 +217,10 @@ def check_lines(spec: StudySpec, n_train: int, trial_hours, scale: float, device
         multiple = spec.max_data_multiple or DATA_CAP_MULTIPLE
         stated = f"{multiple:g}x the baseline's {base_steps * smallest} examples"
     out = [f"the checks' cap: {stated}; where a batch size falls short, every round up to it:"]
+    caps = check_caps(spec, n_train)
     for batch in spec.batch_sizes[1:]:
         own = budget.steps(n_train, batch)
-        cap = spec.max_steps or data_step_cap(
-            batch, base_steps, smallest, spec.max_data_multiple or DATA_CAP_MULTIPLE
-        )
-        rounds = check_rounds(own, cap)
+        rounds = check_rounds(own, caps[batch])
         hours = 0.0
         for levels in rounds:
             hours += spec.seeds * sum(trial_hours(batch, steps) for steps, _ in levels)

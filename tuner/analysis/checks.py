@@ -25,7 +25,7 @@ from search_spaces.checks import (
     at_multiples,
     baseline_check,
     budget_check,
-    data_step_cap,
+    cap_steps,
 )
 from search_spaces.spaces import lr_edge
 from trainables.metrics import ACCURACY, StudyMetric
@@ -88,10 +88,9 @@ def step_cap(
 ) -> int:
     """The cap the search's more-steps check had for `batch` (`CellSearch.step_cap`; `base`:
     the baseline's budget steps and batch size)."""
-    if max_steps:
-        return max_steps
-    if data_multiple and base and batch:
-        return data_step_cap(batch, base[0], base[1], data_multiple)
+    cap = cap_steps(batch, base, max_steps, data_multiple)
+    if cap is not None:
+        return cap
     own = trials[trials["phase"].isin(["search", "confirm"])]["budget_steps"]
     return 2 * int(own.max()) if own.notna().any() else 0
 

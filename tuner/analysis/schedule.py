@@ -142,17 +142,18 @@ def study_jobs(
     base_steps = steps_of(smallest)
     jobs: list[Job] = []
     confirmed: dict[str, tuple[str, ...]] = {}
+    base_search: tuple[str, ...] = ()  # the baseline's search trials: the rule test waits
     for cell in cells:
         own = steps_of(cell.batch_size)
         search = tuple(f"{cell.key}/search{i}" for i in range(per_cell))
+        if cell.batch_size == smallest:
+            base_search += search
         jobs += [Job(n, share * seconds(cell.batch_size, own)) for n in search]
         confirm = tuple(f"{cell.key}/confirm{s}" for s in range(spec.seeds))
         jobs += [Job(n, seconds(cell.batch_size, own), search) for n in confirm]
         confirmed[cell.key] = confirm or search
     base_cells = [c for c in cells if c.batch_size == smallest]
     base_done = tuple(n for c in base_cells for n in confirmed[c.key])
-    base_search = tuple(j.name for j in jobs if "/search" in j.name and j.name.split("/")[0]
-                        in {c.key for c in base_cells})  # fmt: skip
     settled = base_done
     if spec.checks:
         lr_check = tuple(f"base/lr{k}-{s}" for k in (-1, 1) for s in range(spec.seeds))
@@ -192,6 +193,7 @@ def check_jobs(spec, steps_of, seconds, cap_of, settled, confirmed) -> list[Job]
     base_steps = steps_of(smallest)
     jobs: list[Job] = []
     baseline_at: dict[int, tuple[str, ...]] = {}
+    judged_base: set[int] = set()  # the multiples whose fresh-seed baseline runs are planned
     seeds = range(spec.seeds)
     for cell in spec.cells():
         if cell.batch_size == smallest:
@@ -199,12 +201,13 @@ def check_jobs(spec, steps_of, seconds, cap_of, settled, confirmed) -> list[Job]
         own, before = steps_of(cell.batch_size), settled + confirmed[cell.key]
         multiple = 1
         for r, levels in enumerate(check_rounds(own, cap_of(cell.batch_size))):
-            names = tuple(f"{cell.key}/check{r}/{s}@{k}-{i}" for s, k in levels for i in seeds)
-            jobs += [
+            round_jobs = [
                 Job(f"{cell.key}/check{r}/{s}@{k}-{i}", seconds(cell.batch_size, s), before)
                 for s, k in levels
                 for i in seeds
             ]
+            jobs += round_jobs
+            names = tuple(j.name for j in round_jobs)
             multiple = levels[0][0] // own
             if multiple > 1 and multiple not in baseline_at:
                 baseline_at[multiple] = tuple(f"base/x{multiple}-{i}" for i in seeds)
@@ -219,7 +222,8 @@ def check_jobs(spec, steps_of, seconds, cap_of, settled, confirmed) -> list[Job]
             Job(f"{cell.key}/judge-{i}", seconds(cell.batch_size, last), before + compared)
             for i in seeds
         ]
-        if multiple > 1 and f"base/judge{multiple}-0" not in {j.name for j in jobs}:
+        if multiple > 1 and multiple not in judged_base:
+            judged_base.add(multiple)
             jobs += [
                 Job(f"base/judge{multiple}-{i}", seconds(smallest, multiple * base_steps), compared)
                 for i in seeds
