@@ -122,17 +122,20 @@ def extensions(
     k: int = 0,
     *,
     rule: str = "linear",
+    phase: str = "extend",
+    first_seed: int = 1,
     **kwargs,
 ) -> list[list[dict]]:
     """The checks' runs of a cell's best (base lr 0.01, as `trial` makes it) at `steps` and
-    its lr x 2^k, one per confirmation seed."""
+    its lr x 2^k, one per confirmation seed (`phase` "judge", `first_seed` 4: the same level
+    run again with fresh seeds)."""
     return [
         trial(
-            f"e{batch}{rule}{steps}k{k}-{i}",
+            f"{phase[0]}{batch}{rule}{steps}k{k}-{i}",
             batch,
             [(steps // 2, a - 0.05), (steps, a)],
-            phase="extend",
-            seed=i + 1,
+            phase=phase,
+            seed=first_seed + i,
             rule=rule,
             base_lr=0.01 * 2.0**k,
             **kwargs,

@@ -871,20 +871,10 @@ def test_a_level_the_checks_chose_is_judged_by_fresh_seeds_on_both_sides(tmp_pat
     """Batch 512 was judged at twice its steps, the baseline at twice its own; both levels ran
     again with fresh seeds (4-6, `search_spaces.runs.JUDGE`): the verdict compares those, and
     says so; the decision to stop there (a plateau) stays the check's, on the runs it had."""
-    from tests.test_analysis import extensions, trial
+    from tests.test_analysis import extensions
 
     def fresh(batch: int, accuracies: list[float], steps: int) -> list[list[dict]]:
-        return [
-            trial(
-                f"j{batch}-{i}",
-                batch,
-                [(steps // 2, a - 0.05), (steps, a)],
-                phase="judge",
-                seed=4 + i,
-                val_examples=10000,
-            )
-            for i, a in enumerate(accuracies)
-        ]
+        return extensions(batch, accuracies, steps, phase="judge", first_seed=4, val_examples=10000)
 
     study = make_study(tmp_path, "8,32,128,512")
     base_longer = extensions(8, [0.985, 0.990, 0.995], 200, val_examples=10000)
