@@ -36,6 +36,8 @@ def run_one(job: dict) -> dict:
     spec = study_spec(job["workload"], job["extra"])
     budget = {"budget_unit": "steps", "budget_amount": float(job["steps"]), "min_steps": 0}
     values = trial_values(spec, job) | budget
+    if job.get("budget_free") is not None:  # the study's steps-to-target arm
+        values |= {"budget_free": True, "warmup_in_steps": job["budget_free"]}
     key = spec.study_metric.key
     curve: list[dict] = []
     train(
@@ -78,6 +80,12 @@ def crossing(run: dict, target: float, metric) -> tuple[float, float]:
 def main() -> None:
     p, argv, extra = sweep_arguments(__doc__)
     p.add_argument("--steps", type=int, required=True, help="the shorter budget S")
+    p.add_argument(
+        "--budget-free",
+        type=int,
+        metavar="WARMUP_STEPS",
+        help="run the study's steps-to-target arm (warmup in steps, constant lr, weight average)",
+    )
     args = p.parse_args(argv)
     spec = study_spec(args.workload, extra)
     metric, target = spec.study_metric, spec.target
@@ -92,6 +100,7 @@ def main() -> None:
             "warmup": args.warmup,
             "wd": args.wd,
             "optimizer": args.optimizer,
+            "budget_free": args.budget_free,
         }
         for batch, steps, lr, s in itertools.product(
             args.batch_sizes.split(","),

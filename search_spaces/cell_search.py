@@ -53,6 +53,7 @@ from search_spaces.cells import Cell
 from search_spaces.later_phases import LaterPhases
 from search_spaces.reconcile import Reconciling
 from search_spaces.runs import (
+    BUDGET_FREE,
     CHECKS_STUDY,
     CONFIRM,
     EXTEND,
@@ -85,6 +86,7 @@ __all__ = [
     "RULE",
     "JUDGE",
     "SEARCH",
+    "BUDGET_FREE",
     "CellSearch",
     "Pending",
     "Suggestion",
@@ -134,6 +136,8 @@ class CellSearch(Reconciling, LaterPhases):
         rule_test: bool = True,
         checks: bool = True,
         equal_data: bool = True,
+        budget_free_steps: bool = False,
+        target_warmup: int = 0,
         sampler: Callable[[int], optuna.samplers.BaseSampler] = default_sampler,
     ):
         self.study_name, self.cells = study_name, list(cells)
@@ -149,6 +153,8 @@ class CellSearch(Reconciling, LaterPhases):
         self.run_checks = checks  # the lr and more-steps checks
         # with the checks: each batch size at the baseline's data too (`checks.equal_data_run`)
         self.equal_data = checks and equal_data
+        # each batch size's best configuration run budget-free (`later_phases.FREE_LR_STEPS`)
+        self.budget_free_steps, self.target_warmup = budget_free_steps, target_warmup
         self.sampler = sampler
         self.assigned = {c.key: 0 for c in self.cells}  # search trials per cell
         self.trials: dict[str, tuple[str, int, str]] = {}  # key -> (cell key, number, phase)
@@ -187,6 +193,8 @@ class CellSearch(Reconciling, LaterPhases):
         self._storage, self._studies, self._live, self._no_edge = storage, {}, {}, {}
         self.__dict__.setdefault("handed", {})  # a state saved before it kept this
         self.__dict__.setdefault("equal_data", False)  # a study started without equal-data runs
+        self.__dict__.setdefault("budget_free_steps", False)  # ... or budget-free runs
+        self.__dict__.setdefault("target_warmup", 0)
         self.changes, self.looked_at = self.__dict__.get("changes", 0) + 1, -1
 
     @property
@@ -253,6 +261,7 @@ class CellSearch(Reconciling, LaterPhases):
             self._queue_confirmations()
             self._queue_rule_test()
             self._queue_extensions()
+            self._queue_budget_free()
         if self.pending:
             run = self.pending.pop(0)
             self.handed[key] = (run, False)
@@ -443,6 +452,8 @@ class CellSearch(Reconciling, LaterPhases):
         del self._live[key]
         try:
             trial.set_user_attr("outcome", outcome)
+            if step is not None:  # where it ended: a budget-free run's steps to target
+                trial.set_user_attr("end_step", int(step))
             if budget_steps:
                 trial.set_user_attr("budget_steps", int(budget_steps))
             if outcome in FINAL and value is not None:

@@ -342,3 +342,28 @@ def rule_test_params(
         "warmup_fraction": best.get("warmup_fraction", 0.0),
         **gap_values(best),  # its momentum / beta2, where searched
     }
+
+
+# The budget-free runs' lrs (x 2^k of the configuration's): a line search for the fewest steps
+# to target, as the checks' is for the best value: it starts at these, and moves one step past
+# an end while the earliest is there, within FREE_LR_LIMIT steps each way.
+FREE_LR_START = (-1, 0, 1)
+FREE_LR_LIMIT = 6  # x64 either way: a poor search's best (digits 512: x8 was still faster)
+# Their budget, a bound only (they end at the target): this multiple of the configuration's own.
+FREE_BUDGET_MULTIPLE = 2
+
+
+def budget_free_next(steps: Mapping[int, float], limit: int = FREE_LR_LIMIT) -> int | None:
+    """The next lr step of a batch size's budget-free runs, or None: `steps` maps each lr step
+    run to its runs' mean steps to target (infinite where any of its runs did not reach the
+    target: an lr that diverges on one seed is no faster). The fewest (ties: nearest the
+    configuration's own lr) at the highest lr tried asks for twice it, at the lowest for half."""
+    reached = {k: v for k, v in steps.items() if math.isfinite(v)}
+    if not reached:
+        return None  # none reached within its runs' bound: censored there, not searched on
+    best = min(reached, key=lambda k: (reached[k], abs(k)))
+    if best == max(steps) and best < limit:
+        return best + 1
+    if best == min(steps) and best > -limit:
+        return best - 1
+    return None

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from search_spaces import checks
 from search_spaces.cells import Cell
-from search_spaces.runs import CONFIRM, EXTEND, JUDGE, PROBES, RULE, SEARCH, Pending
+from search_spaces.runs import BUDGET_FREE, CONFIRM, EXTEND, JUDGE, PROBES, RULE, SEARCH, Pending
 
 
 class LaterPhases:
@@ -224,15 +224,66 @@ class LaterPhases:
                     _, runs = checks.baseline_check(levels[1], equal, self.tolerance, self.sign)
                 self._queue_levels(cell, runs)
 
+    def _queue_budget_free(self) -> None:
+        """Once every cell of a batch size is searched: its best cell's best configuration,
+        budget-free (`BUDGET_FREE`) with the confirmation seeds, at `checks.FREE_LR_START`,
+        then at the lrs `checks.budget_free_next` asks for: the runs its steps to target come
+        from, the same at every batch size."""
+        if not self.budget_free_steps or self.seeds < 1:
+            return
+        for batch in sorted({c.batch_size for c in self.cells}):
+            cells = [c for c in self.cells if c.batch_size == batch]
+            if not all(c.key in self.confirmed for c in cells):
+                continue
+            queued = [
+                (c, level[1], level[2])
+                for level in self.queued_levels
+                for c in cells
+                if level[0] == c.key and level[-1] == BUDGET_FREE
+            ]
+            if queued:  # its line search goes on where all its runs have ended
+                cell, steps = queued[0][0], queued[0][1]
+                found = self._free_steps(cell)
+                step = checks.budget_free_next(found) if found else None
+                if step is not None:
+                    self._queue_levels(cell, ((steps, step),), BUDGET_FREE)
+                continue
+            scored = [(c, self.best(c)) for c in cells]
+            scored = [
+                (c, b) for c, b in scored if b is not None and b.user_attrs.get("budget_steps")
+            ]
+            if not scored:
+                continue
+            cell, best = max(scored, key=lambda cb: self.sign * cb[1].value)
+            steps = checks.FREE_BUDGET_MULTIPLE * int(best.user_attrs["budget_steps"])
+            self._queue_levels(cell, tuple((steps, k) for k in checks.FREE_LR_START), BUDGET_FREE)
+
+    def _free_steps(self, cell: Cell) -> dict[int, float] | None:
+        """Each lr step's mean steps to target over its budget-free runs (infinite where one
+        did not reach it); None while any runs."""
+        runs = self._runs(cell, BUDGET_FREE)
+        levels = sum(1 for q in self.queued_levels if q[0] == cell.key and q[-1] == BUDGET_FREE)
+        if len(runs) < levels * self.seeds or not all(t.state.is_finished() for t in runs):
+            return None
+        by_step: dict[int, list[float]] = {}
+        for t in runs:
+            reached = t.user_attrs.get("outcome") == "target" and t.user_attrs.get("end_step")
+            k = int(t.user_attrs["run_params"].get("lr_step", 0))
+            by_step.setdefault(k, []).append(
+                float(t.user_attrs["end_step"]) if reached else math.inf
+            )
+        return {k: sum(v) / len(v) for k, v in by_step.items()}
+
     def _queue_levels(
         self, cell: Cell, levels: tuple[tuple[int, int], ...], phase: str = EXTEND
     ) -> None:
         """Queue the cell's best configuration at each (steps, k) level not queued yet: its
-        budget `steps`, its lr x 2^k, the confirmation seeds (`JUDGE`: as many fresh ones)."""
+        budget `steps`, its lr x 2^k, the confirmation seeds (`JUDGE`: as many fresh ones;
+        `BUDGET_FREE`: budget-free, with the study's warmup in steps)."""
         best = self._params_of(cell, self.best(cell))
         first = 1 + (self.seeds if phase == JUDGE else 0)
         for steps, k in levels:
-            queued = (cell.key, steps, k) + ((JUDGE,) if phase == JUDGE else ())
+            queued = (cell.key, steps, k) + ((phase,) if phase in (JUDGE, BUDGET_FREE) else ())
             if queued in self.queued_levels:
                 continue
             self.queued_levels.add(queued)
@@ -242,6 +293,8 @@ class LaterPhases:
                 "budget_steps": steps,
                 "lr_step": k,
             }
+            if phase == BUDGET_FREE:
+                params |= {"budget_free": True, "warmup_in_steps": self.target_warmup}
             self.pending += [
                 Pending(cell, params, self.seed + s, phase)
                 for s in range(first, first + self.seeds)

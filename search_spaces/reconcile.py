@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from search_spaces.cells import Cell
-from search_spaces.runs import CONFIRM, JUDGE, PROBES, RULE, SEARCH, Pending, trial_params
+from search_spaces.runs import (
+    BUDGET_FREE,
+    CONFIRM,
+    JUDGE,
+    PROBES,
+    RULE,
+    SEARCH,
+    Pending,
+    trial_params,
+)
 
 
 class Reconciling:
@@ -128,7 +137,7 @@ class Reconciling:
                 self._queue_rule_test(force=True)
             else:
                 level = (cell.key, int(params["budget_steps"]), int(params.get("lr_step", 0)))
-                self.queued_levels.add(level + ((JUDGE,) if phase == JUDGE else ()))
+                self.queued_levels.add(level + ((phase,) if phase in (JUDGE, BUDGET_FREE) else ()))
             self.pending = [
                 p for p in self.pending if not p.same_run(cell.key, seed, phase, params)
             ]

@@ -15,7 +15,11 @@ SEARCH, CONFIRM, EXTEND, RULE = "search", "confirm", "extend", "rule"
 # The level the checks judge a batch size (or the baseline) at, run again with fresh seeds: the
 # value it is judged by never comes from the runs that chose its level or lr (issue 32).
 JUDGE = "judge"
-PROBES = (EXTEND, RULE, JUDGE)  # runs of the checks, recorded in the `checks` Optuna study
+# Budget-free runs of each batch size's best configuration: its steps to target
+# (trainables.budget_free), which do not follow the study's budget (issue 32).
+BUDGET_FREE = "budget_free"
+# runs of the checks, recorded in the `checks` Optuna study
+PROBES = (EXTEND, RULE, JUDGE, BUDGET_FREE)
 CHECKS_STUDY = "checks"
 FINISHED = "FINISHED"  # suggest() has nothing more to give, now or later
 FINAL = ("completed", "target")  # outcomes with a final value (full budget, or at the target)

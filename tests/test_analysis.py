@@ -731,3 +731,25 @@ def test_the_report_reads_the_checks_cap_in_the_baselines_examples():
     assert step_cap(trials, 300, 512, (100, 8), 32) == 300  # --max-steps wins
     own = trials[trials["phase"].isin(["search", "confirm"])]["budget_steps"]
     assert step_cap(trials, 0) == 2 * int(own.max())  # studies made before: 2x the longest budget
+
+
+def test_a_batch_size_is_not_said_to_hold_against_a_baseline_that_diverged_there():
+    """Seen on digits (issue 32): the baseline's fresh runs at 2x its budget diverged, and batch
+    512 'held' by being 89 pt better than them."""
+    import dataclasses
+
+    from tuner.analysis.frontier import _judge
+
+    base = (8, estimate([0.98, 0.981, 0.979], 10000, "c"))
+    shaky = dataclasses.replace(estimate([0.1, 0.09, 0.095], 10000, "c"), diverged=3)
+    rows = pd.DataFrame(
+        {
+            "batch_size": [8, 32, 128],
+            "estimate": [base[1], estimate([0.979, 0.98, 0.981], 10000, "c")] * 1
+            + [estimate([0.979, 0.98, 0.981], 10000, "c")],
+            "baseline_estimate": [None, shaky, base[1]],
+        }
+    )
+    _judge(rows, base, 0.01)
+    assert list(rows["status"]) == ["baseline", "unresolved", "holds"]
+    assert list(rows["baseline_unstable"]) == [False, True, False]

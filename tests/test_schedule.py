@@ -51,13 +51,19 @@ def test_a_studys_jobs_wait_for_what_the_searcher_waits_for():
     assert {"base/lr1-1", "b128/confirm1"} <= set(by[equal[0]].after)
     rule = [n for n in names if n.startswith("rule/")]
     assert len(rule) == 2 and set(by[rule[0]].after) == set(search8)
+    # each batch size's budget-free runs once its search has ended: 3 lrs x 2 seeds, priced
+    # at their bound (twice the budget)
+    free = [n for n in names if n.startswith("free/128")]
+    assert len(free) == 6 and set(by[free[0]].after) == {f"b128/search{i}" for i in range(8)}
+    assert by[free[0]].seconds == pytest.approx(2 * 150 * 128 / 1000)
     # the longest chain: batch 128's (its trials are 19.2 s, the baseline's 2.9 s): its
-    # search (ASHA's share of its budget), its confirmation, then its equal-data runs
+    # search (ASHA's share of its budget), then its budget-free runs (twice its budget)
     full = {8: 358 * 8 / 1000, 128: 150 * 128 / 1000}
     share = by["b128/search0"].seconds / full[128]
     chains = {
         8: share * full[8] + 2 * full[8] + 22 * 128 / 1000,  # search, confirm, lr check, equal
         128: share * full[128] + full[128] + 22 * 128 / 1000,
+        "free128": share * full[128] + 2 * full[128],
     }
     found = simulate(jobs, 64)
     assert found.critical_path_s == pytest.approx(max(chains.values()))

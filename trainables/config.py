@@ -100,6 +100,10 @@ class TrialConfig:
     loader_workers: int  # DataLoader processes for streamed (ImageFolder) data
     decode: str  # where ImageFolder JPEGs are decoded: gpu (nvJPEG) or cpu
     beta2: float = 0.999  # AdamW's / LAMB's second-moment decay (momentum is their beta1)
+    # The steps-to-target arm (trainables.budget_free): warmup of `warmup_in_steps` steps, then
+    # a constant lr, judged on the weights' moving average, evaluated on a geometric grid.
+    budget_free: bool = False
+    warmup_in_steps: int = 0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
@@ -133,6 +137,7 @@ class TrialConfig:
                 f"warmup_fraction must be in [0, {WARMUP_MAX_FRACTION}] of the budget",
             ),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.warmup_in_steps >= 0, "warmup_in_steps must be >= 0"),
             (self.budget_unit in UNITS, f"budget_unit must be one of {UNITS}"),
             (self.eval_every >= 0, "eval_every must be >= 0 (0: about 20 evaluations)"),
             (
@@ -173,6 +178,14 @@ class TrialConfig:
 
     def lr_schedule(self, total_steps: int) -> dict[str, Any]:
         """The keyword arguments of `trainables.optim.lr_at_step` for a run of `total_steps`."""
+        if self.budget_free:  # nothing depends on where the run ends
+            return {
+                "peak_lr": self.peak_lr,
+                "warmup_steps": min(self.warmup_in_steps, total_steps),
+                "total_steps": total_steps,
+                "schedule": "constant",
+                "final_factor": 1.0,
+            }
         return {
             "peak_lr": self.peak_lr,
             "warmup_steps": warmup_steps(self.warmup_fraction, total_steps),

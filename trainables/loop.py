@@ -30,6 +30,7 @@ from trainables.batchnorm import (
     has_batchnorm,
 )
 from trainables.budget import default_eval_every, evaluation_steps
+from trainables.budget_free import evaluation_grid, weight_average
 from trainables.config import TrialConfig
 from trainables.data import BatchSource, Splits
 from trainables.datasets import DEFAULT_DATA_DIR
@@ -262,7 +263,10 @@ def train(
     if per_epoch < 1:
         raise ValueError(f"batch {config.batch_size} exceeds the {n_train} training examples")
     total = config.budget().steps(n_train, config.batch_size)
-    evaluations = evaluation_steps(total, config.eval_every or default_eval_every(total))
+    if config.budget_free:
+        evaluations = evaluation_grid(total)
+    else:
+        evaluations = evaluation_steps(total, config.eval_every or default_eval_every(total))
     evaluations = sorted(set(evaluations) | {s for s in keep_steps if 0 < s <= total})
 
     model = workload.build_model(splits.input_shape, splits.num_classes)
@@ -296,6 +300,9 @@ def train(
         step = resume_state["step"]
         noise = NoiseScale(**resume_state.get("noise_scale", {}))
         loss_limit = resume_state.get("loss_limit", loss_limit)
+    average = weight_average(model) if config.budget_free else None
+    if average is not None and resume_state and "average" in resume_state:
+        average.module.load_state_dict(resume_state["average"])
     resumed_at = step  # 0 for a fresh run: a retry that ignored its checkpoint shows here
     ddp_model = accel.compiled(wrap_model(model), speed)
 
@@ -358,6 +365,8 @@ def train(
                 halves_independent,
             )
             step += 1
+            if average is not None:
+                average.update(model, step=step)
             if not first_step_s:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -374,12 +383,11 @@ def train(
             # (a diverged run's end too: it is judged at it, issue 32), and is scored on the
             # test set, where the data set has one (nothing selects on it).
             keep = metric.key if step == total or step in keep_steps or diverged else None
-            scores = evaluate(
-                ddp_model, source, eval_batch, device, speed, own_loss, own_metric, keep
-            )
+            judged = average.module if average is not None else ddp_model
+            scores = evaluate(judged, source, eval_batch, device, speed, own_loss, own_metric, keep)
             if step == total and splits.test is not None and test_at_end:
                 test = evaluate(
-                    ddp_model,
+                    judged,
                     source,
                     eval_batch,
                     device,
@@ -439,6 +447,8 @@ def train(
                 "history": list(history[:-1]) + [metrics],
                 "finished": finished,
             }
+            if average is not None:
+                state["average"] = average.module.state_dict()
             report(metrics, state)
             if finished:
                 return

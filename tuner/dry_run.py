@@ -22,6 +22,8 @@ import torch
 
 from search_spaces.checks import (
     DATA_CAP_MULTIPLE,
+    FREE_BUDGET_MULTIPLE,
+    FREE_LR_START,
     cap_steps,
     check_rounds,
     equal_data_run,
@@ -120,7 +122,19 @@ def plan(
             # its confirmed lr, then half and twice it: the line search's first round
             equal_runs += 3 * spec.seeds
             equal += 3 * spec.seeds * trial_hours(cell.batch_size, steps)
-    total = search + confirm + rule + equal
+    # budget-free steps to target: each batch size's best at its line search's first lrs, to
+    # the target, at most FREE_BUDGET_MULTIPLE x its budget (priced at that bound)
+    free_runs = len(FREE_LR_START) * spec.seeds * len(spec.batch_sizes) * spec.budget_free_steps
+    free = (
+        sum(
+            len(FREE_LR_START)
+            * spec.seeds
+            * trial_hours(b, FREE_BUDGET_MULTIPLE * budget.steps(n_train, b))
+            for b in spec.batch_sizes
+        )
+        * spec.budget_free_steps
+    )
+    total = search + confirm + rule + equal + free
     lines = [
         f"dry run: {spec.what}, batch sizes {list(spec.batch_sizes)}, budget {budget} per "
         f"trial, {workers} worker(s) of {per_worker:g} {device}(s) each; nothing trains",
@@ -133,11 +147,13 @@ def plan(
         f"planned trials: {spec.trials} search (+ up to {EXTENSIONS_PER_CELL * len(cells)} "
         f"range extensions), up to {spec.confirmation_trials} confirmation runs, "
         f"{spec.rule_test_trials} rule-test runs, {equal_runs} equal-data runs (the batch "
-        f"sizes whose budget gives them other data than the baseline's, for its examples)"
+        f"sizes whose budget gives them other data than the baseline's, for its examples), "
+        f"{free_runs} budget-free runs (steps to target, each ending there)"
         + (", and the checks where a batch size falls short" if spec.checks else ""),
         f"estimated cost, every trial at its full budget (ASHA stops most search trials "
         f"early, so the search costs less): search {duration(search)}, confirmation "
-        f"{duration(confirm)}, rule test {duration(rule)}, equal data {duration(equal)}: "
+        f"{duration(confirm)}, rule test {duration(rule)}, equal data {duration(equal)}, "
+        f"budget-free at most {duration(free)}: "
         f"{duration(total * workers * per_worker)} of {device} time in all",
     ]
     lines.append(wall_line(spec, n_train, trial_hours, slots))

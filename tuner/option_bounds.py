@@ -50,6 +50,7 @@ BOUNDS: dict[str, Bound] = {
     "max_data_multiple": Bound(
         1, None, "the more-steps check's most data, a multiple of the baseline's examples"
     ),
+    "target_warmup": Bound(0, None, "optimizer steps"),
     "tolerance": Bound(0, None, "percentage points (accuracy) or nats (loss)"),
     "window": Bound(1, None, "examples each branch trains"),
     "base_lr": Bound(0, None, "the base run's lr", low_open=True),
@@ -97,6 +98,7 @@ def check_branch(options: dict[str, Any]) -> None:
         )
     grid_only = ("stop_at_target", "no_rule_test", "no_checks", "trials", "grace")
     grid_only += ("grace_epochs", "reduction_factor", "max_steps", "max_data_multiple", "stratify")
+    grid_only += ("target_warmup",)
     for name in grid_only:
         if name in options:
             raise InputError(f"{flag(name)} is an option of the grid method, not of a branch study")

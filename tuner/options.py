@@ -189,6 +189,12 @@ def build_parser(description: str = "") -> OneLineParser:
         "round up to it)",
     )
     add(
+        "--target-warmup",
+        type=int,
+        help="steps of the lr warmup in the runs that measure steps to target (a budget-free "
+        "arm: then a constant lr, judged on a moving average of the weights; default 0)",
+    )
+    add(
         "--tolerance",
         type=float,
         help="how far below the baseline a batch size may fall and still hold: accuracy "

@@ -96,6 +96,10 @@ class StudySpec:
     # ... up to this many times the baseline's examples where `max_steps` is 0 (0: studies
     # made before the cap was in data, twice the longest budget; search_spaces.checks)
     max_data_multiple: float = 0.0
+    # Steps to target from budget-free runs (trainables.budget_free) of each batch size's best
+    # configuration, with this many warmup steps (False: studies made before them).
+    budget_free_steps: bool = False
+    target_warmup: int = 0
     tolerance: float = 0.01
     rule_test: bool = True
     checks: bool = True  # the lr and more-steps checks (False: --no-checks, --smoke)
@@ -311,7 +315,11 @@ class StudySpec:
             "seed": int(params.get("seed", self.seed)),
             "metric": self.metric,
             "metric_mode": self.metric_mode,
-            "stop_at_target": self.target if self.stop_at_target else 0.0,
+            "stop_at_target": self.target
+            if self.stop_at_target or params.get("budget_free")
+            else 0.0,
+            "budget_free": bool(params.get("budget_free")),
+            "warmup_in_steps": int(params.get("warmup_in_steps", 0)),
             "use_gpu": self.use_gpu,
             "compile": self.compile,
             "loader_workers": self.loader_workers or max(1, int(self.cpus_per_worker)),

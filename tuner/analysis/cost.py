@@ -24,6 +24,7 @@ PHASES = {
     "extend": "checks (lr and steps)",
     "rule": "rule test",
     "judge": "fresh seeds at the judged levels",
+    "budget_free": "budget-free steps to target",
 }
 
 

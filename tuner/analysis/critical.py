@@ -203,10 +203,14 @@ def estimate_critical_batch(
 
 def seed_spread(crossings: pd.DataFrame) -> tuple[float, int]:
     """The spread of log steps to target between runs of one configuration: its confirmation
-    runs (fresh seeds), pooled over cells; with its degrees of freedom (0: none to pool)."""
-    runs = crossings[(crossings["phase"] == "confirm") & np.isfinite(crossings["steps"])]
+    runs or its budget-free runs at one lr (seeds), pooled over cells; with its degrees of
+    freedom (0: none to pool)."""
+    seeds = crossings["phase"].isin(["confirm", "budget_free"]) & np.isfinite(crossings["steps"])
+    runs = crossings[seeds].assign(
+        lr=crossings["base_lr"].fillna(0) if "base_lr" in crossings else 0
+    )
     squares, df = 0.0, 0
-    for _, group in runs.groupby("cell"):
+    for _, group in runs.groupby(["cell", "phase", "lr"]):
         logs = np.log(group["steps"].to_numpy(dtype=float))
         squares += float(((logs - logs.mean()) ** 2).sum())
         df += len(logs) - 1

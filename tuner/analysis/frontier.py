@@ -50,7 +50,7 @@ from tuner.analysis.critical import CriticalFit, estimate_critical_batch, regime
 from tuner.analysis.equal_data import data_columns, examples_per_epoch, judge_equal_data
 from tuner.analysis.hparams import best_hyperparameters, boundary_warnings
 from tuner.analysis.rules import RuleVerdict, best_cells, rule_verdicts, rule_view
-from tuner.analysis.steps import first_crossings, steps_to_target
+from tuner.analysis.steps import first_crossings, measured_runs, steps_to_target
 from tuner.analysis.throughput import throughput
 from tuner.analysis.trials import outcome_counts, trial_summary
 
@@ -100,7 +100,7 @@ def _judge(
 ) -> None:
     """Add the comparison columns (drop, bounds, resolution, status) to a table of estimates."""
     values: dict[str, list] = {k: [] for k in ("drop", "drop_low", "drop_high", "resolution")}
-    values["status"], values["paired"] = [], []
+    values["status"], values["paired"], values["baseline_unstable"] = [], [], []
     for row in table.itertuples(index=False):
         est: Estimate | None = row.estimate
         result: Comparison | None = None
@@ -116,6 +116,12 @@ def _judge(
         status = result.status if result else None
         if status is not None and est is not None and est.diverged:
             status = UNSTABLE  # a judged run diverged: never holds, whatever the mean
+        # compared with a baseline that diverged there (its runs at that multiple): to be
+        # better than a run that did not train shows nothing (seen on digits, issue 32)
+        shaky = not is_base and against is not None and bool(against.diverged)
+        if shaky and status == "holds":
+            status = "unresolved"
+        values["baseline_unstable"].append(shaky)
         values["status"].append("baseline" if is_base else status)
         values["paired"].append(bool(result and result.paired))
     for name, column in values.items():
@@ -286,9 +292,12 @@ def degradation_map(
     )
     verdicts = rule_verdicts(by_rule, rules) if len(by_rule) else []
 
-    crossings = first_crossings(table, target, metric)
-    steps = steps_to_target(crossings, trials)
+    measured, how = measured_runs(table)
+    crossings = first_crossings(measured, target, metric)
+    runs = trials[trials["trial_id"].isin(set(measured["trial_id"]))] if len(trials) else trials
+    steps = steps_to_target(crossings, runs)
     frontier = frontier.merge(steps, on="batch_size", how="left")
+    frontier["steps_measure"] = how
     critical = estimate_critical_batch(frontier, crossings, n_boot, seed=seed)
     fit, low, high = critical.fit, critical.low, critical.high
     beyond = beyond_grid(fit, low, frontier)

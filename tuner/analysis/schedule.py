@@ -4,7 +4,8 @@ Plain Python, no Ray. `study_jobs` declares the jobs a grid study plans and the 
 waits for, as the searcher hands them out (`search_spaces.cell_search`, `later_phases`): every
 search trial at once; a cell's confirmations once its search has ended; the baseline's lr
 check once it is confirmed; each other cell's equal-data runs once it is confirmed and the
-baseline's lr is settled; the rule test once the baseline's search has ended. The checks a
+baseline's lr is settled; the rule test once the baseline's search has ended; each batch size's
+budget-free runs once its cells' searches have ended (priced at their bound). The checks a
 batch size short of the baseline gets (more steps, other lrs) are adaptive and left out:
 `tuner.dry_run` prices them per round. `simulate` schedules the jobs on `slots` (one job per
 slot, the longest remaining chain first, as a list scheduler does) and returns the wall time,
@@ -19,7 +20,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from search_spaces.checks import check_rounds, equal_data_run
+from search_spaces.checks import (
+    FREE_BUDGET_MULTIPLE,
+    FREE_LR_START,
+    check_rounds,
+    equal_data_run,
+)
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,7 @@ def study_jobs(
     base_steps = steps_of(smallest)
     jobs: list[Job] = []
     confirmed: dict[str, tuple[str, ...]] = {}
+    searches: dict[str, tuple[str, ...]] = {}
     base_search: tuple[str, ...] = ()  # the baseline's search trials: the rule test waits
     for cell in cells:
         own = steps_of(cell.batch_size)
@@ -152,6 +159,7 @@ def study_jobs(
         confirm = tuple(f"{cell.key}/confirm{s}" for s in range(spec.seeds))
         jobs += [Job(n, seconds(cell.batch_size, own), search) for n in confirm]
         confirmed[cell.key] = confirm or search
+        searches[cell.key] = search
     base_cells = [c for c in cells if c.batch_size == smallest]
     base_done = tuple(n for c in base_cells for n in confirmed[c.key])
     settled = base_done
@@ -169,6 +177,15 @@ def study_jobs(
             jobs += [
                 Job(f"{cell.key}/equal{k}-{s}", seconds(cell.batch_size, steps), needs)
                 for k in (-1, 0, 1)
+                for s in range(spec.seeds)
+            ]
+    if getattr(spec, "budget_free_steps", False):  # each batch size's, once it is searched
+        for batch in spec.batch_sizes:
+            searched = tuple(n for c in cells if c.batch_size == batch for n in searches[c.key])
+            bound = FREE_BUDGET_MULTIPLE * steps_of(batch)
+            jobs += [
+                Job(f"free/{batch}@{k}-{s}", seconds(batch, bound), searched)
+                for k in FREE_LR_START
                 for s in range(spec.seeds)
             ]
     if spec.checks and cap_of is not None:

@@ -12,6 +12,12 @@ to target are the earliest crossing of any of its runs (search and confirmation 
 et al.'s best over metaparameters). A batch size where none reaches the target is *censored*:
 its steps to target are more than the most steps any of its trials ran, and it enters the
 critical-batch fit as that lower bound, not as a gap.
+
+Where the study ran budget-free runs (phase `budget_free`: a warmup in steps, then a constant lr,
+judged on a moving average of the weights, `trainables.budget_free`), steps to target come
+from them alone (`measured_runs`): a run on a schedule that decays over its own budget reaches
+a target in its decay later when the budget is longer (issue 32), so pooling both would let the
+budget back in.
 """
 
 from __future__ import annotations
@@ -24,6 +30,27 @@ import pandas as pd
 
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.trials import flag
+
+BUDGET_FREE = "budget_free"  # the phase of the budget-free runs (search_spaces.runs.BUDGET_FREE)
+
+
+def measured_runs(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows steps to target are read from, and how they were measured: the budget-free
+    runs where there are any, else every run (studies without them). Of a batch size's
+    budget-free runs, those at an lr where every seed reached the target, where it has one:
+    an lr that misses it on one seed (diverged, or too slow) is no lr to reach it at."""
+    if "phase" not in table or not (table["phase"] == BUDGET_FREE).any():
+        return table, "budget"
+    free = table[table["phase"] == BUDGET_FREE]
+    runs = free.groupby("trial_id", sort=False).agg(
+        batch=("batch_size", "first"), lr=("base_lr", "first"), outcome=("outcome", "first")
+    )
+    runs["reliable"] = runs.groupby(["batch", "lr"])["outcome"].transform(
+        lambda s: bool((s == "target").all())
+    )
+    runs["any_reliable"] = runs.groupby("batch")["reliable"].transform("any")
+    keep = runs.index[runs["reliable"] | ~runs["any_reliable"]]
+    return free[free["trial_id"].isin(set(keep))], "budget-free"
 
 
 def first_crossings(
@@ -38,6 +65,7 @@ def first_crossings(
         "cell",
         "scaling_rule",
         "phase",
+        "base_lr",
         "steps",
         "examples",
         "before",
@@ -76,6 +104,7 @@ def first_crossings(
                 "cell": group["cell"].iloc[0],
                 "scaling_rule": group["scaling_rule"].iloc[0],
                 "phase": group["phase"].iloc[0] if "phase" in group else "search",
+                "base_lr": float(group["base_lr"].iloc[0]) if "base_lr" in group else math.nan,
                 "steps": crossing if any(hits) else math.inf,
                 "examples": crossing * batch if any(hits) else math.inf,
                 "before": before,

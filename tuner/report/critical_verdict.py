@@ -12,6 +12,22 @@ from tuner.analysis.frontier import DegradationMap
 from tuner.report.format import batch_list, finite, num, runs, span, value_text
 
 
+def steps_measure(m: DegradationMap) -> str:
+    """How the study measured steps to target (a clause: what a batch size's steps are)."""
+    free = m.trials[m.trials["phase"] == "budget_free"] if "phase" in m.trials else m.trials
+    if not len(free) or "steps_measure" not in m.frontier:
+        return "the earliest crossing of any run of the batch size"
+    warmup = pd.to_numeric(free.get("warmup_steps", pd.Series(dtype=float)), errors="coerce")
+    warmup = warmup.dropna()
+    ramp = f"after a {int(warmup.max())}-step warmup " if len(warmup) and warmup.max() > 0 else ""
+    return (
+        "the earliest crossing of the budget-free runs of the batch size's best configuration: "
+        f"its lr held constant {ramp}and judged on a moving average of the weights, so that "
+        "nothing in them depends on the budget, line-searched for the fewest steps, an lr "
+        "where a seed missed the target left out"
+    )
+
+
 def critical_verdict(m: DegradationMap) -> list[str]:
     """Steps-to-target, the critical batch size, its fit quality and the regimes."""
     frontier = m.frontier
@@ -36,9 +52,8 @@ def critical_verdict(m: DegradationMap) -> list[str]:
             for r in shown.itertuples(index=False)
         )
         lines.append(
-            f"Steps to reach {target} {metric.label} (the earliest crossing of any run of the "
-            f"batch size, interpolated between the evaluations around it, which are in "
-            f"brackets): {points}."
+            f"Steps to reach {target} {metric.label}: {points} ({steps_measure(m)}; interpolated "
+            f"between the evaluations around it, which are in brackets)."
         )
     if len(at_once):
         lines.append(

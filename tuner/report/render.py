@@ -14,6 +14,7 @@ from tuner.analysis.frontier import DegradationMap
 from tuner.cluster.placement import where_text
 from tuner.report.adequacy import adequacy_table
 from tuner.report.critical_section import critical_section, critical_summary, plain
+from tuner.report.critical_verdict import steps_measure
 from tuner.report.data_verdict import data_table
 from tuner.report.figures import FIGURE_TITLES
 from tuner.report.format import (
@@ -216,9 +217,9 @@ def render_markdown(
         f"one-sided 95% upper bound (seed spread and validation error together; "
         f"{_pairing(m)}). Status: holds "
         "(upper bound within the tolerance), degraded (lower bound beyond it), unresolved. "
-        "Steps to target are the earliest crossing of any non-diverged run of the batch size, "
-        "interpolated between the evaluations around it; '>' marks a batch size that never "
-        "reached it (censored at its longest run).",
+        f"Steps to target are {steps_measure(m)} (diverged runs left out), interpolated "
+        "between the evaluations around it; '>' marks a batch size that never reached it "
+        "(censored at its longest run).",
         "",
         markdown_table(
             m.frontier.assign(steps_shown=_steps_shown(m.frontier)),

@@ -264,6 +264,16 @@ def diverged_seeds(m: DegradationMap) -> list[str]:
             f"The batch-{m.baseline[0]} baseline itself is unstable: {base.diverged} of its "
             f"{base.n} judged runs diverged (counted at their last evaluation)."
         )
+    if "baseline_unstable" in m.frontier:
+        for row in m.frontier[
+            m.frontier["baseline_unstable"].fillna(False).astype(bool)
+        ].itertuples(index=False):
+            multiple = int(getattr(row, "baseline_multiple", 1) or 1)
+            lines.append(
+                f"Batch {int(row.batch_size)} was compared with the baseline at "
+                f"{multiple}x its budget, where some of its judged runs diverged: it is not "
+                f"said to hold against a baseline that did not train there (at most unresolved)."
+            )
     for row in m.frontier[m.frontier["status"] == UNSTABLE].itertuples(index=False):
         estimate = row.estimate
         lines.append(

@@ -51,6 +51,8 @@ def make_search(spec: StudySpec) -> CellSearch:
         tolerance=spec.tolerance,
         max_steps=spec.max_steps,
         max_data_multiple=spec.max_data_multiple,
+        budget_free_steps=spec.budget_free_steps,
+        target_warmup=spec.target_warmup,
         rule_test=spec.rule_test,
         checks=spec.checks,
     )
