@@ -6,9 +6,10 @@ grows geometrically (the same steps under any budget, each crossing known to wit
 `GROWTH` - 1 of its step).
 
 The average's horizon grows with the step (timm's `ModelEmaV3` with its warmup: decay
-1 - t^(-2/3) at step t, a horizon of about t^(2/3) steps; the first step is copied): it forgets the early weights at any run
-length and needs no horizon chosen per workload, which a fixed decay (Zhang et al.'s 0.998,
-500 steps) would, on runs of 40 steps to target as much as of 40,000.
+1 - t^(-2/3) at step t, a horizon of about t^(2/3) steps; the first step is copied): it
+forgets the early weights at any run length and needs no horizon chosen per workload, which
+a fixed decay (Zhang et al.'s 0.998, 500 steps) would, on runs of 40 steps to target as much
+as of 40,000.
 """
 
 from __future__ import annotations
