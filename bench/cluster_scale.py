@@ -78,12 +78,16 @@ def standin(params: dict[str, Any], setup: dict[str, Any]) -> None:
     from ray import tune
 
     from trainables.budget import evaluation_steps
+    from trainables.budget_free import evaluation_grid
 
     batch, reference = int(params["batch_size"]), setup["reference"]
     factor = {"none": 1.0, "linear": batch / reference, "sqrt": math.sqrt(batch / reference)}
     lr = float(params["base_lr"]) * factor[params["scaling_rule"]]
     total = int(params.get("budget_steps") or 0) or setup["total_steps"](batch)
     evals = evaluation_steps(total, setup["eval_every"] or max(1, round(total / 20)))
+    free = bool(params.get("budget_free"))  # a budget-free run: its grid, ends at the target
+    if free:
+        evals = evaluation_grid(total)
     step_s = setup["step_s"] * max(1.0, batch / 256)
     noise = random.Random(hash((params.get("seed"), params["base_lr"]))).gauss(0, NOISE)
     unstable = lr > DIVERGE * lr_opt(batch, reference, setup["critical"])
@@ -93,6 +97,7 @@ def standin(params: dict[str, Any], setup: dict[str, Any]) -> None:
         done = step
         acc = A0 if unstable else truth_accuracy(step, batch, lr, reference, setup["critical"])
         acc = min(1.0, acc + (0 if unstable else noise))
+        reached = free and acc >= setup["target"]
         tune.report(
             {
                 "optimizer_steps": step,
@@ -108,7 +113,7 @@ def standin(params: dict[str, Any], setup: dict[str, Any]) -> None:
                 "window_time_s": step_s,
                 "first_step_s": step_s,
                 "diverged": unstable,
-                "reached_target": False,
+                "reached_target": reached,
                 "resumed_at_step": 0,
                 "budget_steps": total,
                 "warmup_steps": 0,
@@ -121,7 +126,7 @@ def standin(params: dict[str, Any], setup: dict[str, Any]) -> None:
                 "workers": 1,
             }
         )
-        if unstable:
+        if unstable or reached:
             return
 
 
@@ -175,6 +180,7 @@ def main() -> None:
         "step_s": step_s,
         "eval_every": spec.eval_every,
         "total_steps": total_steps,
+        "target": spec.target,
     }
     ray.init(**local_ray_kwargs(num_cpus=args.slots, log_to_driver=False, logging_level="ERROR"))
     save_spec(spec)

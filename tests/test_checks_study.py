@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -180,3 +181,40 @@ def test_trials_out_together_run_together_in_kept_processes(checks_study):
         out += change
         most = max(most, out)
     assert runs.groupby(["node_id", "pid"]).ngroups <= most
+
+
+def test_steps_to_target_come_from_budget_free_runs_of_each_batch_sizes_best(checks_study):
+    """Issue 32 item 6: each batch size's confirmed configuration runs again budget-free (no
+    warmup by default, then a constant lr, ending at the target or at twice its budget), its
+    lr line-searched for the fewest steps; steps to target are read from those runs alone."""
+    from search_spaces.checks import FREE_LR_START, budget_free_next
+
+    runs = finals(checks_study)
+    frontier = pd.read_csv(checks_study / "frontier.csv").set_index("batch_size")
+    assert set(frontier["steps_measure"]) == {"budget-free"}
+    for batch, own in ((8, 179), (128, 11)):
+        confirm = runs.query(f"batch_size == {batch} and phase == 'confirm'")
+        free = runs.query(f"batch_size == {batch} and phase == 'budget_free'")
+        lr = float(confirm["base_lr"].iloc[0])
+        k = (free["base_lr"] / lr).map(lambda f: round(math.log2(f)))
+        assert set(FREE_LR_START) <= set(k)
+        for _, level in free.groupby(k):
+            assert sorted(level["seed"]) == [1, 2]
+        for name in ("weight_decay", "warmup_fraction", "scaling_rule", "cell"):
+            assert set(free[name]) == set(confirm[name]), name
+        assert set(free["budget_steps"]) == {2 * own} and set(free["warmup_steps"]) == {0}
+        assert (free["lr"] == free["peak_lr"]).all()  # constant to its end
+        reached = free["outcome"] == "target"
+        assert (free.loc[reached, "val_acc"] >= 0.9).all()
+        assert (free.loc[~reached, "optimizer_steps"] <= 2 * own).all()
+        # the line search ended where the fewest steps were inside the lrs tried (or at none)
+        ends = free.assign(k=k, end=free["optimizer_steps"].where(reached, math.inf))
+        means = ends.groupby("k")["end"].mean().to_dict()
+        assert budget_free_next(means) is None, means
+        if reached.any():  # the batch size's steps: no later than its earliest reliable end
+            reliable = ends.groupby("k")["end"].transform(lambda s: bool(np.isfinite(s).all()))
+            first = ends.loc[reliable, "end"].min() if reliable.any() else ends["end"].min()
+            steps = frontier.loc[batch, "steps"]
+            steps = steps if math.isfinite(steps) else frontier.loc[batch, "steps_at_most"]
+            assert steps <= first
+    assert "budget-free runs" in (checks_study / "report.md").read_text()

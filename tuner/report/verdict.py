@@ -337,12 +337,14 @@ def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     equal = int((extend["budget_steps"] < own).sum())  # tuner.analysis.equal_data
     longer, rule_runs = len(extend) - equal, int((m.trials["phase"] == "rule").sum())
     fresh = int((m.trials["phase"] == "judge").sum())
+    free = int((m.trials["phase"] == "budget_free").sum())
     checks = (
         f" Checks: {longer} run(s) with another lr or more steps, {equal} at equal data, "
         f"{rule_runs} rule-test run(s)"
         + (f", {fresh} with fresh seeds at the levels the checks chose" if fresh else "")
+        + (f", {free} budget-free run(s) for the steps to target" if free else "")
         + "."
-        if longer or rule_runs or equal or fresh
+        if longer or rule_runs or equal or fresh or free
         else ""
     )
     stop = (
