@@ -148,7 +148,8 @@ def plan(
         f"range extensions), up to {spec.confirmation_trials} confirmation runs, "
         f"{spec.rule_test_trials} rule-test runs, {equal_runs} equal-data runs (the batch "
         f"sizes whose budget gives them other data than the baseline's, for its examples), "
-        f"{free_runs} budget-free runs (steps to target, each ending there)"
+        f"{free_runs} budget-free runs (steps to target: its lr line search's first round, each "
+        f"ending at the target or at twice its budget)"
         + (", and the checks where a batch size falls short" if spec.checks else ""),
         f"estimated cost, every trial at its full budget (ASHA stops most search trials "
         f"early, so the search costs less): search {duration(search)}, confirmation "
