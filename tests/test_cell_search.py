@@ -856,3 +856,24 @@ def test_more_steps_stop_at_a_cap_stated_in_the_baselines_examples():
         (8, (200, 0)), (8, (200, 0)), (128, (200, 0)), (128, (200, 0))
     ]  # fmt: skip
     assert search.step_cap(512, (100, 8)) == 50 and search.step_cap(128, (100, 8)) == 200
+
+
+def test_a_diverged_confirmation_counts_at_its_last_value_in_the_checks():
+    """Issue 32: a diverged run is a result. The searcher's checks value it as the report does
+    (at its last evaluation), so a batch size with a diverged seed is short of the baseline and
+    gets its lr check; leaving the run out had called it within the tolerance."""
+    search = make_search(strata=(), trials_per_cell=1, seeds=2)
+    for i in range(4):
+        search.suggest(f"t{i}")
+        search.complete(f"t{i}", "completed", 0.95, 100, 100)
+    confirm = hand_out(search, "c")
+    assert {s.phase for s in confirm} == {CONFIRM} and len(confirm) == 8
+    for i, s in enumerate(confirm):
+        if s.cell.batch_size == 32 and s.seed == 2:
+            search.report(f"c{i}", 0.6, 20)
+            search.complete(f"c{i}", "diverged", 0.1, 40, 100)
+        else:
+            search.complete(f"c{i}", "completed", 0.95, 100, 100)
+    settle_baseline(search, 0.5)
+    checked = hand_out(search, "x")
+    assert {(s.cell.batch_size, level(s)) for s in checked} == {(32, (100, -1)), (32, (100, 1))}
