@@ -220,3 +220,24 @@ def test_the_budget_free_lr_moves_past_an_end_while_the_fewest_steps_are_there()
     assert budget_free_next({-1: inf, 0: inf, 1: inf}) is None  # none reached: censored
     assert budget_free_next({1: 30, 2: 20, 3: 10}, limit=3) is None  # at the limit (8x)
     assert budget_free_next({-1: 40, 0: 40, 1: 40}) is None  # ties: the configuration's own
+
+
+def spec_of(*argv: str):
+    from tuner import options, resolve
+
+    args = options.build_parser().parse_args(["simple_cnn", "--dataset", "digits", *argv])
+    options.check_options(args)
+    return resolve.build_spec(args, gpus_available=False)
+
+
+def test_budget_free_runs_are_on_by_default_and_off_with_the_checks_or_on_request():
+    assert spec_of().budget_free_steps and spec_of().target_warmup == 0
+    assert spec_of("--target-warmup", "20").target_warmup == 20
+    for off in (["--no-budget-free"], ["--no-checks"], ["--smoke"]):
+        assert not spec_of(*off).budget_free_steps, off
+    from tuner.errors import InputError
+
+    with pytest.raises(InputError, match="--target-warmup"):
+        spec_of("--target-warmup", "-1")
+    with pytest.raises(InputError, match="grid method"):
+        spec_of("--method", "branch", "--no-budget-free")

@@ -23,6 +23,7 @@ from tests.test_analysis import (
     table,
     trial,
 )
+from tuner.analysis.steps import measured_runs
 from tuner.options import build_parser
 from tuner.report import write as report_module
 from tuner.report.cli import main
@@ -589,7 +590,9 @@ def test_real_frontier_matches_the_trial_table(real_report):
     assert expected and set(expected) == set(frontier["accuracy"].dropna().index)
     for batch, accuracy in expected.items():
         assert frontier.loc[batch, "accuracy"] == pytest.approx(accuracy), batch
-    live = live_rows(trials)
+    # the runs steps to target are read from: a study's budget-free runs at the lrs where every
+    # seed reached the target, where it has them (tuner.analysis.steps), else all of them
+    live = live_rows(measured_runs(trials)[0])
     for batch, group in live[live["val_acc"].notna()].groupby("batch_size"):
         reached = group[group["val_acc"] >= target]
         row = frontier.loc[batch]

@@ -16,6 +16,7 @@ from search_spaces.checks import equal_data_steps
 from tests.conftest import SMALL_STUDY_STEPS as STEPS
 from tests.conftest import run_cli
 from trainables.budget import default_eval_every, evaluation_steps
+from trainables.budget_free import evaluation_grid
 from tuner.spec import load_spec
 from tuner.store.table import collect_trials
 
@@ -61,6 +62,8 @@ def test_trial_table_is_complete(small_study):
         # ends with an evaluation at the step it was found diverged (the loss is checked every
         # DIVERGENCE_CHECK_EVERY steps: seen, [10, 16]), which can fall between two of those
         grid = evaluation_steps(budget, default_eval_every(budget))
+        if rows["phase"].iloc[0] == "budget_free":  # a geometric grid, to the target at most
+            grid = evaluation_grid(budget)
         if rows["outcome"].iloc[0] == "diverged":
             assert steps[:-1] == grid[: len(steps) - 1], (trial_id, steps)
             assert ([0, *steps])[-2] < steps[-1] <= budget, (trial_id, steps)
@@ -73,7 +76,9 @@ def test_trial_table_is_complete(small_study):
         assert (rows["examples_seen"] == rows["optimizer_steps"] * rows["batch_size"]).all()
         assert rows["val_acc"].between(0, 1).all()
         batch = int(rows["batch_size"].iloc[0])
-        if rows["phase"].iloc[0] == "extend":
+        if rows["phase"].iloc[0] == "budget_free":
+            assert set(rows["budget_steps"]) == {2 * STEPS}  # a bound: it ends at the target
+        elif rows["phase"].iloc[0] == "extend":
             # the lr check at the budget, more steps: twice it (the cap: twice the longest
             # budget); and the batch-8 baseline's examples (search_spaces.checks.equal_data_run)
             allowed = {STEPS, 2 * STEPS, equal_data_steps(STEPS, 8, batch)}
@@ -114,6 +119,7 @@ def test_optuna_storage_agrees_with_outcomes(small_study):
     storage = optuna.storages.RDBStorage(f"sqlite:///{small_study / 'optuna.db'}")
     expected = {
         "completed": optuna.trial.TrialState.COMPLETE,
+        "target": optuna.trial.TrialState.COMPLETE,
         "stopped": optuna.trial.TrialState.PRUNED,
         "diverged": optuna.trial.TrialState.PRUNED,
     }

@@ -98,7 +98,7 @@ def check_branch(options: dict[str, Any]) -> None:
         )
     grid_only = ("stop_at_target", "no_rule_test", "no_checks", "trials", "grace")
     grid_only += ("grace_epochs", "reduction_factor", "max_steps", "max_data_multiple", "stratify")
-    grid_only += ("target_warmup",)
+    grid_only += ("target_warmup", "no_budget_free")
     for name in grid_only:
         if name in options:
             raise InputError(f"{flag(name)} is an option of the grid method, not of a branch study")

@@ -207,6 +207,13 @@ def build_parser(description: str = "") -> OneLineParser:
         help="skip the rule test (the baseline's best moved to every batch size by each rule)",
     )
     add(
+        "--no-budget-free",
+        action="store_true",
+        help="skip the budget-free runs that measure steps to target (a third of a small "
+        "study's time); steps to target then come from the study's own runs and follow the "
+        "budget's schedule",
+    )
+    add(
         "--no-checks",
         action="store_true",
         help="skip every check (the lr and more-steps checks and the rule test): a batch size "
