@@ -45,11 +45,14 @@ class LaterPhases:
 
     def baseline_cell(self) -> Cell | None:
         """The best searched cell of the smallest batch size, once all its cells are searched."""
-        smallest = min(c.batch_size for c in self.cells)
-        first = [c for c in self.cells if c.batch_size == smallest]
-        if not all(c.key in self.confirmed for c in first):
+        return self.best_cell(min(c.batch_size for c in self.cells))
+
+    def best_cell(self, batch: int) -> Cell | None:
+        """The best searched cell of a batch size, once all its cells are searched."""
+        cells = [c for c in self.cells if c.batch_size == batch]
+        if not all(c.key in self.confirmed for c in cells):
             return None
-        scored = [(c, self.best(c)) for c in first]
+        scored = [(c, self.best(c)) for c in cells]
         scored = [(c, b) for c, b in scored if b is not None]
         if not scored:
             return None
@@ -265,14 +268,11 @@ class LaterPhases:
                 if step is not None:
                     self._queue_levels(cell, ((steps, step),), BUDGET_FREE)
                 continue
-            scored = [(c, self.best(c)) for c in cells]
-            scored = [
-                (c, b) for c, b in scored if b is not None and b.user_attrs.get("budget_steps")
-            ]
-            if not scored:
+            cell = self.best_cell(batch)
+            own = self.best(cell).user_attrs.get("budget_steps") if cell is not None else None
+            if not own:
                 continue
-            cell, best = max(scored, key=lambda cb: self.sign * cb[1].value)
-            steps = checks.FREE_BUDGET_MULTIPLE * int(best.user_attrs["budget_steps"])
+            steps = checks.FREE_BUDGET_MULTIPLE * int(own)
             self._queue_levels(cell, tuple((steps, k) for k in checks.FREE_LR_START), BUDGET_FREE)
 
     def _free_steps(self, cell: Cell) -> dict[int, float] | None:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.analysis.accuracy import N_BOOT
+from tuner.analysis.steps import BUDGET_FREE
 
 CONFIDENCE = 0.95
 # Regimes from the local slope of log S vs log B, which for the fitted curve is
@@ -205,7 +206,7 @@ def seed_spread(crossings: pd.DataFrame) -> tuple[float, int]:
     """The spread of log steps to target between runs of one configuration: its confirmation
     runs or its budget-free runs at one lr (seeds), pooled over cells; with its degrees of
     freedom (0: none to pool)."""
-    seeds = crossings["phase"].isin(["confirm", "budget_free"]) & np.isfinite(crossings["steps"])
+    seeds = crossings["phase"].isin(["confirm", BUDGET_FREE]) & np.isfinite(crossings["steps"])
     runs = crossings[seeds].assign(
         lr=crossings["base_lr"].fillna(0) if "base_lr" in crossings else 0
     )

@@ -9,12 +9,13 @@ import math
 import pandas as pd
 
 from tuner.analysis.frontier import DegradationMap
+from tuner.analysis.steps import BUDGET_FREE
 from tuner.report.format import batch_list, finite, num, runs, span, value_text
 
 
 def steps_measure(m: DegradationMap) -> str:
     """How the study measured steps to target (a clause: what a batch size's steps are)."""
-    free = m.trials[m.trials["phase"] == "budget_free"] if "phase" in m.trials else m.trials
+    free = m.trials[m.trials["phase"] == BUDGET_FREE] if "phase" in m.trials else m.trials
     if not len(free) or "steps_measure" not in m.frontier:
         return "the earliest crossing of any run of the batch size"
     warmup = pd.to_numeric(free.get("warmup_steps", pd.Series(dtype=float)), errors="coerce")

@@ -11,6 +11,7 @@ import pandas as pd
 from trainables.metrics import StudyMetric
 from tuner.analysis.accuracy import NO_INTERVAL, UNSTABLE
 from tuner.analysis.frontier import DegradationMap
+from tuner.analysis.steps import BUDGET_FREE
 from tuner.analysis.trials import OUTCOMES
 from tuner.report.critical_verdict import critical_verdict
 from tuner.report.data_verdict import data_verdict
@@ -337,7 +338,7 @@ def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     equal = int((extend["budget_steps"] < own).sum())  # tuner.analysis.equal_data
     longer, rule_runs = len(extend) - equal, int((m.trials["phase"] == "rule").sum())
     fresh = int((m.trials["phase"] == "judge").sum())
-    free = int((m.trials["phase"] == "budget_free").sum())
+    free = int((m.trials["phase"] == BUDGET_FREE).sum())
     checks = (
         f" Checks: {longer} run(s) with another lr or more steps, {equal} at equal data, "
         f"{rule_runs} rule-test run(s)"
