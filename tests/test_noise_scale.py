@@ -9,7 +9,7 @@ from torch import nn
 
 from tests.test_config import base_config, model_on
 from tests.test_loop import run
-from trainables import accel, loop
+from trainables import accel, loop, trial_data
 from trainables.batchnorm import apply_bn_mode, bn_label
 from trainables.config import TrialConfig
 from trainables.data import BatchSource
@@ -91,9 +91,9 @@ def _one_step(extra: dict, measure: bool, dtype: torch.dtype):
     gradients it applied, the state after it, and how many noise-scale measurements it made."""
     config = TrialConfig.from_dict(base_config(**(MEASURED_RUN | extra)))
     layout = config.layout()
-    splits = loop.open_splits(config)
+    splits = trial_data.open_splits(config)
     torch.manual_seed(0)
-    model = loop.trial_workload(config).build_model(splits.input_shape, splits.num_classes)
+    model = trial_data.trial_workload(config).build_model(splits.input_shape, splits.num_classes)
     model = apply_bn_mode(model, config.bn_mode, config.ghost_batch, 1).to(dtype)
     cpu = torch.device("cpu")
     source = BatchSource(splits, config.batch_size, 0, 1, 0, cpu, micro_batch=layout.micro_batch)

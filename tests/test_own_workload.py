@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.test_config import base_config
-from trainables import loop
+from trainables import evaluation, loop, trial_data
 from trainables.config import TrialConfig
 from trainables.workload import Metric, Workload
 from trainables.workloads import ENTRY_POINT_GROUP, WorkloadNotFound, by_value, find_workload
@@ -254,12 +254,12 @@ def test_the_loop_trains_with_the_workloads_loss_and_judges_by_its_metric(user_d
     assert math.isnan(last["val_acc"])  # float targets: no accuracy
     # val_metric is the metric over every validation example; val_loss is the Huber loss's mean.
     workload = find_workload("own_regression_d:workload")
-    splits = loop.open_splits(config)
+    splits = trial_data.open_splits(config)
     assert splits.num_classes == 0 and splits.input_shape == (5,)
     torch.manual_seed(0)
     model = workload.build_model(splits.input_shape, 0)
     source = loop.BatchSource(splits, 32, 0, 1, 0, torch.device("cpu"))
-    scores = loop.evaluate(model, source, 50, torch.device("cpu"), None, workload.loss, None)
+    scores = evaluation.evaluate(model, source, 50, torch.device("cpu"), None, workload.loss, None)
     with torch.no_grad():
         out = model(splits.val.x)
     per_example = torch.nn.functional.huber_loss(out.squeeze(-1), splits.val.y, reduction="none")
@@ -267,7 +267,7 @@ def test_the_loop_trains_with_the_workloads_loss_and_judges_by_its_metric(user_d
     # The spread from chunks of 4 estimates the per-example one (within sampling error).
     assert scores["val_loss_sd"] == pytest.approx(float(per_example.std()), rel=0.35)
     cpu = torch.device("cpu")
-    scored = loop.evaluate(model, source, 50, cpu, None, workload.loss, workload.metric.fn)
+    scored = evaluation.evaluate(model, source, 50, cpu, None, workload.loss, workload.metric.fn)
     mae = float((out.squeeze(-1) - splits.val.y).abs().mean())
     assert scored["val_metric"] == pytest.approx(mae)
 
@@ -280,7 +280,7 @@ def test_a_test_set_of_its_own_is_scored_at_the_end_only(user_dir):
     )
     write_module(user_dir, "own_blobs_test", source)
     config = trial_config("own_blobs_test:workload", metric="accuracy", metric_mode="max")
-    splits = loop.open_splits(config)
+    splits = trial_data.open_splits(config)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (600, 150, 150)
     reports = []
     loop.train(config, report=lambda m, s: reports.append(m))

@@ -5,7 +5,8 @@ every `eval_every` steps and at its end, evaluates on the held-out split and han
 (and, for checkpointing, the full training state) to a `report` callable. A run resumed from a
 state continues at its exact step, in the middle of an epoch if need be, with the same data
 order. Distributed data parallelism is whatever `wrap_model` returns (Ray's `prepare_model`
-gives DDP); all cross-worker reductions go through `_all_reduce_sum`, a no-op in one process.
+gives DDP); all cross-worker reductions go through `trainables.collective`, a no-op in one
+process. Evaluation is `trainables.evaluation`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from trainables import accel, metric_boot
+from trainables import accel
 from trainables.batchnorm import (
     PartsAsOneForward,
     apply_bn_mode,
@@ -31,15 +30,15 @@ from trainables.batchnorm import (
 )
 from trainables.budget import default_eval_every, evaluation_steps
 from trainables.budget_free import evaluation_grid, weight_average
+from trainables.collective import all_reduce_sum
 from trainables.config import TrialConfig
 from trainables.data import BatchSource, Splits
-from trainables.datasets import DEFAULT_DATA_DIR
+from trainables.evaluation import evaluate
 from trainables.metrics import get_metric
 from trainables.noise_scale import NoiseScale, squared_norm
 from trainables.optim import build_optimizer, lr_at_step, param_groups, set_lr
-from trainables.per_example import encode as encode_per_example
-from trainables.per_example import encode_single
-from trainables.workload import Workload, chance_loss
+from trainables.trial_data import open_splits, trial_workload
+from trainables.workload import chance_loss
 
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 DIVERGENCE_CHECK_EVERY = 16  # steps between cross-worker divergence checks (one tiny all-reduce)
@@ -65,135 +64,6 @@ def halves_are_independent(micro_batch: int, bn_mode: str, ghost_batch: int, no_
     half = micro_batch // 2
     ghost_inside = bn_mode == "ghost" and half >= ghost_batch and half % ghost_batch == 0
     return micro_batch % 2 == 0 and (no_bn or ghost_inside)
-
-
-def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-LOSS_CHUNK = 4  # examples per call of a workload's own loss in evaluation (its spread)
-
-
-def evaluate(
-    model: nn.Module,
-    source: BatchSource,
-    batch: int,
-    device: torch.device,
-    speed: accel.Acceleration | None = None,
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
-    keep: str | None = None,
-    split: str = "val",
-) -> dict[str, Any]:
-    """Validation loss (nats per predicted token or label), accuracy and example count over the
-    whole held-out split, summed across workers, and the spread of the per-example loss.
-
-    A language model's example is a sequence: its loss and accuracy are over every token, and
-    the spread (`val_loss_sd`) is that of the per-sequence mean loss, whose sampling error
-    over `val_examples` sequences is what the verdict's bounds need. A workload's own `loss`
-    (a mean over what it is given) is called on chunks of LOSS_CHUNK examples, whose spread
-    stands for the per-example one; accuracy is reported only for integer targets. A
-    workload's own `metric` gets every worker's outputs and targets at once (`val_metric`).
-    With `keep` ("val_acc" or "val_loss"), every example's value of it, in the split's order
-    across workers, comes back encoded as `val_per_example` (`trainables.per_example`; an own
-    loss's are its chunks' means). `split="test"`: the same over the test set.
-    """
-    speed = speed or accel.choose(model, device, 0, False)
-    model.eval()
-    # [loss sum, correct, predictions, examples, sum of squared per-example mean losses]
-    totals = torch.zeros(5, device=device, dtype=torch.float64)
-    criterion = nn.CrossEntropyLoss(reduction="none")
-    outputs, targets, kept = [], [], []
-    classes = True
-    with torch.no_grad(), accel.autocast(speed):
-        for x, y in source.val_batches(batch, split):
-            out = model(accel.prepare_input(x, speed)).float()
-            if metric is not None:
-                outputs.append(out.cpu())
-                targets.append(y.cpu())
-            if loss is None:
-                losses = criterion(out, y).double().reshape(len(y), -1)
-                per_example = losses.mean(1)
-                totals[0] += losses.sum()
-                totals[2] += y.numel()
-            else:
-                per_example = torch.stack(
-                    [
-                        loss(out[i : i + LOSS_CHUNK], y[i : i + LOSS_CHUNK]).double().reshape(())
-                        for i in range(0, len(y), LOSS_CHUNK)
-                    ]
-                )
-                sizes = torch.tensor(
-                    [min(LOSS_CHUNK, len(y) - i) for i in range(0, len(y), LOSS_CHUNK)],
-                    device=per_example.device,
-                    dtype=torch.float64,
-                )
-                totals[0] += (per_example * sizes).sum()
-                totals[2] += len(y)
-            if keep == "val_loss":
-                kept.append(per_example.cpu())
-            if loss is not None:
-                # A chunk mean's variance is the per-example one over the chunk's size.
-                per_example = per_example * sizes.sqrt()
-            classes = classes and _has_classes(out, y)
-            if classes:
-                right = out.argmax(1) == y
-                totals[1] += right.sum()
-                if keep == "val_acc":
-                    kept.append(right.double().reshape(len(y), -1).mean(1).cpu())
-            totals[3] += len(y)
-            totals[4] += (per_example**2).sum()
-    loss_sum, correct, predictions, count, squares = _all_reduce_sum(totals).tolist()
-    model.train()
-    mean = loss_sum / predictions
-    if loss is None:
-        variance = max(squares / count - mean**2, 0.0) * count / max(count - 1, 1)
-    else:  # squares are of sqrt(size) * chunk means: E = Var_example + size * mean^2
-        chunks = -(-count // LOSS_CHUNK)
-        variance = max(squares / chunks - LOSS_CHUNK * mean**2, 0.0) * chunks / max(chunks - 1, 1)
-    scores = {
-        "val_loss": mean,
-        "val_acc": correct / predictions if classes else math.nan,
-        "val_examples": int(count),
-        "val_loss_sd": math.sqrt(variance),
-    }
-    if metric is not None:
-        gathered = _gathered(outputs, targets)
-        scores["val_metric"] = float(metric(*gathered))
-        if keep is not None:  # its sampling error over the examples (trainables.metric_boot)
-            scores["val_metric_boot"] = encode_single(metric_boot.replicates(metric, *gathered))
-    if keep == "val_loss" or (keep == "val_acc" and classes):
-        mine = torch.cat(kept).numpy() if kept else np.zeros(0)
-        scores["val_per_example"] = encode_per_example(np.concatenate(_all_gather(mine)))
-    return scores
-
-
-def _all_gather(value: Any) -> list[Any]:
-    """`value` of every worker, by rank (just this one's in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, value)
-        return parts
-    return [value]
-
-
-def _has_classes(out: torch.Tensor, y: torch.Tensor) -> bool:
-    """Outputs are class scores (class dimension second) for integer targets."""
-    return (
-        not y.dtype.is_floating_point
-        and out.ndim == y.ndim + 1
-        and out.shape[0] == y.shape[0]
-        and out.shape[2:] == y.shape[1:]
-    )
-
-
-def _gathered(outputs: list[torch.Tensor], targets: list[torch.Tensor]):
-    """Every worker's validation outputs and targets, in the split's order (shards are
-    contiguous and ranked)."""
-    parts = _all_gather((torch.cat(outputs), torch.cat(targets)))
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def train(
@@ -546,7 +416,7 @@ def _check_divergence(
 ) -> tuple[bool, float]:
     """All-reduce the window's [loss sum, steps, non-finite]; fold it into the running sums.
     Returns whether the run diverged and the window's mean loss (NaN: no step)."""
-    totals = _all_reduce_sum(window.clone())
+    totals = all_reduce_sum(window.clone())
     sums += totals
     loss_sum, steps, bad = totals.tolist()
     window.zero_()
@@ -555,33 +425,3 @@ def _check_divergence(
     # Both sums run over workers and steps, so their ratio is the mean per-step loss.
     mean = loss_sum / steps
     return bad > 0 or mean > loss_limit, mean  # a NaN limit (not yet known) never trips
-
-
-def trial_workload(config: TrialConfig) -> Workload:
-    """The trial's workload, imported on this worker by its reference."""
-    from trainables.workloads import find_workload
-
-    return find_workload(config.workload)
-
-
-def dataset_args(config: TrialConfig) -> tuple:
-    """Everything that decides a trial's data set (a key to cache it by)."""
-    return (
-        config.workload,
-        config.dataset,
-        config.data_dir,
-        config.split_seed,
-        config.max_train_examples,
-        config.decode,
-    )
-
-
-def open_splits(config: TrialConfig) -> Splits:
-    """Load the trial's data set through its workload."""
-    return trial_workload(config).open(
-        config.dataset,
-        config.data_dir or DEFAULT_DATA_DIR,
-        config.split_seed,
-        config.max_train_examples,
-        config.decode,
-    )

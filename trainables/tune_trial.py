@@ -24,8 +24,9 @@ from ray import tune
 from trainables.checkpoint_dir import CheckpointDir
 from trainables.config import TrialConfig
 from trainables.data import Splits
-from trainables.loop import dataset_args, open_splits, train
+from trainables.loop import train
 from trainables.process import placement_of, process_started
+from trainables.trial_data import dataset_args, open_splits
 
 # One data set per process, keyed by everything that decides its contents: a reused actor never
 # hands one configuration's data to another, and holds at most one data set in memory.
