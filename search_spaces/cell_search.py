@@ -28,8 +28,8 @@ cell, a confirmation phase with fresh seeds, and the study's own checks of its a
 
 Here: handing out search trials, range edges, the studies and the outcomes; the phases after
 the search are `search_spaces.later_phases`, a resume's reconciliation
-`search_spaces.reconcile` (both mixins of `CellSearch`), the shared run types
-`search_spaces.runs`.
+`search_spaces.reconcile`, where a search point comes from `search_spaces.search_points`
+(mixins of `CellSearch`), the shared run types `search_spaces.runs`.
 
 Outcomes reach Optuna honestly: a trial that ran its full budget is COMPLETE with its final
 value; one stopped early by ASHA or diverged is PRUNED (with its intermediate values), so a
@@ -39,7 +39,6 @@ search never takes a truncated accuracy for a final one; an errored one is FAIL.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +46,6 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
-from scipy.stats import qmc
 
 from search_spaces.cells import Cell
 from search_spaces.later_phases import LaterPhases
@@ -67,12 +65,9 @@ from search_spaces.runs import (
     Suggestion,
     trial_params,
 )
+from search_spaces.search_points import EDGE_TRIALS, SearchPoints
 from search_spaces.spaces import (
-    GAP_PREFIX,
     SearchSpace,
-    lr_edge,
-    lr_param,
-    search_rule,
     suggest,
 )
 
@@ -93,29 +88,14 @@ __all__ = [
     "trial_params",
 ]
 
-EDGE_STEP = 3.0  # a range extension tries the best lr this factor beyond the edge
-# Range extensions come on top of a cell's share, at most this many per cell, and only once it
-# has this many finished search trials: taken from its share instead, they cut the synthetic
-# searches of tests/test_cell_search.py landing within 2x of every optimum from 90% to 70-85%
-# (an optimum inside the outer fifth of the range cost a Sobol point for nothing).
-EDGE_TRIALS = 3
-EDGE_EVIDENCE = 4
-
 
 def default_sampler(seed: int) -> optuna.samplers.BaseSampler:
     """A cell study's sampler: never asked for a search point (every point is enqueued, see
-    `CellSearch._sobol_point`); seeded, so that nothing in a study is left to chance."""
+    `SearchPoints._sobol_point`); seeded, so that nothing in a study is left to chance."""
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def sobol_unit(seed: int, index: int, dims: int) -> list[float]:
-    """Point `index` of a scrambled Sobol sequence in [0, 1)^dims (scipy; the first 2^m points
-    are drawn, so the sequence keeps its balance properties)."""
-    m = max(0, math.ceil(math.log2(index + 1)))
-    return qmc.Sobol(dims, scramble=True, seed=seed).random_base2(m)[index].tolist()
-
-
-class CellSearch(Reconciling, LaterPhases):
+class CellSearch(Reconciling, LaterPhases, SearchPoints):
     """Hand out trials over the cells of a study and learn from their outcomes (no Ray)."""
 
     def __init__(
@@ -307,88 +287,6 @@ class CellSearch(Reconciling, LaterPhases):
             trial.set_user_attr(name, value)
         self.trials[key] = (run.cell.key, trial.number, run.phase)
         return Suggestion(run.cell, dict(run.params), run.phase, run.seed, trial.number)
-
-    def _optuna_params(self, cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
-        """A trial's parameters under the names its cell's study uses."""
-        per_optimizer = cell.optimizer is None and len(self.space.optimizers) > 1
-        named = {
-            lr_param(params["optimizer"], per_optimizer): params["base_lr"],
-            "weight_decay": params["weight_decay"],
-        }
-        if cell.optimizer is None:
-            named["optimizer"] = params["optimizer"]
-        if self.space.warmup_fraction[1] > 0:
-            named["warmup_fraction"] = params["warmup_fraction"]
-        for name in self.space.gap_params(params["optimizer"]):
-            named[GAP_PREFIX + name] = 1 - params[name]
-        return named
-
-    def _sobol_point(self, cell: Cell, index: int) -> dict[str, Any]:
-        """The cell's `index`-th Sobol point over its space (its lr range as extended)."""
-        optimizers = [cell.optimizer] if cell.optimizer else list(self.space.optimizers)
-        gaps = self.space.gap_params()  # a dimension each (none: the 4 of studies before them)
-        u = sobol_unit(self.seed * 1009 + self.cells.index(cell), index, 4 + len(gaps))
-        optimizer = optimizers[min(int(u[3] * len(optimizers)), len(optimizers) - 1)]
-        rule = cell.rule or search_rule(self.space)
-
-        def log_uniform(unit: float, bounds: tuple[float, float]) -> float:
-            low, high = math.log(bounds[0]), math.log(bounds[1])
-            return math.exp(low + unit * (high - low))
-
-        low, high = self.space.warmup_fraction
-        own = self.space.gap_params(optimizer)
-        return {
-            "batch_size": cell.batch_size,
-            "scaling_rule": rule,
-            "optimizer": optimizer,
-            "base_lr": log_uniform(u[0], self.ranges[cell.key][optimizer]),
-            "weight_decay": log_uniform(u[1], self.space.weight_decay),
-            "warmup_fraction": low + u[2] * (high - low),
-            **{  # 1 - value, log-uniform (spaces.suggest)
-                name: 1 - log_uniform(u[4 + i], (1 - bounds[1], 1 - bounds[0]))
-                for i, name in enumerate(gaps)
-                if name in own and (bounds := getattr(self.space, name))
-            },
-        }
-
-    def _edge_point(self, cell: Cell, peek: bool = False) -> dict[str, Any] | None:
-        """The cell's best configuration one step (x3) further out, when the best leaves the
-        search open on that side (`spaces.lr_edge`); the range grows to include it. None
-        otherwise."""
-        if self.edge_trials[cell.key] >= EDGE_TRIALS or cell.key in self.confirmed:
-            return None
-        # None stays None until a trial ends or an edge trial is handed out: every `suggest`
-        # asked, and read all the cell's trials each time (O(trials^2) over a study, issue 33)
-        memo = (self.changes, self.edge_trials[cell.key])
-        if self._no_edge.get(cell.key) == memo:
-            return None
-        found = self._find_edge_point(cell, peek)
-        if found is None:
-            self._no_edge[cell.key] = memo
-        return found
-
-    def _find_edge_point(self, cell: Cell, peek: bool) -> dict[str, Any] | None:
-        mine = [t for t in self.study(cell).get_trials(deepcopy=False) if t.params]
-        searched = [t for t in mine if t.user_attrs.get("phase") == SEARCH]
-        if any(t.user_attrs.get("edge") and not t.state.is_finished() for t in searched):
-            return None  # the last step out is still running
-        searched = [t for t in searched if t.state.is_finished()]
-        if len(searched) < EDGE_EVIDENCE:
-            return None  # a best among few points is on an edge by chance as often as not
-        best = self.best(cell)
-        if best is None:
-            return None
-        params = self._params_of(cell, best)
-        optimizer, lr = params["optimizer"], params["base_lr"]
-        tried = [self._params_of(cell, t)["base_lr"] for t in searched]
-        low, high = self.ranges[cell.key][optimizer]
-        side = lr_edge(lr, tried, low, high)
-        if side is None:
-            return None
-        lr = lr / EDGE_STEP if side == "lower" else lr * EDGE_STEP
-        if not peek:
-            self.ranges[cell.key][optimizer] = (min(low, lr), max(high, lr))
-        return {**params, "base_lr": lr}
 
     def _params_of(self, cell: Cell, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         return trial_params(self.space, cell, trial)
