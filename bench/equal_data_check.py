@@ -1,10 +1,11 @@
 """A study's equal-data answer against plain in-process runs at the same data, lr and seeds.
 
-For every batch size the study measured at the baseline's data (`frontier.json`:
-`equal_data_steps`, `equal_data_lr_factor`), this trains the same configuration (the cell's
-confirmed peak lr x that factor, its warmup and weight decay, the same confirmation seeds and
-steps) with `trainables.loop.train` in this process (`bench/inprocess_check.py`'s runner) and
-prints the study's value beside the in-process one. Issue 32 asks them to agree within 1 pt.
+For every batch size the study measured at the baseline's data (`frontier.json`: `equal_data_steps`,
+`equal_data_lr_factor`), this trains the same configuration (the cell's confirmed peak lr x that
+factor, its warmup and weight decay, the same seeds and steps: the confirmation seeds, or the fresh
+ones where the line search moved the lr and ran it again) with `trainables.loop.train` in this
+process (`bench/inprocess_check.py`'s runner) and prints the study's value beside the in-process
+one. Issue 32 asks them to agree within 1 pt.
 With `--judged`, the other answer: every batch size at the level it was judged at (its
 `steps_judged` and `judged_lr_factor`, the baseline's included) against the study's
 `accuracy` (the "given more data" answer), and the baseline at each multiple of its budget a
@@ -75,14 +76,15 @@ def jobs_of(study: Path, judged: bool = False) -> list[dict]:
             continue
         first = confirm.iloc[0]
         seeds = confirm["seed"]
-        # a level the checks chose is judged by its fresh seeds (phase judge), where it ran
+        # a level the checks chose is judged by its fresh seeds (phase judge), where it ran:
+        # the judged level, or the lr the equal-data line search chose
         fresh = finals[
             (finals["cell"] == row["best_cell"])
             & (finals["phase"] == "judge")
             & (finals["budget_steps"] == steps)
             & (finals["base_lr"] / float(first["base_lr"])).round(6).eq(round(factor, 6))
         ]
-        if judged and len(fresh):
+        if len(fresh):
             seeds = fresh["seed"]
         for seed in sorted(seeds.astype(int)):
             jobs.append(

@@ -236,12 +236,18 @@ class LaterPhases:
                 if check.center != (levels[0], 0):
                     self._queue_levels(cell, (check.center,), JUDGE)
             # and at the baseline's data, where its budget gave it other data: its confirmed
-            # configuration, then the lr line search the baseline had (half and twice the lr)
+            # configuration, then the lr line search the baseline had (half and twice the lr),
+            # and where that moved the lr, the lr it chose again with fresh seeds (its value
+            # never from the runs that chose it, as at the judged budget)
             equal = checks.equal_data_run(levels[0], cell.batch_size, own, base.batch_size)
             if equal is not None and self.equal_data and self.best(cell) is not None:
                 runs: tuple[tuple[int, int], ...] = ((equal, 0),)
                 if (equal, 0) in levels[1]:
-                    _, runs = checks.baseline_check(levels[1], equal, self.tolerance, self.sign)
+                    chosen, runs = checks.baseline_check(
+                        levels[1], equal, self.tolerance, self.sign
+                    )
+                    if not runs and chosen != (equal, 0):
+                        self._queue_levels(cell, (chosen,), JUDGE)
                 self._queue_levels(cell, runs)
 
     def _queue_budget_free(self) -> None:

@@ -701,7 +701,14 @@ def test_both_answers_say_what_data_each_batch_size_was_judged_at():
     f = degradation_map(more, target=0.9, tolerance=0.01, n_boot=50, max_steps=400).frontier
     row = f.set_index("batch_size").loc[32]
     assert row["equal_data_lr_factor"] == 2 and row["equal_data_accuracy"] == pytest.approx(0.935)
-    assert row["equal_data_status"] == "degraded"
+    assert row["equal_data_status"] == "degraded" and not row["equal_data_fresh"]
+    # that lr run again with fresh seeds: judged by them, not by the runs that chose it
+    again = extensions(32, [0.91, 0.92, 0.915], 25, 1, phase="judge", first_seed=4)
+    fresh = pd.concat([more, table(*again)], ignore_index=True)
+    f = degradation_map(fresh, target=0.9, tolerance=0.01, n_boot=50, max_steps=400).frontier
+    row = f.set_index("batch_size").loc[32]
+    assert row["equal_data_lr_factor"] == 2 and row["equal_data_fresh"]
+    assert row["equal_data_accuracy"] == pytest.approx(0.915) and row["equal_data_runs"] == 3
 
 
 def test_a_batch_size_whose_budget_saw_the_baselines_data_is_its_own_equal_data_answer():

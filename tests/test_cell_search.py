@@ -419,6 +419,12 @@ def test_every_batch_size_that_saw_other_data_runs_again_at_the_baselines_data()
     own, results = search.levels(search.cells[-1])
     assert own == 100 and results[(2, 0)] == pytest.approx(0.5)
     assert checks.baseline_check(results, 2, 0.01) == ((2, 1), ())  # settled at twice the lr
+    # the lr it chose, again with fresh seeds: its value is not the one that chose it
+    again = hand_out(search, "f")
+    assert sorted((c.cell.batch_size, level(c), c.seed, c.phase) for c in again) == sorted(
+        (b, (s, 1), seed, JUDGE) for b, s in ((32, 25), (128, 6), (512, 2)) for seed in (3, 4)
+    )
+    finish(search, [f"f{i}" for i in range(len(again))], value=0.58)
     assert search.suggest("done") == FINISHED
 
 

@@ -154,7 +154,8 @@ def test_the_verdict_gives_both_answers_and_what_data_each_compared(tmp_path, mo
     assert (
         "At equal data (each batch size's confirmed configuration run again with the "
         "confirmation seeds for the baseline's 100 steps, 0.8 epochs, at half and twice its lr "
-        "while one gained more than 1.0 pt, as the baseline's lr was checked), accuracy is not "
+        "while one gained more than 1.0 pt, as the baseline's lr was checked, and where that "
+        "moved its lr, the lr it chose run again with fresh seeds), accuracy is not "
         "shown to hold within 1.0 pt beyond batch 8; degraded at batch 32: 90.5% at 25 steps, "
         "drop 7.5 pt; not measured at batch 128, 512." in verdict
     )

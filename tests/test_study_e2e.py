@@ -93,6 +93,8 @@ def test_every_larger_batch_size_ran_again_at_the_baselines_data(small_study):
     examples, and the report says both answers."""
     trials = per_trial(small_study)
     confirm = trials[trials["phase"] == "confirm"]
+    data = json.loads((small_study / "frontier.json").read_text())
+    rows = {r["batch_size"]: r for r in data["frontier"]}
     for batch in (32, 128, 512):
         steps = equal_data_steps(STEPS, 8, batch)
         runs = trials[(trials["phase"] == "extend") & (trials["budget_steps"] == steps)]
@@ -106,8 +108,20 @@ def test_every_larger_batch_size_ran_again_at_the_baselines_data(small_study):
         assert {-1, 1} <= set(factors) and all(
             sorted(g) == [1, 2] for _, g in runs.groupby(factors)["seed"]
         ), batch
-    data = json.loads((small_study / "frontier.json").read_text())
-    rows = {r["batch_size"]: r for r in data["frontier"]}
+        # where the line search moved the lr, the lr it chose ran again with fresh seeds, and
+        # the equal-data answer is theirs (not the runs that chose it)
+        fresh = trials[
+            (trials["phase"] == "judge")
+            & (trials["budget_steps"] == steps)
+            & (trials["batch_size"] == batch)
+        ]
+        factor = rows[batch]["equal_data_lr_factor"]
+        if factor is not None and math.isfinite(factor) and factor != 1:
+            assert sorted(fresh["seed"]) == [3, 4], batch
+            assert set((fresh["base_lr"] / ours["base_lr"]).round(6)) == {round(factor, 6)}
+            assert rows[batch]["equal_data_fresh"], batch
+        else:
+            assert fresh.empty and not rows[batch]["equal_data_fresh"], batch
     assert [rows[b]["data_ratio"] for b in (8, 32, 128, 512)] == pytest.approx([1, 4, 16, 64])
     assert rows[512]["equal_data_steps"] == equal_data_steps(STEPS, 8, 512)
     assert rows[512]["equal_data_status"] is not None  # measured, whatever it says

@@ -147,7 +147,8 @@ def plan(
         f"planned trials: {spec.trials} search (+ up to {EXTENSIONS_PER_CELL * len(cells)} "
         f"range extensions), up to {spec.confirmation_trials} confirmation runs, "
         f"{spec.rule_test_trials} rule-test runs, {equal_runs} equal-data runs (the batch "
-        f"sizes whose budget gives them other data than the baseline's, for its examples), "
+        f"sizes whose budget gives them other data than the baseline's, for its examples; "
+        f"where the lr line search moves, the lr it chose again with fresh seeds), "
         f"{free_runs} budget-free runs (steps to target: its lr line search's first round, each "
         f"ending at the target or at twice its budget)"
         + (", and the checks where a batch size falls short" if spec.checks else ""),

@@ -8,16 +8,17 @@ data* (Goyal et al.'s: at the same epochs). The map gives both, with what each c
 
 - `steps_judged`, `epochs_judged`, `examples_judged` and `data_ratio` (its examples over the
   baseline's): the level each batch size was judged at (its checks' level, else its budget).
-- The equal-data answer: each batch size's confirmed configuration run again with the
-  confirmation seeds for the baseline's examples (`search_spaces.checks.equal_data_steps`),
-  then at half and twice its lr while one gains more than the tolerance (the line search the
-  baseline's own lr had: `baseline_check`), judged at the best of those against the baseline
-  like any batch size. A batch size whose own budget already saw the baseline's examples
-  (within `EQUAL_DATA_SLACK`) is its own equal-data measurement: its confirmation runs and
+- The equal-data answer: each batch size's confirmed configuration run again with the confirmation
+  seeds for the baseline's examples (`search_spaces.checks.equal_data_steps`), then at half and
+  twice its lr while one gains more than the tolerance (the line search the baseline's own lr had:
+  `baseline_check`), judged at the best of those against the baseline like any batch size; where the
+  line search moved the lr, by that lr run again with fresh seeds (`search_spaces.runs.JUDGE`: the
+  runs that chose an lr read high). A batch size whose own budget already saw the baseline's
+  examples (within `EQUAL_DATA_SLACK`) is its own equal-data measurement: its confirmation runs and
   whatever lr levels its checks ran there. Warmup and weight decay stay as searched at its own
-  budget. (On the README's digits study the confirmed lr alone read 67% and 41% at batch 128
-  and 512, where twice and four times it reach 89% and 62% in-process: an answer about the
-  lr, not the batch size.)
+  budget. (On the README's digits study the confirmed lr alone read 67% and 41% at batch 128 and
+  512, where twice and four times it reach 89% and 62% in-process: an answer about the lr, not the
+  batch size.)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pandas as pd
 from search_spaces.checks import baseline_check, equal_data_run
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.analysis.accuracy import UNSTABLE, Estimate, compare
-from tuner.analysis.checks import budget_levels
+from tuner.analysis.checks import budget_levels, fresh_levels
 
 EQUAL_DATA_COLUMNS = (
     "equal_data_steps",
@@ -40,6 +41,7 @@ EQUAL_DATA_COLUMNS = (
     "equal_data_drop_low",
     "equal_data_drop_high",
     "equal_data_status",
+    "equal_data_fresh",  # its value from fresh seeds: the lr the line search chose, run again
 )
 
 
@@ -82,6 +84,7 @@ def judge_equal_data(
     base_steps = _own_steps(frontier, trials, base[0]) if base else None
     for row in frontier.itertuples(index=False):
         batch, est, steps, factor = int(row.batch_size), None, math.nan, math.nan
+        fresh = False
         cell = getattr(row, "best_cell", None)
         levels = budget_levels(trials, cell, metric) if isinstance(cell, str) else None
         if base is not None and batch == base[0]:
@@ -93,6 +96,9 @@ def judge_equal_data(
             if (steps, 0) in means:
                 center, _ = baseline_check(means, steps, tolerance, metric.sign)
                 est, factor = levels[1][center], 2.0 ** center[1]
+                again = fresh_levels(trials, cell, metric).get(center)
+                if again is not None and again.n:  # the runs that chose it read high
+                    est, fresh = again, True
         result = None
         if base is not None and est is not None and est.n and batch != base[0]:
             result = compare(base[1], est, tolerance, metric=metric)
@@ -109,6 +115,7 @@ def judge_equal_data(
         values["equal_data_drop_low"].append(result.low if result else math.nan)
         values["equal_data_drop_high"].append(result.high if result else math.nan)
         values["equal_data_status"].append(status)
+        values["equal_data_fresh"].append(fresh)
     for name, column in values.items():
         frontier[name] = column
     if base is None:

@@ -98,7 +98,10 @@ def _one_sided(measured: pd.DataFrame, base_batch: int) -> str:
 
 def _lr(row: pd.Series) -> str:
     factor = row.get("equal_data_lr_factor")
-    return f" and its lr x{num(factor, 2)}" if finite(factor) and factor != 1 else ""
+    if not (finite(factor) and factor != 1):
+        return ""
+    fresh = " (fresh seeds)" if row.get("equal_data_fresh") is True else ""
+    return f" and its lr x{num(factor, 2)}{fresh}"
 
 
 def _equal_data_answer(m: DegradationMap, frontier: pd.DataFrame, base_data: str) -> list[str]:
@@ -115,7 +118,8 @@ def _equal_data_answer(m: DegradationMap, frontier: pd.DataFrame, base_data: str
     how = (
         f"each batch size's confirmed configuration run again with the confirmation seeds for "
         f"the baseline's {base_data}, at half and twice its lr while one gained more than {tol}, "
-        f"as the baseline's lr was checked"
+        f"as the baseline's lr was checked, and where that moved its lr, the lr it chose run "
+        f"again with fresh seeds"
     )
     if holds is None or holds == base_batch:
         opening = f"At equal data ({how}), {metric.noun} is not shown to hold within {tol} "
@@ -156,7 +160,8 @@ def data_table(m: DegradationMap) -> list[str]:
         "Judged = the level each batch size's verdict rests on (its checks' steps, else its "
         "budget); data = its examples over the baseline's. At equal data, its confirmed "
         "configuration ran again with the confirmation seeds for the baseline's examples, "
-        "at half and twice its lr while one gained more than the tolerance (a batch size "
+        "at half and twice its lr while one gained more than the tolerance, judged where "
+        "that moved its lr by the lr it chose run again with fresh seeds (a batch size "
         "whose budget already saw them is its own answer).",
         "",
         markdown_table(
