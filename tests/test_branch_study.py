@@ -138,6 +138,17 @@ def test_a_branch_study_says_what_it_cost_and_shows_in_tensorboard(fixed_toleran
     assert cost["device_hours"] > 0
     assert set(cost["by_phase"]) == {"lr search", "base run", "branches", "schedule"}
     assert "## What it cost" in (study / "branch.md").read_text()
+    # where each job ran, as a grid trial reports it (issue 33): one node, its CPU
+    assert data["placement"] == {
+        "nodes_used": 1,
+        "trials": cost["trials"],
+        "trials_spanning_nodes": 0,
+        "devices": ["cpu"],
+    }
+    assert (
+        f"- Placement: one worker per trial; {cost['trials']} trials ran on 1 node(s) (cpu)."
+        in (study / "branch.md").read_text()
+    )
     events = EventAccumulator(str(study / "summary"))
     events.Reload()
     scalars = events.Tags()["scalars"]
@@ -167,6 +178,13 @@ def test_a_branch_study_runs_its_trials_on_two_workers_each(tmp_path):
     assert all(len(p["rungs"]) >= 2 for p in data["points"])
     # every job (the base run and each rung) ran as its own Ray Train run
     assert len(list((study / "train_runs").glob("branch-*"))) == 1 + rungs == data["cost"]["trials"]
+    # both workers of every job on the one node, placed whole (STRICT_PACK)
+    assert data["placement"]["trials_spanning_nodes"] == 0
+    assert data["placement"]["trials"] == data["cost"]["trials"]
+    assert (
+        "2 workers per trial, each trial whole on one node (STRICT_PACK)"
+        in (study / "branch.md").read_text()
+    )
     assert "report: " in err
 
 

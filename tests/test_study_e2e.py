@@ -78,9 +78,10 @@ def test_trial_table_is_complete(small_study):
         batch = int(rows["batch_size"].iloc[0])
         if rows["phase"].iloc[0] == "budget_free":
             assert set(rows["budget_steps"]) == {2 * STEPS}  # a bound: it ends at the target
-        elif rows["phase"].iloc[0] == "extend":
+        elif rows["phase"].iloc[0] in ("extend", "judge"):
             # the lr check at the budget, more steps: twice it (the cap: twice the longest
-            # budget); and the batch-8 baseline's examples (search_spaces.checks.equal_data_run)
+            # budget); and the batch-8 baseline's examples (search_spaces.checks.equal_data_run);
+            # fresh seeds (judge) at a level these chose, the equal-data lr included
             allowed = {STEPS, 2 * STEPS, equal_data_steps(STEPS, 8, batch)}
             assert set(rows["budget_steps"]) <= allowed
         else:

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from tuner.branch.plan import MIN_LARGEST_STEPS, PROBE_FRACTION, BranchPlan
+from tuner.cluster.placement import where_text
 from tuner.report.format import diff_text, duration, markdown_table, value_text
 from tuner.spec import StudySpec
 
@@ -63,6 +64,14 @@ def render(spec: StudySpec, plan: BranchPlan, data: dict[str, Any]) -> str:
         + f"), then the best with {plan.seeds} fresh seed(s); a rung is compared with the best "
         f"smaller rung at equal examples, on the whole validation split, within {tol}, "
         f"with one-sided 95% bounds from the seeds and the shared validation examples.",
+        "- Placement: "
+        + where_text(
+            spec.placement_strategy,
+            spec.accelerator_type,
+            spec.workers_per_trial,
+            data.get("placement") or {},  # studies written before jobs reported it: none
+        )
+        + ".",
         "",
     ]
     if plan.largest < spec.batch_sizes[-1]:

@@ -55,6 +55,7 @@ from tuner.study.session import INTERRUPTED
 from tuner.study.tracked import StudyTracking
 
 PHASES = {"probe": "lr search", "base": "base run", "rung": "branches", "verify": "schedule"}
+PLACEMENT = ["node_id", "nodes", "device_name"]  # what each job reports of where it ran
 
 
 @dataclass
@@ -304,11 +305,13 @@ class BranchSearcher(Searcher):
                 "started": j.started,
                 "ended": j.ended,
                 "down": json.dumps(self.down),  # the study's, for its wall time
+                **{k: j.result.get(k, math.nan) for k in PLACEMENT},  # where (tuner.branch.trial)
             }
             for j in [*self.interrupted, *self.jobs]
             if j.trial_id
         ]
         columns = ["trial_id", "batch_size", "phase", "workers", "started", "ended", "down"]
+        columns += PLACEMENT
         return pd.DataFrame(rows, columns=columns)
 
 

@@ -32,6 +32,7 @@ from trainables.checkpoint_dir import CheckpointDir
 from trainables.config import TrialConfig
 from trainables.loop import train
 from trainables.metrics import get_metric
+from trainables.process import placement_of
 from trainables.tune_trial import cached_splits
 from tuner.analysis.branch import BranchRun, best_candidate, smoothed_end
 from tuner.spec import StudySpec
@@ -277,7 +278,7 @@ def branch_trial(job: dict[str, Any], spec: dict[str, Any]) -> None:
     if study.workers_per_trial == 1:
         torch.set_num_threads(max(1, int(study.cpus_per_worker)))
         device = torch.device("cuda", 0) if study.use_gpu else torch.device("cpu")
-        tune.report(job_result(job, study, device))
+        tune.report({**job_result(job, study, device), **where_it_ran(device, 1)})
         return
     run_name = f"branch-{tune.get_context().get_trial_id()}"
     torch_trainer(study, branch_worker, {"job": job, "spec": spec}, run_name).fit()
@@ -294,7 +295,15 @@ def branch_worker(config: dict[str, Any]) -> None:
         context.get_world_size(),
         lambda model: ray.train.torch.prepare_model(model, move_to_device=False),
     )
-    ray.train.report(job_result(config["job"], study, device, workers))
+    where = where_it_ran(device, workers.world)  # every rank: a collective
+    ray.train.report({**job_result(config["job"], study, device, workers), **where})
+
+
+def where_it_ran(device: torch.device, world: int) -> dict[str, Any]:
+    """A job's placement as a grid trial reports it (`trainables.process.placement_of`): its
+    rank-0 node, the distinct nodes of its workers, their devices."""
+    node = ray.get_runtime_context().get_node_id()
+    return {"node_id": node, **placement_of(node, device, world)}
 
 
 def trainable(spec: StudySpec):

@@ -33,6 +33,7 @@ from tuner.analysis.cost import study_cost  # noqa: E402
 from tuner.analysis.paired import per_example_matrix  # noqa: E402
 from tuner.branch.plan import PROBE_FRACTION, BranchPlan  # noqa: E402
 from tuner.branch.report_text import FIGURE, interval_text, render  # noqa: E402
+from tuner.cluster.placement import where_trials_ran  # noqa: E402
 from tuner.spec import StudySpec  # noqa: E402
 
 REPORT, DATA, RUNS = "branch.md", "branch.json", "branch_runs.csv"
@@ -104,7 +105,8 @@ def findings(spec: StudySpec, plan: BranchPlan, searcher) -> dict[str, Any]:
             }
         )
     schedule = batch_schedule(measured, plan.base_batch) if measured else []
-    cost = study_cost(searcher.cost_table(), spec.gpus_per_worker, spec.cpus_per_worker)
+    table = searcher.cost_table()
+    cost = study_cost(table, spec.gpus_per_worker, spec.cpus_per_worker)
     probes = [
         (j.payload["config"]["base_lr"], _record(j)) for j in searcher.jobs if j.kind == "probe"
     ]
@@ -134,6 +136,7 @@ def findings(spec: StudySpec, plan: BranchPlan, searcher) -> dict[str, Any]:
         "verify": verify_result(spec, searcher, base),
         "winners": dict(Counter(r["candidate"] for p in points for r in p["rungs"][1:])),
         "cost": dataclasses.asdict(cost),
+        "placement": where_trials_ran(table[table["node_id"].notna()]),
     }
 
 
