@@ -39,6 +39,7 @@ search never takes a truncated accuracy for a final one; an errored one is FAIL.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -65,7 +66,7 @@ from search_spaces.runs import (
     Suggestion,
     trial_params,
 )
-from search_spaces.search_points import EDGE_TRIALS, SearchPoints
+from search_spaces.search_points import EDGE_TRIALS, EdgeFacts, SearchPoints
 from search_spaces.spaces import (
     SearchSpace,
     suggest,
@@ -160,12 +161,14 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         # database, which every evaluation did (1.4 of the driver's 29 CPU-s, issue 33).
         self._live: dict[str, tuple[optuna.Study, optuna.Trial]] = {}
         self._no_edge: dict[str, tuple[int, int]] = {}  # cell -> when it last had no edge point
+        self._edge_facts: dict[str, EdgeFacts] = {}  # cell -> what the edge rule reads of it
 
     # --- state that survives a pickle (the storage is reattached by the caller) ------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_storage"], state["_studies"], state["_live"], state["_no_edge"] = None, {}, {}, {}
+        state["_edge_facts"] = {}  # read again from Optuna's record (search_points.EdgeFacts)
         return state
 
     def attach(self, storage: Any) -> None:
@@ -261,6 +264,8 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
             self._optuna_params(cell, params), user_attrs={"lr_range": ranges, "edge": edge}
         )
         self.handed[key] = (Pending(cell, params, self.seed, SEARCH), edge)
+        if edge:
+            self._edge_trial_out(cell)
         return self._ask(key, cell, SEARCH, self.seed)
 
     def _ask(self, key: str, cell: Cell, phase: str, seed: int) -> Suggestion:
@@ -365,4 +370,11 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         except UpdateFinishedTrialError:
             # Told already, just before an interruption that came ahead of Tune's next
             # checkpoint of the searcher: Optuna's record stands.
-            return
+            told = False
+        else:
+            told = True
+        _, number, phase = self.trials[key]
+        if phase == SEARCH:  # what the edge rule reads (Optuna fails a NaN value)
+            final = value if outcome in FINAL and value is not None else None
+            final = None if final is not None and math.isnan(final) else final
+            self._edge_trial_ended(key, self.cell_of(key), final, number, told)

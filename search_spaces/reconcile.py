@@ -101,6 +101,7 @@ class Reconciling:
             self._count_in(key, cell, phase, params, seed, edge=False)
             changed += 1
         self.changes += 1
+        self._edge_facts = {}  # read again from the record as it now stands
         return changed
 
     def _from_config(self, config: Mapping[str, Any]) -> tuple[Cell, dict[str, Any], str, int]:

@@ -5,8 +5,10 @@ per-batch-size tuning beats one joint TPE."""
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
+import random
 import shutil
 import warnings
 from collections import Counter
@@ -28,6 +30,8 @@ from search_spaces.cell_search import (
     CellSearch,
 )
 from search_spaces.cells import default_strata, study_cells
+from search_spaces.search_points import EDGE_EVIDENCE
+from search_spaces.spaces import lr_edge
 from trainables.optim import scaled_lr
 from trainables.workloads import find_workload
 
@@ -197,6 +201,64 @@ def test_a_best_on_the_range_edge_moves_the_range_while_the_best_follows():
     assert len(beyond) > 3  # later Sobol points fall in the grown range too
     assert search.ranges["b8"]["sgd"][1] == pytest.approx(steps[-1])
     assert search.best(search.cells[0]).params["base_lr"] == pytest.approx(steps[-1])
+
+
+def edge_side_from_record(search: CellSearch, cell) -> str | None:
+    """The edge rule as documented (`spaces.lr_edge`), read whole from Optuna's record: no
+    edge trial running, at least EDGE_EVIDENCE finished search trials, the best completed
+    one's lr against every finished one's and the range."""
+    trials = search.study(cell).get_trials(deepcopy=False)
+    searched = [t for t in trials if t.params and t.user_attrs.get("phase") == SEARCH]
+    if any(t.user_attrs.get("edge") and not t.state.is_finished() for t in searched):
+        return None
+    searched = [t for t in searched if t.state.is_finished()]
+    best = search.best(cell)
+    if len(searched) < EDGE_EVIDENCE or best is None:
+        return None
+    low, high = search.ranges[cell.key]["sgd"]
+    return lr_edge(best.params["base_lr"], [t.params["base_lr"] for t in searched], low, high)
+
+
+def _side(search: CellSearch, cell, point: dict) -> str:
+    return "upper" if point["base_lr"] > search.best(cell).params["base_lr"] else "lower"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_edge_rule_kept_as_trials_end_decides_as_reading_the_record_would(seed):
+    """The edge rule's facts are kept as trials end (issue 33: reading every trial of a cell on
+    each end grew with the study); with trials ending out of order, stopped, diverged or
+    errored, and edge trials among them, every decision is the one a fresh read of Optuna's
+    record gives, and so is the state after a pickle and a resume."""
+    rng = random.Random(seed)
+    search = make_search(strata=(), trials_per_cell=12, seeds=1, seed=seed)
+    high = get_space("simple_cnn").base_lr["sgd"][1]
+    running: list[tuple[str, dict]] = []
+    handed = 0
+    while True:
+        while len(running) < 3:
+            s = search.suggest(f"t{handed}")
+            if s in (None, FINISHED) or s.phase != SEARCH:
+                break
+            running.append((f"t{handed}", s.params))
+            handed += 1
+        if not running:
+            break
+        key, params = running.pop(rng.randrange(len(running)))
+        outcome = rng.choice(["completed", "completed", "stopped", "diverged", "errored"])
+        value = -abs(math.log(params["base_lr"] / (5 * high))) + rng.gauss(0, 0.1)
+        final = value if outcome != "errored" else None
+        search.complete(key, outcome, final, 100 if outcome == "completed" else 30, 100)
+        for cell in search.cells:
+            kept = search._find_edge_point(cell, peek=True)
+            fresh = copy.copy(search)  # its state as pickled: the facts read from the record
+            fresh.attach(search._storage)
+            assert fresh._find_edge_point(cell, peek=True) == kept, (cell.key, key)
+            assert edge_side_from_record(search, cell) == (kept and _side(search, cell, kept))
+    assert sum(search.edge_trials.values()) > 0  # the edge rule was exercised
+    restored = pickle.loads(pickle.dumps(search))
+    restored.attach(search._storage)
+    for cell in search.cells:
+        assert restored._find_edge_point(cell, peek=True) == search._find_edge_point(cell, True)
 
 
 def confirmed_search(
