@@ -176,9 +176,7 @@ class EdgeFacts:
     best_optimizer: str = ""
     edges_running: int = 0
 
-    def ended(
-        self, lr: float, optimizer: str, final: float | None, number: int, sign: int
-    ) -> None:
+    def ended(self, lr: float, optimizer: str, final: float | None, number: int, sign: int) -> None:
         self.finished += 1
         self.low, self.high = min(self.low, lr), max(self.high, lr)
         if final is None:

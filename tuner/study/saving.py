@@ -11,17 +11,16 @@ kill before Tune's state has them loses the trial: see `tests/test_resume.py`), 
 per `gap` where only running trials reported (`MIN_GAP_S`, or `1 / SHARE` times what the last
 save took, so that saving results stays under `SHARE` of the driver's time however large the
 study grows; a trial resumes from its own latest checkpoint, `trainables.checkpoint_dir`,
-whatever Tune's state says). A trial added, started or ended is saved as soon as `1 / SHARE`
-times the last save's duration has passed, with no floor: at once in effect while a save is
-cheap (20 ms after a 1 ms save), and never more than `SHARE` of the driver's time as the state
-grows. Saving every such change at once made each trial pay for a save of every trial before
-it: at 1,000 one-second trials on 16 slots (`bench/cluster_scale.py --bookkeeping`), 46% of
-the driver's main thread went to saving (py-spy), the loop was saturated and only 7-9 of the
-16 slots ran. A kill inside that gap loses nothing the resume needs: Optuna has recorded the
-trial as it happened, and `search_spaces.reconcile` takes it from there (a finished one in, a
-running one Tune does not know closed and its cell given another). An idle loop saves nothing; the end of the experiment (Tune's
-forced save) is always written. Measured on the e2e study of tests/conftest.py (26 trials,
-py-spy): the driver's CPU 49 -> 29 s, Tune's saving 14.4 -> 1.9 s.
+whatever Tune's state says). Trials added, started or ended are not paced: tried again in
+issue 33 (a change saved once 20x the last save's time had passed), the kill test
+(`tests/test_resume.py`) lost the trial the kill cut, started after the last save: Optuna had it
+running, Tune's state did not, so the resume closed it and its cell ran another. That keeps a
+save per change, each O(trials): at 1,000 one-second trials on 16 slots (`bench/cluster_scale.py
+--bookkeeping`, py-spy) saving took 46% of the driver's main thread, a 26 MB state of 25.6 KB per
+trial (13.6 KB of it Tune's running statistics of every reported metric). An idle loop saves
+nothing; the end of the experiment (Tune's forced save) is always written. Measured on the e2e
+study of tests/conftest.py (26 trials, py-spy): the driver's CPU 49 -> 29 s, Tune's saving
+14.4 -> 1.9 s.
 
 Tune has no hook for this: the one place that decides is its checkpoint manager's
 `sync_up_experiment_state`, wrapped here (`install`, idempotent). `tests/test_saving.py` checks
@@ -47,16 +46,15 @@ class Pace:
     share: float = SHARE
     saved: Hashable = None  # the experiment's signature at the last save (None: unknown)
     ended_at: float = float("-inf")  # monotonic time the last save ended
-    gap_s: float = MIN_GAP_S  # after the last save, before a new result alone is saved
-    change_gap_s: float = 0.0  # after it, before a trial added, started or ended is saved
+    gap_s: float = MIN_GAP_S
 
     def due(self, signature: Hashable | None, now: float, force: bool = False) -> bool:
         """Save now? `signature`: (trials and their states, running trials' last results),
         from `signature()`; None: unknown, so changed."""
         if force or signature is None or not isinstance(self.saved, tuple):
             return True
-        if signature[0] != self.saved[0]:  # a trial was added, started or ended
-            return now - self.ended_at >= self.change_gap_s
+        if signature[0] != self.saved[0]:
+            return True  # a trial was added, started or ended
         if signature == self.saved:
             return False
         return now - self.ended_at >= self.gap_s
@@ -65,8 +63,7 @@ class Pace:
         """A save ran from `started` to `ended` (monotonic seconds)."""
         self.saved = signature
         self.ended_at = ended
-        self.change_gap_s = (ended - started) / self.share
-        self.gap_s = max(self.min_gap_s, self.change_gap_s)
+        self.gap_s = max(self.min_gap_s, (ended - started) / self.share)
 
 
 def signature(controller: Any) -> tuple[Hashable, Hashable] | None:
