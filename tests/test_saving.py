@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 
-from tuner.study.saving import MIN_GAP_S, Pace, install, signature
+from tuner.study.saving import MIN_GAP_S, Pace, compact_ended, install, signature
 
 TRIALS, MORE_TRIALS = ("2 trials", "1 running"), ("3 trials", "2 running")
 
@@ -83,3 +83,24 @@ def test_the_private_names_it_relies_on_are_in_this_ray() -> None:
     install()  # idempotent: wrapped once
     wrapped = _ExperimentCheckpointManager.sync_up_experiment_state
     assert getattr(wrapped, "paced", False)
+
+
+def test_an_ended_trial_is_saved_smaller_and_keeps_its_statistics() -> None:
+    """What only a running trial needs (the last values of every metric) is dropped once it
+    ended: each later save of Tune's state writes it smaller (issue 33), and its JSON state
+    still restores with its last result and statistics."""
+    from ray.tune.experiment import Trial
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    trial = Trial("t", stub=True, trial_id="a")
+    metrics = {f"m{i}": float(i) for i in range(30)}
+    for step in range(1, 12):
+        trial.update_last_result({**metrics, "training_iteration": step, "val_acc": step / 20})
+    before = len(trial.get_json_state()[1])
+    assert compact_ended(trial)
+    after = trial.get_json_state()[1]
+    assert len(after) < before / 2, (len(after), before)
+    restored = _TrainingRunMetadata.from_json_state(after)  # as a resume reads it
+    assert restored.last_result["val_acc"] == trial.last_result["val_acc"] == 0.55
+    assert restored.metric_analysis["val_acc"]["max"] == 0.55
+    assert not compact_ended(trial)  # nothing more to drop

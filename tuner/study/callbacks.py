@@ -12,6 +12,7 @@ from ray.tune.logger import TBXLoggerCallback
 from trainables.metrics import ACCURACY, StudyMetric
 from tuner.outcomes import TRIAL_SCALARS as SCALARS
 from tuner.outcomes import trial_outcome
+from tuner.study.saving import compact_ended
 from tuner.tracking.mlflow_study import outcome_of
 
 STEP = "optimizer_steps"  # the x axis of every per-trial curve
@@ -77,6 +78,15 @@ class StepTensorBoardCallback(TBXLoggerCallback):
             writer.file_writer.add_summary(summary)
         for key, value in metrics.items():
             writer.add_scalar(key, value)
+
+
+class CompactEndedTrials(Callback):
+    """Keeps each save of Tune's experiment state smaller: a trial that ended normally drops
+    what only a running one needs (`tuner.study.saving.compact_ended`); an errored one, which
+    a resume may run again, keeps it."""
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        compact_ended(trial)
 
 
 class ProgressCallback(Callback):

@@ -23,7 +23,12 @@ from tuner.store import objects as store
 from tuner.store.optuna_db import optuna_storage
 from tuner.store.tune_state import repair_torn_state
 from tuner.study import actor_cache, saving
-from tuner.study.callbacks import ProgressCallback, StepTensorBoardCallback, TrackingCallback
+from tuner.study.callbacks import (
+    CompactEndedTrials,
+    ProgressCallback,
+    StepTensorBoardCallback,
+    TrackingCallback,
+)
 from tuner.study.scheduler import PerCellASHA
 from tuner.study.searcher import CellSearcher
 from tuner.study.trial import reuses_actors, trainable
@@ -85,7 +90,11 @@ def concurrency(spec: StudySpec) -> int:
 
 
 def callbacks(spec: StudySpec) -> list[tune.Callback]:
-    return [StepTensorBoardCallback(), ProgressCallback(spec.batch_sizes, spec.study_metric)]
+    return [
+        StepTensorBoardCallback(),
+        ProgressCallback(spec.batch_sizes, spec.study_metric),
+        CompactEndedTrials(),
+    ]
 
 
 def run_config(spec: StudySpec, extra: Sequence[tune.Callback] = ()) -> tune.RunConfig:

@@ -118,3 +118,16 @@ def install() -> None:
     current = manager.sync_up_experiment_state
     if not getattr(current, "paced", False):
         manager.sync_up_experiment_state = _paced(current)
+
+
+def compact_ended(trial: Any) -> bool:
+    """Drop what Tune keeps of an ended trial only to go on updating its running statistics
+    (`run_metadata.metric_n_steps`: the last 5 and 10 values of every reported metric, 9.7 of a
+    trial's 25.6 KB in the saved state at 1,000 trials); every later save writes the trial
+    smaller. Its statistics themselves (`metric_analysis`) and last result stay. Returns
+    whether anything was dropped."""
+    meta = getattr(trial, "run_metadata", None)
+    if meta is None or not getattr(meta, "metric_n_steps", None):
+        return False
+    meta.metric_n_steps = {}  # its cached JSON (saved beside the trial's) goes on assignment
+    return True
