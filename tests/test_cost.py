@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from tuner.analysis.cost import study_cost, trial_costs
+from tuner.report.cost_text import waiting_text
 
 
 def table(rows):
@@ -83,6 +84,14 @@ def test_the_wait_for_resources_before_a_trial_began_is_not_charged():
     per_trial = trial_costs(t, per_worker=1.0).set_index("trial_id")
     assert per_trial.loc["a", "wall_s"] == 70
     assert per_trial.loc["b", "wall_s"] == 95
+    # the wait is reported apart: a's 30 s, b's 925 s less the 910 s the study was down
+    assert list(per_trial["waiting_s"]) == [30, 15]
+    cost = study_cost(t, 0, 1)
+    assert cost.waiting_hours == pytest.approx(45 / 3600)
+    assert "Waiting for resources (from the search handing a trial out to its process " in (
+        waiting_text(cost)
+    )
+    assert waiting_text(study_cost(t.assign(trial_began=t["started"]), 0, 1)) == ""
     t["trial_began"] = [math.nan, math.nan]  # a study made before trials said: as handed out
     per_trial = trial_costs(t, per_worker=1.0).set_index("trial_id")
     assert list(per_trial["wall_s"]) == [100, 1020 - 910]

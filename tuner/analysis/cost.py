@@ -1,9 +1,11 @@
 """What a study cost: each trial's device time and the study's, by phase and by batch size.
 
-A trial's wall time runs from the moment the search handed it to Tune to the moment the search
-was told how it ended (Optuna's start and completion times), so it includes starting its
-processes, loading data and every evaluation, not only training, less the time it was down
-(`downtime_s`: a trial running when the study was killed, from the last save to the resume).
+A trial's wall time runs from when its process began it (`trial_began`; a trial that did not
+say: from when the search handed it to Tune, Optuna's start time) to when the search was told
+how it ended, so it includes starting its processes, loading data and every evaluation, not
+only training, less the time it was down (`downtime_s`: a trial running when the study was
+killed, from the last save to the resume). The time from the search handing it out to its
+process beginning it, waiting for resources, is reported apart (`waiting_hours`), not charged.
 Its device time is that wall time x its workers x what each worker holds: GPUs on GPU workers,
 else CPUs (a 0.25-GPU worker costs a quarter of a GPU's time). The study's wall time is from
 its first trial's start to its last trial's end, less the time it was down (the trials' `down`
@@ -38,6 +40,9 @@ class StudyCost:
     trials: int
     by_phase: dict[str, float] = field(default_factory=dict)
     by_batch: dict[int, float] = field(default_factory=dict)
+    # trial-hours between the search handing a trial out and its process beginning it (an
+    # autoscaled node starting, a busy cluster): reported apart, never charged
+    waiting_hours: float = 0.0
 
 
 def trial_costs(table: pd.DataFrame, per_worker: float, workers: int = 1) -> pd.DataFrame:
@@ -46,7 +51,7 @@ def trial_costs(table: pd.DataFrame, per_worker: float, workers: int = 1) -> pd.
     end, less the time the study was down (`per_worker`: GPUs or CPUs each worker holds;
     `workers`: the study's workers per trial, for a trial that ended before reporting how many
     it had)."""
-    columns = ["trial_id", "batch_size", "phase", "workers", "wall_s", "device_s"]
+    columns = ["trial_id", "batch_size", "phase", "workers", "wall_s", "device_s", "waiting_s"]
     if table.empty or "started" not in table:
         return pd.DataFrame(columns=columns)
     rows = []
@@ -57,6 +62,7 @@ def trial_costs(table: pd.DataFrame, per_worker: float, workers: int = 1) -> pd.
         # after the search handed it out (an autoscaled node starting, a busy cluster) holds
         # no device of the study's.
         began = pd.to_numeric(group.get("trial_began", pd.Series(dtype=float)), errors="coerce")
+        handed = started
         if began.notna().any() and math.isfinite(started):
             started = max(started, float(began.min()))
         if not (math.isfinite(started) and math.isfinite(ended)):
@@ -73,6 +79,9 @@ def trial_costs(table: pd.DataFrame, per_worker: float, workers: int = 1) -> pd.
             total = pd.to_numeric(group.get("downtime_s", pd.Series(dtype=float)), "coerce")
             down = total.max() if total.notna().any() else 0.0
         wall = max(ended - started - down, 0.0)
+        # waiting for resources: handed out to begun, less any time the study was down then
+        waited = [(max(a, handed), min(b, started)) for a, b in intervals]
+        waiting = max(started - handed - union_seconds([(a, b) for a, b in waited if b > a]), 0)
         rows.append(
             {
                 "trial_id": trial_id,
@@ -81,6 +90,7 @@ def trial_costs(table: pd.DataFrame, per_worker: float, workers: int = 1) -> pd.
                 "workers": count,
                 "wall_s": wall,
                 "device_s": wall * count * per_worker,
+                "waiting_s": waiting,
             }
         )
     return pd.DataFrame(rows, columns=columns)
@@ -134,6 +144,7 @@ def study_cost(
             ]
         },
         by_batch={int(b): float(h) for b, h in by_batch.items()},
+        waiting_hours=float(trials["waiting_s"].sum() / 3600),
     )
 
 

@@ -13,12 +13,12 @@ from tuner.analysis.accuracy import NO_INTERVAL, UNSTABLE
 from tuner.analysis.frontier import DegradationMap
 from tuner.analysis.steps import BUDGET_FREE
 from tuner.analysis.trials import OUTCOMES
+from tuner.report.cost_text import cost_verdict
 from tuner.report.critical_verdict import critical_verdict
 from tuner.report.data_verdict import data_verdict
 from tuner.report.format import (
     batch_list,
     diff_text,
-    duration,
     finite,
     long_value_text,
     num,
@@ -409,20 +409,6 @@ def missing_notes(m: DegradationMap, spec: StudySpec, study_dir: Path) -> list[s
             "can be measured."
         )
     return notes
-
-
-def cost_verdict(m: DegradationMap) -> list[str]:
-    """What the study cost in device time, by phase and by batch size."""
-    cost = m.cost
-    if cost is None or not cost.trials:
-        return []
-    phases = ", ".join(f"{name} {duration(h)}" for name, h in cost.by_phase.items())
-    batches = ", ".join(f"{b}: {duration(h)}" for b, h in sorted(cost.by_batch.items()))
-    return [
-        f"Cost: {duration(cost.device_hours)} of {cost.device} time ({cost.device}s x wall time "
-        f"of each of its {cost.trials} trials, start-up included) over {duration(cost.wall_hours)} "
-        f"of wall time: {phases}; by batch size {batches}."
-    ]
 
 
 def verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
