@@ -174,6 +174,7 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
     def attach(self, storage: Any) -> None:
         """Reopen the studies in `storage` (after unpickling, on whichever machine)."""
         self._storage, self._studies, self._live, self._no_edge = storage, {}, {}, {}
+        self._edge_facts = {}  # read again from the record in `storage` (EdgeFacts)
         self.__dict__.setdefault("handed", {})  # a state saved before it kept this
         self.__dict__.setdefault("equal_data", False)  # a study started without equal-data runs
         self.__dict__.setdefault("budget_free_steps", False)  # ... or budget-free runs

@@ -33,7 +33,8 @@ def sobol_unit(seed: int, index: int, dims: int) -> list[float]:
 
 class SearchPoints:
     """The search points of `CellSearch` (its `space`, `ranges`, `cells`, `seed`,
-    `edge_trials`, `confirmed`, `changes`, `_no_edge`, `study`, `best`, `_params_of`)."""
+    `edge_trials`, `confirmed`, `changes`, `_no_edge`, `_edge_facts`, `handed`, `study`, `best`,
+    `_params_of`)."""
 
     def _optuna_params(self, cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
         """A trial's parameters under the names its cell's study uses."""
@@ -118,10 +119,9 @@ class SearchPoints:
     def _edge_facts_of(self, cell: Cell) -> EdgeFacts:
         """The cell's `EdgeFacts`: read from Optuna's record once (a new process, a resume),
         then kept by `_edge_trial_out` and `_edge_trial_ended`."""
-        kept = self.__dict__.setdefault("_edge_facts", {})
-        if cell.key not in kept:
-            kept[cell.key] = self._edge_facts_from_record(cell)
-        return kept[cell.key]
+        if cell.key not in self._edge_facts:
+            self._edge_facts[cell.key] = self._edge_facts_from_record(cell)
+        return self._edge_facts[cell.key]
 
     def _edge_facts_from_record(self, cell: Cell) -> EdgeFacts:
         facts = EdgeFacts()
@@ -139,7 +139,7 @@ class SearchPoints:
 
     def _edge_trial_out(self, cell: Cell) -> None:
         """An edge trial of the cell was handed out."""
-        facts = self.__dict__.setdefault("_edge_facts", {}).get(cell.key)
+        facts = self._edge_facts.get(cell.key)
         if facts is not None:
             facts.edges_running += 1
 
@@ -148,12 +148,11 @@ class SearchPoints:
     ) -> None:
         """Search trial `key` of the cell ended (`final`: its value, where it ran to its end);
         `consistent`: Optuna's record says what this process told it (else read it again)."""
-        kept = self.__dict__.setdefault("_edge_facts", {})
-        facts, handed = kept.get(cell.key), self.handed.get(key)
+        facts, handed = self._edge_facts.get(cell.key), self.handed.get(key)
         if facts is None:
             return
         if not consistent or handed is None:
-            del kept[cell.key]
+            del self._edge_facts[cell.key]
             return
         run, edge = handed
         facts.edges_running -= edge
