@@ -64,6 +64,7 @@ from search_spaces.runs import (
     SEARCH,
     Pending,
     Suggestion,
+    run_key,
     trial_params,
 )
 from search_spaces.search_points import EDGE_TRIALS, EdgeFacts, SearchPoints
@@ -162,6 +163,9 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         self._live: dict[str, tuple[optuna.Study, optuna.Trial]] = {}
         self._no_edge: dict[str, tuple[int, int]] = {}  # cell -> when it last had no edge point
         self._edge_facts: dict[str, EdgeFacts] = {}  # cell -> what the edge rule reads of it
+        # Optuna's records of trials lost in an interruption, by the run they were
+        # (`runs.run_key`): found by `reconcile`, adopted by that run's next hand-out
+        self.lost: dict[tuple, list[int]] = {}
 
     # --- state that survives a pickle (the storage is reattached by the caller) ------------
 
@@ -169,12 +173,14 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         state = self.__dict__.copy()
         state["_storage"], state["_studies"], state["_live"], state["_no_edge"] = None, {}, {}, {}
         state["_edge_facts"] = {}  # read again from Optuna's record (search_points.EdgeFacts)
+        state["lost"] = {}  # found again by the next resume's reconcile
         return state
 
     def attach(self, storage: Any) -> None:
         """Reopen the studies in `storage` (after unpickling, on whichever machine)."""
         self._storage, self._studies, self._live, self._no_edge = storage, {}, {}, {}
         self._edge_facts = {}  # read again from the record in `storage` (EdgeFacts)
+        self.lost = {}
         self.__dict__.setdefault("handed", {})  # a state saved before it kept this
         self.__dict__.setdefault("equal_data", False)  # a study started without equal-data runs
         self.__dict__.setdefault("budget_free_steps", False)  # ... or budget-free runs
@@ -250,8 +256,11 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
             run = self.pending.pop(0)
             self.handed[key] = (run, False)
             if run.phase == CONFIRM:
-                self.study(run.cell).enqueue_trial(self._optuna_params(run.cell, run.params))
-                return self._ask(key, run.cell, CONFIRM, run.seed)
+                fixed = self._optuna_params(run.cell, run.params)
+                trial = self._adopt(run.cell, CONFIRM, run.seed, fixed)
+                if trial is None:
+                    self.study(run.cell).enqueue_trial(fixed)
+                return self._ask(key, run.cell, CONFIRM, run.seed, trial)
             return self._ask_check(key, run)
         if len(self.confirmed) == len(self.cells) and set(self.trials) <= self.finished:
             return FINISHED  # everything ran and nothing it showed calls for another run
@@ -261,16 +270,35 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         self, key: str, cell: Cell, params: dict[str, Any], edge: bool = False
     ) -> Suggestion:
         ranges = {o: list(r) for o, r in self.ranges[cell.key].items()}
-        self.study(cell).enqueue_trial(
-            self._optuna_params(cell, params), user_attrs={"lr_range": ranges, "edge": edge}
-        )
+        fixed = self._optuna_params(cell, params)
+        trial = self._adopt(cell, SEARCH, self.seed, fixed)
+        if trial is None:
+            self.study(cell).enqueue_trial(fixed, user_attrs={"lr_range": ranges, "edge": edge})
         self.handed[key] = (Pending(cell, params, self.seed, SEARCH), edge)
         if edge:
             self._edge_trial_out(cell)
-        return self._ask(key, cell, SEARCH, self.seed)
+        return self._ask(key, cell, SEARCH, self.seed, trial)
 
-    def _ask(self, key: str, cell: Cell, phase: str, seed: int) -> Suggestion:
-        trial = self.study(cell).ask()
+    def _adopt(
+        self, cell: Cell, phase: str, seed: int, params: dict[str, Any]
+    ) -> optuna.Trial | None:
+        """The Optuna record of this run lost in an interruption (`reconcile`), if any: the run
+        handed out again takes its trial number, as in a study never interrupted (its partial
+        training is not resumed: Tune never saved the trial, so it starts over)."""
+        numbers = self.lost.get(run_key(cell.key, phase, seed, params))
+        if not numbers:
+            return None
+        study = self.checks_study() if phase in PROBES else self.study(cell)
+        number = numbers.pop(0)
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        trial = optuna.Trial(study, trial_id)
+        trial.set_user_attr("lost_tune_trial_id", trial.user_attrs.get("tune_trial_id"))
+        return trial
+
+    def _ask(
+        self, key: str, cell: Cell, phase: str, seed: int, trial: optuna.Trial | None = None
+    ) -> Suggestion:
+        trial = trial or self.study(cell).ask()
         with warnings.catch_warnings():  # an extended range's lr is "out of range": meant
             warnings.simplefilter("ignore", UserWarning)
             params = suggest(trial, self.space, cell.batch_size, cell.rule, cell.optimizer)
@@ -281,7 +309,7 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         return Suggestion(cell, params, phase, seed, trial.number)
 
     def _ask_check(self, key: str, run: Pending) -> Suggestion:
-        trial = self.checks_study().ask()
+        trial = self._adopt(run.cell, run.phase, run.seed, run.params) or self.checks_study().ask()
         attrs = {
             "tune_trial_id": key,
             "phase": run.phase,
@@ -326,10 +354,26 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         if key not in self.trials or key in self.finished:
             return  # (a trial Optuna saw end after this state was saved is finished here)
         study, trial = self._trial(key)
-        earlier = study._storage.get_trial(trial._trial_id).user_attrs.get("down", [])
+        self._write_down(study, trial._trial_id, down, up)
+
+    def lost_downtime(self, down: float, up: float) -> None:
+        """The records lost in the interruption (`reconcile`) were down from `down` to `up`
+        too: the run that adopts one starts over after `up`, and neither its cost nor the
+        study's wall time counts the interruption."""
+        cells = {c.key: c for c in self.cells}
+        for (cell_key, phase, _, _), numbers in self.lost.items():
+            study = self.checks_study() if phase in PROBES else self.study(cells[cell_key])
+            for number in numbers:
+                storage, study_id = study._storage, study._study_id
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+                self._write_down(study, trial_id, down, up)
+
+    @staticmethod
+    def _write_down(study: optuna.Study, trial_id: int, down: float, up: float) -> None:
+        earlier = study._storage.get_trial(trial_id).user_attrs.get("down", [])
         intervals = [*earlier, [down, up]]
-        trial.set_user_attr("down", intervals)
-        trial.set_user_attr("downtime_s", sum(b - a for a, b in intervals))
+        study._storage.set_trial_user_attr(trial_id, "down", intervals)
+        study._storage.set_trial_user_attr(trial_id, "downtime_s", sum(b - a for a, b in intervals))
 
     def report(self, key: str, value: float, step: int) -> None:
         """An intermediate value (one evaluation) of a running trial."""

@@ -16,6 +16,7 @@ from search_spaces.runs import (
     RULE,
     SEARCH,
     Pending,
+    run_key,
     trial_params,
 )
 
@@ -34,10 +35,14 @@ class Reconciling:
         its snapshot, and Tune's trials from its own state; on an object store the three can
         come from different moments (Tune uploads them one file after another), in any order:
         - Optuna's record of a finished trial is taken in (never asked for again, counted in
-          its cell's share); a running one only where Tune will resume it (else nothing would
-          ever finish it, and its cell would wait for it forever: it is left to
-          `close_lost_trials`, and its cell gets another).
-        - A trial this state handed out that Tune never heard of is handed out again.
+          its cell's share); a running one only where Tune will resume it. One Tune never
+          heard of (handed out after Tune's last save) is lost: the search hands its run out
+          again (this state is from before it), and that hand-out adopts its Optuna record
+          (`lost`, `CellSearch._adopt`: the same trial number, run again from its start), as
+          an uninterrupted study numbers it; a lost record no hand-out adopts is closed as
+          errored when the study ends (`close_lost_trials`).
+        - A trial this state handed out that Tune never heard of is handed out again (and
+          adopts its record).
         - A trial this state knows and the database does not (the state is the newer) is
           recorded again from Tune's config where Tune runs it, else handed out again; one this
           state saw finish and the database has open is reopened here, so that its end (from
@@ -48,6 +53,7 @@ class Reconciling:
         if tune is not None and not isinstance(tune, Mapping):
             tune = dict.fromkeys(tune)
         changed = 0
+        self.lost = {}
         records = [(cell, self.study(cell)) for cell in self.cells]
         by_key = {c.key: c for c in self.cells}
         recorded: set[str] = set()
@@ -72,10 +78,12 @@ class Reconciling:
                         changed += 1
                     if not done and not tune_has:
                         self._hand_back(key)
+                        self._lose(cell, trial)
                         changed += 1
                     continue
                 if not done and not tune_has:
-                    continue  # lost in the interruption: never resumed, never finished
+                    self._lose(cell, trial)  # lost in the interruption: Tune never heard of it
+                    continue
                 phase = trial.user_attrs.get("phase", SEARCH)
                 self.trials[key] = (cell.key, trial.number, phase)
                 params = trial_params(self.space, cell, trial)
@@ -103,6 +111,32 @@ class Reconciling:
         self.changes += 1
         self._edge_facts = {}  # read again from the record as it now stands
         return changed
+
+    def search_outcomes(self) -> dict[str, tuple[str, str | None, int | None]]:
+        """The search trials this state knows (after `reconcile`): Tune trial id -> (cell key,
+        the outcome Optuna recorded (None while it runs), the step it ended at). What a
+        resumed scheduler takes in (`tuner.study.scheduler.PerCellASHA.take_in`)."""
+        found = {}
+        for cell in self.cells:
+            for trial in self.study(cell).get_trials(deepcopy=False):
+                key = trial.user_attrs.get("tune_trial_id")
+                if key not in self.trials or trial.user_attrs.get("phase", SEARCH) != SEARCH:
+                    continue
+                outcome = trial.user_attrs.get("outcome") if trial.state.is_finished() else None
+                found[key] = (cell.key, outcome, trial.user_attrs.get("end_step"))
+        return found
+
+    def _lose(self, cell: Cell, trial: Any) -> None:
+        """Keep Optuna's record of a trial lost in the interruption (running there, unknown to
+        Tune) for the hand-out of the same run to adopt. A cell trial's parameters are the
+        ones it was enqueued with; a check's, the ones it ran."""
+        phase = trial.user_attrs.get("phase", SEARCH)
+        if phase in PROBES:
+            params = trial.user_attrs.get("run_params", {})
+        else:
+            params = trial.system_attrs.get("fixed_params", trial.params)
+        key = run_key(cell.key, phase, trial.user_attrs.get("seed"), params)
+        self.lost.setdefault(key, []).append(trial.number)
 
     def _from_config(self, config: Mapping[str, Any]) -> tuple[Cell, dict[str, Any], str, int]:
         """A Tune trial's config (what `suggest` handed out) as cell, params, phase, seed."""

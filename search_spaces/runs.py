@@ -5,6 +5,7 @@ config names them. Shared by the search (`search_spaces.cell_search`), its later
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,12 @@ class Pending:
         return (self.cell.key, self.seed, self.phase) == (cell_key, seed, phase) and all(
             self.params.get(k) == params.get(k) for k in ("scaling_rule", "budget_steps", "lr_step")
         )
+
+
+def run_key(cell_key: str, phase: str, seed: Any, params: dict[str, Any]) -> tuple:
+    """What makes two hand-outs the same run: cell, phase, seed and parameters (a cell trial's
+    as its Optuna study names them, a check's as it runs)."""
+    return cell_key, phase, seed, json.dumps(params, sort_keys=True, default=str)
 
 
 def trial_params(space: SearchSpace, cell: Cell, trial: Any) -> dict[str, Any]:

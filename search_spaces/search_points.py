@@ -33,8 +33,8 @@ def sobol_unit(seed: int, index: int, dims: int) -> list[float]:
 
 class SearchPoints:
     """The search points of `CellSearch` (its `space`, `ranges`, `cells`, `seed`,
-    `edge_trials`, `confirmed`, `changes`, `_no_edge`, `_edge_facts`, `handed`, `study`, `best`,
-    `_params_of`)."""
+    `edge_trials`, `confirmed`, `changes`, `_no_edge`, `_edge_facts`, `handed`, `trials`,
+    `study`, `best`, `_params_of`)."""
 
     def _optuna_params(self, cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
         """A trial's parameters under the names its cell's study uses."""
@@ -129,7 +129,10 @@ class SearchPoints:
             if not t.params or t.user_attrs.get("phase") != SEARCH:
                 continue
             if not t.state.is_finished():
-                facts.edges_running += bool(t.user_attrs.get("edge"))
+                # (a record lost in an interruption runs nowhere: its run, handed out again,
+                # adopts it and counts then)
+                known = t.user_attrs.get("tune_trial_id") in self.trials
+                facts.edges_running += bool(t.user_attrs.get("edge")) and known
                 continue
             params = self._params_of(cell, t)
             final = t.state == TrialState.COMPLETE and t.user_attrs.get("outcome") in FINAL

@@ -6,6 +6,7 @@ per-batch-size tuning beats one joint TPE."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import pickle
 import random
@@ -603,27 +604,49 @@ def test_a_state_saved_before_the_database_takes_in_what_optuna_recorded(tmp_pat
     assert sorted(tune_ids) == sorted(f"t{i}" for i in range(len(expected)))
 
 
-@pytest.mark.parametrize("handed", [5, 9], ids=["search-trial", "confirmation"])
+def optuna_record(search: CellSearch) -> list[tuple]:
+    """Every Optuna trial of a search: study, number, state, phase, seed, parameters."""
+    rows = []
+    for study in [*(search.study(c) for c in search.cells), search.checks_study()]:
+        for t in study.get_trials(deepcopy=False):
+            attrs = t.user_attrs
+            params = attrs.get("run_params", t.params)
+            rows.append((study.study_name, t.number, t.state.name, attrs.get("phase"),
+                         attrs.get("seed"), json.dumps(params, sort_keys=True)))  # fmt: skip
+    return sorted(rows)
+
+
+@pytest.mark.parametrize(
+    "handed", [5, 9, 17], ids=["search-trial", "confirmation", "rule-test-run"]
+)
 @pytest.mark.parametrize("saved", ["before", "after"])
 def test_a_trial_tune_never_started_neither_blocks_the_search_nor_is_lost(tmp_path, handed, saved):
     """Killed just after trial `handed` was handed out and before Tune saved it: whether the
     searcher's saved state is from before that (Optuna alone knows the trial) or after (the
-    state knows it, Tune does not), the resumed search hands its cell's slot out again and
-    ends with every share and confirmation, as an uninterrupted search does."""
+    state knows it, Tune does not), the resumed search hands its run out again, which adopts
+    the lost Optuna record (same number, run again): the search ends with every share,
+    confirmation and check, and Optuna's record is an uninterrupted search's, trial for trial
+    (none left running or failed)."""
     url = f"sqlite:///{tmp_path / 'o.db'}"
-    search = make_search(storage=optuna.storages.RDBStorage(url), strata=(), trials_per_cell=2)
-    expected = hand_out_everything(make_search(strata=(), trials_per_cell=2))
+    kwargs = dict(strata=(), trials_per_cell=2, rule_test=True)
+    search = make_search(storage=optuna.storages.RDBStorage(url), **kwargs)
+    uninterrupted = make_search(**kwargs)
+    expected = hand_out_everything(uninterrupted)
     for i in range(handed):
         search.suggest(f"t{i}")
         search.complete(f"t{i}", "completed", 0.5 + 0.01 * i, 10)
     before = pickle.dumps(search)
-    search.suggest(f"t{handed}")  # running in Optuna; Tune's state never got it
+    lost = search.suggest(f"t{handed}")  # running in Optuna; Tune's state never got it
+    assert lost.phase == expected[handed][2]
     restored = pickle.loads(before if saved == "before" else pickle.dumps(search))
     restored.attach(optuna.storages.RDBStorage(url))
     known = {f"t{i}" for i in range(handed)}
     assert restored.reconcile(known) == (0 if saved == "before" else 1)
     again = hand_out_everything(restored, start=handed + 1)
     assert expected[:handed] + again == expected
+    assert optuna_record(restored) == optuna_record(uninterrupted)
+    adopted = restored.record_of(f"t{handed + 1}")
+    assert adopted == (f"t/{'checks' if lost.phase == 'rule' else lost.cell.key}", lost.number)
 
 
 def test_a_trial_that_ended_after_the_state_was_saved_is_finished_on_resume(tmp_path):

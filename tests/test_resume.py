@@ -22,6 +22,7 @@ from tests.conftest import (
 from tuner.analysis.cost import study_cost, trial_costs
 from tuner.spec import load_spec
 from tuner.store.table import collect_trials
+from tuner.study.saving import GAP_ENV
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -82,13 +83,29 @@ def mid_trial(study_dir, finished: int) -> bool:
     return any(any((study_dir / "train_runs" / f"trial-{t}").glob("*/state.pt")) for t in running)
 
 
-def first_run_killed_after(tmp_path, name: str, finished: int, extra: list[str]) -> dict:
+def unknown_to_tune(study_dir) -> bool:
+    """Every trial Optuna has running is missing from Tune's saved experiment state."""
+    records = optuna_records(study_dir / "optuna.db")
+    running = [json.loads(r[2]) for r in records.values() if r[0] == "RUNNING" and r[2]]
+    saved = "".join(p.read_text() for p in study_dir.glob("experiment_state-*.json"))
+    return bool(running) and not any(key in saved for key in running)
+
+
+def first_run_killed_after(
+    tmp_path, name: str, finished: int, extra: list[str], unsaved: bool = False
+) -> dict:
     """Start the study, SIGKILL its whole process group in the middle of a trial once
     `finished` trials are done (a crash: no clean shutdown), and return Optuna's record as the
-    kill left it."""
+    kill left it. `unsaved`: Tune saves trial starts at most once an hour, and the kill waits
+    for a running trial its saved state lacks."""
     study_dir = tmp_path / name
     argv = [*ARGS, *extra, "--name", name, "--storage", str(tmp_path)]
-    kill_study_when(argv, tmp_path / "first-run.log", lambda: mid_trial(study_dir, finished))
+    env = {GAP_ENV: "3600"} if unsaved else None
+
+    def ready() -> bool:
+        return mid_trial(study_dir, finished) and (not unsaved or unknown_to_tune(study_dir))
+
+    kill_study_when(argv, tmp_path / "first-run.log", ready, env=env)
     return optuna_records(study_dir / "optuna.db")
 
 
@@ -101,12 +118,21 @@ def final_rows(study_dir) -> pd.DataFrame:
     return last[columns].sort_values(["cell", "optuna_number"]).reset_index(drop=True)
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["one-worker-trials", "ray-train-trials"])
-def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
+@pytest.mark.parametrize(
+    ("workers", "unsaved"),
+    [(1, True), (2, False)],
+    # A one-worker trial Tune resumes from its checkpoint (the case before saves were paced)
+    # is test_a_study_stopped_with_ctrl_c_says_so_and_resumes's; a Ray Train one, this one's.
+    ids=["one-worker-trials-unsaved-start", "ray-train-trials"],
+)
+def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers, unsaved):
     """Killed once 2 trials had finished (in the first, for Ray Train trials), resumed: the
     finished trials and their Optuna records are kept as they were, no trial is recorded
     twice, no step is trained twice, and (one trial at a time, so the order of trials is fixed)
-    the final table is the one an uninterrupted study of the same options ends with."""
+    the final table is the one an uninterrupted study of the same options ends with.
+    `unsaved`: Tune saves trial starts at a pace (tuner.study.saving); here the kill lands in
+    a trial whose start Tune's state and the searcher's lack, which only Optuna's record has:
+    the resumed search hands its run out again, under the same Optuna trial."""
     extra = ["--workers-per-trial", str(workers)]
     finished = 2
     if workers > 1:
@@ -116,10 +142,11 @@ def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
         # trial; that finished trials are kept as they were is the one-worker case's to show.
         extra += ["--batch-sizes", "8", "--trials", "1", "--seeds", "0"]
         finished = 0
-    before = first_run_killed_after(tmp_path, "resumed", finished, extra)
+    before = first_run_killed_after(tmp_path, "resumed", finished, extra, unsaved)
     assert sum(r[0] in FINISHED_STATES for r in before.values()) >= finished
     study_dir = tmp_path / "resumed"
-    if workers == 1:
+    torn = workers == 1
+    if torn:
         # The kill as CI once saw it land: while Tune copied its experiment state into the
         # study directory, leaving it empty (the resume failed: "Failed to restore the run
         # state"). The resume continues from the state's last complete copy.
@@ -127,8 +154,8 @@ def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
         state.write_text("")
     time.sleep(DOWN_S)  # the study is down a while before its resume
     resumed = run_cli("tuner.search", "--resume", "--name", "resumed", "--storage", str(tmp_path))
-    torn = "resume: Tune's experiment state was torn by the interruption"
-    assert (torn in resumed.stderr) == (workers == 1), resumed.stderr[-3000:]
+    message = "resume: Tune's experiment state was torn by the interruption"
+    assert (message in resumed.stderr) == torn, resumed.stderr[-3000:]
     spec = load_spec(study_dir)
     total = spec.trials + spec.confirmation_trials
     assert_resume_kept_the_record(before, optuna_records(study_dir / "optuna.db"), total)
@@ -138,14 +165,21 @@ def test_killed_study_resumes_as_if_never_interrupted(tmp_path, workers):
     # one Optuna trial per Tune trial, and back
     assert (table.groupby("trial_id")["optuna_number"].nunique() == 1).all()
     assert (table.groupby(["cell", "optuna_number"])["trial_id"].nunique() == 1).all()
-    # the trial the kill cut is not charged for the time the study was down
-    cut = {json.loads(r[2]) for r in before.values() if r[0] == "RUNNING" and r[2]}
+    # The trial the kill cut resumed (Tune had saved it) or, handed out after Tune's last save
+    # (saves are paced: tuner.study.saving), ran again from its start under its Optuna record
+    # (a new Tune trial); either way it is not charged for the time the study was down.
+    after = optuna_records(study_dir / "optuna.db")
+    cut_records = [k for k, r in before.items() if r[0] == "RUNNING" and r[2]]
+    assert cut_records and all(after[k][0] in ("COMPLETE", "PRUNED") for k in cut_records)
+    cut = sorted(json.loads(after[k][2]) for k in cut_records)
+    if unsaved:  # unknown to Tune: its run was handed out again, as a new Tune trial
+        assert all(after[k][2] != before[k][2] for k in cut_records)
     trials = table.drop_duplicates("trial_id").set_index("trial_id")
-    assert cut and (trials.loc[sorted(cut), "downtime_s"] >= DOWN_S).all()
-    assert (trials.drop(sorted(cut))["downtime_s"] == 0).all()
+    assert (trials.loc[cut, "downtime_s"] >= DOWN_S).all()
+    assert (trials.drop(cut)["downtime_s"] == 0).all()
     costs = trial_costs(table, per_worker=1.0).set_index("trial_id")
     spans = trials["ended"] - trials["started"]
-    assert (costs.loc[sorted(cut), "wall_s"] <= spans[sorted(cut)] - DOWN_S).all()
+    assert (costs.loc[cut, "wall_s"] <= spans[cut] - DOWN_S).all()
     span = trials["ended"].max() - trials["started"].min()
     assert study_cost(table, 0, 1).wall_hours * 3600 <= span - DOWN_S
 
@@ -175,3 +209,7 @@ def test_a_study_stopped_with_ctrl_c_says_so_and_resumes(tmp_path):
     outcomes = Counter(table.drop_duplicates("trial_id")["outcome"])
     # the trial Ctrl+C cut was resumed and recorded, not closed as lost
     assert outcomes["running"] == 0 and outcomes["errored"] == 0, outcomes
+    # ... from its checkpoint (the one-worker case of a trial Tune resumes), no step twice
+    assert_each_evaluation_trained_once(study_dir)
+    cut = table[table["resumed_at_step"] > 0]["trial_id"].unique()
+    assert len(cut) == 1, table[["trial_id", "optimizer_steps", "resumed_at_step"]]

@@ -6,7 +6,7 @@ import inspect
 
 from tuner.study.saving import MIN_GAP_S, Pace, compact_ended, install, signature
 
-TRIALS, MORE_TRIALS = ("2 trials", "1 running"), ("3 trials", "2 running")
+TRIALS = (("2 trials", "1 live", "0 pending", "0 paused", "1 stopped", "0 failed"), ("a",))
 
 
 def test_nothing_changed_nothing_saved_however_long_the_loop_idles() -> None:
@@ -23,11 +23,18 @@ def test_a_new_result_is_saved_after_the_gap_not_before() -> None:
     assert pace.due((TRIALS, (2.0,)), now=0.02 + MIN_GAP_S)
 
 
-def test_a_trial_added_or_ended_is_saved_at_once() -> None:
-    """Optuna records a trial handed out or ended as it happens: Tune's state must follow."""
+def test_a_trial_added_or_started_waits_for_the_gap_and_one_that_ended_is_saved_at_once() -> None:
+    """Trials added or started are paced as results are (a resume adopts a trial Optuna has
+    running and Tune's state lacks: tests/test_cell_search.py, tests/test_resume.py); a trial
+    that ended is saved at once, since Tune copies its result files to the study only then."""
+    counts = ("2 trials", "1 live", "0 pending", "0 paused", "1 stopped", "0 failed")
+    added = ("3 trials", "2 live", "1 pending", "0 paused", "1 stopped", "0 failed")
+    ended = ("3 trials", "1 live", "0 pending", "0 paused", "2 stopped", "0 failed")
     pace = Pace()
-    pace.done((TRIALS, (1.0,)), started=0.0, ended=0.01)
-    assert pace.due((MORE_TRIALS, (1.0, 0.0)), now=0.02)
+    pace.done(((counts, ("a",)), (1.0,)), started=0.0, ended=0.01)
+    assert not pace.due(((added, ("a",)), (1.0,)), now=0.02)
+    assert pace.due(((added, ("a",)), (1.0,)), now=0.02 + MIN_GAP_S)
+    assert pace.due(((ended, ("b",)), (1.0,)), now=0.02)
 
 
 def test_the_gap_grows_with_what_a_save_costs() -> None:

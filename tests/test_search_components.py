@@ -158,6 +158,48 @@ def test_a_trial_resumed_after_its_stop_is_stopped_again_and_a_kept_one_kept():
     assert restored.stopped == {"b8": 1}  # the same trial is not counted twice
 
 
+def rungs(scheduler: PerCellASHA) -> dict:
+    """Every group's rungs: cell -> [(milestone, {trial: value})]."""
+    return {
+        cell: [(m, dict(r)) for m, r in group._brackets[0]._rungs]
+        for cell, group in scheduler._groups.items()
+    }
+
+
+def test_a_resumed_scheduler_takes_in_what_happened_after_its_state_was_saved():
+    """Saved while s0 ran: s0 then passed two rungs and ended, s1 started, passed a rung and
+    was stopped at the next. Taking in their result rows (as a resume reads them from the
+    trials' files) gives the rungs and stops of the scheduler that saw it all live; taken in
+    twice, nothing changes. Without it the resumed rungs lack them, and s1, resumed from its
+    checkpoint, would run on where the live study stopped it."""
+    live = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
+    s0, s1, s2 = trial("s0", "b8"), trial("s1", "b8"), trial("s2", "b8")
+    rows = {
+        "s0": [{"progress": p, "val_acc": a} for p, a in ((0.12, 0.6), (0.34, 0.7), (1.0, 0.9))],
+        "s1": [{"progress": p, "val_acc": a} for p, a in ((0.12, 0.65), (0.34, 0.1))],
+    }
+    live.on_trial_add(None, s2)
+    live.on_trial_result(None, s2, {"progress": 0.12, "val_acc": 0.55})
+    live.on_trial_add(None, s0)
+    saved = pickle.loads(pickle.dumps(live.state()))
+    for t in (s0, s1):
+        if t is s1:
+            live.on_trial_add(None, s1)
+        actions = [live.on_trial_result(None, t, r) for r in rows[t.trial_id]]
+    live.on_trial_complete(None, s0, rows["s0"][-1])
+    assert actions[-1] == TrialScheduler.STOP  # s1 at its second rung
+    restored = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
+    restored.load_state(saved)
+    assert rungs(restored) != rungs(live)
+    for _ in range(2):
+        restored.take_in("s0", "b8", rows["s0"])
+        restored.take_in("s1", "b8", rows["s1"], stopped_at=rows["s1"][-1])
+        assert rungs(restored) == rungs(live)
+        assert restored.stop_result("s1") == live.stop_result("s1") == rows["s1"][-1]
+    assert restored.on_trial_result(None, s1, rows["s1"][-1]) == TrialScheduler.STOP
+    assert restored.stopped == live.stopped == {"b8": 1}
+
+
 def test_a_trial_stopped_then_resumed_past_its_stop_ends_where_it_was_stopped(
     tmp_path, monkeypatch
 ):

@@ -6,21 +6,29 @@ pickle, our copy of optuna.db) on a timer: every 10 s by default, or on every tu
 so that a kill lost as little as possible. Each save is O(trials) work, so the driver's CPU
 grew with the study: 871 saves in a 105 s study of 26 trials, 14 of its 49 CPU-s (py-spy, issue
 33). Here a save happens when the experiment changed since the last one: at once where a trial
-was added, started or ended (the searcher records those in optuna.db as they happen, and a
-kill before Tune's state has them loses the trial: see `tests/test_resume.py`), and at most once
-per `gap` where only running trials reported (`MIN_GAP_S`, or `1 / SHARE` times what the last
-save took, so that saving results stays under `SHARE` of the driver's time however large the
-study grows; a trial resumes from its own latest checkpoint, `trainables.checkpoint_dir`,
-whatever Tune's state says). Trials added, started or ended are not paced: tried again in
-issue 33 (a change saved once 20x the last save's time had passed), the kill test
-(`tests/test_resume.py`) lost the trial the kill cut, started after the last save: Optuna had it
-running, Tune's state did not, so the resume closed it and its cell ran another. That keeps a
-save per change, each O(trials): at 1,000 one-second trials on 16 slots (`bench/cluster_scale.py
---bookkeeping`, py-spy) saving took 46% of the driver's main thread, a 26 MB state of 25.6 KB per
-trial (13.6 KB of it Tune's running statistics of every reported metric). An idle loop saves
-nothing; the end of the experiment (Tune's forced save) is always written. Measured on the e2e
-study of tests/conftest.py (26 trials, py-spy): the driver's CPU 49 -> 29 s, Tune's saving
-14.4 -> 1.9 s.
+ended, at most once per `gap` where trials were only added or started or reported results
+(`MIN_GAP_S`, or `1 / SHARE` times what the last save took, so that those saves stay under
+`SHARE` of the driver's time however large the study grows); an idle loop saves nothing, and
+the end of the experiment (Tune's forced save) is always written. Ends are not paced: Tune
+writes a trial's result files (its rows in the trial table) in the driver's staging directory
+of the Ray session and copies them to the study only with a save, so a kill after an unsaved
+end loses the rows of that trial (seen in issue 33: a resumed study's table had trials with
+no evaluations). What a kill loses in a gap, the resume makes up from records written as
+things happen (issue 33):
+- a trial handed out since the last save is running in optuna.db (the searcher records it at
+  once) and unknown to Tune's state and the searcher's: the restored search hands the same run
+  out again, which adopts that Optuna record (`search_spaces.reconcile`: same trial number, run
+  from its start);
+- the scheduler's rungs and stops since are taken in again from the trials' result files
+  (`CellSearcher._take_in_results`);
+- a running trial resumes from its own latest checkpoint (`trainables.checkpoint_dir`),
+  whatever Tune's state says.
+Saving every start and end at once was O(trials) per trial, twice: at 1,000 one-second trials
+on 16 slots (`bench/cluster_scale.py --bookkeeping`, py-spy) saving took 46% of the driver's
+main thread, a 26 MB state of 25.6 KB per trial. Each save also copies the whole staging
+directory (every trial's files) to the study: Tune's own design, left alone. Measured on the
+e2e study of tests/conftest.py (26 trials, py-spy), saving on change instead of every loop
+turn: the driver's CPU 49 -> 29 s, Tune's saving 14.4 -> 1.9 s.
 
 Tune has no hook for this: the one place that decides is its checkpoint manager's
 `sync_up_experiment_state`, wrapped here (`install`, idempotent). `tests/test_saving.py` checks
@@ -29,20 +37,33 @@ the private names it relies on, so a Ray upgrade that moves them fails there, no
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MIN_GAP_S = 1.0  # the most often a changing study is saved
 SHARE = 0.05  # at most this share of the driver's time goes to saving
+# The least time between saves, where it should be longer (an object store whose uploads are
+# slow or billed per request; tests/test_resume.py kills a study that has saved nothing since
+# it began).
+GAP_ENV = "BATCH_SCALING_SAVE_GAP_S"
+
+
+def min_gap_s() -> float:
+    """`MIN_GAP_S`, or $BATCH_SCALING_SAVE_GAP_S seconds where that is set (and positive)."""
+    try:
+        return max(float(os.environ.get(GAP_ENV, MIN_GAP_S)), MIN_GAP_S)
+    except ValueError:
+        return MIN_GAP_S
 
 
 @dataclass
 class Pace:
     """Decides, turn by turn of Tune's loop, whether to save now (plain Python: no Ray)."""
 
-    min_gap_s: float = MIN_GAP_S
+    min_gap_s: float = field(default_factory=min_gap_s)
     share: float = SHARE
     saved: Hashable = None  # the experiment's signature at the last save (None: unknown)
     ended_at: float = float("-inf")  # monotonic time the last save ended
@@ -53,10 +74,12 @@ class Pace:
         from `signature()`; None: unknown, so changed."""
         if force or signature is None or not isinstance(self.saved, tuple):
             return True
-        if signature[0] != self.saved[0]:
-            return True  # a trial was added, started or ended
         if signature == self.saved:
             return False
+        if ended(signature) != ended(self.saved):
+            return True  # a trial ended: its result files reach storage only with a save
+        # a trial added or started, or results: at most once per gap (the resume makes up
+        # what a kill in between loses: see the module's docstring)
         return now - self.ended_at >= self.gap_s
 
     def done(self, signature: Hashable | None, started: float, ended: float) -> None:
@@ -64,6 +87,11 @@ class Pace:
         self.saved = signature
         self.ended_at = ended
         self.gap_s = max(self.min_gap_s, (ended - started) / self.share)
+
+
+def ended(signature: tuple) -> tuple:
+    """How many trials had ended (stopped, failed), from a `signature`."""
+    return signature[0][0][-2:]
 
 
 def signature(controller: Any) -> tuple[Hashable, Hashable] | None:

@@ -13,6 +13,8 @@ this class only routes trials to their group.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -97,6 +99,30 @@ class PerCellASHA(FIFOScheduler):
         else:  # older studies: counts per cell, and (some) the stopped trials' ids alone
             self._told_stop = dict.fromkeys(state.get("told_stop", ()))
             self._stopped_before = dict(state["stopped"])
+
+    def take_in(
+        self,
+        trial_id: str,
+        cell: Any,
+        results: Iterable[dict[str, Any]],
+        stopped_at: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a search trial's evaluations (its result rows as it reported them) at the
+        rungs they reached, where this state lacks them, and its stop (`stopped_at`: the
+        evaluation it was stopped at), as the live study did: on resume, for what happened
+        after the searcher's state was last saved (Tune saves it at a pace,
+        `tuner.study.saving`; a trial that passed a rung or ended since would otherwise be
+        missing from its peers' rungs, and a stopped one resumed would run on). Idempotent:
+        Ray's bracket records a trial once per rung."""
+        group = self._groups.get(cell)
+        if group is None:
+            group = self._groups[cell] = AsyncHyperBandScheduler(**self._asha_kwargs)
+        bracket, ref = group._brackets[0], SimpleNamespace(trial_id=trial_id)
+        rows = [r for r in results if TIME_ATTR in r and self._metric in r]
+        for row in sorted(rows, key=lambda r: r[TIME_ATTR]):
+            bracket.on_result(ref, row[TIME_ATTR], group._metric_op * row[self._metric])
+        if stopped_at is not None and trial_id not in self._told_stop:
+            self._told_stop[trial_id] = {"cell": cell, "result": dict(stopped_at)}
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return not (metric and metric != self._metric) and not (mode and mode != self._mode)

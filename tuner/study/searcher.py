@@ -28,6 +28,7 @@ from search_spaces.cell_search import FINISHED, CellSearch
 from tuner.outcomes import trial_outcome
 from tuner.store.names import OPTUNA_SNAPSHOT
 from tuner.store.optuna_db import snapshot_sqlite
+from tuner.store.table import read_results
 from tuner.store.tune_state import keep_backup, newest_state
 
 STEP = "optimizer_steps"  # the x of Optuna's intermediate values
@@ -156,6 +157,22 @@ class CellSearcher(Searcher):
         self._search.complete(trial_id, outcome, value, step, budget)
         self._mirrored(trial_id)
 
+    def _take_in_results(self, experiment_dir: Path) -> None:
+        """What the scheduler's saved state lacks (trials that passed a rung, ended or were
+        stopped after the last save), from the trials' own result files: its rungs then hold
+        what an uninterrupted study's hold. Where the files are elsewhere (an object store),
+        the saved state stands alone."""
+        results = read_results(experiment_dir)
+        for key, (cell, outcome, end_step) in self._search.search_outcomes().items():
+            rows = results.get(key, [])
+            stopped_at = None
+            if outcome == "stopped" and rows:
+                at_end = [r for r in rows if r.get(STEP) == end_step]
+                stopped_at = (at_end or rows)[-1]
+                # a Train trial's workers may have reported past the stop while it travelled
+                rows = [r for r in rows if end_step is None or r.get(STEP, 0) <= end_step]
+            self._scheduler.take_in(key, cell, rows, stopped_at)
+
     @property
     def search(self) -> CellSearch:
         return self._search
@@ -185,12 +202,15 @@ class CellSearcher(Searcher):
         # The scheduler first: it knows where the trials it stopped were stopped.
         if self._scheduler is not None and saved["scheduler"] is not None:
             self._scheduler.load_state(saved["scheduler"])
+        if self._scheduler is not None:
+            self._take_in_results(Path(checkpoint_path).parent)
         # A trial Tune resumes was down from the last save to now: its time is no cost.
         saved_at, now = saved.get("saved_at"), time.time()
         if saved_at is not None and now > saved_at:
             for key, trial in (tune or {}).items():
                 if not trial.ended:
                     self._search.add_downtime(key, saved_at, now)
+            self._search.lost_downtime(saved_at, now)  # (records its runs will adopt)
         # A trial Tune's state has ended is never run again, so its end is told here (a
         # no-op where the searcher's state and Optuna already had it).
         for key, trial in (tune or {}).items():
