@@ -52,30 +52,30 @@ SMALL_STUDY_ARGS = [
 ]
 
 
-# Seconds each heavy file took (the mean of two full runs under `-n 3`, 7 December 2026). Under
+# Seconds each heavy file took in a fresh-clone run under `-n 2` (6 December 2026). Under
 # pytest-xdist's `--dist loadfile` the files are handed out in collection order: the longest
-# first, so that the workers end together instead of one running the resume tests alone at
+# first, so that the two workers end together instead of one running the resume tests alone at
 # the end (longest-processing-time-first; unlisted files are fast and go last, in their order).
 FILE_SECONDS = {
-    "test_resume.py": 405,
-    "test_branch_resume.py": 270,
+    "test_resume.py": 400,
+    "test_branch_resume.py": 250,
     # Its two-node test checks on the trials' own clocks that trials running at once were on
     # different nodes, whether or not two overlapped (issue 31): it need not run last, alone.
-    "test_cluster.py": 190,
-    "test_cluster_launcher.py": 90,  # `ray up` over SSH: need not wait for the two-node tests
-    "test_branch_study.py": 245,
-    "test_own_workload_study.py": 210,
-    "test_lm_study.py": 205,
-    "test_report.py": 375,  # runs the shared small study first: explain and e2e then wait less
+    "test_cluster.py": 150,
+    "test_cluster_launcher.py": 85,  # `ray up` over SSH: need not wait for the two-node tests
+    "test_branch_study.py": 240,
+    "test_own_workload_study.py": 190,
+    "test_lm_study.py": 180,
+    "test_report.py": 160,  # runs the shared small study first: explain and e2e then wait less
     "test_object_store.py": 135,
-    "test_checks_study.py": 255,
-    "test_node_removal.py": 185,
-    "test_tracking.py": 135,
-    "test_explain.py": 40,
-    "test_faults.py": 135,
-    "test_critical_coverage.py": 40,
-    "test_study_e2e.py": 70,
-    "test_distributed.py": 85,
+    "test_checks_study.py": 135,
+    "test_node_removal.py": 133,
+    "test_tracking.py": 120,
+    "test_explain.py": 110,
+    "test_faults.py": 80,
+    "test_critical_coverage.py": 76,
+    "test_study_e2e.py": 75,
+    "test_distributed.py": 51,
 }
 
 
