@@ -91,6 +91,11 @@ __all__ = [
 ]
 
 
+def record_id(study: optuna.Study, number: int) -> int:
+    """The storage's id of trial `number` of `study`."""
+    return study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+
+
 def default_sampler(seed: int) -> optuna.samplers.BaseSampler:
     """A cell study's sampler: never asked for a search point (every point is enqueued, see
     `SearchPoints._sobol_point`); seeded, so that nothing in a study is left to chance."""
@@ -289,9 +294,7 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         if not numbers:
             return None
         study = self.checks_study() if phase in PROBES else self.study(cell)
-        number = numbers.pop(0)
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-        trial = optuna.Trial(study, trial_id)
+        trial = optuna.Trial(study, record_id(study, numbers.pop(0)))
         trial.set_user_attr("lost_tune_trial_id", trial.user_attrs.get("tune_trial_id"))
         return trial
 
@@ -343,8 +346,7 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
             return self._live[key]
         _, number, phase = self.trials[key]
         study = self.checks_study() if phase in PROBES else self.study(self.cell_of(key))
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-        self._live[key] = study, optuna.Trial(study, trial_id)
+        self._live[key] = study, optuna.Trial(study, record_id(study, number))
         return self._live[key]
 
     def add_downtime(self, key: str, down: float, up: float) -> None:
@@ -364,9 +366,7 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         for (cell_key, phase, _, _), numbers in self.lost.items():
             study = self.checks_study() if phase in PROBES else self.study(cells[cell_key])
             for number in numbers:
-                storage, study_id = study._storage, study._study_id
-                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-                self._write_down(study, trial_id, down, up)
+                self._write_down(study, record_id(study, number), down, up)
 
     @staticmethod
     def _write_down(study: optuna.Study, trial_id: int, down: float, up: float) -> None:

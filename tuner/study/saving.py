@@ -46,8 +46,8 @@ from typing import Any
 MIN_GAP_S = 1.0  # the most often a changing study is saved
 SHARE = 0.05  # at most this share of the driver's time goes to saving
 # The least time between saves, where it should be longer (an object store whose uploads are
-# slow or billed per request; tests/test_resume.py kills a study that has saved nothing since
-# it began).
+# slow or billed per request; tests/test_resume.py kills a study in a trial whose start Tune
+# has not saved).
 GAP_ENV = "BATCH_SCALING_SAVE_GAP_S"
 
 
