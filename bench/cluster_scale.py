@@ -1,6 +1,6 @@
 """A whole study at cluster scale on this machine: many slots, a stand-in for training.
 
-    python bench/cluster_scale.py [--slots 32] [--json PATH] [-- study options...]
+    python bench/cluster_scale.py [--slots 32] [--speculate N] [--json PATH] [-- study options...]
     python bench/cluster_scale.py --slots 16 --bookkeeping 2000 --json out.json
 
 A local Ray declares `--slots` logical CPUs and runs one study through the product's own Tune
@@ -148,6 +148,9 @@ def main() -> None:
     parser.add_argument("--step-s", type=float, default=STEP_S)
     parser.add_argument("--bookkeeping", type=int, default=0, help="N one-second trials")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--speculate", type=int, help="the study's --speculate (default: its own, by its slots)"
+    )
     parser.add_argument("study", nargs=argparse.REMAINDER, help="study options after --")
     args = parser.parse_args()
 
@@ -163,6 +166,8 @@ def main() -> None:
 
     storage = tempfile.mkdtemp(prefix="cluster-scale-")
     study = [a for a in args.study if a != "--"] or DEFAULT_STUDY
+    if args.speculate is not None:
+        study = [*study, "--speculate", str(args.speculate)]
     step_s = args.step_s
     if args.bookkeeping:  # one-second trials: 10 steps of 0.1 s, one evaluation at the end
         study = [*BOOKKEEPING, "--trials", str(args.bookkeeping)]

@@ -143,6 +143,12 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         # each batch size's best configuration run budget-free (`later_phases.FREE_LR_STEPS`)
         self.budget_free_steps, self.target_warmup = budget_free_steps, target_warmup
         self.sampler = sampler
+        # Doublings of the baseline's steps started ahead of the checks that ask for them
+        # (`checks.baseline_ahead`; set by the experiment from the slots it has): the levels
+        # started so, and those of them no check can use any more (`unneeded`)
+        self.ahead = 0
+        self.ahead_levels: set[tuple[int, int]] = set()
+        self.unwanted: set[tuple[int, int]] = set()
         self.assigned = {c.key: 0 for c in self.cells}  # search trials per cell
         self.trials: dict[str, tuple[str, int, str]] = {}  # key -> (cell key, number, phase)
         # key -> what it runs and whether it is an edge trial: to hand it out again where a
@@ -190,6 +196,9 @@ class CellSearch(Reconciling, LaterPhases, SearchPoints):
         self.__dict__.setdefault("equal_data", False)  # a study started without equal-data runs
         self.__dict__.setdefault("budget_free_steps", False)  # ... or budget-free runs
         self.__dict__.setdefault("target_warmup", 0)
+        self.__dict__.setdefault("ahead", 0)
+        self.__dict__.setdefault("ahead_levels", set())
+        self.__dict__.setdefault("unwanted", set())
         self.changes, self.looked_at = self.__dict__.get("changes", 0) + 1, -1
 
     @property

@@ -31,7 +31,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -156,6 +156,41 @@ def at_multiples(levels: Mapping[Level, V], own_steps: int, k: int) -> dict[int,
         for (steps, step_k), value in levels.items()
         if step_k == k and steps >= own_steps and steps % own_steps == 0
     }
+
+
+AUTO_SPECULATE = -1  # --speculate's default: by the slots (`speculation`)
+SPECULATE_SLOTS = 16  # trials at once from which a study speculates by default
+SPECULATE_AHEAD = 1
+
+
+def speculation(setting: int, slots: int) -> int:
+    """Doublings of the baseline run ahead (`baseline_ahead`): `setting` (--speculate), or by
+    default `SPECULATE_AHEAD` where the study runs `SPECULATE_SLOTS` or more trials at once
+    (its slots idle through the checks' chain there) and none on fewer (where a speculative
+    run would take a slot a needed one waits for)."""
+    if setting != AUTO_SPECULATE:
+        return setting
+    return SPECULATE_AHEAD if slots >= SPECULATE_SLOTS else 0
+
+
+def baseline_ahead(asked: Iterable[int], ahead: int, most: int) -> tuple[int, ...]:
+    """The multiples of the baseline's budget to start now, speculatively, beside those a
+    batch size's check asks for (`asked`: the multiples of its own budget its check asks to
+    run now; 1 for half and twice its lr at its budget): `ahead` doublings past the largest,
+    up to `most` (the largest multiple that batch size, and the baseline, may reach under
+    their caps).
+
+    The chain of a study's checks on a cluster is the baseline's runs at 2x, 4x, 8x ... its
+    budget, each asked for only once the batch size's level before it has ended (measured on
+    64 slots: about 70% of the wall time, issue 33); one doubling ahead starts each while the
+    one before still runs. It changes no verdict (a level is judged against the baseline at
+    its own multiple, `tuner.analysis.checks.at_multiple`) and costs, per batch size that
+    stops doubling, the baseline's runs at the multiples no level then reached.
+    """
+    top = max(asked, default=0)
+    if not top or ahead < 1:
+        return ()
+    return tuple(m for m in (top * 2**i for i in range(1, ahead + 1)) if m <= most)
 
 
 def gain_upper(before: Mapping[int, float], after: Mapping[int, float], sign: int = 1) -> float:

@@ -208,11 +208,13 @@ class LaterPhases:
             return
         # the baseline at each multiple of its budget run so far, at its checked lr
         baseline = checks.at_multiples(results, own, center[1])
+        wanted: set[int] | None = set()  # multiples of the baseline a check may still use
         for cell in self.cells:
-            if cell.batch_size == base.batch_size or cell.key not in self.confirmed:
+            if cell.batch_size == base.batch_size:
                 continue
-            found = self._level_runs(cell, ended_only=False)  # once: means and seeds from it
+            found = self._level_runs(cell, ended_only=False) if cell.key in self.confirmed else None
             if found is None:
+                wanted = None  # not checked yet: it may want any
                 continue
             levels = (found[0], {level: self._mean(done) for level, done in found[1].items()})
             check = checks.budget_check(
@@ -226,6 +228,8 @@ class LaterPhases:
             )
             self._queue_levels(cell, check.runs)
             self._queue_levels(base, tuple((m * own, center[1]) for m in check.baseline_runs))
+            may_use = self._ahead(cell, check, levels, base, (own, center[1]))
+            wanted = None if wanted is None else wanted | may_use
             if check.state in (checks.HOLDS, checks.DEGRADED, checks.CAPPED):
                 # decided: the levels it is judged at and against, run again with fresh seeds
                 # where the check's own runs chose them (not a plain confirmation)
@@ -249,6 +253,48 @@ class LaterPhases:
                     if not runs and chosen != (equal, 0):
                         self._queue_levels(cell, (chosen,), JUDGE)
                 self._queue_levels(cell, runs)
+        self.unwanted = {
+            level
+            for level in self.ahead_levels
+            if wanted is not None and level[0] // own not in wanted
+        }
+
+    def _ahead(
+        self,
+        cell: Cell,
+        check: checks.BudgetCheck,
+        levels: tuple[int, dict],
+        base: Cell,
+        at: tuple[int, int],
+    ) -> set[int]:
+        """Queue the baseline's runs `self.ahead` doublings ahead of what the cell's check asks
+        for (`checks.baseline_ahead`; none where `ahead` is 0, as on a resume with fewer
+        slots); return the multiples of the baseline's budget the cell's check may still use:
+        up to its cap while it runs, else those it ran at."""
+        own, k = at
+        ran = {max(1, steps // levels[0]) for steps, _ in levels[1]}
+        if check.state != checks.RUN:
+            return ran
+        asked = {max(1, steps // levels[0]) for steps, _ in check.runs}
+        most = min(
+            self.step_cap(cell.batch_size, (own, base.batch_size)) // levels[0],
+            self.step_cap(base.batch_size, (own, base.batch_size)) // own,
+        )
+        ahead = checks.baseline_ahead(asked | set(check.baseline_runs), self.ahead, most)
+        for m in ahead:  # (a level a check asked for first is not one started ahead)
+            if (base.key, m * own, k) not in self.queued_levels:
+                self.ahead_levels.add((m * own, k))
+        self._queue_levels(base, tuple((m * own, k) for m in ahead))
+        return ran | set(range(1, most + 1))
+
+    def unneeded(self, key: str) -> bool:
+        """A run the study started ahead (`_ahead`) that no check can use any more: every
+        batch size that could have reached its multiple has been decided short of it."""
+        pending = self.handed.get(key, (None,))[0]
+        if pending is None or pending.phase != EXTEND or not self.unwanted:
+            return False
+        level = (int(pending.params["budget_steps"]), int(pending.params.get("lr_step", 0)))
+        return level in self.unwanted and pending.cell == self.baseline_cell()
 
     def _queue_budget_free(self) -> None:
         """Once every cell of a batch size is searched: its best cell's best configuration,

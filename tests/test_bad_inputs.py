@@ -71,6 +71,8 @@ BAD_OPTIONS = [
     (["--lr-range", "0.3,0.001"], "argument --lr-range: '0.3,0.001': need 0 < LOW < HIGH"),
     (["--lr-range", "0.1"], "argument --lr-range: '0.1': write LOW,HIGH"),
     (["--max-steps", "-1"], "--max-steps -1: must be at least 0"),
+    (["--speculate", "9"], "--speculate 9: must be at least 0 and at most 8"),
+    (["--speculate", "-1"], "--speculate -1: must be at least 0"),
     (["--tolerance", "-1"], "--tolerance -1: must be at least 0"),
     (["--tolerance", "100"], "--tolerance 100: percentage points below 100"),
     (["--seeds", "-1"], "--seeds -1: must be at least 0"),
@@ -113,6 +115,7 @@ BAD_OPTIONS = [
     (["--method", "branch", "--trials", "8"], "--trials is an option of the grid method"),
     (["--method", "branch", "--max-steps", "900"], "--max-steps is an option of the grid"),
     (["--method", "branch", "--stop-at-target"], "an option of the grid method"),
+    (["--method", "branch", "--speculate", "1"], "--speculate is an option of the grid method"),
     (["--window", "4096"], "--window only applies with --method branch"),
     (["--branch-at", "0.5", "--verify-schedule"], "--branch-at, --verify-schedule only apply"),
 ]

@@ -124,6 +124,33 @@ def test_verdict_on_known_degradation(tmp_path, monkeypatch):
     }
 
 
+def test_the_baselines_runs_started_ahead_and_stopped_are_counted_and_judge_nothing(
+    tmp_path, monkeypatch
+):
+    """--speculate: the baseline at 4x its budget started ahead of batch 512's check, which
+    stopped at 2x, and was stopped unused. The report counts them among the checks and says
+    so; batch 512 is still judged against the baseline at 2x, as without them."""
+    from tests.test_analysis import extensions
+
+    study = make_study(tmp_path, "8,32,128,512")
+    base_longer = extensions(8, [0.985, 0.990, 0.995], 200, val_examples=10000)
+    ahead = extensions(8, [0.99, 0.99, 0.99], 400, val_examples=10000, outcome="stopped")
+    plain = report_on(study, pd.concat(
+        [degradation_table(), table(*base_longer)], ignore_index=True
+    ), monkeypatch, tensorboard=False)  # fmt: skip
+    frontier = pd.read_csv(study / "frontier.csv")
+    text = report_on(study, pd.concat(
+        [degradation_table(), table(*base_longer, *ahead)], ignore_index=True
+    ), monkeypatch, tensorboard=False)  # fmt: skip
+    assert (
+        "run(s) with another lr or more steps (3 of them the baseline's, started ahead of the "
+        "checks and stopped once none could use them: --speculate)" in verdict_of(text)
+    )
+    assert "started ahead" not in plain
+    pd.testing.assert_frame_equal(pd.read_csv(study / "frontier.csv"), frontier)
+    assert "against the baseline given 2x its steps too: 99.0%" in verdict_of(text)
+
+
 def test_the_verdict_gives_both_answers_and_what_data_each_compared(tmp_path, monkeypatch):
     """Equal steps, 1000 training examples: "holds up to 32" is said to be given 4x the
     baseline's data, and the equal-data answer (batch 32 run for the baseline's 800 examples,

@@ -367,3 +367,23 @@ def test_a_trials_searched_momentum_and_beta2_reach_its_config_else_the_workload
     assert (searched.momentum, searched.beta2) == (0.97, 0.9)
     with pytest.raises(Exception, match="momentum must be in"):
         TrialConfig.from_dict(spec.trial_config({**params, "momentum": 1.2}))
+
+
+def test_a_run_started_ahead_that_no_check_can_use_is_stopped(tmp_path, monkeypatch):
+    """The scheduler asks the searcher (its search's `unneeded`, tests/test_speculation.py)
+    about every check run's result: one no check can use any more is stopped, the others run
+    to their end; the hook survives the pickling Tune does of the whole Tuner."""
+    import ray.cloudpickle as cloudpickle
+
+    monkeypatch.setenv("BATCH_SCALING_CACHE", str(tmp_path))
+    scheduler = PerCellASHA(metric="val_acc", mode="max", grace=1 / 9, reduction_factor=3)
+    searcher = make_searcher(study_spec(), scheduler)
+    del scheduler.unneeded  # as a Tuner pickled before the hook: the searcher sets it again
+    searcher, scheduler = cloudpickle.loads(cloudpickle.dumps((searcher, scheduler)))
+    searcher.search.unwanted = {(800, 0)}
+    searcher.search.unneeded = lambda key: key == "ahead"  # the seam: the rule is tested there
+    for key, expected in (("ahead", TrialScheduler.STOP), ("needed", TrialScheduler.CONTINUE)):
+        run = trial(key, "b8", phase="extend")
+        scheduler.on_trial_add(None, run)
+        assert scheduler.on_trial_result(None, run, {"progress": 0.1, "val_acc": 0.5}) == expected
+    assert scheduler.stopped == {}  # not one of ASHA's stops

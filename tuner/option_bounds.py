@@ -51,6 +51,7 @@ BOUNDS: dict[str, Bound] = {
         1, None, "the more-steps check's most data, a multiple of the baseline's examples"
     ),
     "target_warmup": Bound(0, None, "optimizer steps"),
+    "speculate": Bound(0, 8, "doublings of the baseline's steps run ahead"),
     "tolerance": Bound(0, None, "percentage points (accuracy) or nats (loss)"),
     "window": Bound(1, None, "examples each branch trains"),
     "base_lr": Bound(0, None, "the base run's lr", low_open=True),
@@ -98,7 +99,7 @@ def check_branch(options: dict[str, Any]) -> None:
         )
     grid_only = ("stop_at_target", "no_rule_test", "no_checks", "trials", "grace")
     grid_only += ("grace_epochs", "reduction_factor", "max_steps", "max_data_multiple", "stratify")
-    grid_only += ("target_warmup", "no_budget_free")
+    grid_only += ("target_warmup", "no_budget_free", "speculate")
     for name in grid_only:
         if name in options:
             raise InputError(f"{flag(name)} is an option of the grid method, not of a branch study")

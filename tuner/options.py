@@ -57,7 +57,7 @@ GRACE = 1 / 9  # ASHA's first rung: 1/9 of the budget (rungs at 1/9 and 1/3 with
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_GRID = 64  # batch sizes in one grid: more is a typo, not a study
 # Options that may change when a study is resumed; every other one must match the saved study.
-RESUMABLE = ("max_concurrent", "worker_retries", "data_dir", "loader_workers")
+RESUMABLE = ("max_concurrent", "worker_retries", "data_dir", "loader_workers", "speculate")
 RUN_ONLY = (
     "address",
     "no_report",
@@ -187,6 +187,14 @@ def build_parser(description: str = "") -> OneLineParser:
         help="where --max-steps is not given: the more-steps check gives a batch size at most "
         "this many times the baseline's training examples (default 32; --dry-run prices every "
         "round up to it)",
+    )
+    add(
+        "--speculate",
+        type=int,
+        help="doublings of the baseline's steps the more-steps check starts ahead of the "
+        "batch sizes that will ask for them, so that a cluster's idle slots shorten the chain "
+        "of baseline runs (no verdict changes; it costs the baseline runs no batch size then "
+        "reaches; default: 1 where the study runs 16 or more trials at once, else 0)",
     )
     add(
         "--target-warmup",

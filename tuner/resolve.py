@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces.cells import STRATA, default_strata, study_cells
-from search_spaces.checks import DATA_CAP_MULTIPLE
+from search_spaces.checks import AUTO_SPECULATE, DATA_CAP_MULTIPLE
 from trainables.budget import Budget, BudgetError
 from trainables.config import ConfigError
 from trainables.metrics import get_metric
@@ -187,6 +187,7 @@ def build_spec(args: argparse.Namespace, gpus_available: bool | None) -> StudySp
         cpus_per_worker=pick(args.cpus_per_worker, 1.0),
         gpus_per_worker=gpus,
         max_concurrent=pick(args.max_concurrent, 0),
+        speculate=pick(args.speculate, AUTO_SPECULATE),
         storage=absolute_storage(pick(args.storage, "studies")),
         name=args.name or default_name(workload, dataset),
         seed=pick(args.seed, 0),

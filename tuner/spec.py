@@ -100,6 +100,9 @@ class StudySpec:
     # configuration, with this many warmup steps (False: studies made before them).
     budget_free_steps: bool = False
     target_warmup: int = 0
+    # Doublings of the baseline's steps the checks start ahead (search_spaces.checks.
+    # baseline_ahead); -1: by the slots the study has (checks.speculation)
+    speculate: int = -1
     tolerance: float = 0.01
     rule_test: bool = True
     checks: bool = True  # the lr and more-steps checks (False: --no-checks, --smoke)

@@ -38,8 +38,12 @@ def measured_runs(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The rows steps to target are read from, and how they were measured: the budget-free
     runs where there are any, else every run (studies without them). Of a batch size's
     budget-free runs, those at an lr where every seed reached the target, where it has one:
-    an lr that misses it on one seed (diverged, or too slow) is no lr to reach it at."""
+    an lr that misses it on one seed (diverged, or too slow) is no lr to reach it at. Never
+    a check stopped unused (the baseline's, started ahead: --speculate), which a study without
+    speculation would not have run."""
     if "phase" not in table or not (table["phase"] == BUDGET_FREE).any():
+        if "outcome" in table:
+            table = table[~((table["phase"] == "extend") & (table["outcome"] == "stopped"))]
         return table, "budget"
     free = table[table["phase"] == BUDGET_FREE]
     runs = free.groupby("trial_id", sort=False).agg(

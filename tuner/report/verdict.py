@@ -337,11 +337,19 @@ def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     )
     equal = int((extend["budget_steps"] < own).sum())  # tuner.analysis.equal_data
     longer, rule_runs = len(extend) - equal, int((m.trials["phase"] == "rule").sum())
+    # ASHA never stops a check: a stopped one was the baseline's, started ahead (--speculate)
+    unused = int((extend["outcome"] == "stopped").sum())
     fresh = int((m.trials["phase"] == "judge").sum())
     free = int((m.trials["phase"] == BUDGET_FREE).sum())
     checks = (
-        f" Checks: {longer} run(s) with another lr or more steps, {equal} at equal data, "
-        f"{rule_runs} rule-test run(s)"
+        f" Checks: {longer} run(s) with another lr or more steps"
+        + (
+            f" ({unused} of them the baseline's, started ahead of the checks and stopped once "
+            f"none could use them: --speculate)"
+            if unused
+            else ""
+        )
+        + f", {equal} at equal data, {rule_runs} rule-test run(s)"
         + (f", {fresh} with fresh seeds at the levels the checks chose" if fresh else "")
         + (f", {free} budget-free run(s) for the steps to target" if free else "")
         + "."

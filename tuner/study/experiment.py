@@ -16,6 +16,7 @@ import optuna
 from ray import tune
 
 from search_spaces.cell_search import CellSearch
+from search_spaces.checks import speculation
 from tuner.cluster.capacity import workers_that_fit
 from tuner.cluster.connect import cluster_nodes
 from tuner.spec import StudySpec
@@ -141,6 +142,19 @@ def allow_pending(trials: int) -> None:
     os.environ[_OURS] = "1"
 
 
+def speculate(searcher: CellSearcher, spec: StudySpec, trials: int) -> None:
+    """Set how far ahead the baseline's longer runs start (search_spaces.checks.speculation)
+    and say so where they do."""
+    ahead = speculation(spec.speculate, trials)
+    searcher.speculate(ahead)
+    if ahead and spec.checks:
+        print(
+            f"checks: the baseline's runs at more steps start {ahead} doubling(s) ahead of "
+            f"the batch sizes that ask for them ({trials} trials at once; --speculate 0: not)",
+            file=sys.stderr,
+        )
+
+
 def make_tuner(
     spec: StudySpec, extra: Sequence[tune.Callback] = (), trainable_: object = None
 ) -> tune.Tuner:
@@ -150,6 +164,7 @@ def make_tuner(
     scheduler = make_scheduler(spec)
     searcher = make_searcher(spec, scheduler)  # saves the scheduler's rungs too
     searcher.max_concurrent = concurrency(spec)  # the searcher limits, not Tune's wrapper
+    speculate(searcher, spec, searcher.max_concurrent)
     allow_pending(searcher.max_concurrent)
     return tune.Tuner(
         trainable(spec) if trainable_ is None else trainable_,
@@ -218,5 +233,6 @@ def restore_tuner(spec: StudySpec, extra: Sequence[tune.Callback] = ()) -> tune.
     with_callbacks(tuner, extra)
     trials = concurrency(spec)  # asks the cluster for its nodes: once
     searcher.max_concurrent = trials
+    speculate(searcher, spec, trials)
     allow_pending(trials)
     return tuner

@@ -13,7 +13,7 @@ this class only routes trials to their group.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 from typing import Any
 
@@ -51,11 +51,14 @@ class PerCellASHA(FIFOScheduler):
         self._told_stop: dict[str, dict[str, Any] | None] = {}
         # Stops counted per cell by a study saved before `_told_stop` kept cells (resumed).
         self._stopped_before: dict[Any, int] = {}
+        # Whether a run the study started ahead is no longer of use to any check (the
+        # searcher's `unneeded`, set by it): such a run is stopped, not run to its end.
+        self.unneeded: Callable[[str], bool] | None = None
 
     @staticmethod
     def _exempt(trial: Any) -> bool:
-        """Confirmation runs and checks measure a chosen configuration: they always run to the
-        end."""
+        """Confirmation runs and checks measure a chosen configuration: ASHA never stops them
+        (a run started ahead that no check can use any more is stopped: `unneeded`)."""
         return trial.config.get("phase", SEARCH) != SEARCH
 
     def _group(self, trial: Any) -> AsyncHyperBandScheduler:
@@ -133,6 +136,9 @@ class PerCellASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if self._exempt(trial):
+            unneeded = self.__dict__.get("unneeded")  # (a scheduler pickled before it)
+            if unneeded is not None and unneeded(trial.trial_id):
+                return TrialScheduler.STOP
             return TrialScheduler.CONTINUE
         if trial.trial_id in self._told_stop:  # resumed after its stop: the same decision
             return TrialScheduler.STOP

@@ -98,6 +98,15 @@ class CellSearcher(Searcher):
         self._scheduler = scheduler
         self._search = search
         self._search.attach(storage_factory())
+        self._hook_scheduler()
+
+    def _hook_scheduler(self) -> None:
+        """The scheduler stops a run started ahead once no check can use it (`unneeded`)."""
+        if self._scheduler is not None:
+            self._scheduler.unneeded = self.unneeded
+
+    def unneeded(self, trial_id: str) -> bool:
+        return self._search.unneeded(trial_id)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # CellSearch drops its live storage when pickled
@@ -117,6 +126,11 @@ class CellSearcher(Searcher):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._search.attach(self._storage_factory())
+        self._hook_scheduler()
+
+    def speculate(self, ahead: int) -> None:
+        """Start the baseline's more-steps runs `ahead` doublings early (checks.baseline_ahead)."""
+        self._search.ahead = ahead
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec):
         return not (metric and metric != self._metric) and not (mode and mode != self._mode)
