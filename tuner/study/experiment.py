@@ -23,7 +23,7 @@ from tuner.spec import StudySpec
 from tuner.store import objects as store
 from tuner.store.optuna_db import optuna_storage
 from tuner.store.tune_state import repair_torn_state
-from tuner.study import actor_cache, saving
+from tuner.study import actor_cache, saving, sync
 from tuner.study.callbacks import (
     CompactEndedTrials,
     ProgressCallback,
@@ -120,9 +120,11 @@ def save_on_change() -> None:
     """Tune saves the experiment state (trials, searcher, scheduler) when it has changed, at
     most once per gap (`tuner.study.saving`), not on a timer: a study killed between saves
     loses little, and saving stays a small share of the driver however large the study.
-    Also: finished trials' actors are kept while no trial waits (`tuner.study.actor_cache`),
-    so that a searcher handing out its next trials a moment later finds them."""
+    Each save copies to the study only the files that changed (`tuner.study.sync`). Also:
+    finished trials' actors are kept while no trial waits (`tuner.study.actor_cache`), so that
+    a searcher handing out its next trials a moment later finds them."""
     saving.install()
+    sync.install()
     actor_cache.install()
 
 
