@@ -149,8 +149,9 @@ def _paced(original: Callable[..., None]) -> Callable[..., None]:
         original(self, save_fn=save_fn, force=force, wait=wait)
         if getattr(self, "_last_sync_time", None) != synced_before or wait or force:
             pace.done(brief, started, time.monotonic())
-        # else: the last upload was still running, so this state stayed in the staging
-        # directory; not recorded as saved, so the next turn after the gap tries again
+        # else: Tune launched no copy (only a syncer `copy_running` cannot see into would
+        # still be copying), so this state stayed in the staging directory; not recorded as
+        # saved, so the next turn after the gap tries again
 
     sync_up_experiment_state.paced = True  # type: ignore[attr-defined]
     return sync_up_experiment_state

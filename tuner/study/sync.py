@@ -5,11 +5,11 @@ result files) in a staging directory of the Ray session and, with each save of t
 state, copies that whole directory to the study (`_FilesystemSyncer`, one `pyarrow` copy of
 every file, issue 33): O(trials) files per save, a save per trial end, so O(trials^2) over a
 study, in the driver process (a background thread). Here the copy takes only the files whose
-size or modification time changed since this syncer last copied them; a new syncer (a resumed
-study) copies everything once. A file replaced or changed while it is read (Tune writes its
-searcher's state under a temporary name and appends to result files) is skipped and copied
-next time, where Ray's whole-directory copy raised (a syncer traceback in the middle of a
-study's output, issue 33) or copied it torn (`read_settled`).
+size or modification time changed since this driver process last copied them (`COPIED`); an
+experiment started or resumed copies everything once. A file replaced or changed while it
+is read (Tune writes its searcher's state under a temporary name and appends to result
+files) is skipped and copied next time, where Ray's whole-directory copy raised (a syncer
+traceback in the middle of a study's output, issue 33) or copied it torn (`read_settled`).
 
 `tests/test_sync.py` checks the private names it relies on, so a Ray upgrade that moves them
 fails there, not silently.
