@@ -34,6 +34,14 @@ from tuner.analysis.trials import flag
 BUDGET_FREE = "budget_free"  # the phase of the budget-free runs (search_spaces.runs.BUDGET_FREE)
 
 
+def started_ahead_unused(table: pd.DataFrame) -> pd.Series:
+    """Rows of checks stopped unused: ASHA never stops a check, so a stopped one was the
+    baseline's, started ahead of the checks (--speculate), that no check then used."""
+    if "outcome" not in table or "phase" not in table:
+        return pd.Series(False, index=table.index)
+    return (table["phase"] == "extend") & (table["outcome"] == "stopped")
+
+
 def measured_runs(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The rows steps to target are read from, and how they were measured: the budget-free
     runs where there are any, else every run (studies without them). Of a batch size's
@@ -42,9 +50,7 @@ def measured_runs(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     a check stopped unused (the baseline's, started ahead: --speculate), which a study without
     speculation would not have run."""
     if "phase" not in table or not (table["phase"] == BUDGET_FREE).any():
-        if "outcome" in table:
-            table = table[~((table["phase"] == "extend") & (table["outcome"] == "stopped"))]
-        return table, "budget"
+        return table[~started_ahead_unused(table)], "budget"
     free = table[table["phase"] == BUDGET_FREE]
     runs = free.groupby("trial_id", sort=False).agg(
         batch=("batch_size", "first"), lr=("base_lr", "first"), outcome=("outcome", "first")

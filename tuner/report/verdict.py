@@ -11,7 +11,7 @@ import pandas as pd
 from trainables.metrics import StudyMetric
 from tuner.analysis.accuracy import NO_INTERVAL, UNSTABLE
 from tuner.analysis.frontier import DegradationMap
-from tuner.analysis.steps import BUDGET_FREE
+from tuner.analysis.steps import BUDGET_FREE, started_ahead_unused
 from tuner.analysis.trials import OUTCOMES
 from tuner.report.cost_text import cost_verdict
 from tuner.report.critical_verdict import critical_verdict
@@ -337,8 +337,7 @@ def budget_verdict(m: DegradationMap, spec: StudySpec) -> list[str]:
     )
     equal = int((extend["budget_steps"] < own).sum())  # tuner.analysis.equal_data
     longer, rule_runs = len(extend) - equal, int((m.trials["phase"] == "rule").sum())
-    # ASHA never stops a check: a stopped one was the baseline's, started ahead (--speculate)
-    unused = int((extend["outcome"] == "stopped").sum())
+    unused = int(started_ahead_unused(extend).sum())
     fresh = int((m.trials["phase"] == "judge").sum())
     free = int((m.trials["phase"] == BUDGET_FREE).sum())
     checks = (
